@@ -1,0 +1,78 @@
+//! Baton's web UI: the Leptos components and the server functions they call.
+//!
+//! The same code renders on the server (feature `ssr`) and hydrates in the browser (feature
+//! `hydrate`). Nothing here knows how the fleet is driven: the server hands the UI a
+//! [`fleet::Fleet`] through Leptos context.
+
+pub mod fleet;
+pub mod model;
+mod pages;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::{
+    components::{A, Route, Router, Routes},
+    path,
+};
+
+/// Baton's version, shown in the footer.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The HTML document the server streams around [`App`].
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml" />
+                <HydrationScripts options />
+                <MetaTags />
+            </head>
+            <body>
+                <App />
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    // Marks the page once the wasm client has taken over (tests and people debugging look for it).
+    #[cfg(feature = "hydrate")]
+    Effect::new(|_| {
+        if let Some(root) = document().document_element() {
+            let _ = root.set_attribute("data-hydrated", "true");
+        }
+    });
+
+    view! {
+        <Stylesheet id="baton" href="/pkg/baton.css" />
+        <Title formatter=|page: String| format!("{page} · Baton") />
+        <Router>
+            <header class="topbar">
+                <A href="/" attr:class="brand">
+                    "Baton"
+                </A>
+                <nav aria-label="Main">
+                    <A href="/" exact=true>
+                        "Services"
+                    </A>
+                    <A href="/deployments">"Deployments"</A>
+                </nav>
+            </header>
+            <main>
+                <Routes fallback=pages::NotFound>
+                    <Route path=path!("/") view=pages::ServicesPage />
+                    <Route path=path!("/deployments") view=pages::DeploymentsPage />
+                </Routes>
+            </main>
+            <footer class="footer">
+                <span>{format!("Baton {VERSION}")}</span>
+                <span class="muted">"zero-downtime rolling deploys"</span>
+            </footer>
+        </Router>
+    }
+}

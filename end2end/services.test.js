@@ -1,0 +1,79 @@
+// The Services page in a real browser: server-rendered, then hydrated and interactive.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startBaton, launchBrowser, openHydrated, screenshotPath } from './harness.js';
+
+const CONFIG = `
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:haproxy.sock"]
+
+[[service]]
+name = "api"
+load_balancer = "edge"
+[service.runtime]
+kind = "process"
+command = ["true"]
+initial_version = "v1"
+[[service.backend]]
+name = "s1"
+address = "127.0.0.1:18001"
+
+[[service]]
+name = "worker"
+load_balancer = "edge"
+[service.runtime]
+kind = "process"
+command = ["true"]
+initial_version = "v1"
+[[service.backend]]
+name = "w1"
+address = "127.0.0.1:18011"
+`;
+
+let baton;
+let browser;
+
+before(async () => {
+  baton = await startBaton(CONFIG);
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await baton?.stop();
+});
+
+test('the filter narrows the service list once the client has hydrated', async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (error) => errors.push(error.message));
+  await openHydrated(page, baton.url);
+
+  const count = page.locator('[data-testid="service-count"]');
+  assert.equal(await count.textContent(), 'Showing 2 of 2 services');
+
+  await page.getByLabel('Filter').fill('work');
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="service-count"]')?.textContent === 'Showing 1 of 2 services',
+    null,
+    { timeout: 5_000 },
+  );
+  assert.deepEqual(await page.locator('[data-service]').evaluateAll((cards) => cards.map((c) => c.dataset.service)), ['worker']);
+  await page.screenshot({ path: screenshotPath('services.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+});
+
+test('navigation happens in the client without reloading the page', async () => {
+  const page = await browser.newPage();
+  await openHydrated(page, baton.url);
+  await page.evaluate(() => { window.__sameDocument = true; });
+
+  await page.getByRole('link', { name: 'Deployments' }).click();
+  await page.getByRole('heading', { name: 'Deployments' }).waitFor();
+  assert.equal(new URL(page.url()).pathname, '/deployments');
+  assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the click reloaded the page');
+  assert.equal(await page.title(), 'Deployments · Baton');
+});

@@ -1,0 +1,23 @@
+//! Baton's own HTTP endpoints (beside the pages): health, and later the JSON API.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::startup::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/alive", get(alive))
+}
+
+/// 200 while the database answers, 503 otherwise, so Baton itself can sit behind a balancer.
+async fn alive(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n"),
+        Err(error) => {
+            tracing::error!(%error, "health check: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Baton's server: configuration, storage, HTTP, and (later) the rollout executor and drivers.
+
+pub mod domain;
+pub mod http;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,879 @@
+//! Baton's configuration: one TOML file, typed, with environment overrides for addresses and
+//! secrets.
+//!
+//! Invariant: this is the only module that reads `std::env`. Unknown keys are errors, and every
+//! error names the file, the key and what was expected.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::domain::{BackendAddr, BackendName, Duration, LoadBalancerName, ServiceName, Version};
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub load_balancers: Vec<LoadBalancerSettings>,
+    pub services: Vec<ServiceSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// Where the built web client (`pkg/`) lives.
+    pub site_root: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerSettings {
+    pub name: LoadBalancerName,
+    pub kind: LoadBalancerKind,
+    /// One runtime-API address per HAProxy node.
+    pub runtime_api: Vec<RuntimeApiAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancerKind {
+    Haproxy,
+}
+
+/// Where an HAProxy runtime API listens: `unix:/path/to/socket` or `tcp:host:port`. A relative
+/// socket path is taken from the configuration file's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RuntimeApiAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl TryFrom<String> for RuntimeApiAddr {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.split_once(':') {
+            Some(("unix", path)) if !path.is_empty() => Ok(Self::Unix(PathBuf::from(path))),
+            Some(("tcp", addr))
+                if addr
+                    .rsplit_once(':')
+                    .is_some_and(|(_, port)| port.parse::<u16>().is_ok()) =>
+            {
+                Ok(Self::Tcp(addr.to_owned()))
+            }
+            _ => Err(format!(
+                "invalid runtime API address {value:?}: expected \"unix:/path/to/socket\" or \
+                 \"tcp:host:port\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RuntimeApiAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Tcp(addr) => write!(f, "tcp:{addr}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub name: ServiceName,
+    pub load_balancer: LoadBalancerName,
+    pub haproxy_backend: String,
+    pub batch_size: u32,
+    pub auto_rollback: bool,
+    pub health: HealthSettings,
+    pub drain: DrainSettings,
+    pub runtime: RuntimeSettings,
+    pub backends: Vec<BackendSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            path: default_health_path(),
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            healthy_threshold: default_healthy_threshold(),
+            start_timeout: default_start_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainSettings {
+    #[serde(default = "default_drain_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for DrainSettings {
+    fn default() -> Self {
+        Self {
+            timeout: default_drain_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub kind: RuntimeKind,
+    pub initial_version: Version,
+    pub stop_timeout: Duration,
+    /// Extra environment for every backend, beside the `BATON_*` variables.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuntimeKind {
+    /// Baton starts the backend processes itself and re-adopts them after a restart.
+    Process {
+        command: Vec<String>,
+        stop_signal: StopSignal,
+        working_dir: Option<PathBuf>,
+    },
+    /// The user's shell commands prepare, start and stop the backends.
+    Command {
+        prepare: Option<String>,
+        start: String,
+        stop: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum StopSignal {
+    #[serde(rename = "SIGTERM")]
+    Term,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGUSR1")]
+    Usr1,
+    #[serde(rename = "SIGUSR2")]
+    Usr2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    pub name: BackendName,
+    pub address: BackendAddr,
+}
+
+/// Values from the environment that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct EnvOverrides {
+    /// `BATON_LISTEN`
+    pub listen: Option<String>,
+    /// `BATON_DATABASE_URL`
+    pub database_url: Option<String>,
+    /// `BATON_SITE_ROOT`
+    pub site_root: Option<String>,
+}
+
+impl EnvOverrides {
+    pub fn from_process_env() -> Self {
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|value: &String| !value.is_empty())
+        };
+        Self {
+            listen: var("BATON_LISTEN"),
+            database_url: var("BATON_DATABASE_URL"),
+            site_root: var("BATON_SITE_ROOT"),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}{}: {}{message}", path.display(), location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default(), key.as_deref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        /// Line and column, both from 1, where the parser could tell.
+        location: Option<(usize, usize)>,
+        key: Option<String>,
+        message: String,
+    },
+}
+
+impl Settings {
+    /// Reads and validates the file at `path`, then applies `env`.
+    pub fn load(path: &Path, env: &EnvOverrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Validates `text` as if it were read from `path` (which also anchors relative paths).
+    pub fn parse(text: &str, path: &Path, env: &EnvOverrides) -> Result<Self, ConfigError> {
+        let invalid = |key: Option<String>, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            location: None,
+            key,
+            message,
+        };
+        let raw: RawSettings = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|error| {
+                let key = error.path().to_string();
+                let inner = error.into_inner();
+                ConfigError::Invalid {
+                    path: path.to_owned(),
+                    location: inner.span().map(|span| line_and_column(text, span.start)),
+                    key: (key != ".").then_some(key),
+                    message: inner.message().trim_end().to_owned(),
+                }
+            })?;
+
+        let config_dir = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let listen_text = env
+            .listen
+            .clone()
+            .or(raw.server.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text.parse().map_err(|_| {
+            invalid(
+                Some("server.listen".into()),
+                format!("invalid address {listen_text:?}: expected an IP address and port such as \"127.0.0.1:8080\""),
+            )
+        })?;
+        let database_url = env
+            .database_url
+            .clone()
+            .or(raw.server.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", config_dir.join("baton.db").display()));
+        if !database_url.starts_with("sqlite:") {
+            return Err(invalid(
+                Some("server.database_url".into()),
+                format!(
+                    "unsupported database URL {database_url:?}: expected \"sqlite://path/to/baton.db\""
+                ),
+            ));
+        }
+        let site_root = env
+            .site_root
+            .clone()
+            .map(PathBuf::from)
+            .or(raw.server.site_root.map(|root| config_dir.join(root)))
+            .unwrap_or_else(default_site_root);
+
+        let mut load_balancers = raw.load_balancers;
+        for lb in &mut load_balancers {
+            for addr in &mut lb.runtime_api {
+                if let RuntimeApiAddr::Unix(socket) = addr {
+                    *socket = config_dir.join(&*socket);
+                }
+            }
+        }
+        let mut lb_names = HashSet::new();
+        for (index, lb) in load_balancers.iter().enumerate() {
+            if !lb_names.insert(lb.name.clone()) {
+                return Err(invalid(
+                    Some(format!("load_balancer[{index}].name")),
+                    format!(
+                        "duplicate load balancer name {:?}: each must be unique",
+                        lb.name.as_str()
+                    ),
+                ));
+            }
+            if lb.runtime_api.is_empty() {
+                return Err(invalid(
+                    Some(format!("load_balancer[{index}].runtime_api")),
+                    "expected at least one runtime API address, one per HAProxy node".into(),
+                ));
+            }
+        }
+
+        let mut service_names = HashSet::new();
+        let mut services = Vec::with_capacity(raw.services.len());
+        for (index, service) in raw.services.into_iter().enumerate() {
+            let at = |key: &str| Some(format!("service[{index}].{key}"));
+            if !service_names.insert(service.name.clone()) {
+                return Err(invalid(
+                    at("name"),
+                    format!(
+                        "duplicate service name {:?}: each must be unique",
+                        service.name.as_str()
+                    ),
+                ));
+            }
+            if !lb_names.contains(&service.load_balancer) {
+                return Err(invalid(
+                    at("load_balancer"),
+                    format!(
+                        "no [[load_balancer]] is named {:?}: expected one of {}",
+                        service.load_balancer.as_str(),
+                        one_of(load_balancers.iter().map(|lb| lb.name.as_str()))
+                    ),
+                ));
+            }
+            if service.batch_size == 0 {
+                return Err(invalid(at("batch_size"), "expected at least 1".into()));
+            }
+            if service.health.healthy_threshold == 0 {
+                return Err(invalid(
+                    at("health.healthy_threshold"),
+                    "expected at least 1".into(),
+                ));
+            }
+            if !service.health.path.starts_with('/') {
+                return Err(invalid(
+                    at("health.path"),
+                    format!(
+                        "invalid path {:?}: expected it to start with '/'",
+                        service.health.path
+                    ),
+                ));
+            }
+            if service.backends.is_empty() {
+                return Err(invalid(
+                    at("backend"),
+                    "expected at least one [[service.backend]]".into(),
+                ));
+            }
+            let mut backend_names = HashSet::new();
+            for (b, backend) in service.backends.iter().enumerate() {
+                if !backend_names.insert(&backend.name) {
+                    return Err(invalid(
+                        at(&format!("backend[{b}].name")),
+                        format!(
+                            "duplicate backend name {:?}: each must be unique in its service",
+                            backend.name.as_str()
+                        ),
+                    ));
+                }
+            }
+            let runtime = service
+                .runtime
+                .validate()
+                .map_err(|(key, message)| invalid(at(&format!("runtime.{key}")), message))?;
+            services.push(ServiceSettings {
+                haproxy_backend: service
+                    .haproxy_backend
+                    .unwrap_or_else(|| service.name.to_string()),
+                name: service.name,
+                load_balancer: service.load_balancer,
+                batch_size: service.batch_size,
+                auto_rollback: service.auto_rollback,
+                health: service.health,
+                drain: service.drain,
+                runtime,
+                backends: service.backends,
+            });
+        }
+
+        Ok(Self {
+            server: ServerSettings {
+                listen,
+                database_url,
+                site_root,
+            },
+            load_balancers,
+            services,
+        })
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceSettings> {
+        self.services
+            .iter()
+            .find(|service| service.name.as_str() == name)
+    }
+}
+
+/// The built client next to the binary: `target/release/baton` serves `target/site`.
+fn default_site_root() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("site")))
+        .unwrap_or_else(|| PathBuf::from("target/site"))
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |tail| tail.chars().count())
+        + 1;
+    (line, column)
+}
+
+fn one_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.map(|name| format!("{name:?}")).collect();
+    if names.is_empty() {
+        "none (no [[load_balancer]] is defined)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default, rename = "load_balancer")]
+    load_balancers: Vec<LoadBalancerSettings>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    database_url: Option<String>,
+    site_root: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: ServiceName,
+    load_balancer: LoadBalancerName,
+    haproxy_backend: Option<String>,
+    #[serde(default = "default_batch_size")]
+    batch_size: u32,
+    #[serde(default = "default_true")]
+    auto_rollback: bool,
+    #[serde(default)]
+    health: HealthSettings,
+    #[serde(default)]
+    drain: DrainSettings,
+    runtime: RawRuntime,
+    #[serde(default, rename = "backend")]
+    backends: Vec<BackendSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    kind: RawRuntimeKind,
+    initial_version: Version,
+    #[serde(default = "default_stop_timeout")]
+    stop_timeout: Duration,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    // kind = "process"
+    command: Option<Vec<String>>,
+    stop_signal: Option<StopSignal>,
+    working_dir: Option<PathBuf>,
+    // kind = "command"
+    prepare: Option<String>,
+    start: Option<String>,
+    stop: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawRuntimeKind {
+    Process,
+    Command,
+}
+
+impl RawRuntime {
+    /// Checks the keys that depend on `kind`; an error is `(key, message)`.
+    fn validate(self) -> Result<RuntimeSettings, (String, String)> {
+        let misplaced = |key: &str, kind: &str| {
+            (
+                key.to_owned(),
+                format!("`{key}` is not used with kind = \"{kind}\": remove it"),
+            )
+        };
+        for name in self.env.keys() {
+            if name.is_empty()
+                || name.starts_with("BATON_")
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err((format!("env.{name}"), "expected a variable name of letters, digits and '_' that does not start with BATON_ (Baton sets those)".into()));
+            }
+        }
+        let kind = match self.kind {
+            RawRuntimeKind::Process => {
+                for (key, set) in [
+                    ("prepare", self.prepare.is_some()),
+                    ("start", self.start.is_some()),
+                    ("stop", self.stop.is_some()),
+                ] {
+                    if set {
+                        return Err(misplaced(key, "process"));
+                    }
+                }
+                let command = self.command.filter(|command| !command.is_empty()).ok_or_else(|| {
+                    ("command".to_owned(), "expected the program and its arguments, such as [\"python3\", \"app.py\"]".to_owned())
+                })?;
+                RuntimeKind::Process {
+                    command,
+                    stop_signal: self.stop_signal.unwrap_or(StopSignal::Term),
+                    working_dir: self.working_dir,
+                }
+            }
+            RawRuntimeKind::Command => {
+                for (key, set) in [
+                    ("command", self.command.is_some()),
+                    ("stop_signal", self.stop_signal.is_some()),
+                    ("working_dir", self.working_dir.is_some()),
+                ] {
+                    if set {
+                        return Err(misplaced(key, "command"));
+                    }
+                }
+                let required = |value: Option<String>, key: &str| {
+                    value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                        (
+                            key.to_owned(),
+                            format!("expected the shell command that runs `{key}` for one backend"),
+                        )
+                    })
+                };
+                RuntimeKind::Command {
+                    prepare: self.prepare,
+                    start: required(self.start, "start")?,
+                    stop: required(self.stop, "stop")?,
+                }
+            }
+        };
+        Ok(RuntimeSettings {
+            kind,
+            initial_version: self.initial_version,
+            stop_timeout: self.stop_timeout,
+            env: self.env,
+        })
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_batch_size() -> u32 {
+    1
+}
+fn default_health_path() -> String {
+    "/alive".into()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_millis(2_000)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_start_timeout() -> Duration {
+    Duration::from_millis(60_000)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_millis(10_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[server]
+listen = "127.0.0.1:9090"
+
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:/run/haproxy/admin.sock", "tcp:127.0.0.1:9999"]
+
+[[service]]
+name = "api"
+load_balancer = "edge"
+haproxy_backend = "api_be"
+batch_size = 2
+auto_rollback = false
+
+[service.health]
+path = "/alive"
+interval = "250ms"
+timeout = "2s"
+healthy_threshold = 3
+start_timeout = "60s"
+
+[service.drain]
+timeout = "30s"
+
+[service.runtime]
+kind = "process"
+command = ["python3", "app.py"]
+initial_version = "v1"
+stop_timeout = "10s"
+env = { APP_MODE = "prod" }
+
+[[service.backend]]
+name = "s1"
+address = "127.0.0.1:18001"
+
+[[service.backend]]
+name = "s2"
+address = "127.0.0.1:18002"
+"#;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(
+            text,
+            Path::new("/etc/baton/baton.toml"),
+            &EnvOverrides::default(),
+        )
+    }
+
+    fn error(text: &str) -> String {
+        parse(text)
+            .expect_err("the configuration should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn reads_the_documented_example() {
+        let settings = parse(FULL).unwrap();
+        assert_eq!(settings.server.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(settings.server.database_url, "sqlite:///etc/baton/baton.db");
+        assert_eq!(
+            settings.load_balancers[0].runtime_api[0],
+            RuntimeApiAddr::Unix("/run/haproxy/admin.sock".into())
+        );
+        assert_eq!(
+            settings.load_balancers[0].runtime_api[1],
+            RuntimeApiAddr::Tcp("127.0.0.1:9999".into())
+        );
+        let api = &settings.services[0];
+        assert_eq!(api.haproxy_backend, "api_be");
+        assert_eq!(api.batch_size, 2);
+        assert!(!api.auto_rollback);
+        assert_eq!(api.health.healthy_threshold, 3);
+        assert_eq!(api.health.interval.get().as_millis(), 250);
+        assert_eq!(api.runtime.initial_version.as_str(), "v1");
+        assert_eq!(api.runtime.env["APP_MODE"], "prod");
+        assert!(
+            matches!(&api.runtime.kind, RuntimeKind::Process { command, stop_signal: StopSignal::Term, .. } if command[0] == "python3")
+        );
+        assert_eq!(api.backends[1].address.port(), 18002);
+    }
+
+    #[test]
+    fn an_empty_file_is_a_fleet_of_nothing_on_defaults() {
+        let settings = parse("").unwrap();
+        assert_eq!(settings.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(settings.services.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = EnvOverrides {
+            listen: Some("127.0.0.1:0".into()),
+            database_url: Some("sqlite://:memory:".into()),
+            site_root: Some("/srv/site".into()),
+        };
+        let settings = Settings::parse(FULL, Path::new("baton.toml"), &env).unwrap();
+        assert_eq!(settings.server.listen.port(), 0);
+        assert_eq!(settings.server.database_url, "sqlite://:memory:");
+        assert_eq!(settings.server.site_root, PathBuf::from("/srv/site"));
+    }
+
+    #[test]
+    fn relative_paths_start_from_the_config_folder() {
+        let settings =
+            parse(&FULL.replace("unix:/run/haproxy/admin.sock", "unix:run/admin.sock")).unwrap();
+        assert_eq!(
+            settings.load_balancers[0].runtime_api[0],
+            RuntimeApiAddr::Unix("/etc/baton/run/admin.sock".into())
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_file_line_and_key() {
+        let message = error("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n");
+        assert!(
+            message.starts_with("/etc/baton/baton.toml:3:1: "),
+            "{message}"
+        );
+        assert!(message.contains("unknown field `listen_port`"), "{message}");
+        assert!(message.contains("expected one of"), "{message}");
+    }
+
+    #[test]
+    fn a_misspelt_key_deep_inside_a_service_names_its_path() {
+        let message = error(&FULL.replace("healthy_threshold = 3", "healthy_treshold = 3"));
+        assert!(
+            message.contains("baton.toml:21:1: key `service[0].health.healthy_treshold`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("unknown field `healthy_treshold`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_key_and_expectation() {
+        let message = error(&FULL.replace("interval = \"250ms\"", "interval = \"fast\""));
+        assert!(
+            message.contains("baton.toml:19:12: "),
+            "line and column of the bad value: {message}"
+        );
+        assert!(
+            message.contains("key `service[0].health.interval`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("expected a number with a unit"),
+            "{message}"
+        );
+
+        let message = error(&FULL.replace(
+            "initial_version = \"v1\"",
+            "initial_version = \"v1; reboot\"",
+        ));
+        assert!(
+            message.contains("key `service[0].runtime.initial_version`"),
+            "{message}"
+        );
+        assert!(message.contains("invalid version"), "{message}");
+
+        let message = error(&FULL.replace("127.0.0.1:18002", "localhost"));
+        assert!(
+            message.contains("key `service[0].backend[1].address`"),
+            "{message}"
+        );
+
+        let message = error(&FULL.replace("tcp:127.0.0.1:9999", "127.0.0.1:9999"));
+        assert!(
+            message.contains("key `load_balancer[0].runtime_api[1]`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("expected \"unix:/path/to/socket\" or \"tcp:host:port\""),
+            "{message}"
+        );
+
+        let message = error("[server]\nlisten = 8080\n");
+        assert!(message.contains("key `server.listen`"), "{message}");
+        assert!(
+            message.contains("invalid type: integer `8080`, expected a string"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let message = error("[server\nlisten = 1");
+        assert!(message.starts_with("/etc/baton/baton.toml:1:"), "{message}");
+    }
+
+    #[test]
+    fn cross_references_are_checked() {
+        let message = error(&FULL.replace("load_balancer = \"edge\"", "load_balancer = \"egde\""));
+        assert!(
+            message.contains("key `service[0].load_balancer`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("no [[load_balancer]] is named \"egde\": expected one of \"edge\""),
+            "{message}"
+        );
+
+        let message = error(&FULL.replace("name = \"s2\"", "name = \"s1\""));
+        assert!(
+            message.contains("key `service[0].backend[1].name`: duplicate backend name \"s1\""),
+            "{message}"
+        );
+
+        let message = error(&FULL.replace("batch_size = 2", "batch_size = 0"));
+        assert!(
+            message.contains("key `service[0].batch_size`: expected at least 1"),
+            "{message}"
+        );
+
+        let message =
+            error(&FULL.replace("listen = \"127.0.0.1:9090\"", "listen = \"everywhere\""));
+        assert!(
+            message.contains("key `server.listen`: invalid address \"everywhere\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn runtime_keys_must_fit_the_kind() {
+        let message =
+            error(&FULL.replace("command = [\"python3\", \"app.py\"]", "start = \"./run\""));
+        assert!(
+            message.contains("key `service[0].runtime.start`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("not used with kind = \"process\""),
+            "{message}"
+        );
+
+        let command_kind = FULL
+            .replace("kind = \"process\"", "kind = \"command\"")
+            .replace("command = [\"python3\", \"app.py\"]", "start = \"./start\"");
+        let message = error(&command_kind);
+        assert!(
+            message.contains("key `service[0].runtime.stop`"),
+            "{message}"
+        );
+
+        let message = error(&FULL.replace("APP_MODE", "BATON_VERSION"));
+        assert!(
+            message.contains("key `service[0].runtime.env.BATON_VERSION`"),
+            "{message}"
+        );
+
+        let message = error(&FULL.replace("kind = \"process\"", "kind = \"docker\""));
+        assert!(
+            message.contains("key `service[0].runtime.kind`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("unknown variant `docker`, expected `process` or `command`"),
+            "{message}"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Integration tests: Baton served on port 0 with a fresh SQLite file, asked over real HTTP.
+
+mod helpers;
+mod pages;
