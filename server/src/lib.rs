@@ -1,6 +1,10 @@
 //! Baton's server: configuration, storage, HTTP, and (later) the rollout executor and drivers.
 
+pub mod api;
 pub mod domain;
+pub mod drivers;
+pub mod fleet;
+pub mod rollout;
 pub mod http;
 pub mod settings;
 pub mod startup;

@@ -33,6 +33,18 @@ enum Command {
         #[arg(long, default_value = "target/demo")]
         dir: PathBuf,
     },
+    /// Roll out a version of a service through a running Baton's API.
+    Deploy {
+        service: String,
+        version: String,
+        /// Follow the rollout, print each step as it happens, and exit non-zero unless it
+        /// succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// The Baton to ask.
+        #[arg(long, env = "BATON_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
     /// Check a configuration file and print what it describes, without starting anything.
     CheckConfig {
         /// The configuration file.
@@ -47,6 +59,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Demo { dir } => demo(dir),
         Command::CheckConfig { config } => check_config(config),
+        Command::Deploy { service, version, wait, url } => deploy(&url, &service, &version, wait),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,6 +72,65 @@ fn main() -> ExitCode {
 
 fn load(config: &PathBuf) -> anyhow::Result<Settings> {
     Ok(Settings::load(config, &EnvOverrides::from_process_env())?)
+}
+
+fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let base = url.trim_end_matches('/');
+        let response = client
+            .post(format!("{base}/api/services/{service}/deployments"))
+            .json(&serde_json::json!({ "version": version }))
+            .send()
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot reach Baton at {base}: {error}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("Baton refused the rollout ({status}): {}", body["error"].as_str().unwrap_or("no reason given"));
+        }
+        let id = body["id"].as_i64().ok_or_else(|| anyhow::anyhow!("Baton answered without a rollout id: {body}"))?;
+        println!("rollout {id} of {service} to {version}: {}", body["status"].as_str().unwrap_or("?"));
+        if !wait {
+            return Ok(());
+        }
+        let mut printed = 0;
+        loop {
+            let deployment: serde_json::Value = client
+                .get(format!("{base}/api/deployments/{id}"))
+                .send()
+                .await
+                .map_err(|error| anyhow::anyhow!("lost Baton at {base}: {error}"))?
+                .json()
+                .await?;
+            let steps = deployment["steps"].as_array().cloned().unwrap_or_default();
+            // A step is printed once it has finished, so each line is final.
+            while let Some(step) = steps.get(printed).filter(|step| !step["outcome"].is_null()) {
+                let took = step["finished_at"].as_i64().unwrap_or(0) - step["started_at"].as_i64().unwrap_or(0);
+                println!(
+                    "  {}{:<8} {:<15} {:<10} {:>6} ms{}",
+                    if step["rollback"].as_bool() == Some(true) { "rollback " } else { "" },
+                    step["backend"].as_str().unwrap_or("-"),
+                    step["step"].as_str().unwrap_or("?"),
+                    step["outcome"].as_str().unwrap_or("?"),
+                    took,
+                    step["detail"].as_str().map(|d| format!("  {d}")).unwrap_or_default()
+                );
+                printed += 1;
+            }
+            match deployment["status"].as_str() {
+                Some("succeeded") => {
+                    println!("rollout {id} succeeded: {service} runs {version}");
+                    return Ok(());
+                }
+                Some(status @ ("failed" | "rolled_back" | "cancelled")) => {
+                    anyhow::bail!("rollout {id} {status}: {}", deployment["reason"].as_str().unwrap_or("no reason recorded"));
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    })
 }
 
 fn check_config(config: PathBuf) -> anyhow::Result<()> {

@@ -27,6 +27,8 @@ pub struct ServerSettings {
     pub database_url: String,
     /// Where the built web client (`pkg/`) lives.
     pub site_root: PathBuf,
+    /// Where runtimes keep their records and backend logs (default: `state/` beside the file).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -405,6 +407,7 @@ impl Settings {
                 listen,
                 database_url,
                 site_root,
+                state_dir: config_dir.join(raw.server.state_dir.unwrap_or_else(|| PathBuf::from("state"))),
             },
             load_balancers,
             services,
@@ -463,6 +466,7 @@ struct RawServer {
     listen: Option<String>,
     database_url: Option<String>,
     site_root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

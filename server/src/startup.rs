@@ -12,13 +12,15 @@ use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::http;
+use crate::fleet::Fleet as ServiceFleet;
+use crate::{api, http};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -33,6 +35,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Store,
+    pub fleet: Arc<ServiceFleet>,
     pub leptos_options: LeptosOptions,
 }
 
@@ -47,12 +50,22 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     store: Store,
+    fleet: Arc<ServiceFleet>,
 }
+
+/// How long shutdown waits for background tasks (a rollout finishing its step) to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Application {
     /// Opens the database, applies migrations and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = Store::connect(&settings.server.database_url).await?;
+        let fleet = Arc::new(ServiceFleet::from_settings(&settings, store.clone()));
+        Self::build_with_fleet(settings, store, fleet).await
+    }
+
+    /// Like [`Application::build`], over a fleet the caller made (tests pass fake drivers).
+    pub async fn build_with_fleet(settings: Settings, store: Store, fleet: Arc<ServiceFleet>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .map_err(|error| {
@@ -68,12 +81,14 @@ impl Application {
         let state = AppState {
             settings: Arc::new(settings),
             store: store.clone(),
+            fleet: fleet.clone(),
             leptos_options,
         };
         Ok(Self {
             listener,
             router: router(state),
             store,
+            fleet,
         })
     }
 
@@ -83,11 +98,19 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` is cancelled, then lets requests in flight finish.
+    /// Runs the rollout workers and serves until `shutdown` is cancelled, then lets requests
+    /// in flight finish and waits (up to a grace period) for the workers to stop.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let tasks = TaskTracker::new();
+        self.fleet.spawn(&tasks, &shutdown);
+        tasks.close();
         let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
+        shutdown.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+            tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
         self.store.close().await;
         result
     }
@@ -101,6 +124,7 @@ fn router(state: AppState) -> Router {
 
     Router::new()
         .merge(http::routes())
+        .merge(api::routes())
         .leptos_routes_with_context(
             &state,
             routes,

@@ -1,0 +1,129 @@
+//! The narrow interfaces Baton drives: a load balancer and a runtime, with their implementations.
+//!
+//! Invariant: only `haproxy.rs` knows the HAProxy runtime-API syntax; only `process.rs` and
+//! `command.rs` start or signal processes. The rollout engine sees these traits, never the IO.
+
+pub mod command;
+pub mod haproxy;
+pub mod process;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::domain::{BackendAddr, BackendName, ServiceName, Version};
+
+/// What an operator set for a server: HAProxy's admin state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In rotation.
+    Ready,
+    /// No new traffic; open sessions continue; health checks keep running.
+    Drain,
+    /// No traffic and no checks.
+    Maint,
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ready => "ready",
+            Self::Drain => "drain",
+            Self::Maint => "maint",
+        })
+    }
+}
+
+/// One server of a backend as one load-balancer node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerStatus {
+    /// Which node answered (the runtime-API address as configured).
+    pub node: String,
+    /// The HAProxy server name.
+    pub server: String,
+    /// The `status` column of `show stat`: "UP", "DOWN", "DRAIN", "MAINT", "no check", "UP 1/2"…
+    pub status: String,
+    /// The last health check's result (`check_status`), e.g. "L7OK"; `None` without checks.
+    pub check: Option<String>,
+    /// Open sessions (`scur`).
+    pub sessions: u64,
+    /// HAProxy `backup` servers carry traffic only when no active server is up.
+    pub backup: bool,
+}
+
+impl ServerStatus {
+    /// Whether this node sends new traffic to the server.
+    pub fn is_up(&self) -> bool {
+        self.status == "UP" || self.status.starts_with("UP ") || self.status == "no check"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("HAProxy node {node} did not answer after {attempts} attempts: {reason}")]
+    Unreachable { node: String, attempts: u32, reason: String },
+    #[error("HAProxy node {node} refused `{command}`: {reply}")]
+    Refused { node: String, command: String, reply: String },
+    #[error("HAProxy node {node} has no server {backend}/{server}")]
+    NoSuchServer { node: String, backend: String, server: String },
+    #[error("HAProxy node {node} answered something Baton cannot read: {reason}")]
+    Protocol { node: String, reason: String },
+}
+
+/// A load balancer of one or more nodes. Every method acts on, or reports from, every node.
+///
+/// All methods are cancellation-safe: a dropped call leaves at most some nodes changed, and
+/// calling it again converges.
+#[async_trait]
+pub trait LoadBalancer: Send + Sync {
+    /// Sets `backend/server`'s admin state on every node; returns once every node accepted it.
+    async fn set_state(&self, backend: &str, server: &str, state: AdminState) -> Result<(), LbError>;
+    /// Every server of `backend` on every node (one entry per node and server).
+    async fn servers(&self, backend: &str) -> Result<Vec<ServerStatus>, LbError>;
+    /// Closes the server's remaining sessions on every node; returns how many were open.
+    async fn shutdown_sessions(&self, backend: &str, server: &str) -> Result<u64, LbError>;
+}
+
+/// The backend a runtime acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub service: ServiceName,
+    pub name: BackendName,
+    pub address: BackendAddr,
+}
+
+/// What runs on a backend, as the runtime knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendRun {
+    Running { version: Version, pid: Option<u32> },
+    /// Not running; `exit` says how the last run ended, when known ("exit status 3").
+    Stopped { exit: Option<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start {backend}: {reason}")]
+    Start { backend: String, reason: String },
+    #[error("cannot stop {backend}: {reason}")]
+    Stop { backend: String, reason: String },
+    #[error("prepare for version {version} failed: {reason}")]
+    Prepare { version: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Starts and stops a service's backends.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// Runs once per rollout before any backend is touched (fetch an artifact, say).
+    async fn prepare(&self, version: &Version) -> Result<(), RuntimeError>;
+    /// Starts `version` on the backend. Idempotent: already running that version is success.
+    async fn start(&self, backend: &BackendSpec, version: &Version) -> Result<(), RuntimeError>;
+    /// Stops the backend: the configured signal, then SIGKILL after the stop timeout.
+    /// Idempotent: already stopped is success.
+    async fn stop(&self, backend: &BackendSpec) -> Result<(), RuntimeError>;
+    /// What runs there now.
+    async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError>;
+}

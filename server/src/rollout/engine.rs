@@ -1,0 +1,479 @@
+//! The rollout engine: given a rollout's state and what just happened, decides what happens next.
+//!
+//! Invariant: no IO and no clock. The executor carries out each [`Action`] and reports back an
+//! [`Event`]; waits with deadlines are actions too, so the engine never needs the time. Every
+//! state is serializable, so the executor persists it before each side effect and a restarted
+//! Baton resumes by running the current action again (every action is idempotent).
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{BackendName, Version};
+
+/// One step of the safe procedure that replaces the version on a backend, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Run the runtime's per-rollout preparation (once, before any backend).
+    Prepare,
+    /// Enough other backends are UP on every node to carry the traffic.
+    CheckCapacity,
+    /// Stop sending new traffic to the backend.
+    Drain,
+    /// Wait until the backend's open sessions finish (or the drain timeout).
+    WaitSessions,
+    /// The drain timed out: close the remaining sessions, and record how many.
+    CutSessions,
+    /// Take the backend out entirely (no traffic, no checks).
+    Maint,
+    Stop,
+    Start,
+    /// Baton's own probe of the health path passes `healthy_threshold` times in a row.
+    WaitHealthy,
+    /// The load balancer's own check passes (the server is drained, so checks run without traffic).
+    LbCheck,
+    /// Back into rotation.
+    Enable,
+    /// Every node reports the backend UP.
+    ConfirmUp,
+}
+
+impl Step {
+    /// The step after this one in the replacement procedure.
+    fn next(self) -> Option<Step> {
+        use Step::*;
+        match self {
+            Prepare => Some(CheckCapacity),
+            CheckCapacity => Some(Drain),
+            Drain => Some(WaitSessions),
+            WaitSessions | CutSessions => Some(Maint),
+            Maint => Some(Stop),
+            Stop => Some(Start),
+            Start => Some(WaitHealthy),
+            WaitHealthy => Some(LbCheck),
+            LbCheck => Some(Enable),
+            Enable => Some(ConfirmUp),
+            ConfirmUp => None,
+        }
+    }
+
+    /// Whether the old version has possibly been stopped once this step was attempted.
+    fn touches_the_process(self) -> bool {
+        self >= Step::Stop
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use Step::*;
+        match self {
+            Prepare => "prepare",
+            CheckCapacity => "check_capacity",
+            Drain => "drain",
+            WaitSessions => "wait_sessions",
+            CutSessions => "cut_sessions",
+            Maint => "maint",
+            Stop => "stop",
+            Start => "start",
+            WaitHealthy => "wait_healthy",
+            LbCheck => "lb_check",
+            Enable => "enable",
+            ConfirmUp => "confirm_up",
+        }
+    }
+}
+
+/// A backend in a rollout, with the version it ran before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: BackendName,
+    pub previous: Version,
+}
+
+/// Why a rollout, or one backend's rollback, failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: Step,
+    /// The backend the step failed on; `None` for steps of the whole rollout (prepare).
+    pub backend: Option<BackendName>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            Some(backend) => write!(f, "{} failed on {backend}: {}", self.step.as_str(), self.reason),
+            None => write!(f, "{} failed: {}", self.step.as_str(), self.reason),
+        }
+    }
+}
+
+/// How a rollout ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every backend runs the new version and is UP.
+    Succeeded,
+    /// A step failed and every changed backend is back on its previous version, UP.
+    RolledBack { failure: Failure },
+    /// A step failed. Backends already done keep the new version (no automatic rollback), or a
+    /// rollback step failed too (`problems`: those backends need an operator).
+    Failed { failure: Failure, problems: Vec<Failure> },
+}
+
+/// A backend to put back, and the step its restoration starts at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    pub index: usize,
+    pub from: Step,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Queued: nothing done yet.
+    Pending,
+    /// Moving batch `batch` to the new version; `step` is being carried out.
+    Forward { batch: usize, step: Step },
+    /// Putting backends back on their previous versions, one at a time: `queue[0]` is at `step`.
+    RollingBack { queue: Vec<Restore>, step: Step, cause: Failure, problems: Vec<Failure> },
+    Finished { outcome: Outcome },
+}
+
+/// The whole state of one rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub to: Version,
+    /// The service's backends in configuration order.
+    pub targets: Vec<Target>,
+    pub batch_size: usize,
+    pub auto_rollback: bool,
+    pub phase: Phase,
+}
+
+/// What happened when the executor carried out the current action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The rollout's turn came: begin.
+    Begin,
+    /// The current action succeeded.
+    Done,
+    /// `WaitSessions` reached its deadline with sessions still open.
+    DrainTimedOut { open_sessions: u64 },
+    /// The current action failed.
+    Failed { backend: Option<BackendName>, reason: String },
+}
+
+/// The next thing to do: `step` on `backends`, toward `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub step: Step,
+    pub backends: Vec<BackendName>,
+    /// The version the step works toward: the new one going forward, the previous one in a
+    /// rollback.
+    pub version: Version,
+    pub rollback: bool,
+}
+
+impl Rollout {
+    /// A queued rollout of `targets` to `to`.
+    pub fn new(to: Version, targets: Vec<Target>, batch_size: usize, auto_rollback: bool) -> Self {
+        Self { to, targets, batch_size: batch_size.max(1), auto_rollback, phase: Phase::Pending }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished { .. })
+    }
+
+    fn batch_count(&self) -> usize {
+        self.targets.len().div_ceil(self.batch_size)
+    }
+
+    fn batch(&self, batch: usize) -> std::ops::Range<usize> {
+        let start = batch * self.batch_size;
+        start..(start + self.batch_size).min(self.targets.len())
+    }
+
+    /// What the executor must do now; `None` once finished.
+    pub fn action(&self) -> Option<Action> {
+        match &self.phase {
+            Phase::Pending | Phase::Finished { .. } => None,
+            Phase::Forward { batch, step } => Some(Action {
+                step: *step,
+                backends: match step {
+                    Step::Prepare => Vec::new(),
+                    _ => self.targets[self.batch(*batch)].iter().map(|t| t.name.clone()).collect(),
+                },
+                version: self.to.clone(),
+                rollback: false,
+            }),
+            Phase::RollingBack { queue, step, .. } => {
+                let target = &self.targets[queue[0].index];
+                Some(Action {
+                    step: *step,
+                    backends: vec![target.name.clone()],
+                    version: target.previous.clone(),
+                    rollback: true,
+                })
+            }
+        }
+    }
+
+    /// Advances the rollout by one event. Events that do not fit the phase leave it unchanged.
+    pub fn step(mut self, event: Event) -> (Self, Option<Action>) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Pending);
+        self.phase = match (phase, event) {
+            (Phase::Pending, Event::Begin) => Phase::Forward { batch: 0, step: Step::Prepare },
+            (Phase::Forward { batch, step }, Event::Done) => self.forward_after(batch, step),
+            (Phase::Forward { batch, step: Step::WaitSessions }, Event::DrainTimedOut { .. }) => {
+                Phase::Forward { batch, step: Step::CutSessions }
+            }
+            (Phase::Forward { batch, step }, Event::Failed { backend, reason }) => {
+                self.fail_forward(batch, Failure { step, backend, reason })
+            }
+            (Phase::RollingBack { queue, step, cause, problems }, Event::Done) => match step.next() {
+                Some(next) => Phase::RollingBack { queue, step: next, cause, problems },
+                None => self.next_restore(queue, cause, problems),
+            },
+            (Phase::RollingBack { queue, step: Step::WaitSessions, cause, problems }, Event::DrainTimedOut { .. }) => {
+                Phase::RollingBack { queue, step: Step::CutSessions, cause, problems }
+            }
+            (Phase::RollingBack { queue, step, cause, mut problems }, Event::Failed { backend, reason }) => {
+                let backend = backend.or_else(|| Some(self.targets[queue[0].index].name.clone()));
+                problems.push(Failure { step, backend, reason });
+                if step.touches_the_process() {
+                    // The old version is not serving on this backend: it stays out of
+                    // rotation, and the outcome says it needs an operator.
+                    self.next_restore(queue, cause, problems)
+                } else if step < Step::Enable {
+                    // Draining for the rollback failed while the backend still serves the
+                    // new version: keep it serving rather than leave it drained.
+                    Phase::RollingBack { queue, step: Step::Enable, cause, problems }
+                } else {
+                    self.next_restore(queue, cause, problems)
+                }
+            }
+            (phase, _) => phase,
+        };
+        let action = self.action();
+        (self, action)
+    }
+
+    fn forward_after(&self, batch: usize, step: Step) -> Phase {
+        match step.next() {
+            Some(next) => Phase::Forward { batch, step: next },
+            None if batch + 1 < self.batch_count() => Phase::Forward { batch: batch + 1, step: Step::CheckCapacity },
+            None => Phase::Finished { outcome: Outcome::Succeeded },
+        }
+    }
+
+    fn fail_forward(&self, batch: usize, cause: Failure) -> Phase {
+        // The failed batch first, last backend first: out of rotation now, so restore them
+        // before touching backends that still serve. Backends whose process was never touched
+        // only need to go back into rotation.
+        let from = match cause.step {
+            Step::Prepare | Step::CheckCapacity => None,
+            Step::Drain | Step::WaitSessions | Step::CutSessions | Step::Maint => Some(Step::Enable),
+            _ => Some(Step::Drain),
+        };
+        let mut queue: Vec<Restore> = match from {
+            Some(from) => self.batch(batch).rev().map(|index| Restore { index, from }).collect(),
+            None => Vec::new(),
+        };
+        if self.auto_rollback {
+            queue.extend((0..self.batch(batch).start).rev().map(|index| Restore { index, from: Step::Drain }));
+        }
+        self.next_restore_from(queue, cause, Vec::new())
+    }
+
+    fn next_restore(&self, mut queue: Vec<Restore>, cause: Failure, problems: Vec<Failure>) -> Phase {
+        queue.remove(0);
+        self.next_restore_from(queue, cause, problems)
+    }
+
+    fn next_restore_from(&self, queue: Vec<Restore>, cause: Failure, problems: Vec<Failure>) -> Phase {
+        match queue.first() {
+            Some(first) => Phase::RollingBack { step: first.from, queue, cause, problems },
+            None => {
+                let changed_any = self.auto_rollback && (cause.step.touches_the_process() || self.batch_index_of(&cause) > 0);
+                let outcome = if problems.is_empty() && self.auto_rollback && changed_any {
+                    Outcome::RolledBack { failure: cause }
+                } else {
+                    Outcome::Failed { failure: cause, problems }
+                };
+                Phase::Finished { outcome }
+            }
+        }
+    }
+
+    fn batch_index_of(&self, failure: &Failure) -> usize {
+        failure
+            .backend
+            .as_ref()
+            .and_then(|name| self.targets.iter().position(|t| &t.name == name))
+            .map_or(0, |index| index / self.batch_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Step::*;
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+    fn b(s: &str) -> BackendName {
+        BackendName::parse(s).unwrap()
+    }
+
+    fn rollout(backends: &[&str], batch_size: usize, auto_rollback: bool) -> Rollout {
+        let targets = backends.iter().map(|name| Target { name: b(name), previous: v("v1") }).collect();
+        Rollout::new(v("v2"), targets, batch_size, auto_rollback)
+    }
+
+    /// Runs events through the engine, recording each action as "step backends@version".
+    fn run(mut rollout: Rollout, events: impl IntoIterator<Item = Event>) -> (Rollout, Vec<String>) {
+        let mut log = Vec::new();
+        for event in std::iter::once(Event::Begin).chain(events) {
+            let (next, action) = rollout.step(event);
+            rollout = next;
+            if let Some(action) = action {
+                let names: Vec<&str> = action.backends.iter().map(|b| b.as_str()).collect();
+                log.push(format!(
+                    "{}{} {}@{}",
+                    if action.rollback { "rollback " } else { "" },
+                    action.step.as_str(),
+                    names.join(","),
+                    action.version
+                ));
+            }
+        }
+        (rollout, log)
+    }
+
+    fn done(n: usize) -> Vec<Event> {
+        vec![Event::Done; n]
+    }
+
+    fn fail(backend: &str, reason: &str) -> Event {
+        Event::Failed { backend: Some(b(backend)), reason: reason.into() }
+    }
+
+    const PROCEDURE: [&str; 10] =
+        ["check_capacity", "drain", "wait_sessions", "maint", "stop", "start", "wait_healthy", "lb_check", "enable", "confirm_up"];
+
+    #[test]
+    fn a_clean_rollout_walks_every_backend_through_the_whole_procedure_in_order() {
+        let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), done(1 + 20));
+        let mut expected = vec!["prepare @v2".to_string()];
+        for backend in ["s1", "s2"] {
+            expected.extend(PROCEDURE.iter().map(|step| format!("{step} {backend}@v2")));
+        }
+        assert_eq!(log, expected);
+        assert_eq!(rollout.phase, Phase::Finished { outcome: Outcome::Succeeded });
+        assert_eq!(rollout.action(), None);
+    }
+
+    #[test]
+    fn batches_move_together_and_the_last_batch_may_be_short() {
+        let (rollout, log) = run(rollout(&["s1", "s2", "s3"], 2, true), done(1 + 20));
+        assert_eq!(log[1], "check_capacity s1,s2@v2");
+        assert_eq!(log[11], "check_capacity s3@v2");
+        assert!(rollout.is_finished());
+    }
+
+    #[test]
+    fn a_drain_timeout_cuts_the_sessions_then_continues() {
+        let events = [done(3), vec![Event::DrainTimedOut { open_sessions: 3 }], done(1)].concat();
+        let (_, log) = run(rollout(&["s1", "s2"], 1, true), events);
+        assert_eq!(&log[3..], ["wait_sessions s1@v2", "cut_sessions s1@v2", "maint s1@v2"]);
+    }
+
+    #[test]
+    fn a_version_that_never_gets_healthy_on_the_second_backend_rolls_both_back_in_reverse() {
+        // prepare, s1 complete (10 steps), s2 up to start (6 steps), then wait_healthy fails.
+        let events = [done(1 + 10 + 6), vec![fail("s2", "not healthy after 60s")], done(20)].concat();
+        let (rollout, log) = run(rollout(&["s1", "s2", "s3"], 1, true), events);
+        let rollback: Vec<&str> = log.iter().filter(|l| l.starts_with("rollback")).map(String::as_str).collect();
+        let mut expected = Vec::new();
+        for backend in ["s2", "s1"] {
+            expected.extend(PROCEDURE[1..].iter().map(|step| format!("rollback {step} {backend}@v1")));
+        }
+        assert_eq!(rollback, expected);
+        assert!(!log.iter().any(|l| l.contains("s3")), "s3 is never touched: {log:?}");
+        let Phase::Finished { outcome: Outcome::RolledBack { failure } } = rollout.phase else {
+            panic!("expected a rollback, got {:?}", rollout.phase)
+        };
+        assert_eq!(failure.to_string(), "wait_healthy failed on s2: not healthy after 60s");
+    }
+
+    #[test]
+    fn without_auto_rollback_only_the_failed_backend_is_restored() {
+        let events = [done(1 + 10 + 6), vec![fail("s2", "crashed")], done(9)].concat();
+        let (rollout, log) = run(rollout(&["s1", "s2", "s3"], 1, false), events);
+        let rollback: Vec<&String> = log.iter().filter(|l| l.starts_with("rollback")).collect();
+        assert_eq!(rollback.len(), 9);
+        assert!(rollback.iter().all(|l| l.ends_with("s2@v1")), "{rollback:?}");
+        assert!(matches!(rollout.phase, Phase::Finished { outcome: Outcome::Failed { ref problems, .. } } if problems.is_empty()));
+    }
+
+    #[test]
+    fn a_failure_before_the_process_is_touched_only_re_enables_it() {
+        // The HAProxy socket dies while draining s1: s1 still runs v1, so it only goes back in.
+        let events = [done(2), vec![fail("s1", "HAProxy node unix:/x did not answer")], done(2)].concat();
+        let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), events);
+        assert_eq!(&log[3..], ["rollback enable s1@v1", "rollback confirm_up s1@v1"]);
+        assert!(matches!(rollout.phase, Phase::Finished { outcome: Outcome::Failed { .. } }), "{:?}", rollout.phase);
+    }
+
+    #[test]
+    fn a_capacity_failure_on_the_first_batch_changes_nothing() {
+        let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), [Event::Done, fail("s1", "no other backend is UP")]);
+        assert_eq!(log, ["prepare @v2", "check_capacity s1@v2"]);
+        assert!(matches!(rollout.phase, Phase::Finished { outcome: Outcome::Failed { .. } }));
+    }
+
+    #[test]
+    fn a_prepare_failure_changes_nothing() {
+        let (rollout, log) = run(rollout(&["s1"], 1, true), [Event::Failed { backend: None, reason: "exit 1".into() }]);
+        assert_eq!(log, ["prepare @v2"]);
+        let Phase::Finished { outcome: Outcome::Failed { failure, .. } } = rollout.phase else { panic!() };
+        assert_eq!(failure.to_string(), "prepare failed: exit 1");
+    }
+
+    #[test]
+    fn a_rollback_that_cannot_start_the_old_version_is_reported_and_the_rest_continues() {
+        let events = [
+            done(1 + 10 + 5),                             // s2 reaches start
+            vec![fail("s2", "crashed at start")],          // forward failure
+            done(4),                                       // rollback s2: drain..stop
+            vec![fail("s2", "old version crashed too")],   // rollback start fails
+            done(9),                                       // rollback s1 completes
+        ]
+        .concat();
+        let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), events);
+        assert_eq!(log.last().unwrap(), "rollback confirm_up s1@v1");
+        let Phase::Finished { outcome: Outcome::Failed { failure, problems } } = rollout.phase else { panic!() };
+        assert_eq!(failure.step, Start);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].to_string(), "start failed on s2: old version crashed too");
+    }
+
+    #[test]
+    fn events_that_do_not_fit_change_nothing() {
+        let queued = rollout(&["s1"], 1, true);
+        let (same, action) = queued.clone().step(Event::Done);
+        assert_eq!((same, action), (queued.clone(), None));
+        let (started, _) = queued.step(Event::Begin);
+        let (same, _) = started.clone().step(Event::DrainTimedOut { open_sessions: 1 });
+        assert_eq!(same, started);
+    }
+
+    #[test]
+    fn the_state_survives_a_round_trip_through_json() {
+        let events = [done(1 + 10 + 6), vec![fail("s2", "x")], done(3)].concat();
+        let (rollout, _) = run(rollout(&["s1", "s2"], 1, true), events);
+        let json = serde_json::to_string(&rollout).unwrap();
+        let back: Rollout = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rollout);
+        assert_eq!(back.action(), rollout.action());
+    }
+}
