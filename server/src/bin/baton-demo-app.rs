@@ -71,8 +71,11 @@ async fn run() -> Result<(), String> {
         eprintln!("{NAME}: {backend} version {version} crashes on purpose (exit status 3)");
         std::process::exit(3);
     }
-    let start_delay = millis("DEMO_START_DELAY_MS")?
-        .or_else(|| lower.contains("slowstart").then_some(Duration::from_secs(3)));
+    let start_delay = millis("DEMO_START_DELAY_MS")?.or_else(|| {
+        lower
+            .contains("slowstart")
+            .then_some(Duration::from_secs(3))
+    });
     let slow = millis("DEMO_SLOW_MS")?.or_else(|| {
         without_slowstart
             .contains("slow")
@@ -95,7 +98,10 @@ async fn run() -> Result<(), String> {
     });
 
     if let Some(delay) = start_delay {
-        eprintln!("{NAME}: {} version {} waits {delay:?} before listening", demo.backend, demo.version);
+        eprintln!(
+            "{NAME}: {} version {} waits {delay:?} before listening",
+            demo.backend, demo.version
+        );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             signal = &mut stop_requested => {
@@ -177,7 +183,10 @@ async fn slow_answer(
     let ms: u64 = match query.get("ms") {
         None => 1000,
         Some(value) => value.parse().map_err(|_| {
-            (StatusCode::BAD_REQUEST, format!("ms={value:?} is not a number of milliseconds\n"))
+            (
+                StatusCode::BAD_REQUEST,
+                format!("ms={value:?} is not a number of milliseconds\n"),
+            )
         })?,
     };
     tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;

@@ -105,11 +105,15 @@ impl ProcessRuntime {
 
     fn record_path(&self, backend: &BackendSpec) -> PathBuf {
         // Backend names are `[A-Za-z0-9][A-Za-z0-9._-]*` (domain.rs), so they are safe file names.
-        self.config.state_dir.join(format!("{}.json", backend.name.as_str()))
+        self.config
+            .state_dir
+            .join(format!("{}.json", backend.name.as_str()))
     }
 
     fn log_path(&self, backend: &BackendSpec) -> PathBuf {
-        self.config.state_dir.join(format!("{}.log", backend.name.as_str()))
+        self.config
+            .state_dir
+            .join(format!("{}.log", backend.name.as_str()))
     }
 
     fn read_record(&self, backend: &BackendSpec) -> Result<Option<Record>, RuntimeError> {
@@ -166,13 +170,19 @@ impl ProcessRuntime {
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|error| start_error(format!("cannot open log {}: {error}", log_path.display())))?;
-        let stderr = log
-            .try_clone()
-            .map_err(|error| start_error(format!("cannot open log {}: {error}", log_path.display())))?;
+            .map_err(|error| {
+                start_error(format!("cannot open log {}: {error}", log_path.display()))
+            })?;
+        let stderr = log.try_clone().map_err(|error| {
+            start_error(format!("cannot open log {}: {error}", log_path.display()))
+        })?;
         // A marker line so a reader of the log sees where each run begins; failing to write it
         // is no reason not to start.
-        let _ = writeln!(log, "[baton] starting version {version} of {}", backend.name);
+        let _ = writeln!(
+            log,
+            "[baton] starting version {version} of {}",
+            backend.name
+        );
 
         let mut command = tokio::process::Command::new(program);
         command
@@ -204,7 +214,9 @@ impl ProcessRuntime {
         })?;
         let Some(pid) = child.id() else {
             // Only possible once the child was reaped, which nothing did yet.
-            return Err(start_error("the process vanished while it was being started".into()));
+            return Err(start_error(
+                "the process vanished while it was being started".into(),
+            ));
         };
 
         // Read the start time before anything can reap the child: until it is reaped its PID
@@ -313,7 +325,8 @@ impl Runtime for ProcessRuntime {
 
         let signal = to_signal(self.config.stop_signal);
         tracing::info!(backend = %backend.name, pid = record.pid, %signal, "stopping backend process");
-        send(&record, signal).map_err(|error| stop_error(format!("cannot send {signal}: {error}")))?;
+        send(&record, signal)
+            .map_err(|error| stop_error(format!("cannot send {signal}: {error}")))?;
         if !wait_gone(&record, self.config.stop_timeout).await {
             tracing::warn!(
                 backend = %backend.name,
@@ -351,7 +364,9 @@ impl Runtime for ProcessRuntime {
             }),
             None => {
                 // Stopped by `stop` (record removed): the exit status, if we were its parent.
-                let exit = self.child(backend).and_then(|child| child.exit.borrow().clone());
+                let exit = self
+                    .child(backend)
+                    .and_then(|child| child.exit.borrow().clone());
                 Ok(BackendRun::Stopped { exit })
             }
         }
@@ -359,7 +374,9 @@ impl Runtime for ProcessRuntime {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn to_signal(stop: StopSignal) -> Signal {
@@ -468,7 +485,10 @@ fn read_record(path: &Path) -> Result<Option<Record>, RuntimeError> {
 /// Writes the record to a temporary file and renames it into place, so a crash leaves either
 /// the old record or the new one, never half of one.
 fn write_record(path: &Path, record: &Record) -> io::Result<()> {
-    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("record");
+    let file_name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("record");
     let temporary = path.with_file_name(format!(".{file_name}.tmp"));
     let mut file = File::create(&temporary)?;
     file.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
@@ -562,7 +582,11 @@ mod tests {
             {
                 return text;
             }
-            assert!(Instant::now() < deadline, "{} never appeared", path.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                path.display()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -624,7 +648,9 @@ mod tests {
         let mut config = config(cleanup.path(), &[]);
         config.command = python(setup, &ready);
         config.env.insert("EXTRA".into(), "yes".into());
-        config.env.insert("BATON_VERSION".into(), "overridden-by-baton".into());
+        config
+            .env
+            .insert("BATON_VERSION".into(), "overridden-by-baton".into());
         let state_dir = config.state_dir.clone();
         let runtime = ProcessRuntime::new(config);
         let b1 = backend("b1");
@@ -640,7 +666,9 @@ mod tests {
 
         // Its own session and process group: Ctrl-C on Baton, or Baton's death, never reach it.
         let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = text[text.rfind(')').unwrap() + 1..].split_whitespace().collect();
+        let fields: Vec<&str> = text[text.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
         assert_eq!(fields[2], pid.to_string(), "process group");
         assert_eq!(fields[3], pid.to_string(), "session");
 
@@ -649,7 +677,10 @@ mod tests {
         assert_eq!(running_pid(runtime.status(&b1).await.unwrap(), &v1), pid);
         // Another version while this one runs is refused.
         let error = runtime.start(&b1, &version("v2")).await.unwrap_err();
-        assert!(matches!(&error, RuntimeError::Start { reason, .. } if reason.contains("stop it first")), "{error}");
+        assert!(
+            matches!(&error, RuntimeError::Start { reason, .. } if reason.contains("stop it first")),
+            "{error}"
+        );
 
         let record: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(state_dir.join("b1.json")).unwrap()).unwrap();
@@ -659,7 +690,10 @@ mod tests {
 
         runtime.stop(&b1).await.unwrap();
         let log = fs::read_to_string(state_dir.join("b1.log")).unwrap();
-        assert!(log.contains("to stdout\n") && log.contains("to stderr\n"), "{log}");
+        assert!(
+            log.contains("to stdout\n") && log.contains("to stderr\n"),
+            "{log}"
+        );
         assert!(!state_dir.join("b1.json").exists());
         assert_eq!(
             runtime.status(&b1).await.unwrap(),
@@ -690,8 +724,15 @@ mod tests {
 
         let started = Instant::now();
         runtime.stop(&b1).await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
-        assert_eq!(fs::read_to_string(&marker).unwrap(), (Signal::SIGUSR2 as i32).to_string());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            fs::read_to_string(&marker).unwrap(),
+            (Signal::SIGUSR2 as i32).to_string()
+        );
         assert_eq!(
             runtime.status(&b1).await.unwrap(),
             BackendRun::Stopped {
@@ -719,7 +760,10 @@ mod tests {
         let started = Instant::now();
         runtime.stop(&b1).await.unwrap();
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(600), "SIGKILL too early: {took:?}");
+        assert!(
+            took >= Duration::from_millis(600),
+            "SIGKILL too early: {took:?}"
+        );
         assert!(took < Duration::from_secs(4), "took {took:?}");
         assert!(stat(pid).is_none_or(|stat| stat.state == 'Z'));
         assert_eq!(
@@ -745,7 +789,11 @@ mod tests {
         let second = ProcessRuntime::new(config);
         assert_eq!(running_pid(second.status(&b1).await.unwrap(), &v7), pid);
         second.start(&b1, &v7).await.unwrap();
-        assert_eq!(running_pid(second.status(&b1).await.unwrap(), &v7), pid, "no second process");
+        assert_eq!(
+            running_pid(second.status(&b1).await.unwrap(), &v7),
+            pid,
+            "no second process"
+        );
         second.stop(&b1).await.unwrap();
         assert!(!is_ours(&Record {
             pid,
@@ -753,7 +801,10 @@ mod tests {
             version: v7.clone()
         }));
         // Not our child: how it ended is unknown.
-        assert_eq!(second.status(&b1).await.unwrap(), BackendRun::Stopped { exit: None });
+        assert_eq!(
+            second.status(&b1).await.unwrap(),
+            BackendRun::Stopped { exit: None }
+        );
         let started = wait_gone_pid(pid).await;
         assert!(started, "pid {pid} still alive");
     }
@@ -793,12 +844,18 @@ mod tests {
         let runtime = ProcessRuntime::new(config.clone());
         for name in ["b1", "b2"] {
             let b = backend(name);
-            assert_eq!(runtime.status(&b).await.unwrap(), BackendRun::Stopped { exit: None });
+            assert_eq!(
+                runtime.status(&b).await.unwrap(),
+                BackendRun::Stopped { exit: None }
+            );
             runtime.stop(&b).await.unwrap();
             assert!(!config.state_dir.join(format!("{name}.json")).exists());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(cleanup.extra[0].try_wait().unwrap().is_none(), "the bystander was signalled");
+        assert!(
+            cleanup.extra[0].try_wait().unwrap().is_none(),
+            "the bystander was signalled"
+        );
 
         // And `start` does not mistake it for a running backend.
         let other = Record {
@@ -812,7 +869,10 @@ mod tests {
         let pid = running_pid(runtime.status(&b1).await.unwrap(), &version("v1"));
         assert_ne!(pid, bystander_pid);
         runtime.stop(&b1).await.unwrap();
-        assert!(cleanup.extra[0].try_wait().unwrap().is_none(), "the bystander was signalled");
+        assert!(
+            cleanup.extra[0].try_wait().unwrap().is_none(),
+            "the bystander was signalled"
+        );
     }
 
     #[tokio::test]
@@ -826,18 +886,27 @@ mod tests {
         match &error {
             RuntimeError::Start { backend, reason } => {
                 assert_eq!(backend, "b1");
-                assert!(reason.contains("baton-test-no-such-program") && reason.contains("not found"), "{reason}");
+                assert!(
+                    reason.contains("baton-test-no-such-program") && reason.contains("not found"),
+                    "{reason}"
+                );
             }
             other => panic!("expected a start error, got {other:?}"),
         }
         assert!(!state_dir.join("b1.json").exists());
-        assert_eq!(runtime.status(&b1).await.unwrap(), BackendRun::Stopped { exit: None });
+        assert_eq!(
+            runtime.status(&b1).await.unwrap(),
+            BackendRun::Stopped { exit: None }
+        );
 
         let mut empty = ProcessRuntime::new(ProcessConfig {
             command: Vec::new(),
             ..runtime.config.clone()
         });
-        assert!(matches!(empty.start(&b1, &version("v1")).await, Err(RuntimeError::Start { .. })));
+        assert!(matches!(
+            empty.start(&b1, &version("v1")).await,
+            Err(RuntimeError::Start { .. })
+        ));
         empty.config.command = vec!["/bin/sleep".into(), "60".into()];
         empty.config.working_dir = Some(cleanup.path().join("missing"));
         let error = empty.start(&b1, &version("v1")).await.unwrap_err();
@@ -849,14 +918,25 @@ mod tests {
         let cleanup = Cleanup::new();
         let config = config(
             cleanup.path(),
-            &["python3", "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
+            &[
+                "python3",
+                "-c",
+                "import sys; print('boom', file=sys.stderr); sys.exit(3)",
+            ],
         );
         let state_dir = config.state_dir.clone();
         let runtime = ProcessRuntime::new(config);
         let b1 = backend("b1");
         runtime.start(&b1, &version("v1")).await.unwrap();
-        assert_eq!(wait_stopped(&runtime, &b1).await, Some("exit status 3".into()));
-        assert!(fs::read_to_string(state_dir.join("b1.log")).unwrap().contains("boom\n"));
+        assert_eq!(
+            wait_stopped(&runtime, &b1).await,
+            Some("exit status 3".into())
+        );
+        assert!(
+            fs::read_to_string(state_dir.join("b1.log"))
+                .unwrap()
+                .contains("boom\n")
+        );
         // Stopping what already ended is success, and clears the record.
         runtime.stop(&b1).await.unwrap();
         assert!(!state_dir.join("b1.json").exists());

@@ -1,0 +1,5 @@
+//! Rollouts end to end: a real HAProxy, real demo-app backend processes, and Baton between them,
+//! with traffic flowing through HAProxy the whole time.
+
+mod fleet;
+mod rollouts;
