@@ -19,7 +19,10 @@ use crate::store::{DeploymentRow, StepRow, StoreError};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/services", get(list_services))
-        .route("/api/services/{service}/deployments", post(create_deployment))
+        .route(
+            "/api/services/{service}/deployments",
+            post(create_deployment),
+        )
         .route("/api/deployments", get(list_deployments))
         .route("/api/deployments/{id}", get(get_deployment))
 }
@@ -33,7 +36,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -46,7 +52,10 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         tracing::error!(%error, "database error while answering the API");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the server log has the details")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the server log has the details",
+        )
     }
 }
 
@@ -54,7 +63,9 @@ impl From<DeployError> for ApiError {
     fn from(error: DeployError) -> Self {
         match error {
             DeployError::UnknownService(_) => Self::new(StatusCode::NOT_FOUND, error.to_string()),
-            DeployError::InvalidVersion(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()),
+            DeployError::InvalidVersion(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+            }
             DeployError::Store(error) => error.into(),
         }
     }
@@ -62,7 +73,13 @@ impl From<DeployError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        Self::new(rejection.status(), format!("{}; expected a JSON body such as {{\"version\": \"v2\"}}", rejection.body_text()))
+        Self::new(
+            rejection.status(),
+            format!(
+                "{}; expected a JSON body such as {{\"version\": \"v2\"}}",
+                rejection.body_text()
+            ),
+        )
     }
 }
 
@@ -82,7 +99,10 @@ async fn create_deployment(
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(request) = body?;
-    let queued = state.fleet.request(&service, &request.version, "api", None).await?;
+    let queued = state
+        .fleet
+        .request(&service, &request.version, "api", None)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
@@ -93,21 +113,35 @@ struct ListQuery {
     before: Option<i64>,
 }
 
-async fn list_deployments(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn list_deployments(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let limit = query.limit.unwrap_or(50).clamp(1, 200);
-    let rows = state.store.deployments(query.service.as_deref(), limit, query.before).await?;
-    Ok(Json(rows.into_iter().map(|row| DeploymentView::new(row, Vec::new())).collect::<Vec<_>>()))
+    let rows = state
+        .store
+        .deployments(query.service.as_deref(), limit, query.before)
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| DeploymentView::new(row, Vec::new()))
+            .collect::<Vec<_>>(),
+    ))
 }
 
-async fn get_deployment(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid deployment id {id:?}: expected a number")))?;
-    let row = state
-        .store
-        .deployment(id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no deployment has id {id}")))?;
+async fn get_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid deployment id {id:?}: expected a number"),
+        )
+    })?;
+    let row = state.store.deployment(id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no deployment has id {id}"))
+    })?;
     let steps = state.store.steps(id).await?;
     Ok(Json(DeploymentView::new(row, steps)))
 }

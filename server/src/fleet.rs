@@ -75,8 +75,10 @@ impl Fleet {
             .load_balancers
             .iter()
             .map(|lb| {
-                let driver: Arc<dyn LoadBalancer> =
-                    Arc::new(HaproxyDriver::new(lb.runtime_api.clone(), HaproxyOptions::default()));
+                let driver: Arc<dyn LoadBalancer> = Arc::new(HaproxyDriver::new(
+                    lb.runtime_api.clone(),
+                    HaproxyOptions::default(),
+                ));
                 (lb.name.clone(), driver)
             })
             .collect();
@@ -85,7 +87,11 @@ impl Fleet {
             .iter()
             .map(|service| {
                 let runtime: Arc<dyn Runtime> = match &service.runtime.kind {
-                    RuntimeKind::Process { command, stop_signal, working_dir } => Arc::new(ProcessRuntime::new(ProcessConfig {
+                    RuntimeKind::Process {
+                        command,
+                        stop_signal,
+                        working_dir,
+                    } => Arc::new(ProcessRuntime::new(ProcessConfig {
                         command: command.clone(),
                         env: service.runtime.env.clone(),
                         working_dir: working_dir.clone(),
@@ -93,24 +99,46 @@ impl Fleet {
                         stop_timeout: service.runtime.stop_timeout.get(),
                         state_dir: settings.server.state_dir.join(service.name.as_str()),
                     })),
-                    RuntimeKind::Command { .. } => Arc::new(crate::drivers::command::CommandRuntime::new(
-                        service,
-                        settings.server.state_dir.join(service.name.as_str()),
-                    )),
+                    RuntimeKind::Command { .. } => {
+                        Arc::new(crate::drivers::command::CommandRuntime::new(
+                            service,
+                            settings.server.state_dir.join(service.name.as_str()),
+                        ))
+                    }
                 };
-                (Arc::new(service.clone()), lbs[&service.load_balancer].clone(), runtime)
+                (
+                    Arc::new(service.clone()),
+                    lbs[&service.load_balancer].clone(),
+                    runtime,
+                )
             })
             .collect();
         Self::with_drivers(services, store)
     }
 
     /// A fleet over the given drivers (tests pass fakes here).
-    pub fn with_drivers(services: Vec<(Arc<ServiceSettings>, Arc<dyn LoadBalancer>, Arc<dyn Runtime>)>, store: Store) -> Self {
+    pub fn with_drivers(
+        services: Vec<(
+            Arc<ServiceSettings>,
+            Arc<dyn LoadBalancer>,
+            Arc<dyn Runtime>,
+        )>,
+        store: Store,
+    ) -> Self {
         let services = services
             .into_iter()
-            .map(|(settings, lb, runtime)| ServiceHandle { settings, lb, runtime, wake: Arc::new(Notify::new()) })
+            .map(|(settings, lb, runtime)| ServiceHandle {
+                settings,
+                lb,
+                runtime,
+                wake: Arc::new(Notify::new()),
+            })
             .collect();
-        Self { services, store, http: reqwest::Client::new() }
+        Self {
+            services,
+            store,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn services(&self) -> &[ServiceHandle] {
@@ -148,13 +176,24 @@ impl Fleet {
     }
 
     /// Queues a rollout of `service` to `version`.
-    pub async fn request(&self, service: &str, version: &str, trigger: &str, requested_by: Option<&str>) -> Result<Queued, DeployError> {
+    pub async fn request(
+        &self,
+        service: &str,
+        version: &str,
+        trigger: &str,
+        requested_by: Option<&str>,
+    ) -> Result<Queued, DeployError> {
         let handle = self.handle(service)?;
         let version = Version::parse(version)?;
         let targets = self.current_versions(handle).await?;
         let from = common_version(&targets);
         let settings = &handle.settings;
-        let rollout = Rollout::new(version.clone(), targets, settings.batch_size as usize, settings.auto_rollback);
+        let rollout = Rollout::new(
+            version.clone(),
+            targets,
+            settings.batch_size as usize,
+            settings.auto_rollback,
+        );
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
         let ahead = self.store.unfinished_count(service).await?;
         let id = self
@@ -171,12 +210,19 @@ impl Fleet {
         handle.wake.notify_one();
         tracing::info!(rollout_id = id, service, version = %version, trigger, "rollout queued");
         // With nothing ahead of it, the worker takes it at once.
-        Ok(Queued { id, status: if ahead == 0 { "running" } else { "queued" } })
+        Ok(Queued {
+            id,
+            status: if ahead == 0 { "running" } else { "queued" },
+        })
     }
 
     async fn current_versions(&self, handle: &ServiceHandle) -> Result<Vec<Target>, StoreError> {
-        let recorded: HashMap<String, String> =
-            self.store.backend_versions(handle.settings.name.as_str()).await?.into_iter().collect();
+        let recorded: HashMap<String, String> = self
+            .store
+            .backend_versions(handle.settings.name.as_str())
+            .await?
+            .into_iter()
+            .collect();
         Ok(handle
             .settings
             .backends
@@ -196,10 +242,11 @@ impl Fleet {
         let mut views = Vec::with_capacity(self.services.len());
         for handle in &self.services {
             let targets = self.current_versions(handle).await?;
-            let (servers, load_balancer_error) = match handle.lb.servers(&handle.settings.haproxy_backend).await {
-                Ok(servers) => (servers, None),
-                Err(error) => (Vec::new(), Some(error.to_string())),
-            };
+            let (servers, load_balancer_error) =
+                match handle.lb.servers(&handle.settings.haproxy_backend).await {
+                    Ok(servers) => (servers, None),
+                    Err(error) => (Vec::new(), Some(error.to_string())),
+                };
             let backends = handle
                 .settings
                 .backends
@@ -209,7 +256,11 @@ impl Fleet {
                     name: backend.name.to_string(),
                     address: backend.address.to_string(),
                     version: target.previous.to_string(),
-                    load_balancer: servers.iter().filter(|s| s.server == backend.name.as_str()).cloned().collect(),
+                    load_balancer: servers
+                        .iter()
+                        .filter(|s| s.server == backend.name.as_str())
+                        .cloned()
+                        .collect(),
                 })
                 .collect();
             views.push(ServiceView {
@@ -226,36 +277,72 @@ impl Fleet {
 /// The version every target runs, if they agree.
 fn common_version(targets: &[Target]) -> Option<String> {
     let first = &targets.first()?.previous;
-    targets.iter().all(|t| &t.previous == first).then(|| first.to_string())
+    targets
+        .iter()
+        .all(|t| &t.previous == first)
+        .then(|| first.to_string())
 }
 
 /// Starts every backend that is not running at its recorded version (or the initial one), unless
 /// a rollout of the service is unfinished: that rollout knows better, and resumes first.
 async fn bring_up(runner: &ServiceRunner, store: &Store) -> Result<(), StoreError> {
     let service = &runner.service;
-    if store.next_deployment(service.name.as_str()).await?.is_some_and(|row| row.status == "running") {
+    if store
+        .next_deployment(service.name.as_str())
+        .await?
+        .is_some_and(|row| row.status == "running")
+    {
         return Ok(());
     }
-    let recorded: HashMap<String, String> = store.backend_versions(service.name.as_str()).await?.into_iter().collect();
+    let recorded: HashMap<String, String> = store
+        .backend_versions(service.name.as_str())
+        .await?
+        .into_iter()
+        .collect();
     for backend in &service.backends {
-        let spec = BackendSpec { service: service.name.clone(), name: backend.name.clone(), address: backend.address };
+        let spec = BackendSpec {
+            service: service.name.clone(),
+            name: backend.name.clone(),
+            address: backend.address,
+        };
         let version = recorded
             .get(backend.name.as_str())
             .and_then(|v| Version::parse(v).ok())
             .unwrap_or_else(|| service.runtime.initial_version.clone());
         match runner.runtime.status(&spec).await {
-            Ok(BackendRun::Running { version: running, pid }) => {
+            Ok(BackendRun::Running {
+                version: running,
+                pid,
+            }) => {
                 tracing::info!(service = %service.name, backend = %backend.name, version = %running, ?pid, "adopted a running backend");
-                store.set_backend_version(service.name.as_str(), backend.name.as_str(), running.as_str()).await?;
+                store
+                    .set_backend_version(
+                        service.name.as_str(),
+                        backend.name.as_str(),
+                        running.as_str(),
+                    )
+                    .await?;
             }
             Ok(BackendRun::Stopped { .. }) => {
                 tracing::info!(service = %service.name, backend = %backend.name, %version, "starting a backend that is not running");
                 match runner.runtime.start(&spec, &version).await {
-                    Ok(()) => store.set_backend_version(service.name.as_str(), backend.name.as_str(), version.as_str()).await?,
-                    Err(error) => tracing::error!(service = %service.name, backend = %backend.name, %error, "cannot start the backend"),
+                    Ok(()) => {
+                        store
+                            .set_backend_version(
+                                service.name.as_str(),
+                                backend.name.as_str(),
+                                version.as_str(),
+                            )
+                            .await?
+                    }
+                    Err(error) => {
+                        tracing::error!(service = %service.name, backend = %backend.name, %error, "cannot start the backend")
+                    }
                 }
             }
-            Err(error) => tracing::error!(service = %service.name, backend = %backend.name, %error, "cannot tell whether the backend runs"),
+            Err(error) => {
+                tracing::error!(service = %service.name, backend = %backend.name, %error, "cannot tell whether the backend runs")
+            }
         }
     }
     Ok(())

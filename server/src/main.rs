@@ -59,7 +59,12 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Demo { dir } => demo(dir),
         Command::CheckConfig { config } => check_config(config),
-        Command::Deploy { service, version, wait, url } => deploy(&url, &service, &version, wait),
+        Command::Deploy {
+            service,
+            version,
+            wait,
+            url,
+        } => deploy(&url, &service, &version, wait),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,7 +80,9 @@ fn load(config: &PathBuf) -> anyhow::Result<Settings> {
 }
 
 fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let client = reqwest::Client::new();
         let base = url.trim_end_matches('/');
@@ -88,10 +95,18 @@ fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         if !status.is_success() {
-            anyhow::bail!("Baton refused the rollout ({status}): {}", body["error"].as_str().unwrap_or("no reason given"));
+            anyhow::bail!(
+                "Baton refused the rollout ({status}): {}",
+                body["error"].as_str().unwrap_or("no reason given")
+            );
         }
-        let id = body["id"].as_i64().ok_or_else(|| anyhow::anyhow!("Baton answered without a rollout id: {body}"))?;
-        println!("rollout {id} of {service} to {version}: {}", body["status"].as_str().unwrap_or("?"));
+        let id = body["id"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("Baton answered without a rollout id: {body}"))?;
+        println!(
+            "rollout {id} of {service} to {version}: {}",
+            body["status"].as_str().unwrap_or("?")
+        );
         if !wait {
             return Ok(());
         }
@@ -107,15 +122,23 @@ fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result
             let steps = deployment["steps"].as_array().cloned().unwrap_or_default();
             // A step is printed once it has finished, so each line is final.
             while let Some(step) = steps.get(printed).filter(|step| !step["outcome"].is_null()) {
-                let took = step["finished_at"].as_i64().unwrap_or(0) - step["started_at"].as_i64().unwrap_or(0);
+                let took = step["finished_at"].as_i64().unwrap_or(0)
+                    - step["started_at"].as_i64().unwrap_or(0);
                 println!(
                     "  {}{:<8} {:<15} {:<10} {:>6} ms{}",
-                    if step["rollback"].as_bool() == Some(true) { "rollback " } else { "" },
+                    if step["rollback"].as_bool() == Some(true) {
+                        "rollback "
+                    } else {
+                        ""
+                    },
                     step["backend"].as_str().unwrap_or("-"),
                     step["step"].as_str().unwrap_or("?"),
                     step["outcome"].as_str().unwrap_or("?"),
                     took,
-                    step["detail"].as_str().map(|d| format!("  {d}")).unwrap_or_default()
+                    step["detail"]
+                        .as_str()
+                        .map(|d| format!("  {d}"))
+                        .unwrap_or_default()
                 );
                 printed += 1;
             }
@@ -125,7 +148,12 @@ fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result
                     return Ok(());
                 }
                 Some(status @ ("failed" | "rolled_back" | "cancelled")) => {
-                    anyhow::bail!("rollout {id} {status}: {}", deployment["reason"].as_str().unwrap_or("no reason recorded"));
+                    anyhow::bail!(
+                        "rollout {id} {status}: {}",
+                        deployment["reason"]
+                            .as_str()
+                            .unwrap_or("no reason recorded")
+                    );
                 }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
             }
@@ -148,11 +176,54 @@ fn check_config(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo fleet: HAProxy on 127.0.0.1:8000 in front of three demo-app backends that Baton
+/// starts itself. Everything lives in `dir`; HAProxy stops when Baton does, the backends do not
+/// (as in production: a restarted Baton re-adopts them).
 fn demo(dir: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let socket = dir.join("haproxy.sock");
+    let haproxy_cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        format!(
+            "global\n    stats socket {} mode 600 level admin\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend demo\n    bind 127.0.0.1:8000\n    default_backend web\n\
+             backend web\n    option httpchk GET /alive\n    \
+             default-server inter 500ms fastinter 100ms downinter 500ms rise 2 fall 2\n\
+             {}",
+            socket.display(),
+            (1..=3)
+                .map(|i| format!("    server web{i} 127.0.0.1:1808{i} check\n"))
+                .collect::<String>()
+        ),
+    )?;
+    let app = std::env::current_exe()?.with_file_name("baton-demo-app");
     let config = dir.join("baton.toml");
-    std::fs::write(&config, include_str!("demo/baton.toml"))?;
-    serve(config)
+    std::fs::write(
+        &config,
+        include_str!("demo/baton.toml").replace(
+            "\"baton-demo-app\"",
+            &format!("{:?}", app.display().to_string()),
+        ),
+    )?;
+    let _ = std::fs::remove_file(&socket);
+    let mut haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&haproxy_cfg)
+        .spawn()
+        .map_err(|error| {
+            anyhow::anyhow!("cannot start haproxy (apt-get install haproxy): {error}")
+        })?;
+    println!("Demo: HAProxy serves the demo app on http://127.0.0.1:8000");
+    println!(
+        "Demo: try `baton deploy web v2 --wait`, or a broken version: v3-unhealthy, v3-crash, v3-slowstart"
+    );
+    let result = serve(config);
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    result
 }
 
 fn serve(config: PathBuf) -> anyhow::Result<()> {

@@ -407,7 +407,11 @@ impl Settings {
                 listen,
                 database_url,
                 site_root,
-                state_dir: config_dir.join(raw.server.state_dir.unwrap_or_else(|| PathBuf::from("state"))),
+                state_dir: config_dir.join(
+                    raw.server
+                        .state_dir
+                        .unwrap_or_else(|| PathBuf::from("state")),
+                ),
             },
             load_balancers,
             services,

@@ -20,9 +20,9 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::fleet::Fleet as ServiceFleet;
-use crate::{api, http};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::{api, http};
 
 /// The largest request body Baton reads (API calls and webhooks are small).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -65,7 +65,11 @@ impl Application {
     }
 
     /// Like [`Application::build`], over a fleet the caller made (tests pass fake drivers).
-    pub async fn build_with_fleet(settings: Settings, store: Store, fleet: Arc<ServiceFleet>) -> anyhow::Result<Self> {
+    pub async fn build_with_fleet(
+        settings: Settings,
+        store: Store,
+        fleet: Arc<ServiceFleet>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .map_err(|error| {
@@ -108,7 +112,10 @@ impl Application {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
         self.store.close().await;

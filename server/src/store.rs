@@ -79,7 +79,10 @@ impl Store {
 
     /// The deployment a service's worker should carry on with: an interrupted one first (Baton
     /// stopped in the middle), else the oldest queued one.
-    pub async fn next_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError> {
+    pub async fn next_deployment(
+        &self,
+        service: &str,
+    ) -> Result<Option<DeploymentRow>, StoreError> {
         let row = sqlx::query_as::<_, DeploymentRow>(
             "SELECT * FROM deployments WHERE service = ? AND status IN ('running', 'queued')
              ORDER BY status = 'running' DESC, id ASC LIMIT 1",
@@ -101,7 +104,13 @@ impl Store {
     }
 
     /// Saves the engine state (and the status it implies) before its next side effect.
-    pub async fn save_state(&self, id: i64, status: &str, state: &str, reason: Option<&str>) -> Result<(), StoreError> {
+    pub async fn save_state(
+        &self,
+        id: i64,
+        status: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
         let now = now_millis();
         let finished = matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled");
         sqlx::query(
@@ -122,14 +131,21 @@ impl Store {
     }
 
     pub async fn deployment(&self, id: i64) -> Result<Option<DeploymentRow>, StoreError> {
-        Ok(sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Deployments, newest first.
-    pub async fn deployments(&self, service: Option<&str>, limit: i64, before_id: Option<i64>) -> Result<Vec<DeploymentRow>, StoreError> {
+    pub async fn deployments(
+        &self,
+        service: Option<&str>,
+        limit: i64,
+        before_id: Option<i64>,
+    ) -> Result<Vec<DeploymentRow>, StoreError> {
         Ok(sqlx::query_as::<_, DeploymentRow>(
             "SELECT * FROM deployments WHERE (? IS NULL OR service = ?) AND (? IS NULL OR id < ?)
              ORDER BY id DESC LIMIT ?",
@@ -144,7 +160,14 @@ impl Store {
     }
 
     /// Records that a step begins on a backend (before its side effect); returns the step's id.
-    pub async fn begin_step(&self, deployment: i64, backend: Option<&str>, step: &str, rollback: bool, version: &str) -> Result<i64, StoreError> {
+    pub async fn begin_step(
+        &self,
+        deployment: i64,
+        backend: Option<&str>,
+        step: &str,
+        rollback: bool,
+        version: &str,
+    ) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "INSERT INTO deployment_steps (deployment_id, backend, step, rollback, version, started_at)
              VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -159,14 +182,21 @@ impl Store {
         .await?)
     }
 
-    pub async fn finish_step(&self, step: i64, outcome: &str, detail: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ?")
-            .bind(now_millis())
-            .bind(outcome)
-            .bind(detail)
-            .bind(step)
-            .execute(&self.pool)
-            .await?;
+    pub async fn finish_step(
+        &self,
+        step: i64,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ?",
+        )
+        .bind(now_millis())
+        .bind(outcome)
+        .bind(detail)
+        .bind(step)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -185,21 +215,33 @@ impl Store {
     }
 
     pub async fn steps(&self, deployment: i64) -> Result<Vec<StepRow>, StoreError> {
-        Ok(sqlx::query_as::<_, StepRow>("SELECT * FROM deployment_steps WHERE deployment_id = ? ORDER BY id")
-            .bind(deployment)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as::<_, StepRow>(
+            "SELECT * FROM deployment_steps WHERE deployment_id = ? ORDER BY id",
+        )
+        .bind(deployment)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The version each backend of the service runs, as last recorded.
-    pub async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(sqlx::query_as("SELECT backend, version FROM backend_versions WHERE service = ?")
-            .bind(service)
-            .fetch_all(&self.pool)
-            .await?)
+    pub async fn backend_versions(
+        &self,
+        service: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT backend, version FROM backend_versions WHERE service = ?")
+                .bind(service)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
-    pub async fn set_backend_version(&self, service: &str, backend: &str, version: &str) -> Result<(), StoreError> {
+    pub async fn set_backend_version(
+        &self,
+        service: &str,
+        backend: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO backend_versions (service, backend, version, updated_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (service, backend) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
@@ -287,18 +329,45 @@ mod tests {
     #[tokio::test]
     async fn queued_deployments_come_out_in_order_after_an_interrupted_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("b.db").display())).await.unwrap();
-        let new = |to| NewDeployment { service: "api", from_version: Some("v1"), to_version: to, trigger: "api", requested_by: None, state: "{}" };
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("b.db").display()))
+            .await
+            .unwrap();
+        let new = |to| NewDeployment {
+            service: "api",
+            from_version: Some("v1"),
+            to_version: to,
+            trigger: "api",
+            requested_by: None,
+            state: "{}",
+        };
         let first = store.insert_deployment(&new("v2")).await.unwrap();
         let second = store.insert_deployment(&new("v3")).await.unwrap();
-        assert_eq!(store.next_deployment("api").await.unwrap().unwrap().id, first);
-        store.save_state(second, "running", "{}", None).await.unwrap();
-        assert_eq!(store.next_deployment("api").await.unwrap().unwrap().id, second);
+        assert_eq!(
+            store.next_deployment("api").await.unwrap().unwrap().id,
+            first
+        );
+        store
+            .save_state(second, "running", "{}", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.next_deployment("api").await.unwrap().unwrap().id,
+            second
+        );
         assert_eq!(store.unfinished_count("api").await.unwrap(), 2);
         assert!(store.next_deployment("other").await.unwrap().is_none());
-        let listed: Vec<i64> = store.deployments(None, 10, None).await.unwrap().iter().map(|d| d.id).collect();
+        let listed: Vec<i64> = store
+            .deployments(None, 10, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect();
         assert_eq!(listed, [second, first]);
-        store.save_state(second, "failed", "{}", Some("start failed on s1: boom")).await.unwrap();
+        store
+            .save_state(second, "failed", "{}", Some("start failed on s1: boom"))
+            .await
+            .unwrap();
         let row = store.deployment(second).await.unwrap().unwrap();
         assert_eq!(row.reason.as_deref(), Some("start failed on s1: boom"));
         assert!(row.finished_at.is_some());

@@ -34,7 +34,12 @@ impl CommandRuntime {
     /// # Panics
     /// If `service`'s runtime is not of kind `command` (settings guarantee which it is).
     pub fn new(service: &ServiceSettings, working_dir: PathBuf) -> Self {
-        let RuntimeKind::Command { prepare, start, stop } = &service.runtime.kind else {
+        let RuntimeKind::Command {
+            prepare,
+            start,
+            stop,
+        } = &service.runtime.kind
+        else {
             panic!("CommandRuntime needs a service with runtime kind = \"command\"");
         };
         Self {
@@ -49,8 +54,14 @@ impl CommandRuntime {
         }
     }
 
-    async fn run(&self, script: &str, env: &[(&str, String)], limit: Duration) -> Result<(), String> {
-        std::fs::create_dir_all(&self.working_dir).map_err(|e| format!("cannot create {}: {e}", self.working_dir.display()))?;
+    async fn run(
+        &self,
+        script: &str,
+        env: &[(&str, String)],
+        limit: Duration,
+    ) -> Result<(), String> {
+        std::fs::create_dir_all(&self.working_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.working_dir.display()))?;
         let mut command = Command::new("/bin/sh");
         command
             .arg("-c")
@@ -63,7 +74,9 @@ impl CommandRuntime {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = command.spawn().map_err(|e| format!("cannot run /bin/sh: {e}"))?;
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot run /bin/sh: {e}"))?;
         let output = tokio::time::timeout(limit, child.wait_with_output())
             .await
             .map_err(|_| format!("`{script}` did not finish within {limit:?}"))?
@@ -72,13 +85,27 @@ impl CommandRuntime {
             Ok(())
         } else {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: String = stderr.trim().chars().rev().take(400).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = stderr
+                .trim()
+                .chars()
+                .rev()
+                .take(400)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             Err(format!("`{script}` ended with {}: {tail}", output.status))
         }
     }
 
-    fn backend_env(backend: &BackendSpec, version: Option<&Version>) -> Vec<(&'static str, String)> {
-        let mut env = vec![("BATON_BACKEND", backend.name.to_string()), ("BATON_PORT", backend.address.port().to_string())];
+    fn backend_env(
+        backend: &BackendSpec,
+        version: Option<&Version>,
+    ) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("BATON_BACKEND", backend.name.to_string()),
+            ("BATON_PORT", backend.address.port().to_string()),
+        ];
         if let Some(version) = version {
             env.push(("BATON_VERSION", version.to_string()));
         }
@@ -89,36 +116,77 @@ impl CommandRuntime {
 #[async_trait]
 impl Runtime for CommandRuntime {
     async fn prepare(&self, version: &Version) -> Result<(), RuntimeError> {
-        let Some(script) = &self.prepare else { return Ok(()) };
-        self.run(script, &[("BATON_VERSION", version.to_string())], self.timeout.max(Duration::from_secs(60)))
-            .await
-            .map_err(|reason| RuntimeError::Prepare { version: version.to_string(), reason })
+        let Some(script) = &self.prepare else {
+            return Ok(());
+        };
+        self.run(
+            script,
+            &[("BATON_VERSION", version.to_string())],
+            self.timeout.max(Duration::from_secs(60)),
+        )
+        .await
+        .map_err(|reason| RuntimeError::Prepare {
+            version: version.to_string(),
+            reason,
+        })
     }
 
     async fn start(&self, backend: &BackendSpec, version: &Version) -> Result<(), RuntimeError> {
-        self.run(&self.start, &Self::backend_env(backend, Some(version)), self.timeout)
-            .await
-            .map_err(|reason| RuntimeError::Start { backend: backend.name.to_string(), reason })?;
-        self.started.lock().expect("not poisoned").insert(backend.name.to_string(), version.clone());
+        self.run(
+            &self.start,
+            &Self::backend_env(backend, Some(version)),
+            self.timeout,
+        )
+        .await
+        .map_err(|reason| RuntimeError::Start {
+            backend: backend.name.to_string(),
+            reason,
+        })?;
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .insert(backend.name.to_string(), version.clone());
         Ok(())
     }
 
     async fn stop(&self, backend: &BackendSpec) -> Result<(), RuntimeError> {
-        let version = self.started.lock().expect("not poisoned").get(backend.name.as_str()).cloned();
-        self.run(&self.stop, &Self::backend_env(backend, version.as_ref()), self.timeout)
-            .await
-            .map_err(|reason| RuntimeError::Stop { backend: backend.name.to_string(), reason })?;
-        self.started.lock().expect("not poisoned").remove(backend.name.as_str());
+        let version = self
+            .started
+            .lock()
+            .expect("not poisoned")
+            .get(backend.name.as_str())
+            .cloned();
+        self.run(
+            &self.stop,
+            &Self::backend_env(backend, version.as_ref()),
+            self.timeout,
+        )
+        .await
+        .map_err(|reason| RuntimeError::Stop {
+            backend: backend.name.to_string(),
+            reason,
+        })?;
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .remove(backend.name.as_str());
         Ok(())
     }
 
     /// A command runtime cannot see the processes: it reports what it last started, and
     /// otherwise assumes the backend runs (its health check tells the truth).
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError> {
-        let version = self.started.lock().expect("not poisoned").get(backend.name.as_str()).cloned();
+        let version = self
+            .started
+            .lock()
+            .expect("not poisoned")
+            .get(backend.name.as_str())
+            .cloned();
         match version {
             Some(version) => Ok(BackendRun::Running { version, pid: None }),
-            None => Err(RuntimeError::Other("the command runtime does not know what runs on this backend".into())),
+            None => Err(RuntimeError::Other(
+                "the command runtime does not know what runs on this backend".into(),
+            )),
         }
     }
 }
@@ -150,7 +218,8 @@ address = "127.0.0.1:18001"
 "#,
             log = dir.join("log").display()
         );
-        let settings = Settings::parse(&text, &dir.join("baton.toml"), &EnvOverrides::default()).unwrap();
+        let settings =
+            Settings::parse(&text, &dir.join("baton.toml"), &EnvOverrides::default()).unwrap();
         CommandRuntime::new(&settings.services[0], dir.join("work"))
     }
 
@@ -169,7 +238,9 @@ address = "127.0.0.1:18001"
         let version = Version::parse("v2.1").unwrap();
         runtime.prepare(&version).await.unwrap();
         runtime.start(&spec("s1"), &version).await.unwrap();
-        assert!(matches!(runtime.status(&spec("s1")).await.unwrap(), BackendRun::Running { version: v, .. } if v.as_str() == "v2.1"));
+        assert!(
+            matches!(runtime.status(&spec("s1")).await.unwrap(), BackendRun::Running { version: v, .. } if v.as_str() == "v2.1")
+        );
         runtime.stop(&spec("s1")).await.unwrap();
         let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
         assert_eq!(log, "prepared v2.1\nstart s1 18001 v2.1\nstop s1\n");
@@ -178,8 +249,15 @@ address = "127.0.0.1:18001"
     #[tokio::test]
     async fn a_failing_command_reports_its_status_and_stderr() {
         let dir = tempfile::tempdir().unwrap();
-        let error = runtime(dir.path()).stop(&spec("s2")).await.unwrap_err().to_string();
+        let error = runtime(dir.path())
+            .stop(&spec("s2"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("cannot stop s2"), "{error}");
-        assert!(error.contains("exit status: 4") && error.contains("nope"), "{error}");
+        assert!(
+            error.contains("exit status: 4") && error.contains("nope"),
+            "{error}"
+        );
     }
 }

@@ -98,7 +98,11 @@ impl HaproxyDriver {
     {
         let mut tasks = JoinSet::new();
         for (index, addr) in self.nodes.iter().enumerate() {
-            let node = Node { name: addr.to_string(), addr: addr.clone(), options: self.options };
+            let node = Node {
+                name: addr.to_string(),
+                addr: addr.clone(),
+                options: self.options,
+            };
             let call = per_node(node);
             tasks.spawn(async move { (index, call.await) });
         }
@@ -110,7 +114,10 @@ impl HaproxyDriver {
                 Err(error) => panic!("HAProxy node task cancelled: {error}"),
             }
         }
-        slots.into_iter().map(|slot| slot.expect("every node task reports")).collect()
+        slots
+            .into_iter()
+            .map(|slot| slot.expect("every node task reports"))
+            .collect()
     }
 
     /// Refuses names HAProxy could not have (it allows letters, digits, `-`, `_`, `.`, `:`),
@@ -120,7 +127,11 @@ impl HaproxyDriver {
             return Ok(());
         }
         Err(LbError::NoSuchServer {
-            node: self.nodes.first().map(ToString::to_string).unwrap_or_default(),
+            node: self
+                .nodes
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             backend: backend.to_owned(),
             server: server.to_owned(),
         })
@@ -134,7 +145,12 @@ impl LoadBalancer for HaproxyDriver {
     /// Cancellation-safe: the command is idempotent, so a dropped call leaves some nodes
     /// changed and a repeated call converges. Mind the table in the module docs: `ready`
     /// counts as up at once, before any check has passed.
-    async fn set_state(&self, backend: &str, server: &str, state: AdminState) -> Result<(), LbError> {
+    async fn set_state(
+        &self,
+        backend: &str,
+        server: &str,
+        state: AdminState,
+    ) -> Result<(), LbError> {
         self.check_names(backend, server)?;
         let command = format!("set server {backend}/{server} state {state}");
         let (backend, server) = (backend.to_owned(), server.to_owned());
@@ -216,7 +232,10 @@ impl Node {
             match tokio::time::timeout(self.options.command_timeout, self.exchange(command)).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(Failure::Protocol(reason))) => {
-                    return Err(LbError::Protocol { node: self.name.clone(), reason })
+                    return Err(LbError::Protocol {
+                        node: self.name.clone(),
+                        reason,
+                    });
                 }
                 outcome => {
                     let reason = match outcome {
@@ -225,7 +244,11 @@ impl Node {
                     };
                     tracing::debug!(node = %self.name, command, attempt, %reason, "HAProxy node unreachable");
                     if attempt >= attempts {
-                        return Err(LbError::Unreachable { node: self.name.clone(), attempts, reason });
+                        return Err(LbError::Unreachable {
+                            node: self.name.clone(),
+                            attempts,
+                            reason,
+                        });
                     }
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2);
@@ -258,8 +281,10 @@ impl Node {
         if reply.trim() == "No such proxy." {
             return Err(self.no_such(backend, "*"));
         }
-        parse_show_stat(&self.name, backend, &reply)
-            .map_err(|reason| LbError::Protocol { node: self.name.clone(), reason })
+        parse_show_stat(&self.name, backend, &reply).map_err(|reason| LbError::Protocol {
+            node: self.name.clone(),
+            reason,
+        })
     }
 
     fn no_such(&self, backend: &str, server: &str) -> LbError {
@@ -305,7 +330,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(Failure::Retry("connection closed without an answer".into()));
     }
     if reply.len() as u64 > MAX_REPLY {
-        return Err(Failure::Protocol(format!("answer longer than {MAX_REPLY} bytes")));
+        return Err(Failure::Protocol(format!(
+            "answer longer than {MAX_REPLY} bytes"
+        )));
     }
     String::from_utf8(reply).map_err(|_| Failure::Protocol("answer is not UTF-8".into()))
 }
@@ -332,7 +359,9 @@ fn expect_empty(
 /// HAProxy's rule for proxy and server names (`invalid_char`).
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Parses `show stat` CSV by header names. Keeps only the server rows of `backend`.
@@ -347,7 +376,10 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
     let mut lines = reply.lines();
     let header = lines.next().unwrap_or_default();
     let Some(header) = header.strip_prefix("# ") else {
-        return Err(format!("expected a `# pxname,…` CSV header, got {:?}", excerpt(reply)));
+        return Err(format!(
+            "expected a `# pxname,…` CSV header, got {:?}",
+            excerpt(reply)
+        ));
     };
     let names = split_csv(header)?;
     let column = |name: &str| {
@@ -364,7 +396,10 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
         column("check_status")?,
         column("bck")?,
     );
-    let needed = [pxname, svname, scur, status, check_status, bck].into_iter().max().unwrap_or(0);
+    let needed = [pxname, svname, scur, status, check_status, bck]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let mut servers = Vec::new();
     for (number, line) in lines.enumerate() {
         if line.trim().is_empty() {
@@ -372,7 +407,12 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
         }
         let row = split_csv(line)?;
         if row.len() <= needed {
-            return Err(format!("CSV row {} has {} fields: {:?}", number + 2, row.len(), excerpt(line)));
+            return Err(format!(
+                "CSV row {} has {} fields: {:?}",
+                number + 2,
+                row.len(),
+                excerpt(line)
+            ));
         }
         if row[pxname] != backend || row[svname] == "FRONTEND" || row[svname] == "BACKEND" {
             continue;
@@ -417,7 +457,10 @@ fn split_csv(line: &str) -> Result<Vec<String>, String> {
         }
     }
     if quoted {
-        return Err(format!("unterminated quote in CSV line {:?}", excerpt(line)));
+        return Err(format!(
+            "unterminated quote in CSV line {:?}",
+            excerpt(line)
+        ));
     }
     fields.push(field);
     Ok(fields)
@@ -461,7 +504,9 @@ mod tests {
             let (body, counter) = (name.to_owned(), hits.clone());
             let accept = tokio::spawn(async move {
                 loop {
-                    let Ok((mut stream, _)) = listener.accept().await else { return };
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
                     let (body, counter) = (body.clone(), counter.clone());
                     tokio::spawn(async move {
                         let mut request = Vec::new();
@@ -490,7 +535,12 @@ mod tests {
                     });
                 }
             });
-            Self { name: name.to_owned(), port, hits, accept }
+            Self {
+                name: name.to_owned(),
+                port,
+                hits,
+                accept,
+            }
         }
 
         /// Stops listening: new connections (and health checks) are refused.
@@ -577,10 +627,18 @@ mod tests {
                 .kill_on_drop(true)
                 .spawn()
                 .expect("start haproxy");
-            let haproxy = Self { child, _dir: dir, socket, tcp_api, frontend };
+            let haproxy = Self {
+                child,
+                _dir: dir,
+                socket,
+                tcp_api,
+                frontend,
+            };
             let driver = haproxy.driver();
-            eventually("the runtime API answers", || async { driver.servers("app").await.is_ok() })
-                .await;
+            eventually("the runtime API answers", || async {
+                driver.servers("app").await.is_ok()
+            })
+            .await;
             haproxy
         }
 
@@ -620,7 +678,9 @@ mod tests {
 
     async fn status_of(driver: &HaproxyDriver, server: &str) -> ServerStatus {
         let all = driver.servers("app").await.unwrap();
-        all.into_iter().find(|s| s.server == server).unwrap_or_else(|| panic!("no {server}"))
+        all.into_iter()
+            .find(|s| s.server == server)
+            .unwrap_or_else(|| panic!("no {server}"))
     }
 
     /// Waits until every listed server shows exactly `status` with check `check`.
@@ -628,9 +688,10 @@ mod tests {
         eventually(&format!("{servers:?} show {status} {check:?}"), || async {
             let all = driver.servers("app").await.unwrap();
             servers.iter().all(|name| {
-                all.iter().filter(|s| s.server == *name).all(|s| {
-                    s.status == status && s.check.as_deref() == check
-                }) && all.iter().any(|s| s.server == *name)
+                all.iter()
+                    .filter(|s| s.server == *name)
+                    .all(|s| s.status == status && s.check.as_deref() == check)
+                    && all.iter().any(|s| s.server == *name)
             })
         })
         .await;
@@ -660,14 +721,30 @@ mod tests {
     }
 
     async fn three_backends() -> (TestBackend, TestBackend, TestBackend) {
-        (TestBackend::start("s1").await, TestBackend::start("s2").await, TestBackend::start("b1").await)
+        (
+            TestBackend::start("s1").await,
+            TestBackend::start("s2").await,
+            TestBackend::start("b1").await,
+        )
     }
 
     fn lines(s1: &TestBackend, s2: &TestBackend, b1: &TestBackend) -> Vec<ServerLine> {
         vec![
-            ServerLine { name: "s1", port: s1.port, backup: false },
-            ServerLine { name: "s2", port: s2.port, backup: false },
-            ServerLine { name: "b1", port: b1.port, backup: true },
+            ServerLine {
+                name: "s1",
+                port: s1.port,
+                backup: false,
+            },
+            ServerLine {
+                name: "s2",
+                port: s2.port,
+                backup: false,
+            },
+            ServerLine {
+                name: "b1",
+                port: b1.port,
+                backup: true,
+            },
         ]
     }
 
@@ -745,27 +822,51 @@ mod tests {
         let driver = haproxy.driver();
         wait_for(&driver, &["s1", "s2", "b1"], "UP", Some("L7OK")).await;
         let answers = spread(&haproxy.frontend, 20).await;
-        assert!(answers.iter().any(|a| a == "s1"), "s1 takes traffic when UP: {answers:?}");
-        assert!(answers.iter().all(|a| a == "s1" || a == "s2"), "{answers:?}");
+        assert!(
+            answers.iter().any(|a| a == "s1"),
+            "s1 takes traffic when UP: {answers:?}"
+        );
+        assert!(
+            answers.iter().all(|a| a == "s1" || a == "s2"),
+            "{answers:?}"
+        );
 
-        driver.set_state("app", "s1", AdminState::Drain).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Drain)
+            .await
+            .unwrap();
         let s1_status = status_of(&driver, "s1").await;
         assert_eq!(s1_status.status, "DRAIN");
         assert_eq!(s1_status.check.as_deref(), Some("L7OK"));
         assert!(!s1_status.is_up());
         let before = s1.hits.load(Ordering::SeqCst);
         let answers = spread(&haproxy.frontend, 20).await;
-        assert!(answers.iter().all(|a| a == "s2"), "drained s1 got traffic: {answers:?}");
+        assert!(
+            answers.iter().all(|a| a == "s2"),
+            "drained s1 got traffic: {answers:?}"
+        );
         assert_eq!(s1.hits.load(Ordering::SeqCst), before);
 
-        driver.set_state("app", "s1", AdminState::Maint).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Maint)
+            .await
+            .unwrap();
         let s1_status = status_of(&driver, "s1").await;
-        assert_eq!((s1_status.status.as_str(), s1_status.check), ("MAINT", None));
+        assert_eq!(
+            (s1_status.status.as_str(), s1_status.check),
+            ("MAINT", None)
+        );
 
-        driver.set_state("app", "s1", AdminState::Ready).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Ready)
+            .await
+            .unwrap();
         wait_for(&driver, &["s1"], "UP", Some("L7OK")).await;
         let answers = spread(&haproxy.frontend, 20).await;
-        assert!(answers.iter().any(|a| a == "s1"), "s1 back in rotation: {answers:?}");
+        assert!(
+            answers.iter().any(|a| a == "s1"),
+            "s1 back in rotation: {answers:?}"
+        );
         assert!(!answers.iter().any(|a| a == &b1.name), "{answers:?}");
     }
 
@@ -775,20 +876,30 @@ mod tests {
         let (s1, s2, b1) = three_backends().await;
         let dead_port = free_port().await;
         let mut servers = lines(&s1, &s2, &b1);
-        servers.push(ServerLine { name: "s3", port: dead_port, backup: false });
+        servers.push(ServerLine {
+            name: "s3",
+            port: dead_port,
+            backup: false,
+        });
         let haproxy = Haproxy::start(&servers).await;
         let driver = haproxy.driver();
         wait_for(&driver, &["s1", "s2", "b1"], "UP", Some("L7OK")).await;
         wait_for(&driver, &["s3"], "DOWN", Some("L4CON")).await;
 
         // maint: no checks, no check result.
-        driver.set_state("app", "s1", AdminState::Maint).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Maint)
+            .await
+            .unwrap();
         let st = status_of(&driver, "s1").await;
         assert_eq!((st.status.as_str(), st.check.as_deref()), ("MAINT", None));
 
         // maint -> drain: at first "DRAIN 1/2" with the stale pre-maint "L7OK" (or, if the
         // first check already ran, the bare "DRAIN"); never in rotation.
-        driver.set_state("app", "s1", AdminState::Drain).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Drain)
+            .await
+            .unwrap();
         let st = status_of(&driver, "s1").await;
         assert!(st.status == "DRAIN 1/2" || st.status == "DRAIN", "{st:?}");
         assert_eq!(st.check.as_deref(), Some("L7OK"));
@@ -799,32 +910,59 @@ mod tests {
         assert!(answers.iter().all(|a| a == "s2"), "{answers:?}");
 
         // drain -> ready with full health: the bare "UP" at once.
-        driver.set_state("app", "s1", AdminState::Ready).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Ready)
+            .await
+            .unwrap();
         let st = status_of(&driver, "s1").await;
-        assert_eq!((st.status.as_str(), st.check.as_deref()), ("UP", Some("L7OK")));
+        assert_eq!(
+            (st.status.as_str(), st.check.as_deref()),
+            ("UP", Some("L7OK"))
+        );
 
         // The trap, as in a rollout: maint, the old process stops, nothing listens yet,
         // ready. HAProxy shows "UP 1/2" with the old "L7OK" before any check ran, and
         // `is_up()` says yes; requests routed there now get 503s. Only the next check turns
         // it DOWN.
-        driver.set_state("app", "s1", AdminState::Maint).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Maint)
+            .await
+            .unwrap();
         s1.stop_listening();
-        driver.set_state("app", "s1", AdminState::Ready).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Ready)
+            .await
+            .unwrap();
         let st = status_of(&driver, "s1").await;
-        assert_eq!((st.status.as_str(), st.check.as_deref()), ("UP 1/2", Some("L7OK")));
+        assert_eq!(
+            (st.status.as_str(), st.check.as_deref()),
+            ("UP 1/2", Some("L7OK"))
+        );
         assert!(st.is_up(), "the trap: counted as up with nothing listening");
         wait_for(&driver, &["s1"], "DOWN", Some("L4CON")).await;
 
         // Same for a server that never passed a check at all.
-        driver.set_state("app", "s3", AdminState::Maint).await.unwrap();
-        driver.set_state("app", "s3", AdminState::Ready).await.unwrap();
+        driver
+            .set_state("app", "s3", AdminState::Maint)
+            .await
+            .unwrap();
+        driver
+            .set_state("app", "s3", AdminState::Ready)
+            .await
+            .unwrap();
         let st = status_of(&driver, "s3").await;
-        assert_eq!((st.status.as_str(), st.check.as_deref()), ("UP 1/2", Some("L4CON")));
+        assert_eq!(
+            (st.status.as_str(), st.check.as_deref()),
+            ("UP 1/2", Some("L4CON"))
+        );
         assert!(st.is_up());
         wait_for(&driver, &["s3"], "DOWN", Some("L4CON")).await;
 
         // And drain with failing checks is "DOWN", not "DRAIN".
-        driver.set_state("app", "s1", AdminState::Drain).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Drain)
+            .await
+            .unwrap();
         wait_for(&driver, &["s1"], "DOWN", Some("L4CON")).await;
     }
 
@@ -837,7 +975,10 @@ mod tests {
         wait_for(&driver, &["s1", "s2", "b1"], "UP", Some("L7OK")).await;
 
         // Route the slow request to s1 by draining s2 for a moment.
-        driver.set_state("app", "s2", AdminState::Drain).await.unwrap();
+        driver
+            .set_state("app", "s2", AdminState::Drain)
+            .await
+            .unwrap();
         let frontend = haproxy.frontend.clone();
         let started = Instant::now();
         let slow = tokio::spawn(async move { get(&frontend, "/slow/8000").await });
@@ -845,23 +986,41 @@ mod tests {
             status_of(&driver, "s1").await.sessions == 1
         })
         .await;
-        driver.set_state("app", "s2", AdminState::Ready).await.unwrap();
+        driver
+            .set_state("app", "s2", AdminState::Ready)
+            .await
+            .unwrap();
 
-        driver.set_state("app", "s1", AdminState::Drain).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Drain)
+            .await
+            .unwrap();
         let st = status_of(&driver, "s1").await;
         assert_eq!((st.status.as_str(), st.sessions), ("DRAIN", 1));
-        driver.set_state("app", "s1", AdminState::Maint).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Maint)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let st = status_of(&driver, "s1").await;
-        assert_eq!((st.status.as_str(), st.sessions), ("MAINT", 1), "maint keeps sessions");
+        assert_eq!(
+            (st.status.as_str(), st.sessions),
+            ("MAINT", 1),
+            "maint keeps sessions"
+        );
         assert!(!slow.is_finished());
 
         assert_eq!(driver.shutdown_sessions("app", "s1").await.unwrap(), 1);
-        let answer = tokio::time::timeout(Duration::from_secs(3), slow).await.unwrap().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(3), slow)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_ne!(answer, "s1", "the cut request must not complete");
-        eventually("s1 has no sessions", || async { status_of(&driver, "s1").await.sessions == 0 })
-            .await;
+        eventually("s1 has no sessions", || async {
+            status_of(&driver, "s1").await.sessions == 0
+        })
+        .await;
         assert_eq!(driver.shutdown_sessions("app", "s1").await.unwrap(), 0);
     }
 
@@ -873,18 +1032,46 @@ mod tests {
         let driver = haproxy.driver();
         let node = format!("unix:{}", haproxy.socket.display());
         let no_such = |result: Result<(), LbError>, backend: &str, server: &str| match result {
-            Err(LbError::NoSuchServer { node: n, backend: b, server: s }) => {
-                assert_eq!((n.as_str(), b.as_str(), s.as_str()), (node.as_str(), backend, server))
+            Err(LbError::NoSuchServer {
+                node: n,
+                backend: b,
+                server: s,
+            }) => {
+                assert_eq!(
+                    (n.as_str(), b.as_str(), s.as_str()),
+                    (node.as_str(), backend, server)
+                )
             }
             other => panic!("expected NoSuchServer for {backend}/{server}, got {other:?}"),
         };
-        no_such(driver.set_state("app", "nope", AdminState::Drain).await, "app", "nope");
-        no_such(driver.set_state("nope", "s1", AdminState::Drain).await, "nope", "s1");
+        no_such(
+            driver.set_state("app", "nope", AdminState::Drain).await,
+            "app",
+            "nope",
+        );
+        no_such(
+            driver.set_state("nope", "s1", AdminState::Drain).await,
+            "nope",
+            "s1",
+        );
         no_such(driver.servers("nope").await.map(drop), "nope", "*");
-        no_such(driver.shutdown_sessions("app", "nope").await.map(drop), "app", "nope");
+        no_such(
+            driver.shutdown_sessions("app", "nope").await.map(drop),
+            "app",
+            "nope",
+        );
         // Not a name HAProxy allows; never sent (it would splice a second command).
-        no_such(driver.set_state("app", "s1;shutdown", AdminState::Maint).await, "app", "s1;shutdown");
-        assert_eq!(status_of(&driver, "s1").await.status.split(' ').next(), Some("UP"));
+        no_such(
+            driver
+                .set_state("app", "s1;shutdown", AdminState::Maint)
+                .await,
+            "app",
+            "s1;shutdown",
+        );
+        assert_eq!(
+            status_of(&driver, "s1").await.status.split(' ').next(),
+            Some("UP")
+        );
     }
 
     /// Test 5b: nothing listening, or a listener that never answers → `Unreachable` after the
@@ -909,7 +1096,11 @@ mod tests {
                 other => panic!("expected Unreachable, got {other:?}"),
             }
             // Backoff 20 ms then 40 ms.
-            assert!(started.elapsed() >= Duration::from_millis(60), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() >= Duration::from_millis(60),
+                "{:?}",
+                started.elapsed()
+            );
         }
 
         // Accepts but never answers: each attempt times out.
@@ -925,13 +1116,21 @@ mod tests {
         let driver = HaproxyDriver::new(vec![addr.clone()], options);
         let started = Instant::now();
         match driver.servers("app").await {
-            Err(LbError::Unreachable { node, attempts, reason }) => {
+            Err(LbError::Unreachable {
+                node,
+                attempts,
+                reason,
+            }) => {
                 assert_eq!((node, attempts), (addr.to_string(), 3));
                 assert!(reason.contains("no answer"), "{reason}");
             }
             other => panic!("expected Unreachable, got {other:?}"),
         }
-        assert!(started.elapsed() >= Duration::from_millis(360), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(360),
+            "{:?}",
+            started.elapsed()
+        );
         held.abort();
     }
 
@@ -946,7 +1145,10 @@ mod tests {
         assert!(nodes[1].starts_with("tcp:127.0.0.1:"));
         wait_for(&driver, &["s1", "s2", "b1"], "UP", Some("L7OK")).await;
 
-        driver.set_state("app", "s1", AdminState::Drain).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Drain)
+            .await
+            .unwrap();
         let all = driver.servers("app").await.unwrap();
         assert_eq!(all.len(), 6);
         for (index, node) in nodes.iter().enumerate() {
@@ -964,7 +1166,10 @@ mod tests {
         let answers = spread(&second.frontend, 10).await;
         assert!(answers.iter().all(|a| a == "s2"), "{answers:?}");
 
-        driver.set_state("app", "s1", AdminState::Ready).await.unwrap();
+        driver
+            .set_state("app", "s1", AdminState::Ready)
+            .await
+            .unwrap();
         wait_for(&driver, &["s1"], "UP", Some("L7OK")).await;
         assert_eq!(driver.shutdown_sessions("app", "s1").await.unwrap(), 0);
 

@@ -63,11 +63,23 @@ impl ServerStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
     #[error("HAProxy node {node} did not answer after {attempts} attempts: {reason}")]
-    Unreachable { node: String, attempts: u32, reason: String },
+    Unreachable {
+        node: String,
+        attempts: u32,
+        reason: String,
+    },
     #[error("HAProxy node {node} refused `{command}`: {reply}")]
-    Refused { node: String, command: String, reply: String },
+    Refused {
+        node: String,
+        command: String,
+        reply: String,
+    },
     #[error("HAProxy node {node} has no server {backend}/{server}")]
-    NoSuchServer { node: String, backend: String, server: String },
+    NoSuchServer {
+        node: String,
+        backend: String,
+        server: String,
+    },
     #[error("HAProxy node {node} answered something Baton cannot read: {reason}")]
     Protocol { node: String, reason: String },
 }
@@ -79,7 +91,12 @@ pub enum LbError {
 #[async_trait]
 pub trait LoadBalancer: Send + Sync {
     /// Sets `backend/server`'s admin state on every node; returns once every node accepted it.
-    async fn set_state(&self, backend: &str, server: &str, state: AdminState) -> Result<(), LbError>;
+    async fn set_state(
+        &self,
+        backend: &str,
+        server: &str,
+        state: AdminState,
+    ) -> Result<(), LbError>;
     /// Every server of `backend` on every node (one entry per node and server).
     async fn servers(&self, backend: &str) -> Result<Vec<ServerStatus>, LbError>;
     /// Closes the server's remaining sessions on every node; returns how many were open.
@@ -97,9 +114,14 @@ pub struct BackendSpec {
 /// What runs on a backend, as the runtime knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendRun {
-    Running { version: Version, pid: Option<u32> },
+    Running {
+        version: Version,
+        pid: Option<u32>,
+    },
     /// Not running; `exit` says how the last run ended, when known ("exit status 3").
-    Stopped { exit: Option<String> },
+    Stopped {
+        exit: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -805,8 +805,8 @@ mod tests {
             second.status(&b1).await.unwrap(),
             BackendRun::Stopped { exit: None }
         );
-        let started = wait_gone_pid(pid).await;
-        assert!(started, "pid {pid} still alive");
+        let gone = wait_gone_pid(pid).await;
+        assert!(gone, "pid {pid} still alive");
     }
 
     async fn wait_gone_pid(pid: u32) -> bool {

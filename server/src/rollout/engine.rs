@@ -99,7 +99,12 @@ pub struct Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.backend {
-            Some(backend) => write!(f, "{} failed on {backend}: {}", self.step.as_str(), self.reason),
+            Some(backend) => write!(
+                f,
+                "{} failed on {backend}: {}",
+                self.step.as_str(),
+                self.reason
+            ),
             None => write!(f, "{} failed: {}", self.step.as_str(), self.reason),
         }
     }
@@ -115,7 +120,10 @@ pub enum Outcome {
     RolledBack { failure: Failure },
     /// A step failed. Backends already done keep the new version (no automatic rollback), or a
     /// rollback step failed too (`problems`: those backends need an operator).
-    Failed { failure: Failure, problems: Vec<Failure> },
+    Failed {
+        failure: Failure,
+        problems: Vec<Failure>,
+    },
 }
 
 /// A backend to put back, and the step its restoration starts at.
@@ -131,10 +139,20 @@ pub enum Phase {
     /// Queued: nothing done yet.
     Pending,
     /// Moving batch `batch` to the new version; `step` is being carried out.
-    Forward { batch: usize, step: Step },
+    Forward {
+        batch: usize,
+        step: Step,
+    },
     /// Putting backends back on their previous versions, one at a time: `queue[0]` is at `step`.
-    RollingBack { queue: Vec<Restore>, step: Step, cause: Failure, problems: Vec<Failure> },
-    Finished { outcome: Outcome },
+    RollingBack {
+        queue: Vec<Restore>,
+        step: Step,
+        cause: Failure,
+        problems: Vec<Failure>,
+    },
+    Finished {
+        outcome: Outcome,
+    },
 }
 
 /// The whole state of one rollout.
@@ -158,7 +176,10 @@ pub enum Event {
     /// `WaitSessions` reached its deadline with sessions still open.
     DrainTimedOut { open_sessions: u64 },
     /// The current action failed.
-    Failed { backend: Option<BackendName>, reason: String },
+    Failed {
+        backend: Option<BackendName>,
+        reason: String,
+    },
 }
 
 /// The next thing to do: `step` on `backends`, toward `version`.
@@ -175,7 +196,13 @@ pub struct Action {
 impl Rollout {
     /// A queued rollout of `targets` to `to`.
     pub fn new(to: Version, targets: Vec<Target>, batch_size: usize, auto_rollback: bool) -> Self {
-        Self { to, targets, batch_size: batch_size.max(1), auto_rollback, phase: Phase::Pending }
+        Self {
+            to,
+            targets,
+            batch_size: batch_size.max(1),
+            auto_rollback,
+            phase: Phase::Pending,
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -199,7 +226,10 @@ impl Rollout {
                 step: *step,
                 backends: match step {
                     Step::Prepare => Vec::new(),
-                    _ => self.targets[self.batch(*batch)].iter().map(|t| t.name.clone()).collect(),
+                    _ => self.targets[self.batch(*batch)]
+                        .iter()
+                        .map(|t| t.name.clone())
+                        .collect(),
                 },
                 version: self.to.clone(),
                 rollback: false,
@@ -220,24 +250,76 @@ impl Rollout {
     pub fn step(mut self, event: Event) -> (Self, Option<Action>) {
         let phase = std::mem::replace(&mut self.phase, Phase::Pending);
         self.phase = match (phase, event) {
-            (Phase::Pending, Event::Begin) => Phase::Forward { batch: 0, step: Step::Prepare },
+            (Phase::Pending, Event::Begin) => Phase::Forward {
+                batch: 0,
+                step: Step::Prepare,
+            },
             (Phase::Forward { batch, step }, Event::Done) => self.forward_after(batch, step),
-            (Phase::Forward { batch, step: Step::WaitSessions }, Event::DrainTimedOut { .. }) => {
-                Phase::Forward { batch, step: Step::CutSessions }
-            }
-            (Phase::Forward { batch, step }, Event::Failed { backend, reason }) => {
-                self.fail_forward(batch, Failure { step, backend, reason })
-            }
-            (Phase::RollingBack { queue, step, cause, problems }, Event::Done) => match step.next() {
-                Some(next) => Phase::RollingBack { queue, step: next, cause, problems },
+            (
+                Phase::Forward {
+                    batch,
+                    step: Step::WaitSessions,
+                },
+                Event::DrainTimedOut { .. },
+            ) => Phase::Forward {
+                batch,
+                step: Step::CutSessions,
+            },
+            (Phase::Forward { batch, step }, Event::Failed { backend, reason }) => self
+                .fail_forward(
+                    batch,
+                    Failure {
+                        step,
+                        backend,
+                        reason,
+                    },
+                ),
+            (
+                Phase::RollingBack {
+                    queue,
+                    step,
+                    cause,
+                    problems,
+                },
+                Event::Done,
+            ) => match step.next() {
+                Some(next) => Phase::RollingBack {
+                    queue,
+                    step: next,
+                    cause,
+                    problems,
+                },
                 None => self.next_restore(queue, cause, problems),
             },
-            (Phase::RollingBack { queue, step: Step::WaitSessions, cause, problems }, Event::DrainTimedOut { .. }) => {
-                Phase::RollingBack { queue, step: Step::CutSessions, cause, problems }
-            }
-            (Phase::RollingBack { queue, step, cause, mut problems }, Event::Failed { backend, reason }) => {
+            (
+                Phase::RollingBack {
+                    queue,
+                    step: Step::WaitSessions,
+                    cause,
+                    problems,
+                },
+                Event::DrainTimedOut { .. },
+            ) => Phase::RollingBack {
+                queue,
+                step: Step::CutSessions,
+                cause,
+                problems,
+            },
+            (
+                Phase::RollingBack {
+                    queue,
+                    step,
+                    cause,
+                    mut problems,
+                },
+                Event::Failed { backend, reason },
+            ) => {
                 let backend = backend.or_else(|| Some(self.targets[queue[0].index].name.clone()));
-                problems.push(Failure { step, backend, reason });
+                problems.push(Failure {
+                    step,
+                    backend,
+                    reason,
+                });
                 if step.touches_the_process() {
                     // The old version is not serving on this backend: it stays out of
                     // rotation, and the outcome says it needs an operator.
@@ -245,7 +327,12 @@ impl Rollout {
                 } else if step < Step::Enable {
                     // Draining for the rollback failed while the backend still serves the
                     // new version: keep it serving rather than leave it drained.
-                    Phase::RollingBack { queue, step: Step::Enable, cause, problems }
+                    Phase::RollingBack {
+                        queue,
+                        step: Step::Enable,
+                        cause,
+                        problems,
+                    }
                 } else {
                     self.next_restore(queue, cause, problems)
                 }
@@ -259,8 +346,13 @@ impl Rollout {
     fn forward_after(&self, batch: usize, step: Step) -> Phase {
         match step.next() {
             Some(next) => Phase::Forward { batch, step: next },
-            None if batch + 1 < self.batch_count() => Phase::Forward { batch: batch + 1, step: Step::CheckCapacity },
-            None => Phase::Finished { outcome: Outcome::Succeeded },
+            None if batch + 1 < self.batch_count() => Phase::Forward {
+                batch: batch + 1,
+                step: Step::CheckCapacity,
+            },
+            None => Phase::Finished {
+                outcome: Outcome::Succeeded,
+            },
         }
     }
 
@@ -270,33 +362,61 @@ impl Rollout {
         // only need to go back into rotation.
         let from = match cause.step {
             Step::Prepare | Step::CheckCapacity => None,
-            Step::Drain | Step::WaitSessions | Step::CutSessions | Step::Maint => Some(Step::Enable),
+            Step::Drain | Step::WaitSessions | Step::CutSessions | Step::Maint => {
+                Some(Step::Enable)
+            }
             _ => Some(Step::Drain),
         };
         let mut queue: Vec<Restore> = match from {
-            Some(from) => self.batch(batch).rev().map(|index| Restore { index, from }).collect(),
+            Some(from) => self
+                .batch(batch)
+                .rev()
+                .map(|index| Restore { index, from })
+                .collect(),
             None => Vec::new(),
         };
         if self.auto_rollback {
-            queue.extend((0..self.batch(batch).start).rev().map(|index| Restore { index, from: Step::Drain }));
+            queue.extend((0..self.batch(batch).start).rev().map(|index| Restore {
+                index,
+                from: Step::Drain,
+            }));
         }
         self.next_restore_from(queue, cause, Vec::new())
     }
 
-    fn next_restore(&self, mut queue: Vec<Restore>, cause: Failure, problems: Vec<Failure>) -> Phase {
+    fn next_restore(
+        &self,
+        mut queue: Vec<Restore>,
+        cause: Failure,
+        problems: Vec<Failure>,
+    ) -> Phase {
         queue.remove(0);
         self.next_restore_from(queue, cause, problems)
     }
 
-    fn next_restore_from(&self, queue: Vec<Restore>, cause: Failure, problems: Vec<Failure>) -> Phase {
+    fn next_restore_from(
+        &self,
+        queue: Vec<Restore>,
+        cause: Failure,
+        problems: Vec<Failure>,
+    ) -> Phase {
         match queue.first() {
-            Some(first) => Phase::RollingBack { step: first.from, queue, cause, problems },
+            Some(first) => Phase::RollingBack {
+                step: first.from,
+                queue,
+                cause,
+                problems,
+            },
             None => {
-                let changed_any = self.auto_rollback && (cause.step.touches_the_process() || self.batch_index_of(&cause) > 0);
+                let changed_any = self.auto_rollback
+                    && (cause.step.touches_the_process() || self.batch_index_of(&cause) > 0);
                 let outcome = if problems.is_empty() && self.auto_rollback && changed_any {
                     Outcome::RolledBack { failure: cause }
                 } else {
-                    Outcome::Failed { failure: cause, problems }
+                    Outcome::Failed {
+                        failure: cause,
+                        problems,
+                    }
                 };
                 Phase::Finished { outcome }
             }
@@ -325,12 +445,21 @@ mod tests {
     }
 
     fn rollout(backends: &[&str], batch_size: usize, auto_rollback: bool) -> Rollout {
-        let targets = backends.iter().map(|name| Target { name: b(name), previous: v("v1") }).collect();
+        let targets = backends
+            .iter()
+            .map(|name| Target {
+                name: b(name),
+                previous: v("v1"),
+            })
+            .collect();
         Rollout::new(v("v2"), targets, batch_size, auto_rollback)
     }
 
     /// Runs events through the engine, recording each action as "step backends@version".
-    fn run(mut rollout: Rollout, events: impl IntoIterator<Item = Event>) -> (Rollout, Vec<String>) {
+    fn run(
+        mut rollout: Rollout,
+        events: impl IntoIterator<Item = Event>,
+    ) -> (Rollout, Vec<String>) {
         let mut log = Vec::new();
         for event in std::iter::once(Event::Begin).chain(events) {
             let (next, action) = rollout.step(event);
@@ -354,11 +483,24 @@ mod tests {
     }
 
     fn fail(backend: &str, reason: &str) -> Event {
-        Event::Failed { backend: Some(b(backend)), reason: reason.into() }
+        Event::Failed {
+            backend: Some(b(backend)),
+            reason: reason.into(),
+        }
     }
 
-    const PROCEDURE: [&str; 10] =
-        ["check_capacity", "drain", "wait_sessions", "maint", "stop", "start", "wait_healthy", "lb_check", "enable", "confirm_up"];
+    const PROCEDURE: [&str; 10] = [
+        "check_capacity",
+        "drain",
+        "wait_sessions",
+        "maint",
+        "stop",
+        "start",
+        "wait_healthy",
+        "lb_check",
+        "enable",
+        "confirm_up",
+    ];
 
     #[test]
     fn a_clean_rollout_walks_every_backend_through_the_whole_procedure_in_order() {
@@ -368,7 +510,12 @@ mod tests {
             expected.extend(PROCEDURE.iter().map(|step| format!("{step} {backend}@v2")));
         }
         assert_eq!(log, expected);
-        assert_eq!(rollout.phase, Phase::Finished { outcome: Outcome::Succeeded });
+        assert_eq!(
+            rollout.phase,
+            Phase::Finished {
+                outcome: Outcome::Succeeded
+            }
+        );
         assert_eq!(rollout.action(), None);
     }
 
@@ -382,27 +529,57 @@ mod tests {
 
     #[test]
     fn a_drain_timeout_cuts_the_sessions_then_continues() {
-        let events = [done(3), vec![Event::DrainTimedOut { open_sessions: 3 }], done(1)].concat();
+        let events = [
+            done(3),
+            vec![Event::DrainTimedOut { open_sessions: 3 }],
+            done(1),
+        ]
+        .concat();
         let (_, log) = run(rollout(&["s1", "s2"], 1, true), events);
-        assert_eq!(&log[3..], ["wait_sessions s1@v2", "cut_sessions s1@v2", "maint s1@v2"]);
+        assert_eq!(
+            &log[3..],
+            ["wait_sessions s1@v2", "cut_sessions s1@v2", "maint s1@v2"]
+        );
     }
 
     #[test]
     fn a_version_that_never_gets_healthy_on_the_second_backend_rolls_both_back_in_reverse() {
         // prepare, s1 complete (10 steps), s2 up to start (6 steps), then wait_healthy fails.
-        let events = [done(1 + 10 + 6), vec![fail("s2", "not healthy after 60s")], done(20)].concat();
+        let events = [
+            done(1 + 10 + 6),
+            vec![fail("s2", "not healthy after 60s")],
+            done(20),
+        ]
+        .concat();
         let (rollout, log) = run(rollout(&["s1", "s2", "s3"], 1, true), events);
-        let rollback: Vec<&str> = log.iter().filter(|l| l.starts_with("rollback")).map(String::as_str).collect();
+        let rollback: Vec<&str> = log
+            .iter()
+            .filter(|l| l.starts_with("rollback"))
+            .map(String::as_str)
+            .collect();
         let mut expected = Vec::new();
         for backend in ["s2", "s1"] {
-            expected.extend(PROCEDURE[1..].iter().map(|step| format!("rollback {step} {backend}@v1")));
+            expected.extend(
+                PROCEDURE[1..]
+                    .iter()
+                    .map(|step| format!("rollback {step} {backend}@v1")),
+            );
         }
         assert_eq!(rollback, expected);
-        assert!(!log.iter().any(|l| l.contains("s3")), "s3 is never touched: {log:?}");
-        let Phase::Finished { outcome: Outcome::RolledBack { failure } } = rollout.phase else {
+        assert!(
+            !log.iter().any(|l| l.contains("s3")),
+            "s3 is never touched: {log:?}"
+        );
+        let Phase::Finished {
+            outcome: Outcome::RolledBack { failure },
+        } = rollout.phase
+        else {
             panic!("expected a rollback, got {:?}", rollout.phase)
         };
-        assert_eq!(failure.to_string(), "wait_healthy failed on s2: not healthy after 60s");
+        assert_eq!(
+            failure.to_string(),
+            "wait_healthy failed on s2: not healthy after 60s"
+        );
     }
 
     #[test]
@@ -411,50 +588,99 @@ mod tests {
         let (rollout, log) = run(rollout(&["s1", "s2", "s3"], 1, false), events);
         let rollback: Vec<&String> = log.iter().filter(|l| l.starts_with("rollback")).collect();
         assert_eq!(rollback.len(), 9);
-        assert!(rollback.iter().all(|l| l.ends_with("s2@v1")), "{rollback:?}");
-        assert!(matches!(rollout.phase, Phase::Finished { outcome: Outcome::Failed { ref problems, .. } } if problems.is_empty()));
+        assert!(
+            rollback.iter().all(|l| l.ends_with("s2@v1")),
+            "{rollback:?}"
+        );
+        assert!(
+            matches!(rollout.phase, Phase::Finished { outcome: Outcome::Failed { ref problems, .. } } if problems.is_empty())
+        );
     }
 
     #[test]
     fn a_failure_before_the_process_is_touched_only_re_enables_it() {
         // The HAProxy socket dies while draining s1: s1 still runs v1, so it only goes back in.
-        let events = [done(2), vec![fail("s1", "HAProxy node unix:/x did not answer")], done(2)].concat();
+        let events = [
+            done(2),
+            vec![fail("s1", "HAProxy node unix:/x did not answer")],
+            done(2),
+        ]
+        .concat();
         let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), events);
-        assert_eq!(&log[3..], ["rollback enable s1@v1", "rollback confirm_up s1@v1"]);
-        assert!(matches!(rollout.phase, Phase::Finished { outcome: Outcome::Failed { .. } }), "{:?}", rollout.phase);
+        assert_eq!(
+            &log[3..],
+            ["rollback enable s1@v1", "rollback confirm_up s1@v1"]
+        );
+        assert!(
+            matches!(
+                rollout.phase,
+                Phase::Finished {
+                    outcome: Outcome::Failed { .. }
+                }
+            ),
+            "{:?}",
+            rollout.phase
+        );
     }
 
     #[test]
     fn a_capacity_failure_on_the_first_batch_changes_nothing() {
-        let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), [Event::Done, fail("s1", "no other backend is UP")]);
+        let (rollout, log) = run(
+            rollout(&["s1", "s2"], 1, true),
+            [Event::Done, fail("s1", "no other backend is UP")],
+        );
         assert_eq!(log, ["prepare @v2", "check_capacity s1@v2"]);
-        assert!(matches!(rollout.phase, Phase::Finished { outcome: Outcome::Failed { .. } }));
+        assert!(matches!(
+            rollout.phase,
+            Phase::Finished {
+                outcome: Outcome::Failed { .. }
+            }
+        ));
     }
 
     #[test]
     fn a_prepare_failure_changes_nothing() {
-        let (rollout, log) = run(rollout(&["s1"], 1, true), [Event::Failed { backend: None, reason: "exit 1".into() }]);
+        let (rollout, log) = run(
+            rollout(&["s1"], 1, true),
+            [Event::Failed {
+                backend: None,
+                reason: "exit 1".into(),
+            }],
+        );
         assert_eq!(log, ["prepare @v2"]);
-        let Phase::Finished { outcome: Outcome::Failed { failure, .. } } = rollout.phase else { panic!() };
+        let Phase::Finished {
+            outcome: Outcome::Failed { failure, .. },
+        } = rollout.phase
+        else {
+            panic!()
+        };
         assert_eq!(failure.to_string(), "prepare failed: exit 1");
     }
 
     #[test]
     fn a_rollback_that_cannot_start_the_old_version_is_reported_and_the_rest_continues() {
         let events = [
-            done(1 + 10 + 5),                             // s2 reaches start
-            vec![fail("s2", "crashed at start")],          // forward failure
-            done(4),                                       // rollback s2: drain..stop
-            vec![fail("s2", "old version crashed too")],   // rollback start fails
-            done(9),                                       // rollback s1 completes
+            done(1 + 10 + 5),                            // s2 reaches start
+            vec![fail("s2", "crashed at start")],        // forward failure
+            done(4),                                     // rollback s2: drain..stop
+            vec![fail("s2", "old version crashed too")], // rollback start fails
+            done(9),                                     // rollback s1 completes
         ]
         .concat();
         let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), events);
         assert_eq!(log.last().unwrap(), "rollback confirm_up s1@v1");
-        let Phase::Finished { outcome: Outcome::Failed { failure, problems } } = rollout.phase else { panic!() };
+        let Phase::Finished {
+            outcome: Outcome::Failed { failure, problems },
+        } = rollout.phase
+        else {
+            panic!()
+        };
         assert_eq!(failure.step, Start);
         assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].to_string(), "start failed on s2: old version crashed too");
+        assert_eq!(
+            problems[0].to_string(),
+            "start failed on s2: old version crashed too"
+        );
     }
 
     #[test]
@@ -463,7 +689,9 @@ mod tests {
         let (same, action) = queued.clone().step(Event::Done);
         assert_eq!((same, action), (queued.clone(), None));
         let (started, _) = queued.step(Event::Begin);
-        let (same, _) = started.clone().step(Event::DrainTimedOut { open_sessions: 1 });
+        let (same, _) = started
+            .clone()
+            .step(Event::DrainTimedOut { open_sessions: 1 });
         assert_eq!(same, started);
     }
 

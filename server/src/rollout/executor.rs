@@ -41,21 +41,29 @@ pub fn status_of(rollout: &Rollout) -> &'static str {
     match &rollout.phase {
         Phase::Pending => "queued",
         Phase::Forward { .. } | Phase::RollingBack { .. } => "running",
-        Phase::Finished { outcome: Outcome::Succeeded } => "succeeded",
-        Phase::Finished { outcome: Outcome::RolledBack { .. } } => "rolled_back",
-        Phase::Finished { outcome: Outcome::Failed { .. } } => "failed",
+        Phase::Finished {
+            outcome: Outcome::Succeeded,
+        } => "succeeded",
+        Phase::Finished {
+            outcome: Outcome::RolledBack { .. },
+        } => "rolled_back",
+        Phase::Finished {
+            outcome: Outcome::Failed { .. },
+        } => "failed",
     }
 }
 
 fn reason_of(rollout: &Rollout) -> Option<String> {
     match &rollout.phase {
-        Phase::Finished { outcome: Outcome::RolledBack { failure } } => {
-            Some(format!("{failure}; every changed backend was rolled back"))
-        }
-        Phase::Finished { outcome: Outcome::Failed { failure, problems } } if problems.is_empty() => {
-            Some(failure.to_string())
-        }
-        Phase::Finished { outcome: Outcome::Failed { failure, problems } } => {
+        Phase::Finished {
+            outcome: Outcome::RolledBack { failure },
+        } => Some(format!("{failure}; every changed backend was rolled back")),
+        Phase::Finished {
+            outcome: Outcome::Failed { failure, problems },
+        } if problems.is_empty() => Some(failure.to_string()),
+        Phase::Finished {
+            outcome: Outcome::Failed { failure, problems },
+        } => {
             let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
             Some(format!(
                 "{failure}; the rollback also failed ({}): those backends are out of rotation and need an operator",
@@ -99,10 +107,25 @@ impl ServiceRunner {
     }
 
     #[tracing::instrument(skip_all, fields(rollout_id = row.id, service = %row.service))]
-    async fn run_deployment(&self, row: DeploymentRow, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        let Some(mut rollout) = row.state.as_deref().and_then(|state| serde_json::from_str::<Rollout>(state).ok()) else {
+    async fn run_deployment(
+        &self,
+        row: DeploymentRow,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let Some(mut rollout) = row
+            .state
+            .as_deref()
+            .and_then(|state| serde_json::from_str::<Rollout>(state).ok())
+        else {
             tracing::error!("the rollout's saved state is unreadable; marking it failed");
-            self.store.save_state(row.id, "failed", "null", Some("the saved rollout state could not be read")).await?;
+            self.store
+                .save_state(
+                    row.id,
+                    "failed",
+                    "null",
+                    Some("the saved rollout state could not be read"),
+                )
+                .await?;
             return Ok(());
         };
         let mut action = rollout.action();
@@ -110,12 +133,17 @@ impl ServiceRunner {
             (rollout, action) = rollout.step(Event::Begin);
         } else {
             let interrupted = self.store.interrupt_open_steps(row.id).await?;
-            tracing::warn!(interrupted, "resuming a rollout that Baton left in the middle");
+            tracing::warn!(
+                interrupted,
+                "resuming a rollout that Baton left in the middle"
+            );
         }
         while let Some(current) = action {
             // Persist before the side effect: a restart runs this action again.
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
-            self.store.save_state(row.id, status_of(&rollout), &state, None).await?;
+            self.store
+                .save_state(row.id, status_of(&rollout), &state, None)
+                .await?;
             let event = tokio::select! {
                 event = self.perform(row.id, &current) => event?,
                 _ = shutdown.cancelled() => {
@@ -125,11 +153,17 @@ impl ServiceRunner {
             };
             let from = current.step.as_str();
             (rollout, action) = rollout.step(event);
-            tracing::info!(from, to = action.as_ref().map_or("finished", |a| a.step.as_str()), "rollout step");
+            tracing::info!(
+                from,
+                to = action.as_ref().map_or("finished", |a| a.step.as_str()),
+                "rollout step"
+            );
         }
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
         let status = status_of(&rollout);
-        self.store.save_state(row.id, status, &state, reason_of(&rollout).as_deref()).await?;
+        self.store
+            .save_state(row.id, status, &state, reason_of(&rollout).as_deref())
+            .await?;
         tracing::info!(status, "rollout finished");
         Ok(())
     }
@@ -139,12 +173,28 @@ impl ServiceRunner {
         let step = action.step.as_str();
         let mut rows = Vec::new();
         if action.backends.is_empty() {
-            rows.push(self.store.begin_step(deployment, None, step, action.rollback, action.version.as_str()).await?);
+            rows.push(
+                self.store
+                    .begin_step(
+                        deployment,
+                        None,
+                        step,
+                        action.rollback,
+                        action.version.as_str(),
+                    )
+                    .await?,
+            );
         }
         for backend in &action.backends {
             rows.push(
                 self.store
-                    .begin_step(deployment, Some(backend.as_str()), step, action.rollback, action.version.as_str())
+                    .begin_step(
+                        deployment,
+                        Some(backend.as_str()),
+                        step,
+                        action.rollback,
+                        action.version.as_str(),
+                    )
                     .await?,
             );
         }
@@ -163,7 +213,9 @@ impl ServiceRunner {
             _ => detail,
         };
         for row in rows {
-            self.store.finish_step(row, outcome, detail.as_deref()).await?;
+            self.store
+                .finish_step(row, outcome, detail.as_deref())
+                .await?;
         }
         Ok(event)
     }
@@ -171,21 +223,35 @@ impl ServiceRunner {
     async fn carry_out(&self, action: &Action) -> (Event, Option<String>) {
         let backends = &action.backends;
         let result = match action.step {
-            Step::Prepare => self.runtime.prepare(&action.version).await.map_err(|e| (None, e.to_string())).map(|()| None),
+            Step::Prepare => self
+                .runtime
+                .prepare(&action.version)
+                .await
+                .map_err(|e| (None, e.to_string()))
+                .map(|()| None),
             Step::CheckCapacity => self.check_capacity(backends).await.map(|()| None),
-            Step::Drain => self.set_state(backends, AdminState::Drain).await.map(|()| None),
+            Step::Drain => self
+                .set_state(backends, AdminState::Drain)
+                .await
+                .map(|()| None),
             Step::WaitSessions => match self.wait_sessions(backends).await {
                 Ok(Some(open_sessions)) => return (Event::DrainTimedOut { open_sessions }, None),
                 Ok(None) => Ok(None),
                 Err(error) => Err(error),
             },
             Step::CutSessions => self.cut_sessions(backends).await.map(Some),
-            Step::Maint => self.set_state(backends, AdminState::Maint).await.map(|()| None),
+            Step::Maint => self
+                .set_state(backends, AdminState::Maint)
+                .await
+                .map(|()| None),
             Step::Stop => self.stop(backends).await.map(|()| None),
             Step::Start => self.start(backends, &action.version).await.map(|()| None),
             Step::WaitHealthy => self.wait_healthy(backends).await.map(|()| None),
             Step::LbCheck => self.lb_check(backends).await.map(|()| None),
-            Step::Enable => self.set_state(backends, AdminState::Ready).await.map(|()| None),
+            Step::Enable => self
+                .set_state(backends, AdminState::Ready)
+                .await
+                .map(|()| None),
             Step::ConfirmUp => self.confirm_up(backends).await.map(|()| None),
         };
         match result {
@@ -202,44 +268,69 @@ impl ServiceRunner {
             .find(|b| &b.name == name)
             .map(|b| b.address)
             .expect("the engine only names configured backends");
-        BackendSpec { service: self.service.name.clone(), name: name.clone(), address }
+        BackendSpec {
+            service: self.service.name.clone(),
+            name: name.clone(),
+            address,
+        }
     }
 
     async fn servers(&self) -> Result<Vec<ServerStatus>, (Option<BackendName>, String)> {
-        self.lb.servers(&self.service.haproxy_backend).await.map_err(|e| (None, e.to_string()))
+        self.lb
+            .servers(&self.service.haproxy_backend)
+            .await
+            .map_err(|e| (None, e.to_string()))
     }
 
-    async fn check_capacity(&self, batch: &[BackendName]) -> Result<(), (Option<BackendName>, String)> {
+    async fn check_capacity(
+        &self,
+        batch: &[BackendName],
+    ) -> Result<(), (Option<BackendName>, String)> {
         let servers = self.servers().await?;
         let leaving: HashSet<&str> = batch.iter().map(BackendName::as_str).collect();
         let nodes: HashSet<&str> = servers.iter().map(|s| s.node.as_str()).collect();
         for name in batch {
             for node in &nodes {
-                if !servers.iter().any(|s| s.node == *node && s.server == name.as_str()) {
-                    return Err((Some(name.clone()), format!(
-                        "HAProxy node {node} has no server {}/{name}: check haproxy_backend and the backend names",
-                        self.service.haproxy_backend
-                    )));
+                if !servers
+                    .iter()
+                    .any(|s| s.node == *node && s.server == name.as_str())
+                {
+                    return Err((
+                        Some(name.clone()),
+                        format!(
+                            "HAProxy node {node} has no server {}/{name}: check haproxy_backend and the backend names",
+                            self.service.haproxy_backend
+                        ),
+                    ));
                 }
             }
         }
         for node in nodes {
             let serving = servers
                 .iter()
-                .filter(|s| s.node == node && !s.backup && !leaving.contains(s.server.as_str()) && s.is_up())
+                .filter(|s| {
+                    s.node == node && !s.backup && !leaving.contains(s.server.as_str()) && s.is_up()
+                })
                 .count();
             if serving == 0 {
                 let names: Vec<&str> = batch.iter().map(BackendName::as_str).collect();
-                return Err((Some(batch[0].clone()), format!(
-                    "no other backend is UP on {node} (backup servers do not count): taking {} out would leave nothing serving",
-                    names.join(", ")
-                )));
+                return Err((
+                    Some(batch[0].clone()),
+                    format!(
+                        "no other backend is UP on {node} (backup servers do not count): taking {} out would leave nothing serving",
+                        names.join(", ")
+                    ),
+                ));
             }
         }
         Ok(())
     }
 
-    async fn set_state(&self, backends: &[BackendName], state: AdminState) -> Result<(), (Option<BackendName>, String)> {
+    async fn set_state(
+        &self,
+        backends: &[BackendName],
+        state: AdminState,
+    ) -> Result<(), (Option<BackendName>, String)> {
         for name in backends {
             self.lb
                 .set_state(&self.service.haproxy_backend, name.as_str(), state)
@@ -250,7 +341,10 @@ impl ServiceRunner {
     }
 
     /// `Ok(None)` once no session is open; `Ok(Some(open))` at the drain timeout.
-    async fn wait_sessions(&self, backends: &[BackendName]) -> Result<Option<u64>, (Option<BackendName>, String)> {
+    async fn wait_sessions(
+        &self,
+        backends: &[BackendName],
+    ) -> Result<Option<u64>, (Option<BackendName>, String)> {
         let deadline = Instant::now() + self.service.drain.timeout.get();
         loop {
             let servers = self.servers().await?;
@@ -269,7 +363,10 @@ impl ServiceRunner {
         }
     }
 
-    async fn cut_sessions(&self, backends: &[BackendName]) -> Result<String, (Option<BackendName>, String)> {
+    async fn cut_sessions(
+        &self,
+        backends: &[BackendName],
+    ) -> Result<String, (Option<BackendName>, String)> {
         let mut cut = 0;
         for name in backends {
             cut += self
@@ -278,20 +375,33 @@ impl ServiceRunner {
                 .await
                 .map_err(|e| (Some(name.clone()), e.to_string()))?;
         }
-        Ok(format!("cut {cut} session(s) still open after the drain timeout of {}", self.service.drain.timeout))
+        Ok(format!(
+            "cut {cut} session(s) still open after the drain timeout of {}",
+            self.service.drain.timeout
+        ))
     }
 
     async fn stop(&self, backends: &[BackendName]) -> Result<(), (Option<BackendName>, String)> {
         let results = join_all(backends.iter().map(|name| async move {
-            self.runtime.stop(&self.spec(name)).await.map_err(|e| (Some(name.clone()), e.to_string()))
+            self.runtime
+                .stop(&self.spec(name))
+                .await
+                .map_err(|e| (Some(name.clone()), e.to_string()))
         }))
         .await;
         results.into_iter().collect()
     }
 
-    async fn start(&self, backends: &[BackendName], version: &Version) -> Result<(), (Option<BackendName>, String)> {
+    async fn start(
+        &self,
+        backends: &[BackendName],
+        version: &Version,
+    ) -> Result<(), (Option<BackendName>, String)> {
         let results = join_all(backends.iter().map(|name| async move {
-            self.runtime.start(&self.spec(name), version).await.map_err(|e| (Some(name.clone()), e.to_string()))?;
+            self.runtime
+                .start(&self.spec(name), version)
+                .await
+                .map_err(|e| (Some(name.clone()), e.to_string()))?;
             self.store
                 .set_backend_version(self.service.name.as_str(), name.as_str(), version.as_str())
                 .await
@@ -301,14 +411,20 @@ impl ServiceRunner {
         results.into_iter().collect()
     }
 
-    async fn wait_healthy(&self, backends: &[BackendName]) -> Result<(), (Option<BackendName>, String)> {
+    async fn wait_healthy(
+        &self,
+        backends: &[BackendName],
+    ) -> Result<(), (Option<BackendName>, String)> {
         let results = join_all(backends.iter().map(|name| self.wait_one_healthy(name))).await;
         results.into_iter().collect()
     }
 
     /// Probes the health path until `healthy_threshold` passes in a row, failing fast if the
     /// process exits.
-    async fn wait_one_healthy(&self, name: &BackendName) -> Result<(), (Option<BackendName>, String)> {
+    async fn wait_one_healthy(
+        &self,
+        name: &BackendName,
+    ) -> Result<(), (Option<BackendName>, String)> {
         let health = &self.service.health;
         let spec = self.spec(name);
         let url = format!("http://{}{}", spec.address, health.path);
@@ -317,10 +433,22 @@ impl ServiceRunner {
         let mut last = String::from("no answer yet");
         loop {
             if let Ok(BackendRun::Stopped { exit }) = self.runtime.status(&spec).await {
-                let how = exit.map_or_else(|| "it is not running".to_owned(), |exit| format!("it exited ({exit})"));
-                return Err((Some(name.clone()), format!("the new process stopped before it became healthy: {how}")));
+                let how = exit.map_or_else(
+                    || "it is not running".to_owned(),
+                    |exit| format!("it exited ({exit})"),
+                );
+                return Err((
+                    Some(name.clone()),
+                    format!("the new process stopped before it became healthy: {how}"),
+                ));
             }
-            match self.http.get(&url).timeout(health.timeout.get()).send().await {
+            match self
+                .http
+                .get(&url)
+                .timeout(health.timeout.get())
+                .send()
+                .await
+            {
                 Ok(response) if response.status().is_success() => passes += 1,
                 Ok(response) => {
                     passes = 0;
@@ -328,17 +456,27 @@ impl ServiceRunner {
                 }
                 Err(error) => {
                     passes = 0;
-                    last = format!("{url}: {}", if error.is_timeout() { "timed out".to_owned() } else { error.to_string() });
+                    last = format!(
+                        "{url}: {}",
+                        if error.is_timeout() {
+                            "timed out".to_owned()
+                        } else {
+                            error.to_string()
+                        }
+                    );
                 }
             }
             if passes >= health.healthy_threshold {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err((Some(name.clone()), format!(
-                    "not healthy within the start timeout of {} ({passes}/{} passes; last: {last})",
-                    health.start_timeout, health.healthy_threshold
-                )));
+                return Err((
+                    Some(name.clone()),
+                    format!(
+                        "not healthy within the start timeout of {} ({passes}/{} passes; last: {last})",
+                        health.start_timeout, health.healthy_threshold
+                    ),
+                ));
             }
             sleep(health.interval.get()).await;
         }
@@ -346,7 +484,10 @@ impl ServiceRunner {
 
     /// Lets HAProxy's own check run without traffic (drain), then waits until every node
     /// sees the server pass it.
-    async fn lb_check(&self, backends: &[BackendName]) -> Result<(), (Option<BackendName>, String)> {
+    async fn lb_check(
+        &self,
+        backends: &[BackendName],
+    ) -> Result<(), (Option<BackendName>, String)> {
         self.set_state(backends, AdminState::Drain).await?;
         let deadline = Instant::now() + self.service.health.start_timeout.get();
         loop {
@@ -356,7 +497,9 @@ impl ServiceRunner {
                 .filter(|s| backends.iter().any(|b| b.as_str() == s.server))
                 .filter(|s| !lb_check_passed(s))
                 .collect();
-            let Some(first) = pending.first() else { return Ok(()) };
+            let Some(first) = pending.first() else {
+                return Ok(());
+            };
             if Instant::now() >= deadline {
                 return Err((
                     BackendName::parse(&first.server).ok(),
@@ -373,16 +516,24 @@ impl ServiceRunner {
         }
     }
 
-    async fn confirm_up(&self, backends: &[BackendName]) -> Result<(), (Option<BackendName>, String)> {
+    async fn confirm_up(
+        &self,
+        backends: &[BackendName],
+    ) -> Result<(), (Option<BackendName>, String)> {
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
         loop {
             let servers = self.servers().await?;
-            let down = servers.iter().find(|s| backends.iter().any(|b| b.as_str() == s.server) && !s.is_up());
+            let down = servers
+                .iter()
+                .find(|s| backends.iter().any(|b| b.as_str() == s.server) && !s.is_up());
             let Some(down) = down else { return Ok(()) };
             if Instant::now() >= deadline {
                 return Err((
                     BackendName::parse(&down.server).ok(),
-                    format!("HAProxy node {} still reports {} as {} after {:?}", down.node, down.server, down.status, CONFIRM_TIMEOUT),
+                    format!(
+                        "HAProxy node {} still reports {} as {} after {:?}",
+                        down.node, down.server, down.status, CONFIRM_TIMEOUT
+                    ),
                 ));
             }
             sleep(POLL).await;

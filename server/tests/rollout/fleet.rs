@@ -21,7 +21,11 @@ pub struct Fleet {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Options for the fleet under test.
@@ -33,7 +37,11 @@ pub struct FleetOptions {
 
 impl Default for FleetOptions {
     fn default() -> Self {
-        Self { backends: 3, drain_timeout: "10s", start_timeout: "5s" }
+        Self {
+            backends: 3,
+            drain_timeout: "10s",
+            start_timeout: "5s",
+        }
     }
 }
 
@@ -67,7 +75,12 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let backends: String = ports
         .iter()
         .enumerate()
-        .map(|(i, port)| format!("[[service.backend]]\nname = \"web{}\"\naddress = \"127.0.0.1:{port}\"\n", i + 1))
+        .map(|(i, port)| {
+            format!(
+                "[[service.backend]]\nname = \"web{}\"\naddress = \"127.0.0.1:{port}\"\n",
+                i + 1
+            )
+        })
         .collect();
     let config = format!(
         r#"
@@ -97,7 +110,10 @@ stop_timeout = "5s"
         drain_timeout = options.drain_timeout,
         app = env!("CARGO_BIN_EXE_baton-demo-app"),
     );
-    let env = EnvOverrides { listen: Some("127.0.0.1:0".into()), ..EnvOverrides::default() };
+    let env = EnvOverrides {
+        listen: Some("127.0.0.1:0".into()),
+        ..EnvOverrides::default()
+    };
     let settings = Settings::parse(&config, &dir.path().join("baton.toml"), &env).unwrap();
     let application = Application::build(settings).await.unwrap();
     let baton = format!("http://{}", application.local_addr());
@@ -124,19 +140,33 @@ impl Fleet {
             if let Ok(services) = self.get("/api/services").await {
                 let up = services[0]["backends"]
                     .as_array()
-                    .map(|backends| backends.iter().filter(|b| b["load_balancer"][0]["status"] == "UP").count())
+                    .map(|backends| {
+                        backends
+                            .iter()
+                            .filter(|b| b["load_balancer"][0]["status"] == "UP")
+                            .count()
+                    })
                     .unwrap_or(0);
                 if up == count {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "the fleet did not come up: {:?}", self.get("/api/services").await);
+            assert!(
+                Instant::now() < deadline,
+                "the fleet did not come up: {:?}",
+                self.get("/api/services").await
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, reqwest::Error> {
-        self.client.get(format!("{}{path}", self.baton)).send().await?.json().await
+        self.client
+            .get(format!("{}{path}", self.baton))
+            .send()
+            .await?
+            .json()
+            .await
     }
 
     pub async fn deploy(&self, version: &str) -> (u16, Value) {
@@ -158,15 +188,26 @@ impl Fleet {
             if !matches!(deployment["status"].as_str(), Some("queued" | "running")) {
                 return deployment;
             }
-            assert!(Instant::now() < deadline, "rollout {id} did not finish: {deployment:#}");
+            assert!(
+                Instant::now() < deadline,
+                "rollout {id} did not finish: {deployment:#}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// What each request through HAProxy is answered with: "v2 web1", say.
     pub async fn through_haproxy(&self) -> Result<String, String> {
-        match self.client.get(&self.frontend).timeout(Duration::from_secs(5)).send().await {
-            Ok(response) if response.status().is_success() => Ok(response.text().await.unwrap_or_default()),
+        match self
+            .client
+            .get(&self.frontend)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                Ok(response.text().await.unwrap_or_default())
+            }
             Ok(response) => Err(format!("HTTP {}", response.status())),
             Err(error) => Err(error.to_string()),
         }
@@ -188,14 +229,24 @@ impl Drop for Fleet {
 
 /// The backends run detached from Baton (on purpose): end them by the PIDs Baton recorded.
 fn kill_recorded_backends(state_dir: &Path) {
-    let Ok(services) = std::fs::read_dir(state_dir) else { return };
+    let Ok(services) = std::fs::read_dir(state_dir) else {
+        return;
+    };
     for service in services.flatten() {
-        let Ok(records) = std::fs::read_dir(service.path()) else { continue };
+        let Ok(records) = std::fs::read_dir(service.path()) else {
+            continue;
+        };
         for record in records.flatten() {
             if record.path().extension().is_some_and(|ext| ext == "json") {
                 let text = std::fs::read_to_string(record.path()).unwrap_or_default();
-                if let Some(pid) = serde_json::from_str::<Value>(&text).ok().and_then(|r| r["pid"].as_i64()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-(pid as i32)), nix::sys::signal::Signal::SIGKILL);
+                if let Some(pid) = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|r| r["pid"].as_i64())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(-(pid as i32)),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }

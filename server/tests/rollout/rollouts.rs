@@ -31,7 +31,14 @@ fn steps_of(deployment: &serde_json::Value, rollback: bool) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|s| s["rollback"] == rollback)
-        .map(|s| format!("{} {} {}", s["backend"].as_str().unwrap_or("-"), s["step"].as_str().unwrap(), s["outcome"].as_str().unwrap()))
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s["backend"].as_str().unwrap_or("-"),
+                s["step"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -51,13 +58,29 @@ async fn a_full_rollout_replaces_every_backend_without_one_failed_request() {
     assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
     assert_eq!(deployment["from_version"], "v1");
     assert_eq!(deployment["to_version"], "v2");
-    assert!(failures.is_empty(), "{} of {sent} requests failed during the rollout: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed during the rollout: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(sent > 20, "the load generator sent only {sent} requests");
 
     let steps = steps_of(&deployment, false);
     let expected_for = |backend: &str| {
-        ["check_capacity", "drain", "wait_sessions", "maint", "stop", "start", "wait_healthy", "lb_check", "enable", "confirm_up"]
-            .map(|step| format!("{backend} {step} ok"))
+        [
+            "check_capacity",
+            "drain",
+            "wait_sessions",
+            "maint",
+            "stop",
+            "start",
+            "wait_healthy",
+            "lb_check",
+            "enable",
+            "confirm_up",
+        ]
+        .map(|step| format!("{backend} {step} ok"))
     };
     let mut expected = vec!["- prepare ok".to_string()];
     for backend in ["web1", "web2", "web3"] {
@@ -76,8 +99,13 @@ async fn a_full_rollout_replaces_every_backend_without_one_failed_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_that_never_becomes_healthy_is_rolled_back_and_every_backend_serves_the_old_one() {
-    let fleet = spawn_fleet(FleetOptions { start_timeout: "2s", ..FleetOptions::default() }).await;
+async fn a_version_that_never_becomes_healthy_is_rolled_back_and_every_backend_serves_the_old_one()
+{
+    let fleet = spawn_fleet(FleetOptions {
+        start_timeout: "2s",
+        ..FleetOptions::default()
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(&fleet, stop.clone());
     let (_, queued) = fleet.deploy("v2-unhealthy").await;
@@ -87,10 +115,28 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_every_backend_s
 
     assert_eq!(deployment["status"], "rolled_back", "{deployment:#}");
     let reason = deployment["reason"].as_str().unwrap();
-    assert!(reason.starts_with("wait_healthy failed on web1: not healthy within the start timeout of 2s"), "{reason}");
-    assert!(failures.is_empty(), "{} of {sent} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(!steps_of(&deployment, false).iter().any(|s| s.starts_with("web2")), "web2 was never touched");
-    assert!(steps_of(&deployment, true).last().unwrap() == "web1 confirm_up ok", "{:?}", steps_of(&deployment, true));
+    assert!(
+        reason
+            .starts_with("wait_healthy failed on web1: not healthy within the start timeout of 2s"),
+        "{reason}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        !steps_of(&deployment, false)
+            .iter()
+            .any(|s| s.starts_with("web2")),
+        "web2 was never touched"
+    );
+    assert!(
+        steps_of(&deployment, true).last().unwrap() == "web1 confirm_up ok",
+        "{:?}",
+        steps_of(&deployment, true)
+    );
 
     let services = fleet.get("/api/services").await.unwrap();
     for backend in services[0]["backends"].as_array().unwrap() {
@@ -101,45 +147,119 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_every_backend_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_that_crashes_at_start_fails_fast_and_is_rolled_back() {
-    let fleet = spawn_fleet(FleetOptions { start_timeout: "20s", ..FleetOptions::default() }).await;
+    let fleet = spawn_fleet(FleetOptions {
+        start_timeout: "20s",
+        ..FleetOptions::default()
+    })
+    .await;
     let (_, queued) = fleet.deploy("v2-crash").await;
     let started = std::time::Instant::now();
     let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
     assert_eq!(deployment["status"], "rolled_back", "{deployment:#}");
     let reason = deployment["reason"].as_str().unwrap();
-    assert!(reason.contains("stopped before it became healthy"), "{reason}");
-    assert!(started.elapsed() < Duration::from_secs(15), "a crash is noticed long before the 20 s start timeout");
+    assert!(
+        reason.contains("stopped before it became healthy"),
+        "{reason}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a crash is noticed long before the 20 s start timeout"
+    );
     assert!(fleet.through_haproxy().await.unwrap().starts_with("v1 "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_reason() {
-    let fleet = spawn_fleet(FleetOptions { backends: 2, ..FleetOptions::default() }).await;
+    let fleet = spawn_fleet(FleetOptions {
+        backends: 2,
+        ..FleetOptions::default()
+    })
+    .await;
     let (status, body) = fleet.deploy("v2; rm -rf /").await;
     assert_eq!(status, 422);
-    assert!(body["error"].as_str().unwrap().contains("invalid version"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid version"),
+        "{body}"
+    );
 
-    let response = fleet.client.post(format!("{}/api/services/nope/deployments", fleet.baton)).json(&serde_json::json!({"version": "v2"})).send().await.unwrap();
+    let response = fleet
+        .client
+        .post(format!("{}/api/services/nope/deployments", fleet.baton))
+        .json(&serde_json::json!({"version": "v2"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
 
-    let response = fleet.client.post(format!("{}/api/services/web/deployments", fleet.baton)).header("content-type", "application/json").body("{\"vers\": 1}").send().await.unwrap();
+    let response = fleet
+        .client
+        .post(format!("{}/api/services/web/deployments", fleet.baton))
+        .header("content-type", "application/json")
+        .body("{\"vers\": 1}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 422);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("expected a JSON body"), "{body}");
-    assert!(fleet.get("/api/deployments").await.unwrap().as_array().unwrap().is_empty(), "nothing was queued");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("expected a JSON body"),
+        "{body}"
+    );
+    assert!(
+        fleet
+            .get("/api/deployments")
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing was queued"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rollouts_requested_at_once_run_one_after_the_other() {
-    let fleet = spawn_fleet(FleetOptions { backends: 2, ..FleetOptions::default() }).await;
+    let fleet = spawn_fleet(FleetOptions {
+        backends: 2,
+        ..FleetOptions::default()
+    })
+    .await;
     let ((_, first), (_, second)) = tokio::join!(fleet.deploy("v2"), fleet.deploy("v3"));
-    let (first, second) = (first["id"].as_i64().unwrap(), second["id"].as_i64().unwrap());
+    let (first, second) = (
+        first["id"].as_i64().unwrap(),
+        second["id"].as_i64().unwrap(),
+    );
     let a = fleet.finished(first).await;
     let b = fleet.finished(second).await;
-    assert_eq!((a["status"].as_str(), b["status"].as_str()), (Some("succeeded"), Some("succeeded")));
-    let (a_end, b_start) = (a["finished_at"].as_i64().unwrap(), b["started_at"].as_i64().unwrap());
-    let (earlier_end, later_start) = if first < second { (a_end, b_start) } else { (b["finished_at"].as_i64().unwrap(), a["started_at"].as_i64().unwrap()) };
-    assert!(later_start >= earlier_end, "the second rollout started before the first ended");
+    assert_eq!(
+        (a["status"].as_str(), b["status"].as_str()),
+        (Some("succeeded"), Some("succeeded"))
+    );
+    let (a_end, b_start) = (
+        a["finished_at"].as_i64().unwrap(),
+        b["started_at"].as_i64().unwrap(),
+    );
+    let (earlier_end, later_start) = if first < second {
+        (a_end, b_start)
+    } else {
+        (
+            b["finished_at"].as_i64().unwrap(),
+            a["started_at"].as_i64().unwrap(),
+        )
+    };
+    assert!(
+        later_start >= earlier_end,
+        "the second rollout started before the first ended"
+    );
     let last = if first < second { "v3" } else { "v2" };
-    assert!(fleet.through_haproxy().await.unwrap().starts_with(&format!("{last} ")));
+    assert!(
+        fleet
+            .through_haproxy()
+            .await
+            .unwrap()
+            .starts_with(&format!("{last} "))
+    );
 }
