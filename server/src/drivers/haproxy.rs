@@ -922,7 +922,7 @@ mod tests {
 
         // The trap, as in a rollout: maint, the old process stops, nothing listens yet,
         // ready. HAProxy shows "UP 1/2" with the old "L7OK" before any check ran, and
-        // `is_up()` says yes; requests routed there now get 503s. Only the next check turns
+        // HAProxy routes to it; requests routed there now get 503s. Only the next check turns
         // it DOWN.
         driver
             .set_state("app", "s1", AdminState::Maint)
@@ -938,7 +938,10 @@ mod tests {
             (st.status.as_str(), st.check.as_deref()),
             ("UP 1/2", Some("L7OK"))
         );
-        assert!(st.is_up(), "the trap: counted as up with nothing listening");
+        assert!(
+            !st.is_up(),
+            "the trap state (UP 1/2, stale L7OK, nothing listening) must not count as up"
+        );
         wait_for(&driver, &["s1"], "DOWN", Some("L4CON")).await;
 
         // Same for a server that never passed a check at all.
@@ -955,7 +958,7 @@ mod tests {
             (st.status.as_str(), st.check.as_deref()),
             ("UP 1/2", Some("L4CON"))
         );
-        assert!(st.is_up());
+        assert!(!st.is_up());
         wait_for(&driver, &["s3"], "DOWN", Some("L4CON")).await;
 
         // And drain with failing checks is "DOWN", not "DRAIN".

@@ -54,9 +54,12 @@ pub struct ServerStatus {
 }
 
 impl ServerStatus {
-    /// Whether this node sends new traffic to the server.
+    /// Whether this node sends traffic to the server and its last check is fresh and passing.
+    ///
+    /// Exactly "UP": right after leaving maint HAProxy shows "UP 1/2" with the check result from
+    /// before maint, even when nothing listens any more (measured on HAProxy 2.6).
     pub fn is_up(&self) -> bool {
-        self.status == "UP" || self.status.starts_with("UP ") || self.status == "no check"
+        self.status == "UP" || self.status == "no check"
     }
 }
 

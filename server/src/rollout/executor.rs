@@ -541,8 +541,10 @@ impl ServiceRunner {
     }
 }
 
-/// A drained server whose HAProxy check passes shows `DRAIN`; one without checks shows
-/// `no check` (HAProxy cannot tell, so Baton's own probe is what counted).
+/// A drained server whose fresh HAProxy check passes shows exactly `DRAIN`. Right after maint it
+/// shows `DRAIN 1/2` with the check result from before maint, which proves nothing; with
+/// `fall >= 2` the suffix goes only after a new check. Without checks HAProxy says `no check`
+/// and Baton's own probe is what counted.
 fn lb_check_passed(server: &ServerStatus) -> bool {
-    server.status == "DRAIN" || server.status == "no check" || server.is_up()
+    server.status == "DRAIN" || server.status == "no check"
 }
