@@ -1,8 +1,14 @@
 //! The server functions the UI calls, and the context through which the server answers them.
+//!
+//! Every mutation here goes through the same fleet methods as the JSON API, so the UI and the
+//! API cannot behave differently.
 
 use leptos::prelude::*;
 
-use crate::model::ServiceSummary;
+use crate::model::{
+    ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage, ServiceStatus,
+    ServiceSummary,
+};
 
 /// What the server provides to the UI's server functions, through Leptos context.
 ///
@@ -12,16 +18,77 @@ use crate::model::ServiceSummary;
 #[derive(Clone)]
 pub struct Fleet(pub std::sync::Arc<dyn FleetSource>);
 
+/// Errors are messages meant for the operator: they say what was wrong and what was expected.
 #[cfg(feature = "ssr")]
+#[async_trait::async_trait]
 pub trait FleetSource: Send + Sync + 'static {
     /// Every configured service, in configuration order.
     fn services(&self) -> Vec<ServiceSummary>;
+    /// Every service with its backends' live state and its rollout in progress.
+    async fn status(&self) -> Result<Vec<ServiceStatus>, String>;
+    async fn deployments(&self, filter: DeploymentFilter) -> Result<DeploymentPage, String>;
+    async fn deployment(&self, id: i64) -> Result<Option<DeploymentDetail>, String>;
+    /// Queues a rollout started from the UI; returns its id.
+    async fn deploy(&self, service: String, version: String) -> Result<i64, String>;
+    async fn control(&self, id: i64, action: ControlAction) -> Result<(), String>;
+    /// Queues a rollout back to the service's previous good version; returns its id.
+    async fn rollback(&self, service: String) -> Result<i64, String>;
+}
+
+#[cfg(feature = "ssr")]
+fn fleet() -> Result<std::sync::Arc<dyn FleetSource>, ServerFnError> {
+    use_context::<Fleet>()
+        .map(|Fleet(fleet)| fleet)
+        .ok_or_else(|| ServerFnError::new("the fleet is not available on this server"))
 }
 
 /// Lists the configured services with their backends.
 #[server(prefix = "/rpc", endpoint = "list_services")]
 pub async fn list_services() -> Result<Vec<ServiceSummary>, ServerFnError> {
-    let Fleet(fleet) = use_context::<Fleet>()
-        .ok_or_else(|| ServerFnError::new("the fleet is not available on this server"))?;
-    Ok(fleet.services())
+    Ok(fleet()?.services())
+}
+
+/// The live state of every service.
+#[server(prefix = "/rpc", endpoint = "fleet_status")]
+pub async fn fleet_status() -> Result<Vec<ServiceStatus>, ServerFnError> {
+    fleet()?.status().await.map_err(ServerFnError::new)
+}
+
+/// One page of the deployment history, newest first.
+#[server(prefix = "/rpc", endpoint = "list_deployments")]
+pub async fn list_deployments(filter: DeploymentFilter) -> Result<DeploymentPage, ServerFnError> {
+    fleet()?
+        .deployments(filter)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// A rollout with its whole timeline; `None` if no rollout has that id.
+#[server(prefix = "/rpc", endpoint = "get_deployment")]
+pub async fn get_deployment(id: i64) -> Result<Option<DeploymentDetail>, ServerFnError> {
+    fleet()?.deployment(id).await.map_err(ServerFnError::new)
+}
+
+/// Starts a rollout of `service` to `version`; returns the rollout's id.
+#[server(prefix = "/rpc", endpoint = "deploy")]
+pub async fn deploy(service: String, version: String) -> Result<i64, ServerFnError> {
+    fleet()?
+        .deploy(service, version)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Pauses, resumes or aborts a rollout.
+#[server(prefix = "/rpc", endpoint = "control_deployment")]
+pub async fn control_deployment(id: i64, action: ControlAction) -> Result<(), ServerFnError> {
+    fleet()?
+        .control(id, action)
+        .await
+        .map_err(ServerFnError::new)
+}
+
+/// Rolls `service` back to its previous good version; returns the new rollout's id.
+#[server(prefix = "/rpc", endpoint = "rollback_service")]
+pub async fn rollback_service(service: String) -> Result<i64, ServerFnError> {
+    fleet()?.rollback(service).await.map_err(ServerFnError::new)
 }

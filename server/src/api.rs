@@ -3,18 +3,24 @@
 //! Invariant: this is the one place that maps errors to HTTP status codes. A 500's body says
 //! nothing internal; the log says all.
 
-use axum::extract::rejection::JsonRejection;
+use std::convert::Infallible;
+
+use app::model::{ControlAction, DeploymentFilter};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use futures::StreamExt;
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::fleet::DeployError;
+use crate::fleet::{DeployError, DeployRequest, Trigger};
+use crate::live;
 use crate::startup::AppState;
-use crate::store::{DeploymentRow, StepRow, StoreError};
+use crate::store::StoreError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -23,8 +29,12 @@ pub fn routes() -> Router<AppState> {
             "/api/services/{service}/deployments",
             post(create_deployment),
         )
+        .route("/api/services/{service}/rollback", post(rollback))
         .route("/api/deployments", get(list_deployments))
         .route("/api/deployments/{id}", get(get_deployment))
+        .route("/api/deployments/{id}/events", get(deployment_events))
+        .route("/api/deployments/{id}/{action}", post(control))
+        .route("/api/events", get(fleet_events))
 }
 
 /// An error answer: `{"error": "..."}` with its status.
@@ -35,6 +45,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What the caller is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -63,8 +78,14 @@ impl From<DeployError> for ApiError {
     fn from(error: DeployError) -> Self {
         match error {
             DeployError::UnknownService(_) => Self::new(StatusCode::NOT_FOUND, error.to_string()),
+            DeployError::UnknownDeployment(_) => {
+                Self::new(StatusCode::NOT_FOUND, error.to_string())
+            }
             DeployError::InvalidVersion(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+            }
+            DeployError::Conflict(_) | DeployError::NothingToRollBackTo(_) => {
+                Self::new(StatusCode::CONFLICT, error.to_string())
             }
             DeployError::Store(error) => error.into(),
         }
@@ -84,125 +105,184 @@ impl From<JsonRejection> for ApiError {
 }
 
 async fn list_services(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.fleet.view().await?))
+    Ok(Json(state.fleet.status().await?))
+}
+
+/// Who may claim to have started a rollout through the API.
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ApiTrigger {
+    #[default]
+    Api,
+    Cli,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeployRequest {
+struct DeployBody {
     version: String,
+    /// `cli` when the `baton` command asks; `api` otherwise.
+    #[serde(default)]
+    trigger: ApiTrigger,
 }
 
 async fn create_deployment(
     State(state): State<AppState>,
     Path(service): Path<String>,
-    body: Result<Json<DeployRequest>, JsonRejection>,
+    body: Result<Json<DeployBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Json(request) = body?;
+    let Json(body) = body?;
     let queued = state
         .fleet
-        .request(&service, &request.version, "api", None)
+        .request(DeployRequest {
+            service: &service,
+            version: &body.version,
+            trigger: match body.trigger {
+                ApiTrigger::Api => Trigger::Api,
+                ApiTrigger::Cli => Trigger::Cli,
+            },
+            requested_by: None,
+            coalesce: false,
+        })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
+async fn rollback(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let queued = state.fleet.rollback(&service, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(queued)))
+}
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     service: Option<String>,
-    limit: Option<i64>,
+    status: Option<String>,
+    limit: Option<u32>,
     before: Option<i64>,
 }
 
 async fn list_deployments(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let limit = query.limit.unwrap_or(50).clamp(1, 200);
-    let rows = state
-        .store
-        .deployments(query.service.as_deref(), limit, query.before)
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}; expected ?service=NAME&status=STATUS&limit=N&before=ID",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let page = state
+        .fleet
+        .deployments(&DeploymentFilter {
+            service: query.service,
+            status: query.status,
+            before: query.before,
+            limit: query.limit,
+        })
         .await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|row| DeploymentView::new(row, Vec::new()))
-            .collect::<Vec<_>>(),
-    ))
+    Ok(Json(page))
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid deployment id {id:?}: expected a number"),
+        )
+    })
 }
 
 async fn get_deployment(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id: i64 = id.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid deployment id {id:?}: expected a number"),
-        )
-    })?;
-    let row = state.store.deployment(id).await?.ok_or_else(|| {
+    let id = parse_id(&id)?;
+    let detail = state.fleet.deployment(id).await?.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("no deployment has id {id}"))
     })?;
-    let steps = state.store.steps(id).await?;
-    Ok(Json(DeploymentView::new(row, steps)))
+    Ok(Json(detail))
 }
 
-#[derive(Serialize)]
-pub struct DeploymentView {
-    pub id: i64,
-    pub service: String,
-    pub status: String,
-    pub from_version: Option<String>,
-    pub to_version: String,
-    pub trigger: String,
-    pub requested_by: Option<String>,
-    pub reason: Option<String>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    /// Every step in the order it ran, each with its backend (none for `prepare`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<StepView>,
-}
-
-#[derive(Serialize)]
-pub struct StepView {
-    pub backend: Option<String>,
-    pub step: String,
-    pub rollback: bool,
-    pub version: String,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-    pub outcome: Option<String>,
-    pub detail: Option<String>,
-}
-
-impl DeploymentView {
-    fn new(row: DeploymentRow, steps: Vec<StepRow>) -> Self {
-        Self {
-            id: row.id,
-            service: row.service,
-            status: row.status,
-            from_version: row.from_version,
-            to_version: row.to_version,
-            trigger: row.trigger,
-            requested_by: row.requested_by,
-            reason: row.reason,
-            created_at: row.created_at,
-            started_at: row.started_at,
-            finished_at: row.finished_at,
-            steps: steps
-                .into_iter()
-                .map(|step| StepView {
-                    backend: step.backend,
-                    step: step.step,
-                    rollback: step.rollback,
-                    version: step.version,
-                    started_at: step.started_at,
-                    finished_at: step.finished_at,
-                    outcome: step.outcome,
-                    detail: step.detail,
-                })
-                .collect(),
+async fn control(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let action = match action.as_str() {
+        "pause" => ControlAction::Pause,
+        "resume" => ControlAction::Resume,
+        "abort" => ControlAction::Abort,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}: expected pause, resume or abort"),
+            ));
         }
+    };
+    state.fleet.control(id, action, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "requested": action.as_str() })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    /// Start after this event id (a page that already shows events up to it). The
+    /// `Last-Event-ID` header of a reconnecting browser wins over it.
+    after: Option<i64>,
+}
+
+/// The event id to continue after: `Last-Event-ID`, else `?after=`, else `default`.
+fn resume_point(headers: &HeaderMap, query: &StreamQuery, default: i64) -> Result<i64, ApiError> {
+    match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID must be an event id (a number)",
+                )
+            }),
+        None => Ok(query.after.unwrap_or(default)),
     }
+}
+
+async fn deployment_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<StreamQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    state.store.deployment(id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no deployment has id {id}"))
+    })?;
+    let after = resume_point(&headers, &query, 0)?;
+    let events = live::events(state.store.clone(), Some(id), after).await?;
+    let stream = events.map(|event| Ok::<_, Infallible>(live::deployment_sse(&event)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn fleet_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<StreamQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    // A first connection starts from now: the fleet snapshot says where things are.
+    let now = state.store.latest_event_id().await?;
+    let after = resume_point(&headers, &query, now)?;
+    let events = live::events(state.store.clone(), None, after).await?;
+    let stream = live::fleet_stream(events, state.fleet.snapshots());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

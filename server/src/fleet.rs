@@ -3,20 +3,26 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use app::model::{
+    ActiveRollout, BackendStatus, ControlAction, DeploymentDetail, DeploymentFilter,
+    DeploymentPage, NodeStatus, ServiceStatus,
+};
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{InvalidValue, Version};
 use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
 use crate::drivers::process::{ProcessConfig, ProcessRuntime};
-use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime, ServerStatus};
+
+use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
 use crate::rollout::engine::{Rollout, Target};
-use crate::rollout::executor::ServiceRunner;
+use crate::rollout::executor::{Controls, ServiceRunner};
 use crate::settings::{RuntimeKind, ServiceSettings, Settings};
-use crate::store::{NewDeployment, Store, StoreError};
+use crate::store::{DeploymentQuery, DeploymentRow, NewDeployment, Store, StoreError};
 
 /// One service and the drivers that act on it.
 pub struct ServiceHandle {
@@ -24,6 +30,8 @@ pub struct ServiceHandle {
     pub lb: Arc<dyn LoadBalancer>,
     pub runtime: Arc<dyn Runtime>,
     wake: Arc<Notify>,
+    /// Pause, resume and abort requests for the service's worker, taken at the next step.
+    controls: Controls,
 }
 
 /// Every service Baton manages.
@@ -31,7 +39,12 @@ pub struct Fleet {
     services: Vec<ServiceHandle>,
     store: Store,
     http: reqwest::Client,
+    /// The fleet's state as last seen, for the live streams.
+    snapshots: watch::Sender<Arc<Vec<ServiceStatus>>>,
 }
+
+/// How often the fleet's state is refreshed for live streams when nothing else happens.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -39,6 +52,12 @@ pub enum DeployError {
     UnknownService(String),
     #[error(transparent)]
     InvalidVersion(#[from] InvalidValue),
+    #[error("no deployment has id {0}")]
+    UnknownDeployment(i64),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} has no earlier successful version to roll back to")]
+    NothingToRollBackTo(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -48,24 +67,45 @@ pub enum DeployError {
 pub struct Queued {
     pub id: i64,
     pub status: &'static str,
+    /// A queued rollout took the new version instead of a new rollout being queued.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub coalesced: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceView {
-    pub name: String,
-    pub haproxy_backend: String,
-    pub backends: Vec<BackendView>,
-    /// Set when HAProxy could not be asked.
-    pub load_balancer_error: Option<String>,
+/// A request to roll a service out to a version.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployRequest<'a> {
+    pub service: &'a str,
+    /// Unvalidated: [`Fleet::request`] checks it against the version pattern.
+    pub version: &'a str,
+    pub trigger: Trigger,
+    /// A user, a token's name, or a webhook delivery.
+    pub requested_by: Option<&'a str>,
+    /// Replace the version of a rollout still queued for the service rather than queue
+    /// another one (pushes do this: only the newest commit matters).
+    pub coalesce: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct BackendView {
-    pub name: String,
-    pub address: String,
-    pub version: String,
-    /// One entry per HAProxy node.
-    pub load_balancer: Vec<ServerStatus>,
+/// What started a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Ui,
+    Api,
+    Cli,
+    Webhook,
+    Rollback,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ui => "ui",
+            Self::Api => "api",
+            Self::Cli => "cli",
+            Self::Webhook => "webhook",
+            Self::Rollback => "rollback",
+        }
+    }
 }
 
 impl Fleet {
@@ -132,12 +172,14 @@ impl Fleet {
                 lb,
                 runtime,
                 wake: Arc::new(Notify::new()),
+                controls: Controls::default(),
             })
             .collect();
         Self {
             services,
             store,
             http: reqwest::Client::new(),
+            snapshots: watch::Sender::new(Arc::new(Vec::new())),
         }
     }
 
@@ -154,7 +196,8 @@ impl Fleet {
 
     /// Starts one rollout worker per service (each first brings up backends that are not
     /// running), tracked by `tasks` and stopped by `shutdown`.
-    pub fn spawn(&self, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+        tasks.spawn(self.clone().watch(shutdown.clone()));
         for handle in &self.services {
             let runner = ServiceRunner {
                 service: handle.settings.clone(),
@@ -163,6 +206,7 @@ impl Fleet {
                 store: self.store.clone(),
                 http: self.http.clone(),
                 wake: handle.wake.clone(),
+                controls: handle.controls.clone(),
             };
             let shutdown = shutdown.clone();
             let store = self.store.clone();
@@ -175,16 +219,93 @@ impl Fleet {
         }
     }
 
-    /// Queues a rollout of `service` to `version`.
-    pub async fn request(
+    /// The fleet's state, refreshed every [`SNAPSHOT_INTERVAL`] and after every rollout event.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Vec<ServiceStatus>>> {
+        self.snapshots.subscribe()
+    }
+
+    async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.store.subscribe();
+        loop {
+            match self.status().await {
+                Ok(status) => {
+                    self.snapshots.send_if_modified(|current| {
+                        let changed = **current != status;
+                        if changed {
+                            *current = Arc::new(status);
+                        }
+                        changed
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "cannot refresh the fleet's state"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SNAPSHOT_INTERVAL) => {}
+                _ = events.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Asks the worker running rollout `id` to pause, resume or abort it. A queued rollout can
+    /// only be aborted (it is then cancelled at once).
+    pub async fn control(
         &self,
-        service: &str,
-        version: &str,
-        trigger: &str,
-        requested_by: Option<&str>,
-    ) -> Result<Queued, DeployError> {
+        id: i64,
+        action: ControlAction,
+        by: Option<&str>,
+    ) -> Result<(), DeployError> {
+        let row = self
+            .store
+            .deployment(id)
+            .await?
+            .ok_or(DeployError::UnknownDeployment(id))?;
+        let conflict = |why: String| Err(DeployError::Conflict(why));
+        match (row.status.as_str(), action) {
+            ("queued", ControlAction::Abort) => {
+                let reason = format!(
+                    "cancelled before it started{}",
+                    by.map(|by| format!(" by {by}")).unwrap_or_default()
+                );
+                if self.store.cancel_queued(id, &reason).await? {
+                    self.store.record_control(id, action, by).await?;
+                    return Ok(());
+                }
+                // The worker claimed it meanwhile: abort it like a running one.
+            }
+            ("queued", _) => {
+                return conflict(format!(
+                    "rollout {id} has not started yet; a queued rollout can only be aborted"
+                ));
+            }
+            ("running", ControlAction::Resume) => {
+                return conflict(format!("rollout {id} is running, not paused"));
+            }
+            ("paused", ControlAction::Pause) => {
+                return conflict(format!("rollout {id} is already paused"));
+            }
+            ("running" | "paused", _) => {}
+            (status, _) => {
+                return conflict(format!("rollout {id} has already ended ({status})"));
+            }
+        }
+        let handle = self.handle(&row.service)?;
+        self.store.record_control(id, action, by).await?;
+        handle.controls.push(id, action);
+        handle.wake.notify_one();
+        tracing::info!(
+            rollout_id = id,
+            action = action.as_str(),
+            "control requested"
+        );
+        Ok(())
+    }
+
+    /// Queues a rollout (or, with `coalesce`, replaces the version of one still queued).
+    pub async fn request(&self, request: DeployRequest<'_>) -> Result<Queued, DeployError> {
+        let service = request.service;
         let handle = self.handle(service)?;
-        let version = Version::parse(version)?;
+        let version = Version::parse(request.version)?;
         let targets = self.current_versions(handle).await?;
         let from = common_version(&targets);
         let settings = &handle.settings;
@@ -195,24 +316,34 @@ impl Fleet {
             settings.auto_rollback,
         );
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
+        let trigger = request.trigger.as_str();
+        let new = NewDeployment {
+            service,
+            from_version: from.as_deref(),
+            to_version: version.as_str(),
+            trigger,
+            requested_by: request.requested_by,
+            state: &state,
+        };
+        if request.coalesce
+            && let Some(id) = self.store.replace_queued(&new).await?
+        {
+            tracing::info!(rollout_id = id, service, version = %version, trigger, "a newer request replaced the queued rollout's version");
+            return Ok(Queued {
+                id,
+                status: "queued",
+                coalesced: true,
+            });
+        }
         let ahead = self.store.unfinished_count(service).await?;
-        let id = self
-            .store
-            .insert_deployment(&NewDeployment {
-                service,
-                from_version: from.as_deref(),
-                to_version: version.as_str(),
-                trigger,
-                requested_by,
-                state: &state,
-            })
-            .await?;
+        let id = self.store.insert_deployment(&new).await?;
         handle.wake.notify_one();
         tracing::info!(rollout_id = id, service, version = %version, trigger, "rollout queued");
         // With nothing ahead of it, the worker takes it at once.
         Ok(Queued {
             id,
             status: if ahead == 0 { "running" } else { "queued" },
+            coalesced: false,
         })
     }
 
@@ -237,40 +368,194 @@ impl Fleet {
             .collect())
     }
 
-    /// Every service with its backends: version, HAProxy status on each node, open sessions.
-    pub async fn view(&self) -> Result<Vec<ServiceView>, StoreError> {
+    /// Every service with its backends (version, HAProxy status on each node, open sessions)
+    /// and its rollout in progress.
+    pub async fn status(&self) -> Result<Vec<ServiceStatus>, StoreError> {
         let mut views = Vec::with_capacity(self.services.len());
         for handle in &self.services {
+            let settings = &handle.settings;
+            let service = settings.name.as_str();
             let targets = self.current_versions(handle).await?;
+            let current = common_version(&targets);
             let (servers, load_balancer_error) =
-                match handle.lb.servers(&handle.settings.haproxy_backend).await {
+                match handle.lb.servers(&settings.haproxy_backend).await {
                     Ok(servers) => (servers, None),
                     Err(error) => (Vec::new(), Some(error.to_string())),
                 };
-            let backends = handle
-                .settings
+            let backends = settings
                 .backends
                 .iter()
                 .zip(targets)
-                .map(|(backend, target)| BackendView {
+                .map(|(backend, target)| BackendStatus {
                     name: backend.name.to_string(),
                     address: backend.address.to_string(),
                     version: target.previous.to_string(),
                     load_balancer: servers
                         .iter()
                         .filter(|s| s.server == backend.name.as_str())
-                        .cloned()
+                        .map(|s| NodeStatus {
+                            node: s.node.clone(),
+                            status: s.status.clone(),
+                            check: s.check.clone(),
+                            sessions: s.sessions,
+                            backup: s.backup,
+                        })
                         .collect(),
                 })
                 .collect();
-            views.push(ServiceView {
-                name: handle.settings.name.to_string(),
-                haproxy_backend: handle.settings.haproxy_backend.clone(),
+            let active = self.store.next_deployment(service).await?;
+            let unfinished = self.store.unfinished_count(service).await?;
+            let suggested_version = self
+                .store
+                .deployments(&DeploymentQuery {
+                    service: Some(service),
+                    limit: 1,
+                    ..DeploymentQuery::default()
+                })
+                .await?
+                .into_iter()
+                .next()
+                .map(|row| row.to_version)
+                .or_else(|| current.clone());
+            views.push(ServiceStatus {
+                name: service.to_owned(),
+                load_balancer: settings.load_balancer.to_string(),
+                haproxy_backend: settings.haproxy_backend.clone(),
                 backends,
                 load_balancer_error,
+                active: active.as_ref().map(active_rollout),
+                queued: u32::try_from(unfinished.saturating_sub(1)).unwrap_or(u32::MAX),
+                suggested_version,
+                rollback_version: self.rollback_version(handle, current.as_deref()).await?,
             });
         }
         Ok(views)
+    }
+
+    /// The version a rollback goes to: the newest version a rollout reached (or left) with
+    /// success that is not the one running now, else the initial version.
+    async fn rollback_version(
+        &self,
+        handle: &ServiceHandle,
+        current: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let succeeded = self
+            .store
+            .deployments(&DeploymentQuery {
+                service: Some(handle.settings.name.as_str()),
+                status: Some("succeeded"),
+                limit: 50,
+                ..DeploymentQuery::default()
+            })
+            .await?;
+        let initial = handle.settings.runtime.initial_version.to_string();
+        Ok(succeeded
+            .into_iter()
+            .flat_map(|row| [Some(row.to_version), row.from_version])
+            .flatten()
+            .chain(std::iter::once(initial))
+            .find(|version| Some(version.as_str()) != current))
+    }
+
+    /// Queues a rollout of the service back to its previous good version.
+    pub async fn rollback(
+        &self,
+        service: &str,
+        requested_by: Option<&str>,
+    ) -> Result<Queued, DeployError> {
+        let handle = self.handle(service)?;
+        let targets = self.current_versions(handle).await?;
+        let current = common_version(&targets);
+        let version = self
+            .rollback_version(handle, current.as_deref())
+            .await?
+            .ok_or_else(|| DeployError::NothingToRollBackTo(service.to_owned()))?;
+        self.request(DeployRequest {
+            service,
+            version: &version,
+            trigger: Trigger::Rollback,
+            requested_by,
+            coalesce: false,
+        })
+        .await
+    }
+
+    /// One page of the history, newest first.
+    pub async fn deployments(
+        &self,
+        filter: &DeploymentFilter,
+    ) -> Result<DeploymentPage, StoreError> {
+        let limit = filter.limit.unwrap_or(50).clamp(1, 200);
+        let mut rows = self
+            .store
+            .deployments(&DeploymentQuery {
+                service: filter.service.as_deref(),
+                status: filter.status.as_deref(),
+                before: filter.before,
+                limit: i64::from(limit) + 1,
+            })
+            .await?;
+        let next_before = (rows.len() > limit as usize).then(|| {
+            rows.truncate(limit as usize);
+            rows.last().map_or(0, |row| row.id)
+        });
+        Ok(DeploymentPage {
+            deployments: rows.into_iter().map(Into::into).collect(),
+            next_before,
+        })
+    }
+
+    /// A rollout with its whole timeline.
+    pub async fn deployment(&self, id: i64) -> Result<Option<DeploymentDetail>, StoreError> {
+        let Some(row) = self.store.deployment(id).await? else {
+            return Ok(None);
+        };
+        let steps = self.store.steps(id).await?;
+        let last_event_id = self.store.last_event_id(id).await?;
+        let mut backends: Vec<String> = match self.handle(&row.service) {
+            Ok(handle) => handle
+                .settings
+                .backends
+                .iter()
+                .map(|b| b.name.to_string())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for step in &steps {
+            if let Some(backend) = &step.backend
+                && !backends.contains(backend)
+            {
+                backends.push(backend.clone());
+            }
+        }
+        Ok(Some(DeploymentDetail {
+            deployment: row.into(),
+            backends,
+            steps: steps.into_iter().map(Into::into).collect(),
+            last_event_id,
+        }))
+    }
+}
+
+/// Where the rollout in `row` is, from its saved engine state.
+fn active_rollout(row: &DeploymentRow) -> ActiveRollout {
+    let rollout = row
+        .state
+        .as_deref()
+        .and_then(|state| serde_json::from_str::<Rollout>(state).ok());
+    let action = rollout.as_ref().and_then(Rollout::action);
+    ActiveRollout {
+        id: row.id,
+        status: row.status.clone(),
+        to_version: row.to_version.clone(),
+        backends: action
+            .as_ref()
+            .map(|a| a.backends.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        step: action.as_ref().map(|a| a.step.as_str().to_owned()),
+        rolling_back: action.as_ref().is_some_and(|a| a.rollback),
+        done: rollout.as_ref().map_or(0, |r| r.backends_done() as u32),
+        total: rollout.as_ref().map_or(0, |r| r.targets.len() as u32),
     }
 }
 
@@ -290,7 +575,7 @@ async fn bring_up(runner: &ServiceRunner, store: &Store) -> Result<(), StoreErro
     if store
         .next_deployment(service.name.as_str())
         .await?
-        .is_some_and(|row| row.status == "running")
+        .is_some_and(|row| row.status != "queued")
     {
         return Ok(());
     }

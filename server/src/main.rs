@@ -88,7 +88,7 @@ fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result
         let base = url.trim_end_matches('/');
         let response = client
             .post(format!("{base}/api/services/{service}/deployments"))
-            .json(&serde_json::json!({ "version": version }))
+            .json(&serde_json::json!({ "version": version, "trigger": "cli" }))
             .send()
             .await
             .map_err(|error| anyhow::anyhow!("cannot reach Baton at {base}: {error}"))?;

@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::fleet::{Fleet, FleetSource};
-use app::model::{BackendSummary, ServiceSummary};
+use app::fleet::Fleet;
 use axum::Router;
 use axum::extract::FromRef;
 use leptos::prelude::*;
@@ -22,6 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::fleet::Fleet as ServiceFleet;
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::ui::UiFleet;
 use crate::{api, http};
 
 /// The largest request body Baton reads (API calls and webhooks are small).
@@ -125,7 +125,10 @@ impl Application {
 
 fn router(state: AppState) -> Router {
     let routes = generate_route_list(app::App);
-    let fleet = Fleet(Arc::new(ConfigFleet(state.settings.clone())));
+    let fleet = Fleet(Arc::new(UiFleet {
+        settings: state.settings.clone(),
+        fleet: state.fleet.clone(),
+    }));
     let leptos_options = state.leptos_options.clone();
     let shell_options = leptos_options.clone();
 
@@ -150,29 +153,4 @@ fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
-}
-
-/// Answers the UI's questions about the fleet from the configuration.
-struct ConfigFleet(Arc<Settings>);
-
-impl FleetSource for ConfigFleet {
-    fn services(&self) -> Vec<ServiceSummary> {
-        self.0
-            .services
-            .iter()
-            .map(|service| ServiceSummary {
-                name: service.name.to_string(),
-                load_balancer: service.load_balancer.to_string(),
-                haproxy_backend: service.haproxy_backend.clone(),
-                backends: service
-                    .backends
-                    .iter()
-                    .map(|backend| BackendSummary {
-                        name: backend.name.to_string(),
-                        address: backend.address.to_string(),
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
 }

@@ -37,6 +37,17 @@ pub enum Step {
     ConfirmUp,
 }
 
+/// Why a rollout is being put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Undo {
+    /// A step failed.
+    #[default]
+    Failure,
+    /// An operator aborted it: only the batch in the middle of the procedure is put back.
+    Abort,
+}
+
 impl Step {
     /// The step after this one in the replacement procedure.
     fn next(self) -> Option<Step> {
@@ -124,6 +135,9 @@ pub enum Outcome {
         failure: Failure,
         problems: Vec<Failure>,
     },
+    /// An operator aborted it. Backends already done keep the new version; the one in the
+    /// middle of the procedure was put back (or finished, once both health checks had passed).
+    Cancelled { at: Option<Step> },
 }
 
 /// A backend to put back, and the step its restoration starts at.
@@ -143,12 +157,18 @@ pub enum Phase {
         batch: usize,
         step: Step,
     },
+    /// Stopped between batches by an operator; `batch` is next.
+    Paused {
+        batch: usize,
+    },
     /// Putting backends back on their previous versions, one at a time: `queue[0]` is at `step`.
     RollingBack {
         queue: Vec<Restore>,
         step: Step,
         cause: Failure,
         problems: Vec<Failure>,
+        #[serde(default)]
+        undo: Undo,
     },
     Finished {
         outcome: Outcome,
@@ -164,6 +184,12 @@ pub struct Rollout {
     pub batch_size: usize,
     pub auto_rollback: bool,
     pub phase: Phase,
+    /// Pause once the current batch is back in rotation.
+    #[serde(default)]
+    pub pause_requested: bool,
+    /// Stop once the current batch (already proven healthy) is back in rotation.
+    #[serde(default)]
+    pub abort_requested: bool,
 }
 
 /// What happened when the executor carried out the current action.
@@ -180,6 +206,12 @@ pub enum Event {
         backend: Option<BackendName>,
         reason: String,
     },
+    /// An operator asked to pause before the next batch.
+    Pause,
+    /// An operator asked to go on after a pause (or withdrew a pause not yet taken).
+    Resume,
+    /// An operator asked to stop, leaving every backend serving.
+    Abort,
 }
 
 /// The next thing to do: `step` on `backends`, toward `version`.
@@ -202,11 +234,28 @@ impl Rollout {
             batch_size: batch_size.max(1),
             auto_rollback,
             phase: Phase::Pending,
+            pause_requested: false,
+            abort_requested: false,
         }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        matches!(self.phase, Phase::Paused { .. })
     }
 
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished { .. })
+    }
+
+    /// How many backends already run the new version and are back in rotation.
+    pub fn backends_done(&self) -> usize {
+        match &self.phase {
+            Phase::Forward { batch, .. } | Phase::Paused { batch } => self.batch(*batch).start,
+            Phase::Finished {
+                outcome: Outcome::Succeeded,
+            } => self.targets.len(),
+            _ => 0,
+        }
     }
 
     fn batch_count(&self) -> usize {
@@ -221,7 +270,7 @@ impl Rollout {
     /// What the executor must do now; `None` once finished.
     pub fn action(&self) -> Option<Action> {
         match &self.phase {
-            Phase::Pending | Phase::Finished { .. } => None,
+            Phase::Pending | Phase::Paused { .. } | Phase::Finished { .. } => None,
             Phase::Forward { batch, step } => Some(Action {
                 step: *step,
                 backends: match step {
@@ -250,6 +299,18 @@ impl Rollout {
     pub fn step(mut self, event: Event) -> (Self, Option<Action>) {
         let phase = std::mem::replace(&mut self.phase, Phase::Pending);
         self.phase = match (phase, event) {
+            (phase, Event::Pause) => self.pause(phase),
+            (phase, Event::Resume) => {
+                self.pause_requested = false;
+                match phase {
+                    Phase::Paused { batch } => Phase::Forward {
+                        batch,
+                        step: Step::CheckCapacity,
+                    },
+                    phase => phase,
+                }
+            }
+            (phase, Event::Abort) => self.abort(phase),
             (Phase::Pending, Event::Begin) => Phase::Forward {
                 batch: 0,
                 step: Step::Prepare,
@@ -280,6 +341,7 @@ impl Rollout {
                     step,
                     cause,
                     problems,
+                    undo,
                 },
                 Event::Done,
             ) => match step.next() {
@@ -288,8 +350,9 @@ impl Rollout {
                     step: next,
                     cause,
                     problems,
+                    undo,
                 },
-                None => self.next_restore(queue, cause, problems),
+                None => self.next_restore(queue, cause, problems, undo),
             },
             (
                 Phase::RollingBack {
@@ -297,6 +360,7 @@ impl Rollout {
                     step: Step::WaitSessions,
                     cause,
                     problems,
+                    undo,
                 },
                 Event::DrainTimedOut { .. },
             ) => Phase::RollingBack {
@@ -304,6 +368,7 @@ impl Rollout {
                 step: Step::CutSessions,
                 cause,
                 problems,
+                undo,
             },
             (
                 Phase::RollingBack {
@@ -311,6 +376,7 @@ impl Rollout {
                     step,
                     cause,
                     mut problems,
+                    undo,
                 },
                 Event::Failed { backend, reason },
             ) => {
@@ -323,7 +389,7 @@ impl Rollout {
                 if step.touches_the_process() {
                     // The old version is not serving on this backend: it stays out of
                     // rotation, and the outcome says it needs an operator.
-                    self.next_restore(queue, cause, problems)
+                    self.next_restore(queue, cause, problems, undo)
                 } else if step < Step::Enable {
                     // Draining for the rollback failed while the backend still serves the
                     // new version: keep it serving rather than leave it drained.
@@ -332,9 +398,10 @@ impl Rollout {
                         step: Step::Enable,
                         cause,
                         problems,
+                        undo,
                     }
                 } else {
-                    self.next_restore(queue, cause, problems)
+                    self.next_restore(queue, cause, problems, undo)
                 }
             }
             (phase, _) => phase,
@@ -343,9 +410,72 @@ impl Rollout {
         (self, action)
     }
 
+    /// A pause takes effect between batches: at once if the next batch has not begun, else
+    /// once the current one is back in rotation.
+    fn pause(&mut self, phase: Phase) -> Phase {
+        match phase {
+            Phase::Forward {
+                batch,
+                step: Step::CheckCapacity,
+            } => Phase::Paused { batch },
+            phase @ Phase::Forward { .. } => {
+                self.pause_requested = true;
+                phase
+            }
+            phase => phase,
+        }
+    }
+
+    /// Stops the rollout at the next safe point, leaving every backend serving: a batch whose
+    /// old process still runs goes back into rotation; one whose new process has passed both
+    /// health checks is finished; one in between goes back to its previous version. A rollback
+    /// already under way carries on (it is what leaves the backends serving).
+    fn abort(&mut self, phase: Phase) -> Phase {
+        let cancelled = |at| Phase::Finished {
+            outcome: Outcome::Cancelled { at },
+        };
+        match phase {
+            Phase::Pending | Phase::Paused { .. } => cancelled(None),
+            Phase::Forward { batch, step } => match step {
+                Step::Prepare | Step::CheckCapacity => cancelled(Some(step)),
+                Step::Enable | Step::ConfirmUp => {
+                    self.abort_requested = true;
+                    Phase::Forward { batch, step }
+                }
+                _ => {
+                    let from = if step <= Step::Stop {
+                        Step::Enable
+                    } else {
+                        Step::Drain
+                    };
+                    let queue = self
+                        .batch(batch)
+                        .rev()
+                        .map(|index| Restore { index, from })
+                        .collect();
+                    let cause = Failure {
+                        step,
+                        backend: None,
+                        reason: "aborted by an operator".to_owned(),
+                    };
+                    self.next_restore_from(queue, cause, Vec::new(), Undo::Abort)
+                }
+            },
+            phase => phase,
+        }
+    }
+
     fn forward_after(&self, batch: usize, step: Step) -> Phase {
         match step.next() {
             Some(next) => Phase::Forward { batch, step: next },
+            None if self.abort_requested => Phase::Finished {
+                outcome: Outcome::Cancelled {
+                    at: Some(Step::ConfirmUp),
+                },
+            },
+            None if batch + 1 < self.batch_count() && self.pause_requested => {
+                Phase::Paused { batch: batch + 1 }
+            }
             None if batch + 1 < self.batch_count() => Phase::Forward {
                 batch: batch + 1,
                 step: Step::CheckCapacity,
@@ -381,7 +511,7 @@ impl Rollout {
                 from: Step::Drain,
             }));
         }
-        self.next_restore_from(queue, cause, Vec::new())
+        self.next_restore_from(queue, cause, Vec::new(), Undo::Failure)
     }
 
     fn next_restore(
@@ -389,9 +519,10 @@ impl Rollout {
         mut queue: Vec<Restore>,
         cause: Failure,
         problems: Vec<Failure>,
+        undo: Undo,
     ) -> Phase {
         queue.remove(0);
-        self.next_restore_from(queue, cause, problems)
+        self.next_restore_from(queue, cause, problems, undo)
     }
 
     fn next_restore_from(
@@ -399,6 +530,7 @@ impl Rollout {
         queue: Vec<Restore>,
         cause: Failure,
         problems: Vec<Failure>,
+        undo: Undo,
     ) -> Phase {
         match queue.first() {
             Some(first) => Phase::RollingBack {
@@ -406,6 +538,12 @@ impl Rollout {
                 queue,
                 cause,
                 problems,
+                undo,
+            },
+            None if undo == Undo::Abort && problems.is_empty() => Phase::Finished {
+                outcome: Outcome::Cancelled {
+                    at: Some(cause.step),
+                },
             },
             None => {
                 let changed_any = self.auto_rollback

@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
+use app::model::ControlAction;
+
 use crate::domain::{BackendName, Version};
 use crate::drivers::{AdminState, BackendRun, BackendSpec, LoadBalancer, Runtime, ServerStatus};
 use crate::rollout::engine::{Action, Event, Outcome, Phase, Rollout, Step};
@@ -25,6 +27,26 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long HAProxy may take to report a server UP after `state ready`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pause, resume and abort requests waiting for a service's worker, by rollout id.
+#[derive(Clone, Default)]
+pub struct Controls(Arc<std::sync::Mutex<Vec<(i64, ControlAction)>>>);
+
+impl Controls {
+    pub fn push(&self, id: i64, action: ControlAction) {
+        self.0.lock().expect("controls lock").push((id, action));
+    }
+
+    /// The requests for rollout `id`, in order; requests for any other rollout are stale (it
+    /// ended before they could apply) and are dropped.
+    fn take(&self, id: i64) -> Vec<ControlAction> {
+        let taken = std::mem::take(&mut *self.0.lock().expect("controls lock"));
+        taken
+            .into_iter()
+            .filter_map(|(for_id, action)| (for_id == id).then_some(action))
+            .collect()
+    }
+}
+
 /// Everything needed to roll out one service.
 pub struct ServiceRunner {
     pub service: Arc<ServiceSettings>,
@@ -32,14 +54,16 @@ pub struct ServiceRunner {
     pub runtime: Arc<dyn Runtime>,
     pub store: Store,
     pub http: reqwest::Client,
-    /// Woken when a rollout is queued for this service.
+    /// Woken when a rollout is queued for this service or a control request arrives.
     pub wake: Arc<Notify>,
+    pub controls: Controls,
 }
 
 /// The status word the API and the database use for a rollout's state.
 pub fn status_of(rollout: &Rollout) -> &'static str {
     match &rollout.phase {
         Phase::Pending => "queued",
+        Phase::Paused { .. } => "paused",
         Phase::Forward { .. } | Phase::RollingBack { .. } => "running",
         Phase::Finished {
             outcome: Outcome::Succeeded,
@@ -50,6 +74,9 @@ pub fn status_of(rollout: &Rollout) -> &'static str {
         Phase::Finished {
             outcome: Outcome::Failed { .. },
         } => "failed",
+        Phase::Finished {
+            outcome: Outcome::Cancelled { .. },
+        } => "cancelled",
     }
 }
 
@@ -70,6 +97,15 @@ fn reason_of(rollout: &Rollout) -> Option<String> {
                 problems.join("; ")
             ))
         }
+        Phase::Finished {
+            outcome: Outcome::Cancelled { at: None },
+        } => Some("aborted by an operator before any backend was touched".to_owned()),
+        Phase::Finished {
+            outcome: Outcome::Cancelled { at: Some(step) },
+        } => Some(format!(
+            "aborted by an operator at {}; backends already done keep the new version, and every backend is serving",
+            step.as_str()
+        )),
         _ => None,
     }
 }
@@ -112,8 +148,16 @@ impl ServiceRunner {
         row: DeploymentRow,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let Some(mut rollout) = row
-            .state
+        let state = if row.status == "queued" {
+            match self.store.claim(row.id).await? {
+                Some(state) => state,
+                // Cancelled between the read and the claim.
+                None => return Ok(()),
+            }
+        } else {
+            row.state.clone()
+        };
+        let Some(mut rollout) = state
             .as_deref()
             .and_then(|state| serde_json::from_str::<Rollout>(state).ok())
         else {
@@ -138,9 +182,29 @@ impl ServiceRunner {
                 "resuming a rollout that Baton left in the middle"
             );
         }
-        while let Some(current) = action {
-            // Persist before the side effect: a restart runs this action again.
+        loop {
+            // Pause, resume and abort apply between steps.
+            for control in self.controls.take(row.id) {
+                (rollout, action) = rollout.step(match control {
+                    ControlAction::Pause => Event::Pause,
+                    ControlAction::Resume => Event::Resume,
+                    ControlAction::Abort => Event::Abort,
+                });
+            }
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
+            let Some(current) = action.clone() else {
+                if !rollout.is_paused() {
+                    break;
+                }
+                self.store
+                    .save_state(row.id, status_of(&rollout), &state, None)
+                    .await?;
+                tokio::select! {
+                    _ = self.wake.notified() => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            };
+            // Persist before the side effect: a restart runs this action again.
             self.store
                 .save_state(row.id, status_of(&rollout), &state, None)
                 .await?;
@@ -200,7 +264,7 @@ impl ServiceRunner {
         }
         let (event, detail) = self.carry_out(action).await;
         let outcome = match &event {
-            Event::Begin | Event::Done => "ok",
+            Event::Begin | Event::Done | Event::Pause | Event::Resume | Event::Abort => "ok",
             Event::DrainTimedOut { .. } => "timed_out",
             Event::Failed { .. } => "failed",
         };

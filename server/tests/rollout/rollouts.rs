@@ -212,7 +212,7 @@ async fn bad_requests_get_a_reason() {
         fleet
             .get("/api/deployments")
             .await
-            .unwrap()
+            .unwrap()["deployments"]
             .as_array()
             .unwrap()
             .is_empty(),

@@ -1,11 +1,17 @@
 //! Baton's database: every SQL statement lives in this module.
 //!
 //! Invariant: nothing outside `store` names sqlx or writes SQL, so another database (PostgreSQL
-//! for two replicas) changes this module only.
+//! for two replicas) changes this module only. Every change to a rollout writes its event in
+//! the same transaction (see [`events`]).
+
+mod events;
+
+pub use events::LIVE_BUFFER;
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use app::model::{Change, ControlAction, DeploymentEvent, DeploymentSummary, StepSummary};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
@@ -27,6 +33,9 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    live: tokio::sync::broadcast::Sender<DeploymentEvent>,
+    /// Held from commit to publish, so subscribers get events in id order.
+    publishing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -50,7 +59,12 @@ impl Store {
             .await
             .map_err(open)?;
         sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Self { pool })
+        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        Ok(Self {
+            pool,
+            live,
+            publishing: Default::default(),
+        })
     }
 
     /// Whether the database answers a trivial query.
@@ -61,6 +75,7 @@ impl Store {
 
     /// Queues a rollout; returns its id.
     pub async fn insert_deployment(&self, new: &NewDeployment<'_>) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let id = sqlx::query_scalar(
             "INSERT INTO deployments (service, from_version, to_version, status, trigger, requested_by, state, created_at)
              VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
@@ -72,20 +87,108 @@ impl Store {
         .bind(new.requested_by)
         .bind(new.state)
         .bind(now_millis())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        let event = status_event(&mut tx, id).await?;
+        self.commit_and_publish(tx, [event]).await?;
         Ok(id)
     }
 
-    /// The deployment a service's worker should carry on with: an interrupted one first (Baton
-    /// stopped in the middle), else the oldest queued one.
+    /// Gives the newest rollout of the service that is still queued the version and state of
+    /// `new`; returns its id, or `None` when nothing is queued (a worker may just have claimed it).
+    pub async fn replace_queued(&self, new: &NewDeployment<'_>) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "UPDATE deployments SET from_version = ?, to_version = ?, trigger = ?, requested_by = ?, state = ?
+             WHERE id = (SELECT MAX(id) FROM deployments WHERE service = ? AND status = 'queued')
+               AND status = 'queued'
+             RETURNING id",
+        )
+        .bind(new.from_version)
+        .bind(new.to_version)
+        .bind(new.trigger)
+        .bind(new.requested_by)
+        .bind(new.state)
+        .bind(new.service)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else { return Ok(None) };
+        let event = status_event(&mut tx, id).await?;
+        self.commit_and_publish(tx, [event]).await?;
+        Ok(Some(id))
+    }
+
+    /// Moves a queued rollout to running and returns its state as it is now (a coalescing
+    /// request may have replaced it since the worker read the row); `None` if it is no longer
+    /// queued (cancelled meanwhile).
+    pub async fn claim(&self, id: i64) -> Result<Option<Option<String>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<Option<String>> = sqlx::query_scalar(
+            "UPDATE deployments SET status = 'running', started_at = COALESCE(started_at, ?)
+             WHERE id = ? AND status = 'queued' RETURNING state",
+        )
+        .bind(now_millis())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if state.is_none() {
+            return Ok(None);
+        }
+        let event = status_event(&mut tx, id).await?;
+        self.commit_and_publish(tx, [event]).await?;
+        Ok(state)
+    }
+
+    /// Cancels a rollout that has not started; `false` if it is no longer queued.
+    pub async fn cancel_queued(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE deployments SET status = 'cancelled', reason = ?, finished_at = ?
+             WHERE id = ? AND status = 'queued'",
+        )
+        .bind(reason)
+        .bind(now_millis())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let event = status_event(&mut tx, id).await?;
+        self.commit_and_publish(tx, [event]).await?;
+        Ok(true)
+    }
+
+    /// Records that someone asked to pause, resume or abort a rollout.
+    pub async fn record_control(
+        &self,
+        id: i64,
+        action: ControlAction,
+        by: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let event = events::record(
+            &mut tx,
+            id,
+            Change::Control {
+                action,
+                by: by.map(str::to_owned),
+            },
+        )
+        .await?;
+        self.commit_and_publish(tx, [event]).await?;
+        Ok(())
+    }
+
+    /// The deployment a service's worker should carry on with: a started one first (interrupted
+    /// when Baton stopped in the middle, or paused), else the oldest queued one.
     pub async fn next_deployment(
         &self,
         service: &str,
     ) -> Result<Option<DeploymentRow>, StoreError> {
         let row = sqlx::query_as::<_, DeploymentRow>(
-            "SELECT * FROM deployments WHERE service = ? AND status IN ('running', 'queued')
-             ORDER BY status = 'running' DESC, id ASC LIMIT 1",
+            "SELECT * FROM deployments WHERE service = ? AND status IN ('running', 'paused', 'queued')
+             ORDER BY status = 'queued' ASC, id ASC LIMIT 1",
         )
         .bind(service)
         .fetch_optional(&self.pool)
@@ -93,17 +196,18 @@ impl Store {
         Ok(row)
     }
 
-    /// How many rollouts of the service are running or queued.
+    /// How many rollouts of the service are running, paused or queued.
     pub async fn unfinished_count(&self, service: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deployments WHERE service = ? AND status IN ('running', 'queued')",
+            "SELECT COUNT(*) FROM deployments WHERE service = ? AND status IN ('running', 'paused', 'queued')",
         )
         .bind(service)
         .fetch_one(&self.pool)
         .await?)
     }
 
-    /// Saves the engine state (and the status it implies) before its next side effect.
+    /// Saves the engine state (and the status it implies) before its next side effect. A change
+    /// of status or reason is an event.
     pub async fn save_state(
         &self,
         id: i64,
@@ -113,6 +217,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let finished = matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled");
+        let mut tx = self.pool.begin().await?;
+        let before: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, reason FROM deployments WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         sqlx::query(
             "UPDATE deployments SET status = ?, state = ?, reason = COALESCE(?, reason),
                 started_at = COALESCE(started_at, ?), finished_at = CASE WHEN ? THEN ? ELSE NULL END
@@ -125,8 +235,17 @@ impl Store {
         .bind(finished)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let changed = before.is_none_or(|(old_status, old_reason)| {
+            old_status != status || (reason.is_some() && old_reason.as_deref() != reason)
+        });
+        let event = if changed {
+            Some(status_event(&mut tx, id).await?)
+        } else {
+            None
+        };
+        self.commit_and_publish(tx, event).await?;
         Ok(())
     }
 
@@ -142,19 +261,20 @@ impl Store {
     /// Deployments, newest first.
     pub async fn deployments(
         &self,
-        service: Option<&str>,
-        limit: i64,
-        before_id: Option<i64>,
+        query: &DeploymentQuery<'_>,
     ) -> Result<Vec<DeploymentRow>, StoreError> {
         Ok(sqlx::query_as::<_, DeploymentRow>(
-            "SELECT * FROM deployments WHERE (? IS NULL OR service = ?) AND (? IS NULL OR id < ?)
+            "SELECT * FROM deployments WHERE (? IS NULL OR service = ?) AND (? IS NULL OR status = ?)
+                AND (? IS NULL OR id < ?)
              ORDER BY id DESC LIMIT ?",
         )
-        .bind(service)
-        .bind(service)
-        .bind(before_id)
-        .bind(before_id)
-        .bind(limit)
+        .bind(query.service)
+        .bind(query.service)
+        .bind(query.status)
+        .bind(query.status)
+        .bind(query.before)
+        .bind(query.before)
+        .bind(query.limit)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -168,9 +288,10 @@ impl Store {
         rollback: bool,
         version: &str,
     ) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, StepRow>(
             "INSERT INTO deployment_steps (deployment_id, backend, step, rollback, version, started_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
         )
         .bind(deployment)
         .bind(backend)
@@ -178,8 +299,12 @@ impl Store {
         .bind(rollback)
         .bind(version)
         .bind(now_millis())
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_one(&mut *tx)
+        .await?;
+        let id = row.id;
+        let event = events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?;
+        self.commit_and_publish(tx, [event]).await?;
+        Ok(id)
     }
 
     pub async fn finish_step(
@@ -188,30 +313,43 @@ impl Store {
         outcome: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ?",
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, StepRow>(
+            "UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ? RETURNING *",
         )
         .bind(now_millis())
         .bind(outcome)
         .bind(detail)
         .bind(step)
-        .execute(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        let deployment = row.deployment_id;
+        let event = events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?;
+        self.commit_and_publish(tx, [event]).await?;
         Ok(())
     }
 
     /// Marks steps left open by a Baton that stopped mid-step; they are about to run again.
     pub async fn interrupt_open_steps(&self, deployment: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query_as::<_, StepRow>(
             "UPDATE deployment_steps SET finished_at = ?, outcome = 'interrupted',
                 detail = 'Baton stopped during this step; it ran again after the restart'
-             WHERE deployment_id = ? AND finished_at IS NULL",
+             WHERE deployment_id = ? AND finished_at IS NULL RETURNING *",
         )
         .bind(now_millis())
         .bind(deployment)
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        let count = rows.len() as u64;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            events.push(
+                events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?,
+            );
+        }
+        self.commit_and_publish(tx, events).await?;
+        Ok(count)
     }
 
     pub async fn steps(&self, deployment: i64) -> Result<Vec<StepRow>, StoreError> {
@@ -260,6 +398,16 @@ impl Store {
     }
 }
 
+/// Which deployments to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeploymentQuery<'a> {
+    pub service: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// Only ids below this one (the next page).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
 /// What a new rollout records.
 pub struct NewDeployment<'a> {
     pub service: &'a str,
@@ -298,6 +446,59 @@ pub struct StepRow {
     pub finished_at: Option<i64>,
     pub outcome: Option<String>,
     pub detail: Option<String>,
+}
+
+/// The rollout's summary as an event, inside the transaction that changed it.
+async fn status_event(
+    conn: &mut sqlx::SqliteConnection,
+    id: i64,
+) -> Result<DeploymentEvent, StoreError> {
+    let row = sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    events::record(
+        conn,
+        id,
+        Change::Status {
+            deployment: row.into(),
+        },
+    )
+    .await
+}
+
+impl From<DeploymentRow> for DeploymentSummary {
+    fn from(row: DeploymentRow) -> Self {
+        Self {
+            id: row.id,
+            service: row.service,
+            status: row.status,
+            from_version: row.from_version,
+            to_version: row.to_version,
+            trigger: row.trigger,
+            requested_by: row.requested_by,
+            reason: row.reason,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+impl From<StepRow> for StepSummary {
+    fn from(row: StepRow) -> Self {
+        Self {
+            id: row.id,
+            backend: row.backend,
+            step: row.step,
+            rollback: row.rollback,
+            version: row.version,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            outcome: row.outcome,
+            detail: row.detail,
+        }
+    }
 }
 
 pub fn now_millis() -> i64 {
@@ -357,7 +558,10 @@ mod tests {
         assert_eq!(store.unfinished_count("api").await.unwrap(), 2);
         assert!(store.next_deployment("other").await.unwrap().is_none());
         let listed: Vec<i64> = store
-            .deployments(None, 10, None)
+            .deployments(&DeploymentQuery {
+                limit: 10,
+                ..DeploymentQuery::default()
+            })
             .await
             .unwrap()
             .iter()
