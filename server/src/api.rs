@@ -282,7 +282,9 @@ async fn fleet_events(
     // A first connection starts from now: the fleet snapshot says where things are.
     let now = state.store.latest_event_id().await?;
     let after = resume_point(&headers, &query, now)?;
+    let changes = state.fleet.snapshots();
+    let now = state.fleet.status().await?;
     let events = live::events(state.store.clone(), None, after).await?;
-    let stream = live::fleet_stream(events, state.fleet.snapshots());
+    let stream = live::fleet_stream(now, events, changes);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -115,13 +115,15 @@ pub fn fleet_sse(services: &[ServiceStatus]) -> Event {
         .expect("a fleet serializes")
 }
 
-/// The fleet-wide stream: the fleet's state now and whenever it changes, and every rollout
+/// The fleet-wide stream: the fleet's state `now`, then whenever it changes, and every rollout
 /// event after `after`.
 pub fn fleet_stream(
+    now: Vec<ServiceStatus>,
     events: impl Stream<Item = DeploymentEvent> + Send + 'static,
-    snapshots: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+    changes: watch::Receiver<Arc<Vec<ServiceStatus>>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let snapshots = WatchStream::new(snapshots).map(|services| fleet_sse(&services));
+    let first = stream::once(async move { fleet_sse(&now) });
+    let changes = WatchStream::from_changes(changes).map(|services| fleet_sse(&services));
     let events = events.map(|event| deployment_sse(&event));
-    stream::select(snapshots, events).map(Ok)
+    first.chain(stream::select(changes, events)).map(Ok)
 }

@@ -435,7 +435,9 @@ impl Rollout {
             outcome: Outcome::Cancelled { at },
         };
         match phase {
-            Phase::Pending | Phase::Paused { .. } => cancelled(None),
+            Phase::Pending => cancelled(None),
+            // Between batches: the next one had not begun.
+            Phase::Paused { .. } => cancelled(Some(Step::CheckCapacity)),
             Phase::Forward { batch, step } => match step {
                 Step::Prepare | Step::CheckCapacity => cancelled(Some(step)),
                 Step::Enable | Step::ConfirmUp => {
@@ -841,5 +843,144 @@ mod tests {
         let back: Rollout = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rollout);
         assert_eq!(back.action(), rollout.action());
+    }
+
+    fn outcome(rollout: &Rollout) -> &Outcome {
+        match &rollout.phase {
+            Phase::Finished { outcome } => outcome,
+            phase => panic!("not finished: {phase:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pause_takes_effect_once_the_current_backend_is_back_and_resume_goes_on() {
+        // Pause arrives while s1 is starting.
+        let events = [done(1 + 5), vec![Event::Pause], done(5)].concat();
+        let (paused, log) = run(rollout(&["s1", "s2", "s3"], 1, true), events);
+        assert_eq!(log.last().unwrap(), "confirm_up s1@v2", "s1 finished first");
+        assert_eq!(paused.phase, Phase::Paused { batch: 1 });
+        assert_eq!(paused.action(), None, "nothing happens while paused");
+        assert_eq!(paused.backends_done(), 1);
+
+        let (resumed, action) = paused.step(Event::Resume);
+        assert_eq!(action.unwrap().step, CheckCapacity);
+        assert!(!resumed.pause_requested);
+        let (finished, _) = run_on(resumed, done(20));
+        assert_eq!(outcome(&finished), &Outcome::Succeeded);
+    }
+
+    /// Like `run`, from a rollout already under way.
+    fn run_on(mut rollout: Rollout, events: Vec<Event>) -> (Rollout, Vec<String>) {
+        let mut log = Vec::new();
+        for event in events {
+            let (next, action) = rollout.step(event);
+            rollout = next;
+            if let Some(action) = action {
+                log.push(format!("{} {:?}", action.step.as_str(), action.backends));
+            }
+        }
+        (rollout, log)
+    }
+
+    #[test]
+    fn a_pause_between_backends_is_immediate_and_on_the_last_backend_is_moot() {
+        // Right after s1 is confirmed, before s2's capacity check.
+        let (paused, _) = run(
+            rollout(&["s1", "s2"], 1, true),
+            [done(1 + 10), vec![Event::Pause]].concat(),
+        );
+        assert_eq!(paused.phase, Phase::Paused { batch: 1 });
+        // During the last backend: the rollout simply finishes.
+        let (finished, _) = run(
+            rollout(&["s1"], 1, true),
+            [done(3), vec![Event::Pause], done(8)].concat(),
+        );
+        assert_eq!(outcome(&finished), &Outcome::Succeeded);
+    }
+
+    #[test]
+    fn resume_before_the_pause_took_effect_withdraws_it() {
+        let events = [done(1 + 3), vec![Event::Pause, Event::Resume], done(7 + 10)].concat();
+        let (rollout, _) = run(rollout(&["s1", "s2"], 1, true), events);
+        assert_eq!(outcome(&rollout), &Outcome::Succeeded);
+    }
+
+    #[test]
+    fn abort_while_draining_puts_the_backend_back_into_rotation_and_keeps_done_ones() {
+        // s1 done; s2 is at wait_sessions when the abort arrives.
+        let events = [done(1 + 10 + 2), vec![Event::Abort], done(2)].concat();
+        let (rollout, log) = run(rollout(&["s1", "s2", "s3"], 1, true), events);
+        assert_eq!(
+            log[log.len() - 2..],
+            ["rollback enable s2@v1", "rollback confirm_up s2@v1"],
+            "{log:?}"
+        );
+        assert_eq!(
+            outcome(&rollout),
+            &Outcome::Cancelled {
+                at: Some(WaitSessions)
+            }
+        );
+        assert!(!log.iter().any(|l| l.contains("s3")), "s3 never touched");
+        assert!(
+            !log.iter().any(|l| l.contains("s1@v1")),
+            "s1 keeps the new version"
+        );
+    }
+
+    #[test]
+    fn abort_while_the_new_version_starts_restores_the_old_one_on_that_backend() {
+        // s1 is at wait_healthy (stopped, new one started) when the abort arrives.
+        let events = [done(1 + 6), vec![Event::Abort]].concat();
+        let (aborting, log) = run(rollout(&["s1", "s2"], 1, true), events);
+        assert_eq!(log.last().unwrap(), "rollback drain s1@v1");
+        let (rollout, _) = run_on(aborting, done(10));
+        assert_eq!(
+            outcome(&rollout),
+            &Outcome::Cancelled {
+                at: Some(WaitHealthy)
+            }
+        );
+    }
+
+    #[test]
+    fn abort_once_both_checks_passed_finishes_that_backend_then_stops() {
+        // s1's lb_check passed; enable is next.
+        let events = [done(1 + 8), vec![Event::Abort], done(2)].concat();
+        let (rollout, log) = run(rollout(&["s1", "s2"], 1, true), events);
+        assert_eq!(log.last().unwrap(), "confirm_up s1@v2");
+        assert_eq!(
+            outcome(&rollout),
+            &Outcome::Cancelled {
+                at: Some(ConfirmUp)
+            }
+        );
+    }
+
+    #[test]
+    fn abort_when_queued_or_paused_cancels_at_once_and_during_a_rollback_is_ignored() {
+        let (cancelled, action) = rollout(&["s1"], 1, true).step(Event::Abort);
+        assert_eq!(
+            (outcome(&cancelled), action),
+            (&Outcome::Cancelled { at: None }, None)
+        );
+        let (paused, _) = run(
+            rollout(&["s1", "s2"], 1, true),
+            [done(1 + 10), vec![Event::Pause]].concat(),
+        );
+        let (cancelled, _) = paused.step(Event::Abort);
+        assert_eq!(
+            outcome(&cancelled),
+            &Outcome::Cancelled {
+                at: Some(CheckCapacity)
+            }
+        );
+
+        let (rolling_back, _) = run(
+            rollout(&["s1"], 1, true),
+            [done(1 + 6), vec![fail("s1", "unhealthy")]].concat(),
+        );
+        let (same, _) = rolling_back.clone().step(Event::Abort);
+        assert_eq!(same, rolling_back, "the rollback carries on");
     }
 }

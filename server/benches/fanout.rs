@@ -1,0 +1,277 @@
+//! Event fan-out: 1,000 browsers watching one rollout over Server-Sent Events.
+//!
+//! Starts a real HAProxy, three demo-app backends and `baton serve` (a subprocess, so its memory
+//! can be read from /proc), rolls the service out to a slow-starting version, and while the
+//! first backend starts, opens the subscribers on the rollout's event stream. Every event
+//! persisted after the last subscriber connected is timed from its `at` (set when it is
+//! written, in the same transaction as the change) to its arrival at each subscriber.
+//!
+//! Prints the figures and writes them to target/bench/fanout.txt.
+//! Run: `scripts/dev bench fanout` (or `cargo bench -p server --bench fanout`).
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use serde_json::Value;
+
+const SUBSCRIBERS: usize = 1_000;
+const BACKENDS: usize = 3;
+
+/// Kills what the benchmark started, even when it panics.
+struct Started(Vec<Child>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A process's resident memory (`VmRSS` or `VmHWM`) in MiB.
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn write_configs(dir: &Path, frontend: u16, baton: u16) -> std::path::PathBuf {
+    let ports: Vec<u16> = (0..BACKENDS).map(|_| free_port()).collect();
+    let servers: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("    server web{} 127.0.0.1:{port} check\n", i + 1))
+        .collect();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n    stats socket {socket} mode 600 level admin\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend fe\n    bind 127.0.0.1:{frontend}\n    default_backend web\n\
+             backend web\n    option httpchk GET /alive\n    default-server inter 100ms fastinter 50ms downinter 100ms rise 2 fall 2\n{servers}",
+            socket = dir.join("haproxy.sock").display()
+        ),
+    )
+    .unwrap();
+    let backends: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            format!(
+                "[[service.backend]]\nname = \"web{}\"\naddress = \"127.0.0.1:{port}\"\n",
+                i + 1
+            )
+        })
+        .collect();
+    let config = dir.join("baton.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:{baton}"
+
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:haproxy.sock"]
+
+[[service]]
+name = "web"
+load_balancer = "edge"
+haproxy_backend = "web"
+[service.health]
+interval = "50ms"
+healthy_threshold = 2
+start_timeout = "20s"
+[service.runtime]
+kind = "process"
+command = ["{app}"]
+initial_version = "v1"
+{backends}"#,
+            app = env!("CARGO_BIN_EXE_baton-demo-app"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Follows one rollout's events until it ends; returns each event's delay in ms, for events
+/// persisted at or after `since`.
+async fn subscriber(client: reqwest::Client, url: String, since: tokio::sync::watch::Receiver<i64>) -> Vec<i64> {
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut delays = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let received = now_millis();
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(data.trim()).unwrap();
+            if event["at"].as_i64().unwrap() >= *since.borrow() {
+                delays.push(received - event["at"].as_i64().unwrap());
+            }
+            let status = event["deployment"]["status"].as_str();
+            if event["kind"] == "status"
+                && !matches!(status, Some("queued" | "running" | "paused"))
+            {
+                return delays;
+            }
+        }
+    }
+    delays
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let (frontend, baton_port) = (free_port(), free_port());
+    let config = write_configs(dir.path(), frontend, baton_port);
+    let mut started = Started(Vec::new());
+    started.0.push(
+        Command::new("/usr/sbin/haproxy")
+            .args(["-db", "-f"])
+            .arg(dir.path().join("haproxy.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("HAProxy starts (apt-get install haproxy)"),
+    );
+    let log = std::fs::File::create(dir.path().join("baton.log")).unwrap();
+    started.0.push(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("baton starts"),
+    );
+    let baton_pid = started.0[1].id();
+    let base = format!("http://127.0.0.1:{baton_port}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(SUBSCRIBERS)
+        .build()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the fleet did not come up");
+        if let Ok(response) = client.get(format!("{base}/api/services")).send().await
+            && let Ok(services) = response.json::<Value>().await
+            && services[0]["backends"]
+                .as_array()
+                .is_some_and(|b| b.iter().all(|b| b["load_balancer"][0]["status"] == "UP"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let idle_rss = memory_mib(baton_pid, "VmRSS:");
+
+    let queued: Value = client
+        .post(format!("{base}/api/services/web/deployments"))
+        .json(&serde_json::json!({ "version": "v2-slowstart" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = queued["id"].as_i64().unwrap();
+    let url = format!("{base}/api/deployments/{id}/events");
+
+    let open_files = || {
+        std::fs::read_dir(format!("/proc/{baton_pid}/fd"))
+            .map(|fds| fds.count())
+            .unwrap_or(0)
+    };
+    let baseline = open_files();
+    let (since_tx, since) = tokio::sync::watch::channel(i64::MAX);
+    let connecting = Instant::now();
+    let subscribers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| tokio::spawn(subscriber(client.clone(), url.clone(), since.clone())))
+        .collect();
+    // Connected once Baton holds that many streams open: count its sockets.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if open_files() >= baseline + SUBSCRIBERS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "subscribers did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_time = connecting.elapsed();
+    since_tx.send(now_millis()).unwrap();
+    let connected_rss = memory_mib(baton_pid, "VmRSS:");
+
+    let mut delays = Vec::new();
+    let mut events_per_subscriber = Vec::new();
+    for task in subscribers {
+        let mine = task.await.unwrap();
+        events_per_subscriber.push(mine.len());
+        delays.extend(mine);
+    }
+    let peak_rss = memory_mib(baton_pid, "VmHWM:");
+    let deployment = get(&client, &format!("{base}/api/deployments/{id}")).await;
+    delays.sort_unstable();
+    assert!(!delays.is_empty(), "no event was timed");
+    let min_events = events_per_subscriber.iter().min().unwrap();
+    let max_events = events_per_subscriber.iter().max().unwrap();
+
+    let mut report = String::new();
+    writeln!(report, "Event fan-out: {SUBSCRIBERS} SSE subscribers on one rollout ({BACKENDS} backends, status {})", deployment["status"]).unwrap();
+    writeln!(report, "  subscribers connected in          {:>8.0} ms", connect_time.as_secs_f64() * 1000.0).unwrap();
+    writeln!(report, "  events timed per subscriber       {min_events} to {max_events}").unwrap();
+    writeln!(report, "  deliveries timed                  {:>8}", delays.len()).unwrap();
+    writeln!(report, "  delay persisted -> received p50   {:>8} ms", percentile(&delays, 50.0)).unwrap();
+    writeln!(report, "  delay persisted -> received p99   {:>8} ms", percentile(&delays, 99.0)).unwrap();
+    writeln!(report, "  delay persisted -> received max   {:>8} ms", delays.last().unwrap()).unwrap();
+    writeln!(report, "  Baton memory (RSS) idle           {idle_rss:>8.1} MiB").unwrap();
+    writeln!(report, "  Baton memory (RSS) with streams   {connected_rss:>8.1} MiB").unwrap();
+    writeln!(report, "  Baton memory (peak RSS)           {peak_rss:>8.1} MiB").unwrap();
+    writeln!(report, "  (delay = subscriber's clock at arrival - the event's `at`, written with the change; ms resolution; subscribers run on the same 2 cores as Baton)").unwrap();
+    print!("{report}");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("fanout.txt"), report).unwrap();
+    drop(started);
+}
