@@ -7,10 +7,12 @@
 pub mod fleet;
 pub mod model;
 mod pages;
+pub mod webhooks;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::{
+    SsrMode,
     components::{A, Route, Router, Routes},
     path,
 };
@@ -40,6 +42,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    pages::provide_hydrated();
+    pages::provide_clock();
     // Marks the page once the wasm client has taken over (tests and people debugging look for it).
     #[cfg(feature = "hydrate")]
     Effect::new(|_| {
@@ -65,8 +69,19 @@ pub fn App() -> impl IntoView {
             </header>
             <main>
                 <Routes fallback=pages::NotFound>
-                    <Route path=path!("/") view=pages::ServicesPage />
-                    <Route path=path!("/deployments") view=pages::DeploymentsPage />
+                    // Async: the server waits for the data, so every page is complete HTML
+                    // (readable before the wasm loads) and an unknown rollout can answer 404.
+                    <Route path=path!("/") view=pages::ServicesPage ssr=SsrMode::Async />
+                    <Route
+                        path=path!("/deployments")
+                        view=pages::DeploymentsPage
+                        ssr=SsrMode::Async
+                    />
+                    <Route
+                        path=path!("/deployments/:id")
+                        view=pages::RolloutPage
+                        ssr=SsrMode::Async
+                    />
                 </Routes>
             </main>
             <footer class="footer">

@@ -130,7 +130,11 @@ async fn get(client: &reqwest::Client, url: &str) -> Value {
 
 /// Follows one rollout's events until it ends; returns each event's delay in ms, for events
 /// persisted at or after `since`.
-async fn subscriber(client: reqwest::Client, url: String, since: tokio::sync::watch::Receiver<i64>) -> Vec<i64> {
+async fn subscriber(
+    client: reqwest::Client,
+    url: String,
+    since: tokio::sync::watch::Receiver<i64>,
+) -> Vec<i64> {
     let response = client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
@@ -149,8 +153,7 @@ async fn subscriber(client: reqwest::Client, url: String, since: tokio::sync::wa
                 delays.push(received - event["at"].as_i64().unwrap());
             }
             let status = event["deployment"]["status"].as_str();
-            if event["kind"] == "status"
-                && !matches!(status, Some("queued" | "running" | "paused"))
+            if event["kind"] == "status" && !matches!(status, Some("queued" | "running" | "paused"))
             {
                 return delays;
             }
@@ -259,15 +262,56 @@ async fn main() {
 
     let mut report = String::new();
     writeln!(report, "Event fan-out: {SUBSCRIBERS} SSE subscribers on one rollout ({BACKENDS} backends, status {})", deployment["status"]).unwrap();
-    writeln!(report, "  subscribers connected in          {:>8.0} ms", connect_time.as_secs_f64() * 1000.0).unwrap();
-    writeln!(report, "  events timed per subscriber       {min_events} to {max_events}").unwrap();
-    writeln!(report, "  deliveries timed                  {:>8}", delays.len()).unwrap();
-    writeln!(report, "  delay persisted -> received p50   {:>8} ms", percentile(&delays, 50.0)).unwrap();
-    writeln!(report, "  delay persisted -> received p99   {:>8} ms", percentile(&delays, 99.0)).unwrap();
-    writeln!(report, "  delay persisted -> received max   {:>8} ms", delays.last().unwrap()).unwrap();
-    writeln!(report, "  Baton memory (RSS) idle           {idle_rss:>8.1} MiB").unwrap();
-    writeln!(report, "  Baton memory (RSS) with streams   {connected_rss:>8.1} MiB").unwrap();
-    writeln!(report, "  Baton memory (peak RSS)           {peak_rss:>8.1} MiB").unwrap();
+    writeln!(
+        report,
+        "  subscribers connected in          {:>8.0} ms",
+        connect_time.as_secs_f64() * 1000.0
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  events timed per subscriber       {min_events} to {max_events}"
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  deliveries timed                  {:>8}",
+        delays.len()
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  delay persisted -> received p50   {:>8} ms",
+        percentile(&delays, 50.0)
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  delay persisted -> received p99   {:>8} ms",
+        percentile(&delays, 99.0)
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  delay persisted -> received max   {:>8} ms",
+        delays.last().unwrap()
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  Baton memory (RSS) idle           {idle_rss:>8.1} MiB"
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  Baton memory (RSS) with streams   {connected_rss:>8.1} MiB"
+    )
+    .unwrap();
+    writeln!(
+        report,
+        "  Baton memory (peak RSS)           {peak_rss:>8.1} MiB"
+    )
+    .unwrap();
     writeln!(report, "  (delay = subscriber's clock at arrival - the event's `at`, written with the change; ms resolution; subscribers run on the same 2 cores as Baton)").unwrap();
     print!("{report}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

@@ -270,7 +270,9 @@ async fn deployment_events(
     })?;
     let after = resume_point(&headers, &query, 0)?;
     let events = live::events(state.store.clone(), Some(id), after).await?;
-    let stream = events.map(|event| Ok::<_, Infallible>(live::deployment_sse(&event)));
+    let stream = events
+        .map(|event| Ok::<_, Infallible>(live::deployment_sse(&event)))
+        .take_until(state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -285,6 +287,7 @@ async fn fleet_events(
     let changes = state.fleet.snapshots();
     let now = state.fleet.status().await?;
     let events = live::events(state.store.clone(), None, after).await?;
-    let stream = live::fleet_stream(now, events, changes);
+    let stream = live::fleet_stream(now, events, changes)
+        .take_until(state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

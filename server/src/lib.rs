@@ -1,6 +1,7 @@
 //! Baton's server: configuration, storage, HTTP, and (later) the rollout executor and drivers.
 
 pub mod api;
+pub mod auth;
 pub mod domain;
 pub mod drivers;
 pub mod fleet;
@@ -12,3 +13,4 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod ui;
+pub mod webhooks;

@@ -9,24 +9,24 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use app::model::{DeploymentEvent, ServiceStatus};
+use app::model::ServiceStatus;
 use axum::response::sse::Event;
 use futures::{Stream, StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::WatchStream;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Published, Store, StoreError};
 
 /// How many events one database read replays.
 const REPLAY_PAGE: i64 = 500;
 
 struct Follow {
     store: Store,
-    live: broadcast::Receiver<DeploymentEvent>,
+    live: broadcast::Receiver<Arc<Published>>,
     deployment: Option<i64>,
     last: i64,
-    pending: VecDeque<DeploymentEvent>,
+    pending: VecDeque<Arc<Published>>,
 }
 
 impl Follow {
@@ -35,14 +35,15 @@ impl Follow {
             .store
             .events_after(self.deployment, self.last, REPLAY_PAGE)
             .await?;
-        self.pending.extend(page);
+        self.pending
+            .extend(page.into_iter().map(|event| Arc::new(event.into())));
         Ok(())
     }
 
-    async fn next(&mut self) -> Option<DeploymentEvent> {
+    async fn next(&mut self) -> Option<Arc<Published>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
-                self.last = event.id;
+                self.last = event.event.id;
                 if self.pending.is_empty() {
                     // A full page may have more behind it.
                     if let Err(error) = self.catch_up().await {
@@ -53,11 +54,12 @@ impl Follow {
                 return Some(event);
             }
             match self.live.recv().await {
-                Ok(event) => {
+                Ok(published) => {
+                    let event = &published.event;
                     let wanted = self.deployment.is_none_or(|id| id == event.deployment_id);
                     if wanted && event.id > self.last {
                         self.last = event.id;
-                        return Some(event);
+                        return Some(published);
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -81,7 +83,7 @@ pub async fn events(
     store: Store,
     deployment: Option<i64>,
     after: i64,
-) -> Result<impl Stream<Item = DeploymentEvent>, StoreError> {
+) -> Result<impl Stream<Item = Arc<Published>> + use<>, StoreError> {
     // Subscribe before reading the backlog, so nothing committed in between is missed.
     let live = store.subscribe();
     let mut follow = Follow {
@@ -98,12 +100,11 @@ pub async fn events(
 }
 
 /// An event as SSE: `event: deployment`, with the event id for `Last-Event-ID`.
-pub fn deployment_sse(event: &DeploymentEvent) -> Event {
+pub fn deployment_sse(published: &Published) -> Event {
     Event::default()
-        .id(event.id.to_string())
+        .id(published.event.id.to_string())
         .event("deployment")
-        .json_data(event)
-        .expect("an event serializes")
+        .data(&*published.json)
 }
 
 /// The fleet's state as SSE: `event: fleet`, without an id (it is state, not history: a client
@@ -119,7 +120,7 @@ pub fn fleet_sse(services: &[ServiceStatus]) -> Event {
 /// event after `after`.
 pub fn fleet_stream(
     now: Vec<ServiceStatus>,
-    events: impl Stream<Item = DeploymentEvent> + Send + 'static,
+    events: impl Stream<Item = Arc<Published>> + Send + 'static,
     changes: watch::Receiver<Arc<Vec<ServiceStatus>>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let first = stream::once(async move { fleet_sse(&now) });

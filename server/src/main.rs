@@ -1,10 +1,15 @@
-//! The `baton` command: serve the web UI and API, or check a configuration.
+//! The `baton` command: serve the web UI and API, check a configuration, roll out through a
+//! running Baton, and manage users and API tokens directly in the database.
 
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use baton_server::auth::accounts::{self, TokenRef};
+use baton_server::auth::{Actor, Password, Role};
 use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::startup::Application;
+use baton_server::store::Store;
 use baton_server::telemetry;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +49,20 @@ enum Command {
         /// The Baton to ask.
         #[arg(long, env = "BATON_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// The API token to send as `Authorization: Bearer` (a deployer's or an admin's).
+        /// Prefer the environment variable: other users can see a flag in `ps`.
+        #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Manage the users who sign in to the web UI (directly in the configured database).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API tokens for the CLI and CI (directly in the configured database).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Check a configuration file and print what it describes, without starting anything.
     CheckConfig {
@@ -51,6 +70,66 @@ enum Command {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user. The password is asked for without echo, or read from standard input (one
+    /// line) when that is not a terminal.
+    Add {
+        name: String,
+        /// viewer, deployer or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The configuration file (its database is the one changed).
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Give a user a new password (read like `user add` does); ends the user's sessions.
+    Passwd {
+        name: String,
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Delete a user and end its sessions.
+    Delete {
+        name: String,
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// List the users and their roles.
+    List {
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it (the only time it is shown).
+    Create {
+        name: String,
+        /// viewer, deployer or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// List the tokens (never their secrets), with when each was last used.
+    List {
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a token by name or id; it stops working at once.
+    Revoke {
+        name_or_id: String,
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    text.parse()
 }
 
 fn main() -> ExitCode {
@@ -64,7 +143,10 @@ fn main() -> ExitCode {
             version,
             wait,
             url,
-        } => deploy(&url, &service, &version, wait),
+            token,
+        } => deploy(&url, token.as_deref(), &service, &version, wait),
+        Command::User { command } => user(command),
+        Command::Token { command } => token(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,16 +157,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(config: &PathBuf) -> anyhow::Result<Settings> {
+fn load(config: &Path) -> anyhow::Result<Settings> {
     Ok(Settings::load(config, &EnvOverrides::from_process_env())?)
 }
 
-fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result<()> {
+fn deploy(
+    url: &str,
+    token: Option<&str>,
+    service: &str,
+    version: &str,
+    wait: bool,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = reqwest::Client::new();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.filter(|token| !token.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    anyhow::anyhow!("BATON_TOKEN is not a valid token: expected printable ASCII")
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?;
         let base = url.trim_end_matches('/');
         let response = client
             .post(format!("{base}/api/services/{service}/deployments"))
@@ -95,8 +194,15 @@ fn deploy(url: &str, service: &str, version: &str, wait: bool) -> anyhow::Result
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         if !status.is_success() {
+            let hint = match status.as_u16() {
+                401 if token.is_none() => {
+                    "\n  set BATON_TOKEN to an API token (`baton token create NAME --role deployer`)"
+                }
+                401 | 403 => "\n  BATON_TOKEN must be a live token with the deployer or admin role",
+                _ => "",
+            };
             anyhow::bail!(
-                "Baton refused the rollout ({status}): {}",
+                "Baton refused the rollout ({status}): {}{hint}",
                 body["error"].as_str().unwrap_or("no reason given")
             );
         }
@@ -208,6 +314,7 @@ fn demo(dir: PathBuf) -> anyhow::Result<()> {
             &format!("{:?}", app.display().to_string()),
         ),
     )?;
+    let (password, token) = demo_credentials(&config)?;
     let _ = std::fs::remove_file(&socket);
     let mut haproxy = std::process::Command::new("haproxy")
         .args(["-db", "-f"])
@@ -217,13 +324,208 @@ fn demo(dir: PathBuf) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot start haproxy (apt-get install haproxy): {error}")
         })?;
     println!("Demo: HAProxy serves the demo app on http://127.0.0.1:8000");
+    let listen = load(&config)?.server.listen;
     println!(
-        "Demo: try `baton deploy web v2 --wait`, or a broken version: v3-unhealthy, v3-crash, v3-slowstart"
+        "Demo: sign in at http://{listen}/login as {DEMO_ADMIN} with the password {}",
+        password.expose()
+    );
+    println!(
+        "Demo: a deployer token for the CLI: export BATON_TOKEN={}",
+        token.expose()
+    );
+    println!(
+        "Demo: then try `baton deploy web v2 --wait`, or a broken version: v3-unhealthy, v3-crash, v3-slowstart"
     );
     let result = serve(config);
     let _ = haproxy.kill();
     let _ = haproxy.wait();
     result
+}
+
+/// The demo's admin user and API token.
+const DEMO_ADMIN: &str = "admin";
+const DEMO_TOKEN: &str = "demo-deployer";
+
+/// Gives the demo's admin a fresh random password (adding the user the first time) and
+/// replaces the demo's deployer token, so both can be printed: Baton keeps only hashes, so a
+/// secret from an earlier run cannot be shown again.
+fn demo_credentials(config: &Path) -> anyhow::Result<(Password, baton_server::auth::SecretToken)> {
+    let settings = load(config)?;
+    on_database(&settings, |store| async move {
+        let cli = Actor::cli();
+        let password = Password::generate();
+        if store.user(DEMO_ADMIN).await?.is_some() {
+            accounts::set_password(&store, &cli, None, DEMO_ADMIN, password.clone()).await?;
+        } else {
+            accounts::add_user(
+                &store,
+                &cli,
+                None,
+                DEMO_ADMIN,
+                Role::Admin,
+                password.clone(),
+            )
+            .await?;
+        }
+        if store
+            .tokens()
+            .await?
+            .iter()
+            .any(|token| token.name == DEMO_TOKEN && token.revoked_at.is_none())
+        {
+            accounts::revoke_token(&store, &cli, None, &TokenRef::Name(DEMO_TOKEN.into())).await?;
+        }
+        let (_, token) =
+            accounts::create_token(&store, &cli, None, DEMO_TOKEN, Role::Deployer).await?;
+        Ok((password, token))
+    })
+}
+
+/// Runs `work` against the configuration's database, then closes it.
+fn on_database<T, F, Fut>(settings: &Settings, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = Store::connect(&settings.server.database_url).await?;
+        let result = work(store.clone()).await;
+        store.close().await;
+        result
+    })
+}
+
+/// A new password: asked twice without echo on a terminal, else one line of standard input.
+fn read_password(name: &str) -> anyhow::Result<Password> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {name}: "))?;
+        let again = rpassword::prompt_password("The same password again: ")?;
+        if first != again {
+            anyhow::bail!("the two passwords differ: expected the same password twice");
+        }
+        Password::new(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        Password::new(line.strip_suffix('\r').unwrap_or(line))
+    };
+    password.check_strength().map_err(anyhow::Error::msg)?;
+    Ok(password)
+}
+
+fn user(command: UserCommand) -> anyhow::Result<()> {
+    let cli = Actor::cli();
+    match command {
+        UserCommand::Add { name, role, config } => {
+            let settings = load(&config)?;
+            let password = read_password(&name)?;
+            on_database(&settings, |store| async move {
+                accounts::add_user(&store, &cli, None, &name, role, password).await?;
+                println!("user {name} added with the {role} role");
+                Ok(())
+            })
+        }
+        UserCommand::Passwd { name, config } => {
+            let settings = load(&config)?;
+            let password = read_password(&name)?;
+            on_database(&settings, |store| async move {
+                accounts::set_password(&store, &cli, None, &name, password).await?;
+                println!("user {name} has a new password; their sessions have ended");
+                Ok(())
+            })
+        }
+        UserCommand::Delete { name, config } => {
+            let settings = load(&config)?;
+            on_database(&settings, |store| async move {
+                accounts::delete_user(&store, &cli, None, &name).await?;
+                println!("user {name} deleted");
+                Ok(())
+            })
+        }
+        UserCommand::List { config } => {
+            let settings = load(&config)?;
+            on_database(&settings, |store| async move {
+                let users = store.users().await?;
+                if users.is_empty() {
+                    println!("no users yet: add one with `baton user add NAME --role admin`");
+                }
+                for user in users {
+                    println!(
+                        "{:<24} {:<9} created {} by {}",
+                        user.name,
+                        user.role,
+                        time(user.created_at),
+                        user.created_by
+                    );
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let cli = Actor::cli();
+    match command {
+        TokenCommand::Create { name, role, config } => {
+            let settings = load(&config)?;
+            on_database(&settings, |store| async move {
+                let (row, token) = accounts::create_token(&store, &cli, None, &name, role).await?;
+                println!(
+                    "token {} (id {}, {}) created; it is shown only this once:",
+                    row.name, row.id, row.role
+                );
+                println!("{}", token.expose());
+                Ok(())
+            })
+        }
+        TokenCommand::List { config } => {
+            let settings = load(&config)?;
+            on_database(&settings, |store| async move {
+                let tokens = store.tokens().await?;
+                if tokens.is_empty() {
+                    println!(
+                        "no tokens yet: create one with `baton token create NAME --role deployer`"
+                    );
+                }
+                for token in tokens {
+                    println!(
+                        "{:>4} {:<24} {:<9} created {} by {}, last used {}{}",
+                        token.id,
+                        token.name,
+                        token.role,
+                        time(token.created_at),
+                        token.created_by,
+                        token.last_used_at.map_or_else(|| "never".into(), time),
+                        token
+                            .revoked_at
+                            .map(|at| format!(", revoked {}", time(at)))
+                            .unwrap_or_default()
+                    );
+                }
+                Ok(())
+            })
+        }
+        TokenCommand::Revoke { name_or_id, config } => {
+            let settings = load(&config)?;
+            on_database(&settings, |store| async move {
+                let row = accounts::revoke_token(&store, &cli, None, &TokenRef::parse(&name_or_id))
+                    .await?;
+                println!("token {} (id {}) revoked", row.name, row.id);
+                Ok(())
+            })
+        }
+    }
+}
+
+/// A Unix-milliseconds time as RFC 3339, to the second.
+fn time(millis: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 fn serve(config: PathBuf) -> anyhow::Result<()> {

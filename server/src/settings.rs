@@ -95,6 +95,99 @@ pub struct ServiceSettings {
     pub drain: DrainSettings,
     pub runtime: RuntimeSettings,
     pub backends: Vec<BackendSettings>,
+    /// `[service.webhook]`: `None` when git pushes may not start rollouts of this service.
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// `[service.webhook]`: which pushes start a rollout, and the secret that proves a delivery came
+/// from the git host.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// The environment variable the secret was read from; operators see its name, never its value.
+    pub secret_env: String,
+    pub secret: WebhookSecret,
+    /// Pushes to this branch (a name such as `main`, not `refs/heads/main`) deploy the pushed commit.
+    pub branch: Option<String>,
+    /// Tag pushes whose tag matches this pattern deploy the tag.
+    pub tags: Option<TagPattern>,
+}
+
+/// A webhook secret. Its `Debug` says only that there is one, and it has no `Display`, so it
+/// cannot reach a log line or an error message by accident.
+#[derive(Clone)]
+pub struct WebhookSecret(std::sync::Arc<[u8]>);
+
+impl WebhookSecret {
+    pub fn new(value: impl AsRef<[u8]>) -> Self {
+        Self(value.as_ref().into())
+    }
+
+    /// The secret's bytes, for computing or comparing a signature.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+/// A glob over tag names, such as `v*`: `*` matches any run of characters (`/` included), `?`
+/// one character, `[0-9]` one of a set and `{a,b}` either alternative. The whole tag must match.
+#[derive(Clone)]
+pub struct TagPattern {
+    text: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl TagPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Err("expected a tag pattern such as \"v*\"".into());
+        }
+        if text.starts_with("refs/") {
+            return Err(format!(
+                "invalid tag pattern {text:?}: expected a pattern over tag names such as \"v*\", without refs/tags/"
+            ));
+        }
+        let glob = globset::GlobBuilder::new(text)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .build()
+            .map_err(|error| {
+                format!(
+                    "invalid tag pattern {text:?}: {}; expected a glob such as \"v*\" or \"release-[0-9]*\"",
+                    error.kind()
+                )
+            })?;
+        Ok(Self {
+            text: text.to_owned(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    /// Whether the tag (a name such as `v1.2.0`, not `refs/tags/v1.2.0`) matches.
+    pub fn matches(&self, tag: &str) -> bool {
+        self.matcher.is_match(tag)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for TagPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TagPattern({:?})", self.text)
+    }
+}
+
+impl fmt::Display for TagPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,7 +336,19 @@ impl Settings {
     }
 
     /// Validates `text` as if it were read from `path` (which also anchors relative paths).
+    /// Webhook secrets (`[service.webhook] secret_env`) are read from the process environment.
     pub fn parse(text: &str, path: &Path, env: &EnvOverrides) -> Result<Self, ConfigError> {
+        Self::parse_with_secrets(text, path, env, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Settings::parse`], with the environment variables that hold webhook secrets looked
+    /// up by `secret` (tests pass their own; nothing else in Baton reads the environment).
+    pub fn parse_with_secrets(
+        text: &str,
+        path: &Path,
+        env: &EnvOverrides,
+        secret: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let invalid = |key: Option<String>, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             location: None,
@@ -387,6 +492,16 @@ impl Settings {
                 .runtime
                 .validate()
                 .map_err(|(key, message)| invalid(at(&format!("runtime.{key}")), message))?;
+            let webhook = service
+                .webhook
+                .map(|webhook| webhook.validate(service.name.as_str(), secret))
+                .transpose()
+                .map_err(|(key, span, message)| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    location: span.map(|span| line_and_column(text, span.start)),
+                    key: at(&format!("webhook{key}")),
+                    message,
+                })?;
             services.push(ServiceSettings {
                 haproxy_backend: service
                     .haproxy_backend
@@ -399,6 +514,7 @@ impl Settings {
                 drain: service.drain,
                 runtime,
                 backends: service.backends,
+                webhook,
             });
         }
 
@@ -490,6 +606,96 @@ struct RawService {
     runtime: RawRuntime,
     #[serde(default, rename = "backend")]
     backends: Vec<BackendSettings>,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    secret_env: toml::Spanned<String>,
+    branch: Option<toml::Spanned<String>>,
+    tags: Option<toml::Spanned<String>>,
+}
+
+/// A key below `[service.webhook]` (empty for the table itself), where in the file, and why.
+type WebhookProblem = (String, Option<std::ops::Range<usize>>, String);
+
+impl RawWebhook {
+    /// Checks the table and reads the secret from the variable `secret_env` names.
+    fn validate(
+        self,
+        service: &str,
+        secret: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<WebhookSettings, WebhookProblem> {
+        let span = |value: &toml::Spanned<String>| Some(value.span());
+        let name = self.secret_env.get_ref();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err((
+                ".secret_env".into(),
+                span(&self.secret_env),
+                format!(
+                    "invalid variable name {name:?}: expected the name of the environment variable that holds the secret, such as \"{}_WEBHOOK_SECRET\"",
+                    service.to_ascii_uppercase().replace('-', "_")
+                ),
+            ));
+        }
+        let value = match secret(name) {
+            Some(value) if !value.is_empty() => value,
+            found => {
+                let state = if found.is_some() {
+                    "is empty"
+                } else {
+                    "is not set"
+                };
+                return Err((
+                    ".secret_env".into(),
+                    span(&self.secret_env),
+                    format!(
+                        "the environment variable {name} {state}: expected it to hold the webhook secret that the git host signs deliveries with (set it before starting Baton, or remove [service.webhook])"
+                    ),
+                ));
+            }
+        };
+        let branch = match self.branch {
+            Some(branch) => {
+                let text = branch.get_ref();
+                if text.is_empty()
+                    || text.starts_with("refs/")
+                    || text.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err((
+                        ".branch".into(),
+                        span(&branch),
+                        format!(
+                            "invalid branch {text:?}: expected a branch name such as \"main\", without refs/heads/"
+                        ),
+                    ));
+                }
+                Some(text.clone())
+            }
+            None => None,
+        };
+        let tags = match self.tags {
+            Some(tags) => Some(
+                TagPattern::parse(tags.get_ref())
+                    .map_err(|message| (".tags".to_owned(), span(&tags), message))?,
+            ),
+            None => None,
+        };
+        if branch.is_none() && tags.is_none() {
+            return Err((
+                String::new(),
+                None,
+                "expected `branch`, `tags` or both: without them no push would deploy".into(),
+            ));
+        }
+        Ok(WebhookSettings {
+            secret_env: name.clone(),
+            secret: WebhookSecret::new(value),
+            branch,
+            tags,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -883,5 +1089,110 @@ address = "127.0.0.1:18002"
             message.contains("unknown variant `docker`, expected `process` or `command`"),
             "{message}"
         );
+    }
+
+    const WEBHOOK: &str = r#"
+[service.webhook]
+secret_env = "API_WEBHOOK_SECRET"
+branch = "main"
+tags = "v*"
+"#;
+
+    fn parse_with(text: &str, secrets: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let secrets: BTreeMap<String, String> = secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::parse_with_secrets(
+            text,
+            Path::new("/etc/baton/baton.toml"),
+            &EnvOverrides::default(),
+            &|name| secrets.get(name).cloned(),
+        )
+    }
+
+    #[test]
+    fn a_webhook_reads_its_secret_from_the_named_variable() {
+        let text = format!("{FULL}{WEBHOOK}");
+        let settings = parse_with(&text, &[("API_WEBHOOK_SECRET", "s3cret-value")]).unwrap();
+        let webhook = settings.services[0].webhook.as_ref().unwrap();
+        assert_eq!(webhook.secret_env, "API_WEBHOOK_SECRET");
+        assert_eq!(webhook.secret.expose(), b"s3cret-value");
+        assert_eq!(webhook.branch.as_deref(), Some("main"));
+        let tags = webhook.tags.as_ref().unwrap();
+        assert!(tags.matches("v1.2.0"));
+        assert!(!tags.matches("release-1"));
+        assert!(!tags.matches("xv1"), "the whole tag must match");
+        // Neither the settings nor the webhook print the secret.
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("s3cret-value"), "{printed}");
+        assert!(printed.contains("WebhookSecret(<redacted>)"), "{printed}");
+        // A service without the table takes no webhooks.
+        assert!(parse(FULL).unwrap().services[0].webhook.is_none());
+    }
+
+    #[test]
+    fn an_unset_secret_variable_is_an_error_naming_file_key_and_variable() {
+        let text = format!("{FULL}{WEBHOOK}");
+        let message = parse_with(&text, &[]).unwrap_err().to_string();
+        assert!(
+            message
+                .starts_with("/etc/baton/baton.toml:43:14: key `service[0].webhook.secret_env`: "),
+            "{message}"
+        );
+        assert!(
+            message.contains("the environment variable API_WEBHOOK_SECRET is not set"),
+            "{message}"
+        );
+        let message = parse_with(&text, &[("API_WEBHOOK_SECRET", "")])
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("API_WEBHOOK_SECRET is empty"), "{message}");
+    }
+
+    #[test]
+    fn webhook_keys_are_checked() {
+        let ok = [("API_WEBHOOK_SECRET", "x")];
+        let error = |webhook: &str| {
+            parse_with(&format!("{FULL}{webhook}"), &ok)
+                .expect_err("the webhook table should be refused")
+                .to_string()
+        };
+        let message = error(&WEBHOOK.replace("branch = \"main\"", "brnach = \"main\""));
+        assert!(
+            message.contains("key `service[0].webhook.brnach`: unknown field `brnach`"),
+            "{message}"
+        );
+        let message = error(&WEBHOOK.replace("\"main\"", "\"refs/heads/main\""));
+        assert!(
+            message.contains("key `service[0].webhook.branch`"),
+            "{message}"
+        );
+        assert!(message.contains("without refs/heads/"), "{message}");
+        let message = error(&WEBHOOK.replace("\"v*\"", "\"v[0-9\""));
+        assert!(
+            message.contains("key `service[0].webhook.tags`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("invalid tag pattern \"v[0-9\""),
+            "{message}"
+        );
+        let message = error(&WEBHOOK.replace("API_WEBHOOK_SECRET", "api webhook"));
+        assert!(
+            message.contains("key `service[0].webhook.secret_env`: invalid variable name"),
+            "{message}"
+        );
+        let message = error(
+            &WEBHOOK
+                .replace("branch = \"main\"\n", "")
+                .replace("tags = \"v*\"\n", ""),
+        );
+        assert!(
+            message.contains("key `service[0].webhook`: expected `branch`, `tags` or both"),
+            "{message}"
+        );
+        let message = error("\n[service.webhook]\nbranch = \"main\"\n");
+        assert!(message.contains("missing field `secret_env`"), "{message}");
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::fleet::Fleet;
-use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use axum::extract::FromRef;
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
@@ -37,6 +39,9 @@ pub struct AppState {
     pub store: Store,
     pub fleet: Arc<ServiceFleet>,
     pub leptos_options: LeptosOptions,
+    /// Cancelled when Baton begins to stop: live streams end then, so they do not hold the
+    /// graceful shutdown open.
+    pub stopping: CancellationToken,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -51,6 +56,7 @@ pub struct Application {
     router: Router,
     store: Store,
     fleet: Arc<ServiceFleet>,
+    stopping: CancellationToken,
 }
 
 /// How long shutdown waits for background tasks (a rollout finishing its step) to stop.
@@ -82,17 +88,20 @@ impl Application {
             .site_pkg_dir("pkg")
             .site_addr(address)
             .build();
+        let stopping = CancellationToken::new();
         let state = AppState {
             settings: Arc::new(settings),
             store: store.clone(),
             fleet: fleet.clone(),
             leptos_options,
+            stopping: stopping.clone(),
         };
         Ok(Self {
             listener,
             router: router(state),
             store,
             fleet,
+            stopping,
         })
     }
 
@@ -108,8 +117,13 @@ impl Application {
         let tasks = TaskTracker::new();
         self.fleet.spawn(&tasks, &shutdown);
         tasks.close();
+        let stopping = self.stopping.clone();
+        let stop_signal = shutdown.clone();
         let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(async move {
+                stop_signal.cancelled().await;
+                stopping.cancel();
+            })
             .await;
         shutdown.cancel();
         if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
@@ -129,16 +143,21 @@ fn router(state: AppState) -> Router {
         settings: state.settings.clone(),
         fleet: state.fleet.clone(),
     }));
+    let webhooks = app::webhooks::Webhooks(Arc::new(crate::webhooks::UiWebhooks(state.clone())));
     let leptos_options = state.leptos_options.clone();
     let shell_options = leptos_options.clone();
 
     Router::new()
         .merge(http::routes())
         .merge(api::routes())
+        .merge(crate::webhooks::routes())
         .leptos_routes_with_context(
             &state,
             routes,
-            move || provide_context(fleet.clone()),
+            move || {
+                provide_context(fleet.clone());
+                provide_context(webhooks.clone());
+            },
             move || app::shell(shell_options.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
@@ -151,6 +170,26 @@ fn router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::map_response(explain_too_large))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
+}
+
+/// The body-limit layer answers a bare `413`; say what the limit is, as JSON like every error.
+async fn explain_too_large(response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE
+        || response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/json"))
+    {
+        return response;
+    }
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Json(serde_json::json!({
+            "error": format!("the request body is over the limit of {BODY_LIMIT} bytes (1 MiB)")
+        })),
+    )
+        .into_response()
 }

@@ -1,20 +1,82 @@
-//! The Services page: every configured service and its backends.
+//! The fleet dashboard: every service with its backends as the load balancer sees them, the
+//! rollout in progress, and a Redeploy button per service. Server-rendered from
+//! `fleet_status`, then kept live by the fleet-wide event stream.
 
 use leptos::prelude::*;
 use leptos_meta::Title;
+use leptos_router::components::A;
 
-use crate::fleet::list_services;
-use crate::model::ServiceSummary;
+use super::format::{check_passes, lb_class, step_doing};
+use super::live::{Connection, ConnectionBadge, Handler, follow};
+use super::redeploy::Redeploy;
+use crate::fleet::fleet_status;
+use crate::model::{ActiveRollout, BackendStatus, ServiceStatus};
 
 #[component]
 pub fn ServicesPage() -> impl IntoView {
-    let services = Resource::new(|| (), |_| list_services());
-    let (filter, set_filter) = signal(String::new());
-
+    let initial = Resource::new(|| (), |_| fleet_status());
     view! {
         <Title text="Services" />
+        <Suspense fallback=|| view! { <p class="muted">"Loading services…"</p> }>
+            {move || Suspend::new(async move {
+                match initial.await {
+                    Ok(services) => view! { <Dashboard initial=services /> }.into_any(),
+                    Err(error) => {
+                        view! {
+                            <h1>"Services"</h1>
+                            <p class="error" role="alert">
+                                "Could not load the services: "
+                                {super::format::error_message(&error)}
+                            </p>
+                        }
+                            .into_any()
+                    }
+                }
+            })}
+        </Suspense>
+    }
+}
+
+/// The dashboard over a live copy of the fleet's state.
+#[component]
+fn Dashboard(initial: Vec<ServiceStatus>) -> impl IntoView {
+    let fleet = RwSignal::new(initial);
+    let connection = RwSignal::new(Connection::Waiting);
+    let on_fleet: Handler = Box::new(move |data, _id| {
+        if let Ok(services) = serde_json::from_str::<Vec<ServiceStatus>>(&data) {
+            fleet.set(services);
+        }
+    });
+    follow("/api/events", connection, vec![("fleet", on_fleet)]);
+
+    let (filter, set_filter) = signal(String::new());
+    let names = Memo::new(move |_| {
+        fleet.with(|all| all.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
+    });
+    let shown = Memo::new(move |_| {
+        let needle = filter.get().trim().to_lowercase();
+        names.with(|names| {
+            names
+                .iter()
+                .filter(|name| name.to_lowercase().contains(&needle))
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+    });
+    let count = move || {
+        format!(
+            "Showing {} of {} services",
+            shown.with(Vec::len),
+            names.with(Vec::len)
+        )
+    };
+
+    view! {
         <div class="page-head">
-            <h1>"Services"</h1>
+            <div class="title-line">
+                <h1>"Services"</h1>
+                <ConnectionBadge connection />
+            </div>
             <label class="filter">
                 <span>"Filter"</span>
                 <input
@@ -26,88 +88,281 @@ pub fn ServicesPage() -> impl IntoView {
                 />
             </label>
         </div>
-        <Suspense fallback=|| view! { <p class="muted">"Loading services…"</p> }>
-            {move || {
-                let needle = filter.get().trim().to_lowercase();
-                Suspend::new(async move {
-                    match services.await {
-                        Ok(all) => service_list(all, &needle).into_any(),
-                        Err(error) => {
-                            view! {
-                                <p class="error" role="alert">
-                                    "Could not load the services: "
-                                    {error.to_string()}
-                                </p>
-                            }
-                                .into_any()
-                        }
-                    }
-                })
-            }}
-        </Suspense>
-    }
-}
-
-fn service_list(all: Vec<ServiceSummary>, needle: &str) -> impl IntoView {
-    if all.is_empty() {
-        return view! {
-            <p class="empty">
-                "No services are configured yet. Add a " <code>"[[service]]"</code>
-                " table to the configuration file and restart Baton."
+        <Show
+            when=move || names.with(|n| !n.is_empty())
+            fallback=|| {
+                view! {
+                    <p class="empty">
+                        "No services are configured yet. Add a " <code>"[[service]]"</code>
+                        " table to the configuration file and restart Baton."
+                    </p>
+                }
+            }
+        >
+            <p class="muted" data-testid="service-count">
+                {count}
             </p>
-        }
-        .into_any();
-    }
-    let total = all.len();
-    let shown: Vec<ServiceSummary> = all
-        .into_iter()
-        .filter(|service| service.name.to_lowercase().contains(needle))
-        .collect();
-    let count = format!("Showing {} of {} services", shown.len(), total);
-    view! {
-        <p class="muted" data-testid="service-count">
-            {count}
-        </p>
-        <ul class="services">
-            {shown.into_iter().map(|service| view! { <ServiceCard service /> }).collect_view()}
-        </ul>
+            <ul class="services">
+                <For each=move || shown.get() key=|name| name.clone() let:name>
+                    <ServiceCard name fleet />
+                </For>
+            </ul>
+        </Show>
     }
     .into_any()
 }
 
+/// One service: its backends, its rollout in progress, and its Redeploy form. The card is built
+/// once per service and reads its state from the live fleet, so an open form survives updates.
 #[component]
-fn ServiceCard(service: ServiceSummary) -> impl IntoView {
+fn ServiceCard(name: String, fleet: RwSignal<Vec<ServiceStatus>>) -> impl IntoView {
+    let status = {
+        let name = name.clone();
+        Memo::new(move |_| fleet.with(|all| all.iter().find(|s| s.name == name).cloned()))
+    };
+    let heading_id = format!("service-{name}");
+    let place = move || {
+        status.with(|s| {
+            s.as_ref().map(|s| {
+                view! {
+                    "HAProxy backend " <code>{s.haproxy_backend.clone()}</code> " on "
+                    {s.load_balancer.clone()}
+                }
+            })
+        })
+    };
+    let summary = move || status.with(|s| s.as_ref().map(version_summary));
+    let lb_error = move || {
+        status.with(|s| {
+            s.as_ref()
+                .and_then(|s| s.load_balancer_error.clone())
+                .map(|error| {
+                    view! {
+                        <p class="lb-error" role="alert" data-testid="lb-error">
+                            <strong>"The load balancer did not answer: "</strong>
+                            {error}
+                        </p>
+                    }
+                })
+        })
+    };
+    let active = move || {
+        status.with(|s| {
+            s.as_ref()
+                .and_then(|s| s.active.clone().map(|active| (active, s.queued)))
+                .map(|(active, queued)| view! { <ActiveBox active queued /> })
+        })
+    };
+    let rows = move || {
+        status.with(|s| {
+            s.as_ref()
+                .map(|s| {
+                    let acting: Vec<String> = s
+                        .active
+                        .as_ref()
+                        .map(|a| a.backends.clone())
+                        .unwrap_or_default();
+                    let step = s.active.as_ref().and_then(|a| a.step.clone());
+                    s.backends
+                        .iter()
+                        .map(|backend| {
+                            let here = acting.contains(&backend.name);
+                            backend_row(backend, here.then(|| step.clone()).flatten())
+                        })
+                        .collect_view()
+                })
+                .unwrap_or_default()
+        })
+    };
+
+    let data_service = name.clone();
+    let labelled_by = heading_id.clone();
+    let caption = format!("Backends of {name}");
     view! {
-        <li class="card service" data-service=service.name.clone()>
-            <h2>{service.name.clone()}</h2>
-            <p class="muted">
-                "HAProxy backend " <code>{service.haproxy_backend}</code> " on "
-                {service.load_balancer}
-            </p>
-            <table>
+        <li class="card service" data-service=data_service aria-labelledby=labelled_by>
+            <div class="card-head">
+                <div>
+                    <h2 id=heading_id>{name.clone()}</h2>
+                    <p class="muted small">{place}</p>
+                </div>
+                <p class="version-summary" data-testid="version-summary">
+                    {summary}
+                </p>
+            </div>
+            {lb_error}
+            {active}
+            <table class="backends stack">
+                <caption class="visually-hidden">{caption}</caption>
                 <thead>
                     <tr>
                         <th scope="col">"Backend"</th>
-                        <th scope="col">"Address"</th>
+                        <th scope="col">"Version"</th>
+                        <th scope="col">"Load balancer"</th>
+                        <th scope="col">"Sessions"</th>
+                        <th scope="col">"Health"</th>
                     </tr>
                 </thead>
-                <tbody>
-                    {service
-                        .backends
-                        .into_iter()
-                        .map(|backend| {
-                            view! {
-                                <tr>
-                                    <td>{backend.name}</td>
-                                    <td>
-                                        <code>{backend.address}</code>
-                                    </td>
-                                </tr>
-                            }
-                        })
-                        .collect_view()}
-                </tbody>
+                <tbody>{rows}</tbody>
             </table>
+            <Redeploy service=name.clone() status />
+            <details class="webhooks">
+                <summary>"Webhooks and deliveries"</summary>
+                <crate::webhooks::ServiceWebhooks service=name />
+            </details>
         </li>
     }
+    .into_any()
+}
+
+/// "v2 on all 3 backends", or the mix.
+fn version_summary(status: &ServiceStatus) -> String {
+    let mut versions: Vec<&str> = status.backends.iter().map(|b| b.version.as_str()).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    match versions.as_slice() {
+        [] => "No backends".into(),
+        [one] => format!(
+            "{one} on {}",
+            match status.backends.len() {
+                1 => "its backend".to_owned(),
+                2 => "both backends".to_owned(),
+                n => format!("all {n} backends"),
+            }
+        ),
+        many => format!("Mixed versions: {}", many.join(", ")),
+    }
+}
+
+fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView + use<> {
+    let nodes = backend.load_balancer.len();
+    let status_cell = if backend.load_balancer.is_empty() {
+        view! { <span class="lb lb-unknown">"unknown"</span> }.into_any()
+    } else {
+        backend
+            .load_balancer
+            .iter()
+            .map(|node| {
+                let label = if nodes > 1 {
+                    format!("{}: {}", node.node, node.status)
+                } else {
+                    node.status.clone()
+                };
+                let backup = node
+                    .backup
+                    .then_some(view! { <span class="muted">" (backup)"</span> });
+                view! {
+                    <span
+                        class=format!("lb {}", lb_class(&node.status))
+                        data-lb-status=node.status.clone()
+                        title=format!("HAProxy node {}", node.node)
+                    >
+                        {label}
+                    </span>
+                    {backup}
+                }
+            })
+            .collect_view()
+            .into_any()
+    };
+    let sessions: u64 = backend.load_balancer.iter().map(|n| n.sessions).sum();
+    let checks: Vec<String> = backend
+        .load_balancer
+        .iter()
+        .filter_map(|n| n.check.clone())
+        .collect();
+    let unchecked = checks.is_empty().then(|| {
+        view! {
+            <span class="muted" title="HAProxy runs no check on a server in maintenance">
+                "not checked"
+            </span>
+        }
+    });
+    let health = checks
+        .into_iter()
+        .map(|check| {
+            let (class, word) = if check_passes(&check) {
+                ("check check-ok", "passing")
+            } else {
+                ("check check-bad", "failing")
+            };
+            view! {
+                <span class=class title=format!("HAProxy check result {check}")>
+                    {format!("{word} ({check})")}
+                </span>
+            }
+        })
+        .collect_view();
+    let acting = step.is_some();
+    let step = step.map(|step| {
+        view! {
+            <span class="acting" data-testid="acting">
+                {format!("↻ {}", step_doing(&step))}
+            </span>
+        }
+    });
+    view! {
+        <tr data-backend=backend.name.clone() class:acting-row=acting>
+            <th scope="row" data-label="Backend">
+                {backend.name.clone()}
+                <span class="muted small address">{backend.address.clone()}</span>
+                {step}
+            </th>
+            <td data-label="Version" data-testid="backend-version">
+                <code>{backend.version.clone()}</code>
+            </td>
+            <td data-label="Load balancer">{status_cell}</td>
+            <td data-label="Sessions" data-testid="sessions">
+                {sessions.to_string()}
+            </td>
+            <td data-label="Health">{health} {unchecked}</td>
+        </tr>
+    }
+}
+
+/// The rollout in progress on a service: which backend, which step, how far, and a link to it.
+#[component]
+fn ActiveBox(active: ActiveRollout, queued: u32) -> impl IntoView {
+    let href = format!("/deployments/{}", active.id);
+    let verb = match active.status.as_str() {
+        "queued" => "Queued",
+        "paused" => "Paused",
+        _ if active.rolling_back => "Rolling back",
+        _ => "Rolling out",
+    };
+    let headline = format!("{verb}: {} (rollout #{})", active.to_version, active.id);
+    let now = match (&active.step, active.backends.as_slice()) {
+        (Some(step), []) => step_doing(step),
+        (Some(step), backends) => format!("{}: {}", backends.join(", "), step_doing(step)),
+        (None, _) => "waiting for its turn".into(),
+    };
+    let progress = format!("{} of {} backends done", active.done, active.total);
+    let queued = (queued > 0).then(|| {
+        view! {
+            <p class="muted small">
+                {format!("{queued} more rollout(s) queued behind it")}
+            </p>
+        }
+    });
+    view! {
+        <div class=format!("active active-{}", active.status) data-testid="active-rollout">
+            <p>
+                <strong>{headline}</strong>
+                " · "
+                <span data-testid="active-step">{now}</span>
+            </p>
+            <div class="progress-line">
+                <progress
+                    max=active.total.max(1).to_string()
+                    value=active.done.to_string()
+                    aria-label=progress.clone()
+                ></progress>
+                <span class="small">{progress}</span>
+                <A href=href attr:class="button-link">
+                    "View rollout"
+                </A>
+            </div>
+            {queued}
+        </div>
+    }
+    .into_any()
 }

@@ -10,6 +10,22 @@ use sqlx::SqliteConnection;
 
 use super::{Store, StoreError, now_millis};
 
+/// A committed event with its JSON, encoded once however many streams send it.
+#[derive(Debug)]
+pub struct Published {
+    pub event: DeploymentEvent,
+    pub json: Box<str>,
+}
+
+impl From<DeploymentEvent> for Published {
+    fn from(event: DeploymentEvent) -> Self {
+        let json = serde_json::to_string(&event)
+            .expect("an event serializes")
+            .into_boxed_str();
+        Self { event, json }
+    }
+}
+
 /// How many events the live feed holds for a slow subscriber before it must catch up from the
 /// database.
 pub const LIVE_BUFFER: usize = 4096;
@@ -90,14 +106,14 @@ impl Store {
         tx.commit().await?;
         for event in events {
             // No subscriber is fine: the database has it.
-            let _ = self.live.send(event);
+            let _ = self.live.send(std::sync::Arc::new(event.into()));
         }
         Ok(())
     }
 
     /// The live feed of every event, from now on. A subscriber that falls more than
     /// [`LIVE_BUFFER`] behind gets `Lagged` and catches up with [`Store::events_after`].
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DeploymentEvent> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Published>> {
         self.live.subscribe()
     }
 

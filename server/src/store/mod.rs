@@ -4,9 +4,11 @@
 //! for two replicas) changes this module only. Every change to a rollout writes its event in
 //! the same transaction (see [`events`]).
 
+pub mod auth;
+pub mod deliveries;
 mod events;
 
-pub use events::LIVE_BUFFER;
+pub use events::{LIVE_BUFFER, Published};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -33,7 +35,7 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
-    live: tokio::sync::broadcast::Sender<DeploymentEvent>,
+    live: tokio::sync::broadcast::Sender<std::sync::Arc<Published>>,
     /// Held from commit to publish, so subscribers get events in id order.
     publishing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }

@@ -102,3 +102,33 @@ impl Drop for TestApp {
         self.shutdown.cancel();
     }
 }
+
+/// Like [`spawn_app`], on `config`, with the environment variables that hold webhook secrets
+/// looked up in `secrets` (the tests never touch the process environment).
+pub async fn spawn_app_with(config: &str, secrets: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("baton.toml");
+    let env = EnvOverrides {
+        listen: Some("127.0.0.1:0".into()),
+        site_root: Some(dir.path().join("site").display().to_string()),
+        ..EnvOverrides::default()
+    };
+    let secrets: std::collections::HashMap<String, String> = secrets
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let settings =
+        Settings::parse_with_secrets(config, &path, &env, &|name| secrets.get(name).cloned())
+            .expect("the test configuration is valid");
+    let application = Application::build(settings).await.expect("Baton starts");
+    let address = format!("http://{}", application.local_addr());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        dir,
+        shutdown,
+        server: Some(server),
+    }
+}

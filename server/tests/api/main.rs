@@ -2,3 +2,5 @@
 
 mod helpers;
 mod pages;
+mod streams;
+mod webhooks;

@@ -102,3 +102,232 @@ async fn oversized_bodies_are_refused() {
     assert_eq!(response.status(), 413);
     app.stop().await;
 }
+
+/// Polls the API until rollout `id` has ended; returns it.
+async fn finished(app: &crate::helpers::TestApp, id: i64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let deployment: serde_json::Value = app
+            .get(&format!("/api/deployments/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if !matches!(
+            deployment["status"].as_str(),
+            Some("queued" | "running" | "paused")
+        ) {
+            return deployment;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout {id} did not end: {deployment:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn deploy(app: &crate::helpers::TestApp, service: &str, version: &str) -> i64 {
+    let response = app
+        .client
+        .post(format!(
+            "{}/api/services/{service}/deployments",
+            app.address
+        ))
+        .json(&serde_json::json!({ "version": version }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["id"].as_i64().unwrap()
+}
+
+fn assert_contains(html: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            html.contains(expected),
+            "the page lacks {expected:?}:\n{html}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_each_backend_and_says_when_the_load_balancer_does_not_answer() {
+    let app = spawn_app().await;
+    let html = app.get("/").await.text().await.unwrap();
+    assert_contains(
+        &html,
+        &[
+            "data-backend=\"s1\"",
+            "data-backend=\"s2\"",
+            "data-backend=\"w1\"",
+            "v1 on both backends",
+            "v1 on its backend",
+            // No HAProxy listens in these tests: the page says so instead of showing nothing.
+            "The load balancer did not answer",
+            "role=\"alert\"",
+            ">unknown<",
+            ">Redeploy api</button>",
+            ">Redeploy worker</button>",
+            "aria-expanded=\"false\"",
+        ],
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_history_says_when_there_are_no_deployments_yet() {
+    let app = spawn_app().await;
+    let response = app.get("/deployments").await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert_contains(
+        &html,
+        &[
+            "<title>Deployments · Baton</title>",
+            "No deployments yet",
+            // The filters are a plain GET form: they work before the wasm loads.
+            "name=\"service\"",
+            "<option value=\"worker\"",
+            "name=\"status\"",
+            "<option value=\"rolled_back\"",
+        ],
+    );
+    assert!(!html.contains("data-deployment-id"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_history_is_rendered_on_the_server_filtered_by_the_address() {
+    let app = spawn_app().await;
+    let first = deploy(&app, "api", "v2").await;
+    let first = finished(&app, first).await;
+    let second = deploy(&app, "worker", "v3").await;
+    finished(&app, second).await;
+    let status = first["status"].as_str().unwrap().to_owned();
+
+    let html = app.get("/deployments").await.text().await.unwrap();
+    let newer = html
+        .find(&format!("data-deployment-id=\"{second}\""))
+        .unwrap();
+    let older = html
+        .find(&format!("data-deployment-id=\"{}\"", first["id"]))
+        .unwrap();
+    assert!(newer < older, "newest first");
+    assert_contains(
+        &html,
+        &[
+            &format!("href=\"/deployments/{second}\""),
+            "v1 → v2",
+            "v1 → v3",
+            ">API<",
+            // UTC on the server; the browser rewrites it in its own time zone.
+            "<time datetime=\"",
+            " UTC</time>",
+        ],
+    );
+
+    let html = app
+        .get("/deployments?service=worker")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("data-deployment-id=\"{second}\"")));
+    assert!(!html.contains(&format!("data-deployment-id=\"{}\"", first["id"])));
+    assert_contains(
+        &html,
+        &["<option value=\"worker\" selected", "Clear filters"],
+    );
+
+    let other = if status == "succeeded" {
+        "cancelled"
+    } else {
+        "succeeded"
+    };
+    let html = app
+        .get(&format!("/deployments?status={other}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_contains(&html, &["No deployments match these filters"]);
+
+    let html = app.get("/deployments?limit=1").await.text().await.unwrap();
+    assert_contains(
+        &html,
+        &[&format!(
+            "href=\"/deployments?limit=1&amp;before={second}\""
+        )],
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_rollout_page_is_complete_before_the_wasm_loads() {
+    let app = spawn_app().await;
+    let id = deploy(&app, "api", "v2").await;
+    let deployment = finished(&app, id).await;
+
+    let response = app.get(&format!("/deployments/{id}")).await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    let status = deployment["status"].as_str().unwrap();
+    assert_contains(
+        &html,
+        &[
+            &format!("<title>Rollout #{id} · api · Baton</title>"),
+            &format!("data-status=\"{status}\""),
+            "data-row=\"s1\"",
+            "data-row=\"s2\"",
+            "data-testid=\"result\"",
+            ">Pause</button>",
+            ">Resume</button>",
+            ">Abort</button>",
+        ],
+    );
+    for step in deployment["steps"].as_array().unwrap() {
+        assert_contains(&html, &[&format!("data-step-id=\"{}\"", step["id"])]);
+        if let Some(detail) = step["detail"].as_str() {
+            let escaped = detail
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;");
+            assert!(
+                html.contains(detail) || html.contains(&escaped),
+                "the step's detail {detail:?} is missing:\n{html}"
+            );
+        }
+    }
+    if let Some(reason) = deployment["reason"].as_str() {
+        let escaped = reason
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;");
+        assert!(
+            html.contains(reason) || html.contains(&escaped),
+            "the reason is missing:\n{html}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_rollout_is_a_404_that_says_so() {
+    let app = spawn_app().await;
+    let response = app.get("/deployments/999").await;
+    assert_eq!(response.status(), 404);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("No rollout has id 999.")
+    );
+    let response = app.get("/deployments/latest").await;
+    assert_eq!(response.status(), 404);
+    app.stop().await;
+}

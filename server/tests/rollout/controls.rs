@@ -39,9 +39,9 @@ async fn wait_for(fleet: &Fleet, id: i64, what: &str, done: impl Fn(&Value) -> b
 /// Whether a step of the rollout has begun on `backend` (in the forward direction).
 fn began(deployment: &Value, backend: &str, step: &str) -> bool {
     deployment["steps"].as_array().is_some_and(|steps| {
-        steps.iter().any(|s| {
-            s["backend"] == backend && s["step"] == step && s["rollback"] == false
-        })
+        steps
+            .iter()
+            .any(|s| s["backend"] == backend && s["step"] == step && s["rollback"] == false)
     })
 }
 
@@ -93,7 +93,12 @@ async fn a_paused_rollout_stops_after_the_current_backend_and_resume_finishes_it
     })
     .await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
-    assert!(backends(&fleet).await.iter().all(|(v, s)| v == "v2" && s == "UP"));
+    assert!(
+        backends(&fleet)
+            .await
+            .iter()
+            .all(|(v, s)| v == "v2" && s == "UP")
+    );
 
     let (status, body) = post(&fleet, &format!("/api/deployments/{id}/resume")).await;
     assert_eq!(status, 409);
@@ -109,7 +114,10 @@ async fn an_aborted_rollout_leaves_every_backend_serving() {
     // slowstart: web2's new version takes 3 s to listen, so the abort lands mid-procedure.
     let (_, queued) = fleet.deploy("v2-slowstart").await;
     let id = queued["id"].as_i64().unwrap();
-    wait_for(&fleet, id, "web2 starting", |d| began(d, "web2", "wait_healthy")).await;
+    wait_for(&fleet, id, "web2 starting", |d| {
+        began(d, "web2", "wait_healthy")
+    })
+    .await;
     let (status, _) = post(&fleet, &format!("/api/deployments/{id}/abort")).await;
     assert_eq!(status, 202);
 
@@ -120,12 +128,7 @@ async fn an_aborted_rollout_leaves_every_backend_serving() {
     assert!(!began(&done, "web3", "drain"), "web3 was never touched");
     assert_eq!(
         backends(&fleet).await,
-        [
-            ("v2-slowstart", "UP"),
-            ("v1", "UP"),
-            ("v1", "UP")
-        ]
-        .map(|(v, s)| (v.into(), s.into())),
+        [("v2-slowstart", "UP"), ("v1", "UP"), ("v1", "UP")].map(|(v, s)| (v.into(), s.into())),
         "web1 keeps the new version, web2 is back on the old one, all in rotation"
     );
     assert!(fleet.through_haproxy().await.is_ok());
@@ -146,7 +149,10 @@ async fn aborting_a_queued_rollout_cancels_it_before_it_starts() {
     assert_eq!(status, 409, "only abort applies to a queued rollout");
     let (status, _) = post(&fleet, &format!("/api/deployments/{second}/abort")).await;
     assert_eq!(status, 202);
-    let cancelled = fleet.get(&format!("/api/deployments/{second}")).await.unwrap();
+    let cancelled = fleet
+        .get(&format!("/api/deployments/{second}"))
+        .await
+        .unwrap();
     assert_eq!(cancelled["status"], "cancelled");
     assert!(cancelled["steps"].as_array().unwrap().is_empty());
 
@@ -164,7 +170,10 @@ async fn roll_back_deploys_the_previous_good_version() {
     })
     .await;
     let (status, body) = post(&fleet, "/api/services/web/rollback").await;
-    assert_eq!(status, 409, "nothing deployed yet beyond the initial version: {body}");
+    assert_eq!(
+        status, 409,
+        "nothing deployed yet beyond the initial version: {body}"
+    );
 
     let (_, queued) = fleet.deploy("v2").await;
     fleet.finished(queued["id"].as_i64().unwrap()).await;
@@ -177,10 +186,18 @@ async fn roll_back_deploys_the_previous_good_version() {
     assert_eq!(rollback["status"], "succeeded");
     assert_eq!(rollback["trigger"], "rollback");
     assert_eq!(
-        (rollback["from_version"].as_str(), rollback["to_version"].as_str()),
+        (
+            rollback["from_version"].as_str(),
+            rollback["to_version"].as_str()
+        ),
         (Some("v2"), Some("v1"))
     );
-    assert!(backends(&fleet).await.iter().all(|(v, s)| v == "v1" && s == "UP"));
+    assert!(
+        backends(&fleet)
+            .await
+            .iter()
+            .all(|(v, s)| v == "v1" && s == "UP")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

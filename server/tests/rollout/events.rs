@@ -174,7 +174,10 @@ async fn the_fleet_stream_sends_the_state_at_once_then_rollout_events() {
     assert_eq!(first.event, "fleet");
     assert_eq!(first.id, None, "state is not history");
     assert_eq!(first.data[0]["name"], "web", "{first:?}");
-    assert_eq!(first.data[0]["backends"][0]["load_balancer"][0]["status"], "UP");
+    assert_eq!(
+        first.data[0]["backends"][0]["load_balancer"][0]["status"],
+        "UP"
+    );
 
     let (_, queued) = fleet.deploy("v2").await;
     let id = queued["id"].as_i64().unwrap();

@@ -1,0 +1,270 @@
+//! Words and numbers as the UI shows them: status and step labels, durations, UTC timestamps.
+//!
+//! Pure functions, the same on the server and in the browser, so what the server renders is what
+//! the hydrated page starts from.
+
+use leptos::prelude::ServerFnError;
+
+/// Whether a rollout with this status has ended (nothing will change it any more).
+pub fn is_finished(status: &str) -> bool {
+    matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled")
+}
+
+/// A rollout's status in words.
+pub fn status_label(status: &str) -> String {
+    match status {
+        "queued" => "Queued".into(),
+        "running" => "Running".into(),
+        "paused" => "Paused".into(),
+        "succeeded" => "Succeeded".into(),
+        "failed" => "Failed".into(),
+        "rolled_back" => "Rolled back".into(),
+        "cancelled" => "Cancelled".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// The statuses the history can be filtered by, with their labels.
+pub const STATUSES: [&str; 7] = [
+    "queued",
+    "running",
+    "paused",
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "cancelled",
+];
+
+/// A step of the replacement procedure in words.
+pub fn step_label(step: &str) -> String {
+    match step {
+        "prepare" => "Prepare".into(),
+        "check_capacity" => "Capacity check".into(),
+        "drain" => "Drain".into(),
+        "wait_sessions" => "Wait for sessions".into(),
+        "cut_sessions" => "Cut sessions".into(),
+        "maint" => "Maintenance".into(),
+        "stop" => "Stop".into(),
+        "start" => "Start".into(),
+        "wait_healthy" => "Healthy".into(),
+        "lb_check" => "LB check".into(),
+        "enable" => "Enabled".into(),
+        "confirm_up" => "Confirmed UP".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// A step in progress, in words ("Draining", "Waiting until healthy").
+pub fn step_doing(step: &str) -> String {
+    match step {
+        "prepare" => "Preparing".into(),
+        "check_capacity" => "Checking capacity".into(),
+        "drain" => "Draining".into(),
+        "wait_sessions" => "Waiting for sessions to finish".into(),
+        "cut_sessions" => "Cutting sessions".into(),
+        "maint" => "Entering maintenance".into(),
+        "stop" => "Stopping".into(),
+        "start" => "Starting".into(),
+        "wait_healthy" => "Waiting until healthy".into(),
+        "lb_check" => "Waiting for the LB check".into(),
+        "enable" => "Enabling".into(),
+        "confirm_up" => "Confirming UP".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// What started a rollout, in words.
+pub fn trigger_label(trigger: &str) -> String {
+    match trigger {
+        "ui" => "UI".into(),
+        "api" => "API".into(),
+        "cli" => "CLI".into(),
+        "webhook" => "Webhook".into(),
+        "rollback" => "Rollback".into(),
+        other => other.to_owned(),
+    }
+}
+
+/// How a step ended, in words; `None` while it runs.
+pub fn outcome_label(outcome: Option<&str>) -> String {
+    match outcome {
+        None => "Running".into(),
+        Some("ok") => "Done".into(),
+        Some("failed") => "Failed".into(),
+        Some("timed_out") => "Timed out".into(),
+        Some("interrupted") => "Interrupted".into(),
+        Some(other) => other.replace('_', " "),
+    }
+}
+
+/// The CSS class of a load-balancer status (`UP`, `DRAIN`, `MAINT`, `DOWN`, `UP 1/2`, …). The
+/// word itself is always shown too: colour is never the only signal.
+pub fn lb_class(status: &str) -> &'static str {
+    match status.split_whitespace().next().unwrap_or("") {
+        _ if status.contains('/') => "lb-changing",
+        "UP" => "lb-up",
+        "DRAIN" | "NOLB" => "lb-drain",
+        "MAINT" => "lb-maint",
+        "DOWN" => "lb-down",
+        _ => "lb-other",
+    }
+}
+
+/// Whether a health-check result (`L7OK`, `L4CON`, `L7STS`, …) is a pass.
+pub fn check_passes(check: &str) -> bool {
+    let check = check.trim_start_matches("* ");
+    check.ends_with("OK") || check.ends_with("OKC")
+}
+
+/// A length of time for people: `350 ms`, `4.2 s`, `1 min 05 s`, `2 h 03 min`.
+pub fn format_duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1_000 {
+        format!("{ms} ms")
+    } else if ms < 10_000 {
+        format!("{}.{} s", ms / 1_000, (ms % 1_000) / 100)
+    } else if ms < 60_000 {
+        format!("{} s", ms / 1_000)
+    } else if ms < 3_600_000 {
+        format!("{} min {:02} s", ms / 60_000, (ms % 60_000) / 1_000)
+    } else {
+        format!("{} h {:02} min", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+/// A Unix time in milliseconds as `(ISO 8601 in UTC, readable UTC text)`: the server renders
+/// these, and the browser replaces the text with its own time zone once it has hydrated.
+pub fn utc_timestamp(ms: i64) -> (String, String) {
+    let seconds = ms.div_euclid(1_000);
+    let millis = ms.rem_euclid(1_000);
+    let days = seconds.div_euclid(86_400);
+    let of_day = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute, second) = (of_day / 3_600, of_day % 3_600 / 60, of_day % 60);
+    (
+        format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"),
+        format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02} UTC"),
+    )
+}
+
+/// Howard Hinnant's days-to-civil conversion (proleptic Gregorian calendar).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A server function's error as the operator should read it: the server's own message,
+/// without the framework's prefix.
+pub fn error_message(error: &ServerFnError) -> String {
+    match error {
+        ServerFnError::ServerError(message) => message.clone(),
+        ServerFnError::Request(_) => {
+            "Baton could not be reached; check that it is running and try again".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        for (ms, expected) in [
+            (-5, "0 ms"),
+            (0, "0 ms"),
+            (350, "350 ms"),
+            (1_000, "1.0 s"),
+            (4_250, "4.2 s"),
+            (12_900, "12 s"),
+            (65_000, "1 min 05 s"),
+            (3_600_000 + 180_000, "1 h 03 min"),
+        ] {
+            assert_eq!(format_duration(ms), expected, "for {ms} ms");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rendered_in_utc() {
+        assert_eq!(
+            utc_timestamp(0),
+            (
+                "1970-01-01T00:00:00.000Z".into(),
+                "1970-01-01 00:00:00 UTC".into()
+            )
+        );
+        // 2024-02-29 23:59:59.123 UTC, a leap day.
+        assert_eq!(
+            utc_timestamp(1_709_251_199_123),
+            (
+                "2024-02-29T23:59:59.123Z".into(),
+                "2024-02-29 23:59:59 UTC".into()
+            )
+        );
+        assert_eq!(
+            utc_timestamp(1_735_689_600_000).1,
+            "2025-01-01 00:00:00 UTC"
+        );
+    }
+
+    #[test]
+    fn load_balancer_words_get_a_class_each() {
+        assert_eq!(lb_class("UP"), "lb-up");
+        assert_eq!(lb_class("DRAIN"), "lb-drain");
+        assert_eq!(lb_class("MAINT"), "lb-maint");
+        assert_eq!(lb_class("DOWN"), "lb-down");
+        assert_eq!(lb_class("UP 1/2"), "lb-changing");
+        assert_eq!(lb_class("DOWN 1/2"), "lb-changing");
+        assert_eq!(lb_class("no check"), "lb-other");
+    }
+
+    #[test]
+    fn check_results_pass_or_fail() {
+        assert!(check_passes("L7OK"));
+        assert!(check_passes("L4OK"));
+        assert!(check_passes("L7OKC"));
+        assert!(!check_passes("L4CON"));
+        assert!(!check_passes("L7STS"));
+        assert!(!check_passes("L4TOUT"));
+    }
+
+    #[test]
+    fn every_status_and_step_has_a_label() {
+        assert_eq!(status_label("rolled_back"), "Rolled back");
+        assert!(STATUSES.iter().all(|s| !status_label(s).contains('_')));
+        for step in [
+            "prepare",
+            "check_capacity",
+            "drain",
+            "wait_sessions",
+            "cut_sessions",
+            "maint",
+            "stop",
+            "start",
+            "wait_healthy",
+            "lb_check",
+            "enable",
+            "confirm_up",
+        ] {
+            assert!(!step_label(step).contains('_'), "{step}");
+            assert!(!step_doing(step).contains('_'), "{step}");
+        }
+        assert_eq!(step_label("wait_sessions"), "Wait for sessions");
+        assert_eq!(step_label("lb_check"), "LB check");
+    }
+
+    #[test]
+    fn server_errors_lose_the_framework_prefix() {
+        let error = ServerFnError::new("invalid version \"a b\"");
+        assert_eq!(error_message(&error), "invalid version \"a b\"");
+    }
+}

@@ -1,0 +1,582 @@
+//! The rollout page: the header, one row per backend with its steps as they happen, the final
+//! result, and the controls (pause, resume, abort, roll back).
+//!
+//! The server renders the rollout as stored (`get_deployment`); once hydrated, the page follows
+//! the rollout's event stream from the `last_event_id` it was rendered at, so nothing is missed
+//! and nothing is shown twice.
+
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::components::A;
+use leptos_router::hooks::{use_navigate, use_params_map};
+
+use super::format::{
+    error_message, is_finished, outcome_label, status_label, step_doing, step_label, trigger_label,
+};
+use super::live::{Connection, ConnectionBadge, Handler, follow};
+use super::timeline::{Pending, Timeline};
+use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
+use crate::fleet::{control_deployment, fleet_status, get_deployment, rollback_service};
+use crate::model::{ControlAction, DeploymentDetail, DeploymentEvent, StepSummary};
+
+#[component]
+pub fn RolloutPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || {
+        params
+            .read()
+            .get("id")
+            .and_then(|id| id.parse::<i64>().ok())
+    };
+    let detail = Resource::new(id, |id| async move {
+        match id {
+            Some(id) => get_deployment(id).await,
+            None => Ok(None),
+        }
+    });
+    view! {
+        <Suspense fallback=|| view! { <p class="muted">"Loading the rollout…"</p> }>
+            {move || Suspend::new(async move {
+                match detail.await {
+                    Ok(Some(detail)) => view! { <RolloutView detail /> }.into_any(),
+                    Ok(None) => not_found(id()).into_any(),
+                    Err(error) => {
+                        view! {
+                            <Title text="Rollout" />
+                            <h1>"Rollout"</h1>
+                            <p class="error" role="alert">
+                                "Could not load the rollout: "
+                                {error_message(&error)}
+                            </p>
+                        }
+                            .into_any()
+                    }
+                }
+            })}
+        </Suspense>
+    }
+}
+
+fn not_found(id: Option<i64>) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(http::StatusCode::NOT_FOUND);
+    }
+    let what = match id {
+        Some(id) => format!("No rollout has id {id}."),
+        None => "A rollout id is a number, such as /deployments/12.".to_owned(),
+    };
+    view! {
+        <Title text="Rollout not found" />
+        <h1>"Rollout not found"</h1>
+        <p class="empty">{what} " " <A href="/deployments">"See every rollout"</A></p>
+    }
+}
+
+#[component]
+fn RolloutView(detail: DeploymentDetail) -> impl IntoView {
+    let id = detail.deployment.id;
+    let service = detail.deployment.service.clone();
+    let timeline = RwSignal::new(Timeline::new(detail));
+    let connection = RwSignal::new(Connection::Waiting);
+    let after = timeline.with_untracked(|t| t.last_event_id);
+    let on_event: Handler = Box::new(move |data, _id| {
+        if let Ok(event) = serde_json::from_str::<DeploymentEvent>(&data) {
+            // `apply` ignores what is already shown; only a real change re-renders.
+            let mut changed = false;
+            timeline.update_untracked(|t| changed = t.apply(event));
+            if changed {
+                timeline.notify();
+            }
+        }
+    });
+    // A rollout that has ended changes no more: only one still going is followed.
+    let ended_at_load = timeline.with_untracked(|t| is_finished(&t.deployment.status));
+    if !ended_at_load {
+        follow(
+            &format!("/api/deployments/{id}/events?after={after}"),
+            connection,
+            vec![("deployment", on_event)],
+        );
+    }
+
+    let deployment = Memo::new(move |_| timeline.with(|t| t.deployment.clone()));
+    let pending = Memo::new(move |_| timeline.with(|t| t.pending.clone()));
+    let status = Signal::derive(move || deployment.with(|d| d.status.clone()));
+    let rows = Memo::new(move |_| {
+        timeline.with(|t| {
+            let mut rows: Vec<Option<String>> = Vec::new();
+            if t.steps.iter().any(|s| s.backend.is_none()) {
+                rows.push(None);
+            }
+            rows.extend(t.backends.iter().cloned().map(Some));
+            rows
+        })
+    });
+    let now = use_now();
+
+    // Its own closure, so the ticking clock re-renders this text alone.
+    let duration = move || {
+        let (started, finished) = deployment.with(|d| (d.started_at, d.finished_at));
+        match started {
+            Some(start) => elapsed(start, finished, now)(),
+            None => "—".to_owned(),
+        }
+    };
+
+    let title = format!("Rollout #{id} · {service}");
+    let header = move || {
+        let d = deployment.get();
+        let versions = match &d.from_version {
+            Some(from) => view! {
+                <code>{from.clone()}</code>
+                " → "
+                <code>{d.to_version.clone()}</code>
+            }
+            .into_any(),
+            None => view! {
+                "mixed → "
+                <code>{d.to_version.clone()}</code>
+            }
+            .into_any(),
+        };
+        let started = match d.started_at {
+            Some(at) => view! { <LocalTime ms=at /> }.into_any(),
+            None => view! {
+                "not yet (queued "
+                <LocalTime ms=d.created_at />
+                ")"
+            }
+            .into_any(),
+        };
+        view! {
+            <dl class="facts">
+                <div>
+                    <dt>"Service"</dt>
+                    <dd>
+                        <A href="/">{d.service.clone()}</A>
+                    </dd>
+                </div>
+                <div>
+                    <dt>"Version"</dt>
+                    <dd data-testid="versions">{versions}</dd>
+                </div>
+                <div>
+                    <dt>"Trigger"</dt>
+                    <dd>{trigger_label(&d.trigger)}</dd>
+                </div>
+                <div>
+                    <dt>"Requested by"</dt>
+                    <dd>{d.requested_by.clone().unwrap_or_else(|| "—".into())}</dd>
+                </div>
+                <div>
+                    <dt>"Started"</dt>
+                    <dd>{started}</dd>
+                </div>
+                <div>
+                    <dt>"Duration"</dt>
+                    <dd data-testid="duration">{duration}</dd>
+                </div>
+            </dl>
+        }
+    };
+    let result = move || {
+        let d = deployment.get();
+        if !is_finished(&d.status) {
+            return None;
+        }
+        let text = match d.status.as_str() {
+            "succeeded" => format!("Succeeded: every backend runs {}.", d.to_version),
+            other => {
+                let reason = d
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason recorded".into());
+                format!("{}: {reason}", status_label(other))
+            }
+        };
+        Some(view! {
+            <p class=format!("result result-{}", d.status) data-testid="result">
+                {text}
+            </p>
+        })
+    };
+    let reason = move || {
+        let d = deployment.get();
+        (!is_finished(&d.status))
+            .then_some(d.reason)
+            .flatten()
+            .map(|reason| view! { <p class="muted">{reason}</p> })
+    };
+
+    view! {
+        <Title text=title.clone() />
+        <p class="breadcrumb small">
+            <A href="/deployments">"Deployments"</A>
+            " / "
+            {format!("#{id}")}
+        </p>
+        <div class="page-head">
+            <div class="title-line">
+                <h1>{title}</h1>
+                <StatusBadge status />
+            </div>
+            {(!ended_at_load).then(|| view! { <ConnectionBadge connection /> })}
+        </div>
+        {header}
+        {reason}
+        <div aria-live="polite">{result}</div>
+        <Controls id service pending status />
+        <section class="timeline" aria-labelledby="timeline-heading">
+            <h2 id="timeline-heading">"Backends"</h2>
+            <ol class="rows">
+                <For each=move || rows.get() key=|row| row.clone() let:row>
+                    <BackendRow row timeline />
+                </For>
+            </ol>
+        </section>
+    }
+    .into_any()
+}
+
+/// One backend (or, for `None`, the steps of the whole rollout) with its steps.
+#[component]
+fn BackendRow(row: Option<String>, timeline: RwSignal<Timeline>) -> impl IntoView {
+    let steps = {
+        let row = row.clone();
+        Memo::new(move |_| timeline.with(|t| t.steps_of(row.as_deref())))
+    };
+    let to_version = Memo::new(move |_| timeline.with(|t| t.deployment.to_version.clone()));
+    let name = row.clone().unwrap_or_else(|| "Whole rollout".into());
+    let finished = Memo::new(move |_| timeline.with(|t| is_finished(&t.deployment.status)));
+    let whole = row.is_none();
+    let state =
+        move || steps.with(|steps| row_state(steps, &to_version.get(), finished.get(), whole));
+    let forward = move || {
+        steps.with(|steps| {
+            steps
+                .iter()
+                .filter(|s| !s.rollback)
+                .cloned()
+                .map(|step| view! { <StepItem step /> })
+                .collect_view()
+        })
+    };
+    let rollback = move || {
+        steps.with(|steps| {
+            let back: Vec<StepSummary> = steps.iter().filter(|s| s.rollback).cloned().collect();
+            let version = back.first()?.version.clone();
+            Some(view! {
+                <div class="rollback-steps" data-testid="rollback-steps">
+                    <h4>{format!("↩ Rollback to {version}")}</h4>
+                    <ol class="steps">
+                        {back.into_iter().map(|step| view! { <StepItem step /> }).collect_view()}
+                    </ol>
+                </div>
+            })
+        })
+    };
+    view! {
+        <li class="row" data-row=row.clone().unwrap_or_default()>
+            <div class="row-head">
+                <h3>{name}</h3>
+                <span class="row-state" data-testid="row-state">
+                    {state}
+                </span>
+            </div>
+            <ol class="steps">{forward}</ol>
+            {rollback}
+        </li>
+    }
+    .into_any()
+}
+
+/// Where one backend (or, with `whole`, the rollout-wide row) stands, from its steps.
+fn row_state(steps: &[StepSummary], to_version: &str, finished: bool, whole: bool) -> String {
+    let Some(last) = steps.last() else {
+        return if finished { "Not changed" } else { "Waiting" }.into();
+    };
+    if whole && last.outcome.as_deref() == Some("ok") {
+        return "Done".into();
+    }
+    let doing = if last.rollback {
+        "Rolling back"
+    } else {
+        "In progress"
+    };
+    match last.outcome.as_deref() {
+        None if last.rollback => format!("Rolling back: {}", step_doing(&last.step)),
+        None => step_doing(&last.step),
+        Some("ok") if last.step == "confirm_up" && last.rollback => {
+            format!("Rolled back: runs {}", last.version)
+        }
+        Some("ok") if last.step == "confirm_up" => format!("Done: runs {to_version}"),
+        Some("ok") | Some("timed_out") => format!("{doing}: {} done", step_label(&last.step)),
+        Some(other) => format!(
+            "{} at {}",
+            super::format::outcome_label(Some(other)),
+            step_label(&last.step)
+        ),
+    }
+}
+
+#[component]
+fn StepItem(step: StepSummary) -> impl IntoView {
+    let now = use_now();
+    let outcome = step.outcome.clone().unwrap_or_else(|| "running".into());
+    let time = elapsed(step.started_at, step.finished_at, now);
+    let mark = match step.outcome.as_deref() {
+        None => "…",
+        Some("ok") => "✓",
+        Some("timed_out") => "⏱",
+        _ => "✗",
+    };
+    let outcome_class = if step.outcome.as_deref() == Some("ok") {
+        "step-outcome visually-hidden"
+    } else {
+        "step-outcome"
+    };
+    let detail = step.detail.clone().map(|detail| {
+        view! { <p class="step-detail">{detail}</p> }
+    });
+    view! {
+        <li
+            class=format!("step outcome-{outcome}")
+            class:rollback=step.rollback
+            data-step-id=step.id.to_string()
+            data-step=step.step.clone()
+            data-outcome=outcome.clone()
+        >
+            <span class="step-mark" aria-hidden="true">
+                {mark}
+            </span>
+            <span class="step-label">{step_label(&step.step)}</span>
+            // "Done" is what the tick says; other outcomes are spelled out.
+            <span class=outcome_class>
+                {outcome_label(step.outcome.as_deref())}
+            </span>
+            <span class="step-time">{time}</span>
+            {detail}
+        </li>
+    }
+    .into_any()
+}
+
+/// Pause, Resume, Abort (confirmed) and Roll back (confirmed), each enabled only when it applies.
+#[component]
+fn Controls(
+    id: i64,
+    service: String,
+    pending: Memo<Option<Pending>>,
+    status: Signal<String>,
+) -> impl IntoView {
+    let busy = RwSignal::new(false);
+    let error = RwSignal::new(None::<String>);
+    let confirming = RwSignal::new(None::<Confirm>);
+    let navigate = use_navigate();
+    let finished = Memo::new(move |_| is_finished(&status.get()));
+    // The service's rollback target, fetched again when this rollout ends.
+    let fleet = Resource::new(move || finished.get(), |_| fleet_status());
+    let rollback_version = {
+        let service = service.clone();
+        move || {
+            fleet.get().and_then(|fleet| {
+                fleet
+                    .ok()?
+                    .into_iter()
+                    .find(|s| s.name == service)?
+                    .rollback_version
+            })
+        }
+    };
+
+    let send = move |action: ControlAction| {
+        busy.set(true);
+        error.set(None);
+        confirming.set(None);
+        leptos::task::spawn_local(async move {
+            if let Err(refused) = control_deployment(id, action).await {
+                error.set(Some(error_message(&refused)));
+            }
+            busy.set(false);
+        });
+    };
+    let roll_back = {
+        let service = service.clone();
+        move || {
+            let service = service.clone();
+            let navigate = navigate.clone();
+            busy.set(true);
+            error.set(None);
+            confirming.set(None);
+            leptos::task::spawn_local(async move {
+                match rollback_service(service).await {
+                    Ok(new_id) => {
+                        navigate(&format!("/deployments/{new_id}"), Default::default());
+                    }
+                    Err(refused) => error.set(Some(error_message(&refused))),
+                }
+                busy.set(false);
+            });
+        }
+    };
+
+    let asked = move |action: ControlAction| {
+        pending.with(|p| p.as_ref().is_some_and(|p| p.action == action))
+    };
+    let can_pause = move || status.get() == "running" && !asked(ControlAction::Pause);
+    let can_resume = move || status.get() == "paused" && !asked(ControlAction::Resume);
+    let can_abort = move || {
+        matches!(status.get().as_str(), "queued" | "running" | "paused")
+            && !asked(ControlAction::Abort)
+    };
+
+    let pending_note = move || {
+        pending.get().map(|pending| {
+            view! {
+                <p class="pending" role="status" data-testid="pending">
+                    {pending.describe()}
+                </p>
+            }
+        })
+    };
+    let error_note = move || {
+        error.get().map(|message| {
+            view! {
+                <p class="error" role="alert">
+                    {message}
+                </p>
+            }
+        })
+    };
+    let rollback_button = {
+        let rollback_version = rollback_version.clone();
+        move || {
+            rollback_version().map(|version| {
+                view! {
+                    <button
+                        type="button"
+                        disabled=move || busy.get() || !finished.get()
+                        title=move || {
+                            if finished.get() {
+                                String::new()
+                            } else {
+                                "Available once this rollout has ended".to_owned()
+                            }
+                        }
+                        on:click=move |_| confirming.set(Some(Confirm::RollBack))
+                    >
+                        {format!("Roll back to {version}")}
+                    </button>
+                }
+            })
+        }
+    };
+    let confirmation = {
+        let service = service.clone();
+        move || {
+            let roll_back = roll_back.clone();
+            let service = service.clone();
+            let rollback_version = rollback_version.clone();
+            confirming.get().map(move |what| {
+                let (question, yes, no) = match what {
+                    Confirm::Abort => (
+                        "Abort this rollout? The current step finishes, the backend in the \
+                         middle is put back, and every backend is left serving."
+                            .to_owned(),
+                        "Abort rollout",
+                        "Keep going",
+                    ),
+                    Confirm::RollBack => (
+                        format!(
+                            "Roll {service} back to {}? This starts a new rollout.",
+                            rollback_version().unwrap_or_default()
+                        ),
+                        "Roll back",
+                        "Cancel",
+                    ),
+                };
+                let confirm = move |_| match what {
+                    Confirm::Abort => send(ControlAction::Abort),
+                    Confirm::RollBack => roll_back(),
+                };
+                let yes_button = NodeRef::<leptos::html::Button>::new();
+                Effect::new(move |_| {
+                    if let Some(button) = yes_button.get() {
+                        let _ = button.focus();
+                    }
+                });
+                view! {
+                    <div
+                        class="confirm"
+                        role="alertdialog"
+                        aria-labelledby="confirm-question"
+                        on:keydown=move |ev: leptos::ev::KeyboardEvent| {
+                            if ev.key() == "Escape" {
+                                confirming.set(None);
+                            }
+                        }
+                    >
+                        <p id="confirm-question">
+                            <strong>{question}</strong>
+                        </p>
+                        <div class="field-row">
+                            <button
+                                type="button"
+                                class="danger"
+                                node_ref=yes_button
+                                disabled=move || busy.get()
+                                on:click=confirm
+                            >
+                                {yes}
+                            </button>
+                            <button type="button" on:click=move |_| confirming.set(None)>
+                                {no}
+                            </button>
+                        </div>
+                    </div>
+                }
+            })
+        }
+    };
+
+    view! {
+        <section class="controls" aria-label="Rollout controls">
+            <div class="field-row">
+                <button
+                    type="button"
+                    disabled=move || busy.get() || !can_pause()
+                    on:click=move |_| send(ControlAction::Pause)
+                >
+                    "Pause"
+                </button>
+                <button
+                    type="button"
+                    disabled=move || busy.get() || !can_resume()
+                    on:click=move |_| send(ControlAction::Resume)
+                >
+                    "Resume"
+                </button>
+                <button
+                    type="button"
+                    class="danger"
+                    disabled=move || busy.get() || !can_abort()
+                    on:click=move |_| confirming.set(Some(Confirm::Abort))
+                >
+                    "Abort"
+                </button>
+                <Transition fallback=|| ()>{rollback_button.clone()}</Transition>
+            </div>
+            {confirmation}
+            {pending_note}
+            {error_note}
+        </section>
+    }
+    .into_any()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Confirm {
+    Abort,
+    RollBack,
+}

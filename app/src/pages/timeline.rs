@@ -1,0 +1,306 @@
+//! A rollout's state as the rollout page holds it, and how each live event changes it.
+//!
+//! Pure (no IO, no signals) so the rules are tested here: events at or below the last applied
+//! id are ignored, a step that begins and then ends is one row (upserted by id), and a control
+//! request is shown until the status says it took effect.
+
+use crate::model::{
+    Change, ControlAction, DeploymentDetail, DeploymentEvent, DeploymentSummary, StepSummary,
+};
+
+use super::format::is_finished;
+
+/// A pause, resume or abort someone asked for that has not taken effect yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub action: ControlAction,
+    pub by: Option<String>,
+}
+
+impl Pending {
+    /// "Pause requested by alice", or without a name when the request carried none.
+    pub fn describe(&self) -> String {
+        let what = match self.action {
+            ControlAction::Pause => "Pause requested",
+            ControlAction::Resume => "Resume requested",
+            ControlAction::Abort => "Abort requested",
+        };
+        let when = match self.action {
+            ControlAction::Pause => "it takes effect once the current backend has finished",
+            ControlAction::Resume => "the rollout continues with the next backend",
+            ControlAction::Abort => {
+                "it takes effect after the current step; every backend is left serving"
+            }
+        };
+        match &self.by {
+            Some(by) => format!("{what} by {by}: {when}."),
+            None => format!("{what}: {when}."),
+        }
+    }
+
+    /// Whether a rollout now in `status` has done what was asked.
+    fn fulfilled_by(&self, status: &str) -> bool {
+        is_finished(status)
+            || match self.action {
+                ControlAction::Pause => status == "paused",
+                ControlAction::Resume => status == "running",
+                ControlAction::Abort => false,
+            }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeline {
+    pub deployment: DeploymentSummary,
+    /// The service's backends in rollout order (more may appear in steps).
+    pub backends: Vec<String>,
+    /// Ordered by start time, then id.
+    pub steps: Vec<StepSummary>,
+    /// The newest event reflected here.
+    pub last_event_id: i64,
+    pub pending: Option<Pending>,
+}
+
+impl Timeline {
+    pub fn new(detail: DeploymentDetail) -> Self {
+        let mut timeline = Self {
+            deployment: detail.deployment,
+            backends: detail.backends,
+            steps: detail.steps,
+            last_event_id: detail.last_event_id,
+            pending: None,
+        };
+        timeline.sort();
+        timeline
+    }
+
+    /// Applies one event of this rollout; returns whether anything changed.
+    pub fn apply(&mut self, event: DeploymentEvent) -> bool {
+        if event.id <= self.last_event_id || event.deployment_id != self.deployment.id {
+            return false;
+        }
+        self.last_event_id = event.id;
+        match event.change {
+            Change::Status { deployment } => {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|pending| pending.fulfilled_by(&deployment.status))
+                {
+                    self.pending = None;
+                }
+                self.deployment = deployment;
+            }
+            Change::Step { step } => {
+                if let Some(backend) = &step.backend
+                    && !self.backends.contains(backend)
+                {
+                    self.backends.push(backend.clone());
+                }
+                match self.steps.iter_mut().find(|known| known.id == step.id) {
+                    Some(known) => *known = step,
+                    None => {
+                        self.steps.push(step);
+                        self.sort();
+                    }
+                }
+            }
+            Change::Control { action, by } => {
+                if !is_finished(&self.deployment.status) {
+                    self.pending = Some(Pending { action, by });
+                }
+            }
+        }
+        true
+    }
+
+    fn sort(&mut self) {
+        self.steps.sort_by_key(|step| (step.started_at, step.id));
+    }
+
+    /// The steps of one backend (or, with `None`, of the whole rollout), in order.
+    pub fn steps_of(&self, backend: Option<&str>) -> Vec<StepSummary> {
+        self.steps
+            .iter()
+            .filter(|step| step.backend.as_deref() == backend)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(status: &str) -> DeploymentSummary {
+        DeploymentSummary {
+            id: 7,
+            service: "web".into(),
+            status: status.into(),
+            from_version: Some("v1".into()),
+            to_version: "v2".into(),
+            trigger: "ui".into(),
+            requested_by: None,
+            reason: None,
+            created_at: 1_000,
+            started_at: Some(1_000),
+            finished_at: None,
+        }
+    }
+
+    fn step(id: i64, backend: &str, name: &str, finished: bool) -> StepSummary {
+        StepSummary {
+            id,
+            backend: Some(backend.into()),
+            step: name.into(),
+            rollback: false,
+            version: "v2".into(),
+            started_at: 1_000 + id,
+            finished_at: finished.then_some(2_000 + id),
+            outcome: finished.then(|| "ok".into()),
+            detail: None,
+        }
+    }
+
+    fn timeline() -> Timeline {
+        Timeline::new(DeploymentDetail {
+            deployment: summary("running"),
+            backends: vec!["web1".into(), "web2".into()],
+            steps: vec![step(2, "web1", "drain", true)],
+            last_event_id: 10,
+        })
+    }
+
+    fn event(id: i64, change: Change) -> DeploymentEvent {
+        DeploymentEvent {
+            id,
+            deployment_id: 7,
+            service: "web".into(),
+            at: 5_000,
+            change,
+        }
+    }
+
+    #[test]
+    fn a_step_that_begins_then_ends_is_one_row() {
+        let mut timeline = timeline();
+        assert!(timeline.apply(event(
+            11,
+            Change::Step {
+                step: step(3, "web1", "wait_sessions", false)
+            }
+        )));
+        assert!(timeline.apply(event(
+            12,
+            Change::Step {
+                step: step(3, "web1", "wait_sessions", true)
+            }
+        )));
+        let steps = timeline.steps_of(Some("web1"));
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1].outcome.as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn events_already_applied_are_ignored() {
+        let mut timeline = timeline();
+        let begun = Change::Step {
+            step: step(3, "web1", "maint", false),
+        };
+        assert!(
+            !timeline.apply(event(10, begun.clone())),
+            "at the initial id"
+        );
+        assert!(!timeline.apply(event(4, begun.clone())), "below it");
+        assert!(timeline.apply(event(11, begun.clone())));
+        assert!(!timeline.apply(event(11, begun)), "the same id twice");
+        assert_eq!(timeline.steps.len(), 2);
+        assert_eq!(timeline.last_event_id, 11);
+    }
+
+    #[test]
+    fn events_of_another_rollout_are_ignored() {
+        let mut timeline = timeline();
+        let mut other = event(
+            11,
+            Change::Step {
+                step: step(3, "web1", "maint", false),
+            },
+        );
+        other.deployment_id = 8;
+        assert!(!timeline.apply(other));
+        assert_eq!(timeline.steps.len(), 1);
+    }
+
+    #[test]
+    fn a_pause_request_shows_until_the_rollout_is_paused() {
+        let mut timeline = timeline();
+        timeline.apply(event(
+            11,
+            Change::Control {
+                action: ControlAction::Pause,
+                by: Some("alice".into()),
+            },
+        ));
+        assert_eq!(
+            timeline.pending.as_ref().map(Pending::describe).unwrap(),
+            "Pause requested by alice: it takes effect once the current backend has finished."
+        );
+        timeline.apply(event(
+            12,
+            Change::Step {
+                step: step(3, "web1", "enable", true),
+            },
+        ));
+        assert!(
+            timeline.pending.is_some(),
+            "a step does not end the request"
+        );
+        timeline.apply(event(
+            13,
+            Change::Status {
+                deployment: summary("paused"),
+            },
+        ));
+        assert_eq!(timeline.pending, None);
+        assert_eq!(timeline.deployment.status, "paused");
+    }
+
+    #[test]
+    fn an_abort_request_shows_until_the_rollout_ends() {
+        let mut timeline = timeline();
+        timeline.apply(event(
+            11,
+            Change::Control {
+                action: ControlAction::Abort,
+                by: None,
+            },
+        ));
+        timeline.apply(event(
+            12,
+            Change::Status {
+                deployment: summary("paused"),
+            },
+        ));
+        assert!(timeline.pending.is_some());
+        timeline.apply(event(
+            13,
+            Change::Status {
+                deployment: summary("cancelled"),
+            },
+        ));
+        assert_eq!(timeline.pending, None);
+    }
+
+    #[test]
+    fn steps_on_a_backend_not_listed_add_a_row() {
+        let mut timeline = timeline();
+        timeline.apply(event(
+            11,
+            Change::Step {
+                step: step(3, "web9", "drain", false),
+            },
+        ));
+        assert_eq!(timeline.backends, ["web1", "web2", "web9"]);
+    }
+}

@@ -1,0 +1,241 @@
+//! Who may do what: users with argon2id passwords, server-side sessions, API tokens, roles, the
+//! route policy, CSRF protection, login throttling, security headers and the audit log.
+//!
+//! Choices, and why:
+//! - **Roles** are ordered: viewer < deployer < admin ([`Role`]). Every route is registered with
+//!   the role it needs through [`Guarded`]; the layer [`Auth::protect`] refuses a matched route
+//!   that has no rule, so forgetting a role fails closed.
+//! - **Sessions** are rows in SQLite (they survive restarts and can be revoked); the browser
+//!   holds a random 256-bit id in the `baton_session` cookie and Baton stores only its SHA-256.
+//!   The cookie is HttpOnly, `SameSite=Lax` (Strict would drop the cookie when someone follows a
+//!   link to a deployment from chat or mail, and the CSRF check below already covers what Strict
+//!   would add), `Secure` when the request came over HTTPS, `Path=/`; a session lasts
+//!   [`AuthConfig::session_ttl`] (12 hours by default) and ends at logout.
+//! - **API tokens** are `baton_` + 256 random bits, shown once, stored as SHA-256, checked on
+//!   every request (revocation is immediate).
+//! - **CSRF**: unsafe requests authenticated by the cookie must carry `Sec-Fetch-Site:
+//!   same-origin` or an `Origin` equal to Baton's own (see
+//!   [`middleware::check_same_origin`]); no CSRF token.
+//! - **Pages**: an anonymous GET of a page is redirected (303) to `/login?next=<the page>`;
+//!   APIs and server functions answer 401 JSON.
+//! - **Throttling**: a login is refused with 429 and `Retry-After` once its user name has 5
+//!   failures, or its client address 20, within 15 minutes ([`Throttle`]); the right password
+//!   is refused too while throttled. Each attempt is recorded *before* its password is checked
+//!   (and forgotten if it succeeds), so attempts sent in parallel get no more checks than the
+//!   limit. The failures are rows in SQLite, so a restart does not reset them. A success clears
+//!   the failures of that user name (not of the address). Refused attempts are logged, not
+//!   audited (an attacker could otherwise fill the audit log). Anyone can lock a user name out
+//!   this way for 15 minutes; API tokens keep working meanwhile.
+
+pub mod accounts;
+mod error;
+mod headers;
+pub mod middleware;
+mod page_context;
+mod policy;
+mod principal;
+mod routes;
+mod secret;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+
+pub use error::AuthError;
+pub use headers::{SecurityHeaders, content_security_policy, security_headers};
+pub use middleware::SESSION_COOKIE;
+pub use page_context::{client_address, principal, provide_request_context};
+pub use policy::{Access, Guarded, Kind, Lookup, Policy, Rule, is_safe};
+pub use principal::{Actor, ActorKind, ClientAddress, Principal, Role, Via, check_name};
+pub use secret::{
+    HashError, Password, SecretToken, hash_password, verify_against_nobody, verify_password,
+};
+
+use crate::store::Store;
+use crate::store::auth::{NewAudit, ThrottleLimits};
+
+/// What each Leptos server function (`app/src`) needs, by path. The layer refuses a server
+/// function missing here, and the `every_server_function_has_a_role` test fails until it is
+/// added.
+pub const SERVER_FUNCTIONS: &[(&str, Access)] = &[
+    ("/rpc/list_services", Access::Role(Role::Viewer)),
+    ("/rpc/fleet_status", Access::Role(Role::Viewer)),
+    ("/rpc/list_deployments", Access::Role(Role::Viewer)),
+    ("/rpc/get_deployment", Access::Role(Role::Viewer)),
+    ("/rpc/deploy", Access::Role(Role::Deployer)),
+    ("/rpc/control_deployment", Access::Role(Role::Deployer)),
+    ("/rpc/rollback_service", Access::Role(Role::Deployer)),
+    // The setup shows the secret's variable name, never its value.
+    ("/rpc/webhook_setup", Access::Role(Role::Viewer)),
+    ("/rpc/list_deliveries", Access::Role(Role::Viewer)),
+    ("/rpc/replay_delivery", Access::Role(Role::Admin)),
+];
+
+/// What [`SERVER_FUNCTIONS`] says the server function at `path` needs.
+pub fn server_function_access(path: &str) -> Option<Access> {
+    SERVER_FUNCTIONS
+        .iter()
+        .find(|(known, _)| *known == path)
+        .map(|(_, access)| *access)
+}
+
+/// How Baton learns that a request came over HTTPS (for the cookie's `Secure` and the origin
+/// the CSRF check expects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Https {
+    /// When a TLS-ending proxy says `X-Forwarded-Proto: https`.
+    #[default]
+    FromForwardedProto,
+    /// Always (Baton is only ever reached over HTTPS).
+    Always,
+}
+
+/// Failed logins allowed inside the window before further attempts are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub per_name: u32,
+    pub per_address: u32,
+    pub window: Duration,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self {
+            per_name: 5,
+            per_address: 20,
+            window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub session_ttl: Duration,
+    pub throttle: Throttle,
+    pub https: Https,
+    /// Take the client's address from the last entry of `X-Forwarded-For`. Only behind a proxy
+    /// that sets it: otherwise any client could pick the address the throttle and audit see.
+    pub trust_forwarded_for: bool,
+    /// The origin browsers use to reach Baton (`https://baton.example.com`), when a proxy
+    /// rewrites `Host`; by default the request's own `Host` and scheme.
+    pub public_origin: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 60 * 60),
+            throttle: Throttle::default(),
+            https: Https::default(),
+            trust_forwarded_for: false,
+            public_origin: None,
+        }
+    }
+}
+
+/// Auth's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct Auth {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: AuthConfig,
+}
+
+impl Auth {
+    pub fn new(store: Store, config: AuthConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner { store, config }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.inner.config
+    }
+
+    /// Auth's own endpoints: `/auth/login`, `/auth/logout`, `/api/me`, `/api/users`,
+    /// `/api/tokens`, `/api/audit`.
+    pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> Guarded<S> {
+        routes::routes().with_state(self.clone())
+    }
+
+    /// Puts the auth layer around `router` (which should include every route, so call it
+    /// after the last `route`/`merge`/`fallback`): every matched request is checked against
+    /// `policy`. Serve the router with `into_make_service_with_connect_info::<SocketAddr>()` so
+    /// the throttle and the audit log see client addresses.
+    pub fn protect<S: Clone + Send + Sync + 'static>(
+        &self,
+        router: Router<S>,
+        policy: Policy,
+    ) -> Router<S> {
+        let state = Arc::new(middleware::LayerState {
+            auth: self.clone(),
+            policy,
+        });
+        router.layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::authenticate,
+        ))
+    }
+
+    /// Appends to the audit log. A failure to write is logged, not returned: the action it
+    /// records has already happened.
+    pub async fn audit(&self, entry: Audit<'_>) {
+        record(&self.inner.store, entry).await;
+    }
+
+    fn throttle_limits(&self) -> ThrottleLimits {
+        let throttle = self.inner.config.throttle;
+        ThrottleLimits {
+            per_name: i64::from(throttle.per_name),
+            per_address: i64::from(throttle.per_address),
+            window_ms: throttle.window.as_millis() as i64,
+        }
+    }
+}
+
+/// One audit line: who did what to what, from where.
+#[derive(Debug, Clone, Copy)]
+pub struct Audit<'a> {
+    pub actor: &'a Actor,
+    /// `login`, `login_failed`, `logout`, `user_create`, `user_delete`, `user_password`,
+    /// `token_create`, `token_revoke`, `deploy`, `pause`, `resume`, `abort`, `rollback`,
+    /// `webhook_replay`, ...
+    pub action: &'a str,
+    pub target: Option<&'a str>,
+    pub address: Option<&'a ClientAddress>,
+    pub detail: Option<&'a str>,
+}
+
+/// Appends to the audit log through `store` (for callers without an [`Auth`]: the CLI, the
+/// API handlers through `AppState::store`). Failures are logged.
+pub async fn record(store: &Store, entry: Audit<'_>) {
+    let result = store
+        .record_audit(&NewAudit {
+            actor: &entry.actor.name,
+            actor_kind: entry.actor.kind.as_str(),
+            action: entry.action,
+            target: entry.target,
+            address: entry.address.map(ClientAddress::as_str),
+            detail: entry.detail,
+        })
+        .await;
+    if let Err(error) = result {
+        tracing::error!(%error, action = entry.action, actor = %entry.actor.name, "cannot write the audit log");
+    }
+}
+
+/// Hashes a password off the async threads.
+pub async fn hash_password_blocking(password: Password) -> Result<String, AuthError> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|error| AuthError::Internal(format!("password hashing panicked: {error}")))?
+        .map_err(|error| AuthError::Internal(error.to_string()))
+}

@@ -1,0 +1,645 @@
+//! The SQL behind users, sessions, API tokens, login throttling and the audit log.
+//!
+//! This module sees only hashes: argon2id PHC strings for passwords, hex SHA-256 digests for
+//! session ids and tokens. Roles and actor kinds are stored as the lower-case words the
+//! migration's CHECK constraints list; `crate::auth` owns their meaning.
+
+use super::{Store, StoreError, now_millis};
+
+/// A user account, without its password hash.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// What a login needs to check a password.
+#[derive(Clone, sqlx::FromRow)]
+pub struct Credentials {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The user behind a live session.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionUser {
+    pub session_id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub role: String,
+    pub expires_at: i64,
+}
+
+/// An API token's record (never the token itself).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct TokenRow {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// One line of the audit log to write.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAudit<'a> {
+    pub actor: &'a str,
+    /// `user`, `token`, `webhook` or `cli`.
+    pub actor_kind: &'a str,
+    pub action: &'a str,
+    pub target: Option<&'a str>,
+    pub address: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: i64,
+    pub actor: String,
+    pub actor_kind: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub address: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Which audit lines to list, newest first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditQuery<'a> {
+    pub actor: Option<&'a str>,
+    pub action: Option<&'a str>,
+    /// Only ids below this one (the next page).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// How many failed logins a user name and a client address may have inside the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleLimits {
+    pub per_name: i64,
+    pub per_address: i64,
+    pub window_ms: i64,
+}
+
+impl Store {
+    /// Creates a user; `None` if the name is taken.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        role: &str,
+        password_hash: &str,
+        created_by: &str,
+    ) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "INSERT INTO users (name, role, password_hash, created_by, created_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO NOTHING
+             RETURNING id, name, role, created_by, created_at",
+        )
+        .bind(name)
+        .bind(role)
+        .bind(password_hash)
+        .bind(created_by)
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Replaces a user's password hash and revokes the user's sessions; `false` if no such user.
+    pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> =
+            sqlx::query_scalar("UPDATE users SET password_hash = ? WHERE name = ? RETURNING id")
+                .bind(password_hash)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(id) = id else { return Ok(false) };
+        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+            .bind(now_millis())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "SELECT id, name, role, created_by, created_at FROM users ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
+        Ok(sqlx::query_as::<_, UserRow>(
+            "SELECT id, name, role, created_by, created_at FROM users WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn credentials(&self, name: &str) -> Result<Option<Credentials>, StoreError> {
+        Ok(sqlx::query_as::<_, Credentials>(
+            "SELECT id, name, role, password_hash FROM users WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// How many users have the role.
+    pub async fn count_users_with_role(&self, role: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = ?")
+                .bind(role)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Deletes a user and (by cascade) its sessions. Refuses, in the same transaction, to
+    /// delete the last admin.
+    pub async fn delete_user(&self, name: &str) -> Result<DeleteUser, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(role) = role else {
+            return Ok(DeleteUser::NotFound);
+        };
+        if role == "admin" {
+            let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
+                .fetch_one(&mut *tx)
+                .await?;
+            if admins <= 1 {
+                return Ok(DeleteUser::LastAdmin);
+            }
+        }
+        sqlx::query("DELETE FROM users WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeleteUser::Deleted)
+    }
+
+    /// Records a new session for the user; the caller keeps the id, the store its hash.
+    /// Sessions that expired or were revoked over a day ago are forgotten meanwhile.
+    pub async fn create_session(
+        &self,
+        user_id: i64,
+        id_hash: &str,
+        address: Option<&str>,
+        expires_at: i64,
+    ) -> Result<i64, StoreError> {
+        let day_ago = now_millis() - 24 * 60 * 60 * 1000;
+        sqlx::query("DELETE FROM sessions WHERE expires_at < ? OR revoked_at < ?")
+            .bind(day_ago)
+            .bind(day_ago)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar(
+            "INSERT INTO sessions (id_hash, user_id, address, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+             RETURNING id",
+        )
+        .bind(id_hash)
+        .bind(user_id)
+        .bind(address)
+        .bind(now_millis())
+        .bind(expires_at)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The user behind a session that is neither revoked nor expired.
+    pub async fn session_user(&self, id_hash: &str) -> Result<Option<SessionUser>, StoreError> {
+        Ok(sqlx::query_as::<_, SessionUser>(
+            "SELECT s.id AS session_id, u.id AS user_id, u.name, u.role, s.expires_at
+             FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?",
+        )
+        .bind(id_hash)
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Revokes a session; `false` if it was unknown or already revoked.
+    pub async fn revoke_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = ? WHERE id_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(now_millis())
+        .bind(id_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records a new API token; `None` if a live token already has the name.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        token_hash: &str,
+        created_by: &str,
+    ) -> Result<Option<TokenRow>, StoreError> {
+        let inserted = sqlx::query_as::<_, TokenRow>(
+            "INSERT INTO api_tokens (name, role, token_hash, created_by, created_at) VALUES (?, ?, ?, ?, ?)
+             RETURNING id, name, role, created_by, created_at, last_used_at, revoked_at",
+        )
+        .bind(name)
+        .bind(role)
+        .bind(token_hash)
+        .bind(created_by)
+        .bind(now_millis())
+        .fetch_one(&self.pool)
+        .await;
+        match inserted {
+            Ok(row) => Ok(Some(row)),
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Every token, live ones first, newest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TokenRow>(
+            "SELECT id, name, role, created_by, created_at, last_used_at, revoked_at FROM api_tokens
+             ORDER BY revoked_at IS NOT NULL, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The live token with this hash, noting that it was used (at most once a minute, so a
+    /// client polling the API does not write on every request).
+    pub async fn use_token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query_as::<_, TokenRow>(
+            "SELECT id, name, role, created_by, created_at, last_used_at, revoked_at FROM api_tokens
+             WHERE token_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(mut row) = row else { return Ok(None) };
+        let now = now_millis();
+        if row.last_used_at.is_none_or(|used| now - used >= 60_000) {
+            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(row.id)
+                .execute(&self.pool)
+                .await?;
+            row.last_used_at = Some(now);
+        }
+        Ok(Some(row))
+    }
+
+    /// Revokes the live token with this id; returns it, or `None` if there is none.
+    pub async fn revoke_token(&self, id: i64) -> Result<Option<TokenRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TokenRow>(
+            "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL
+             RETURNING id, name, role, created_by, created_at, last_used_at, revoked_at",
+        )
+        .bind(now_millis())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Revokes the live token with this name; returns it, or `None` if there is none.
+    pub async fn revoke_token_named(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TokenRow>(
+            "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL
+             RETURNING id, name, role, created_by, created_at, last_used_at, revoked_at",
+        )
+        .bind(now_millis())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records a login attempt before its password is checked, and says whether it may go
+    /// ahead: refused when, counting it and every earlier attempt still inside the window,
+    /// the name or the address is over its limit. Recording first makes the limit hold for
+    /// attempts sent in parallel: at most `limit` of them reach the password check.
+    ///
+    /// The row stays as a failure unless [`Store::login_succeeded`] removes it; a refused
+    /// attempt's row is removed at once, so hammering a throttled name does not extend its wait.
+    pub async fn begin_login(
+        &self,
+        name: &str,
+        address: &str,
+        limits: ThrottleLimits,
+    ) -> Result<LoginAttempt, StoreError> {
+        let now = now_millis();
+        let since = now - limits.window_ms;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM login_failures WHERE at <= ?")
+            .bind(since)
+            .execute(&mut *tx)
+            .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO login_failures (name, address, at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(address)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let (by_name, by_address): (i64, i64) = sqlx::query_as(
+            "SELECT
+                (SELECT COUNT(*) FROM login_failures WHERE name = ? AND at > ? AND id <= ?),
+                (SELECT COUNT(*) FROM login_failures WHERE address = ? AND at > ? AND id <= ?)",
+        )
+        .bind(name)
+        .bind(since)
+        .bind(id)
+        .bind(address)
+        .bind(since)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        if by_name <= limits.per_name && by_address <= limits.per_address {
+            return Ok(LoginAttempt::Go { id });
+        }
+        sqlx::query("DELETE FROM login_failures WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        let wait_ms = self.throttle_wait(name, address, limits).await?;
+        Ok(LoginAttempt::Throttled {
+            wait_ms: wait_ms.unwrap_or(1000),
+        })
+    }
+
+    /// The attempt proved the password: forget it and every failure of that user name (not of
+    /// the address).
+    pub async fn login_succeeded(&self, attempt: i64, name: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_failures WHERE id = ? OR name = ?")
+            .bind(attempt)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// How long (ms) until the name and the address are both under their limits again: until
+    /// the oldest of the failures that keep each at its limit leaves the window.
+    async fn throttle_wait(
+        &self,
+        name: &str,
+        address: &str,
+        limits: ThrottleLimits,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = now_millis();
+        let since = now - limits.window_ms;
+        let mut wait = None::<i64>;
+        for (column, value, limit) in [
+            ("name", name, limits.per_name),
+            ("address", address, limits.per_address),
+        ] {
+            // The limit-th newest failure: while it is inside the window, so are `limit` failures.
+            let at: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT at FROM login_failures WHERE {column} = ? AND at > ?
+                 ORDER BY at DESC, id DESC LIMIT 1 OFFSET ?"
+            ))
+            .bind(value)
+            .bind(since)
+            .bind((limit - 1).max(0))
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(at) = at {
+                let until = at + limits.window_ms - now;
+                wait = Some(wait.map_or(until, |wait| wait.max(until)));
+            }
+        }
+        Ok(wait.map(|wait| wait.max(1)))
+    }
+
+    /// Appends a line to the audit log; returns its id.
+    pub async fn record_audit(&self, entry: &NewAudit<'_>) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO audit_log (at, actor, actor_kind, action, target, address, detail)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(now_millis())
+        .bind(entry.actor)
+        .bind(entry.actor_kind)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.address)
+        .bind(entry.detail)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Audit lines, newest first.
+    pub async fn audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as::<_, AuditRow>(
+            "SELECT * FROM audit_log WHERE (? IS NULL OR actor = ?) AND (? IS NULL OR action = ?)
+                AND (? IS NULL OR id < ?)
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(query.actor)
+        .bind(query.actor)
+        .bind(query.action)
+        .bind(query.action)
+        .bind(query.before)
+        .bind(query.before)
+        .bind(query.limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Whether a login attempt may check its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAttempt {
+    /// Go ahead; `id` is the attempt's row, a failure until [`Store::login_succeeded`].
+    Go { id: i64 },
+    /// Refused; the name or address may try again in this many milliseconds.
+    Throttled { wait_ms: i64 },
+}
+
+/// What [`Store::delete_user`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteUser {
+    Deleted,
+    NotFound,
+    /// The user is the only admin; deleting it would leave no one able to manage Baton.
+    LastAdmin,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        Store::connect(&format!("sqlite://{}", dir.path().join("a.db").display()))
+            .await
+            .unwrap()
+    }
+
+    const LIMITS: ThrottleLimits = ThrottleLimits {
+        per_name: 3,
+        per_address: 5,
+        window_ms: 60_000,
+    };
+
+    async fn fail(store: &Store, name: &str, address: &str) {
+        assert!(matches!(
+            store.begin_login(name, address, LIMITS).await.unwrap(),
+            LoginAttempt::Go { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn throttle_counts_failures_per_name_and_per_address_inside_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        fail(&store, "alice", "10.0.0.1").await;
+        fail(&store, "alice", "10.0.0.1").await;
+        fail(&store, "alice", "10.0.0.2").await;
+        let LoginAttempt::Throttled { wait_ms } = store
+            .begin_login("alice", "10.0.0.9", LIMITS)
+            .await
+            .unwrap()
+        else {
+            panic!("three failures for alice throttle her name from any address");
+        };
+        assert!(wait_ms > 55_000 && wait_ms <= 60_000, "{wait_ms}");
+        // The refused attempt did not count: alice's wait did not grow.
+        let LoginAttempt::Throttled { wait_ms: again } = store
+            .begin_login("alice", "10.0.0.9", LIMITS)
+            .await
+            .unwrap()
+        else {
+            panic!("still throttled");
+        };
+        assert!(again <= wait_ms);
+        // Another name from the first address is under that address's limit (2 < 5).
+        for name in ["bob", "carol", "dave"] {
+            fail(&store, name, "10.0.0.1").await;
+        }
+        assert!(
+            matches!(
+                store.begin_login("erin", "10.0.0.1", LIMITS).await.unwrap(),
+                LoginAttempt::Throttled { .. }
+            ),
+            "five failures from one address throttle every name from it"
+        );
+        // A success forgets the name's failures.
+        store.login_succeeded(0, "alice").await.unwrap();
+        let LoginAttempt::Go { id } = store
+            .begin_login("alice", "10.0.0.9", LIMITS)
+            .await
+            .unwrap()
+        else {
+            panic!("alice may try again");
+        };
+        store.login_succeeded(id, "alice").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn parallel_attempts_get_no_more_password_checks_than_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let attempts = (0..20).map(|i| {
+            let store = store.clone();
+            async move {
+                store
+                    .begin_login("alice", &format!("10.0.1.{i}"), LIMITS)
+                    .await
+                    .unwrap()
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        let allowed = results
+            .iter()
+            .filter(|result| matches!(result, LoginAttempt::Go { .. }))
+            .count();
+        assert_eq!(allowed, 3, "{results:?}");
+    }
+
+    #[tokio::test]
+    async fn the_last_admin_cannot_be_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        store
+            .create_user("root", "admin", "x", "cli")
+            .await
+            .unwrap();
+        assert!(
+            store
+                .create_user("root", "viewer", "y", "cli")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store.delete_user("root").await.unwrap(),
+            DeleteUser::LastAdmin
+        );
+        store.create_user("ops", "admin", "x", "cli").await.unwrap();
+        assert_eq!(
+            store.delete_user("root").await.unwrap(),
+            DeleteUser::Deleted
+        );
+        assert_eq!(
+            store.delete_user("root").await.unwrap(),
+            DeleteUser::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_name_is_free_again_once_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let first = store
+            .create_token("ci", "deployer", "h1", "root")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .create_token("ci", "deployer", "h2", "root")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.use_token("h1").await.unwrap().is_some());
+        store.revoke_token(first.id).await.unwrap().unwrap();
+        assert!(store.use_token("h1").await.unwrap().is_none());
+        assert!(
+            store
+                .create_token("ci", "deployer", "h2", "root")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}

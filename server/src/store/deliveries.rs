@@ -1,0 +1,338 @@
+//! The webhook delivery log: every delivery Baton answered, what it decided and why.
+//!
+//! Invariant: no secret reaches this table. A row keeps the raw body only of a delivery whose
+//! signature held, so that an operator can replay it; headers are never stored.
+
+use app::webhooks::DeliveryView;
+
+use super::{Store, StoreError, now_millis};
+
+/// How many unverified deliveries (bad signatures, unknown senders) a service keeps in its log.
+/// Anyone can send those, so they are pruned; verified deliveries are kept.
+const UNVERIFIED_KEPT: i64 = 500;
+
+/// A delivery to write into the log.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDelivery<'a> {
+    pub service: &'a str,
+    pub provider: &'a str,
+    pub event: Option<&'a str>,
+    pub delivery_id: Option<&'a str>,
+    pub git_ref: Option<&'a str>,
+    pub sha: Option<&'a str>,
+    pub verdict: &'a str,
+    pub status: u16,
+    pub reason: &'a str,
+    pub deployment_id: Option<i64>,
+    pub replay_of: Option<i64>,
+    /// Whether the signature (or token) held.
+    pub verified: bool,
+    /// The raw body of a verified first delivery, kept for replays; never stored unverified.
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A delivery as the log shows it (without its body).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub service: String,
+    pub provider: String,
+    pub event: Option<String>,
+    pub delivery_id: Option<String>,
+    #[sqlx(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub sha: Option<String>,
+    pub verdict: String,
+    pub status: i64,
+    pub reason: String,
+    pub deployment_id: Option<i64>,
+    pub replay_of: Option<i64>,
+    pub verified: bool,
+    pub received_at: i64,
+}
+
+impl From<DeliveryRow> for DeliveryView {
+    fn from(row: DeliveryRow) -> Self {
+        Self {
+            id: row.id,
+            service: row.service,
+            provider: row.provider,
+            event: row.event,
+            delivery_id: row.delivery_id,
+            git_ref: row.git_ref,
+            sha: row.sha,
+            verdict: row.verdict,
+            status: u16::try_from(row.status).unwrap_or(500),
+            reason: row.reason,
+            rollout: row.deployment_id,
+            replay_of: row.replay_of,
+            verified: row.verified,
+            received_at: row.received_at,
+        }
+    }
+}
+
+/// What [`Store::claim_delivery`] found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The first delivery with this id: the new row's id.
+    First(i64),
+    /// A verified delivery with the same id was logged before.
+    Redelivery(Box<DeliveryRow>),
+}
+
+const COLUMNS: &str = "id, service, provider, event, delivery_id, ref, sha, verdict, status, reason, \
+     deployment_id, replay_of, verified, received_at";
+
+impl Store {
+    /// Logs a delivery, unless it is a verified first delivery whose id was logged before: then
+    /// nothing is written and the earlier row is returned. Only verified first deliveries (not
+    /// replays) claim their id, so a forged request cannot block the real delivery.
+    pub async fn claim_delivery(&self, new: &NewDelivery<'_>) -> Result<Claim, StoreError> {
+        // The earlier delivery may release its id (it failed) between the two statements: then
+        // the insert is tried once more.
+        for _ in 0..2 {
+            if let Some(id) = self.insert_delivery(new).await? {
+                if !new.verified && id % 50 == 0 {
+                    self.prune_unverified(new.service).await?;
+                }
+                return Ok(Claim::First(id));
+            }
+            let earlier = sqlx::query_as::<_, DeliveryRow>(&format!(
+                "SELECT {COLUMNS} FROM webhook_deliveries
+                 WHERE service = ? AND provider = ? AND delivery_id = ? AND verified = 1
+                   AND replay_of IS NULL AND verdict <> 'duplicate' AND status < 500"
+            ))
+            .bind(new.service)
+            .bind(new.provider)
+            .bind(new.delivery_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(earlier) = earlier {
+                return Ok(Claim::Redelivery(Box::new(earlier)));
+            }
+        }
+        Err(StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    /// The new row's id, or `None` when a verified first delivery already holds its id.
+    async fn insert_delivery(&self, new: &NewDelivery<'_>) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO webhook_deliveries (service, provider, event, delivery_id, ref, sha, verdict, status,
+                 reason, deployment_id, replay_of, verified, payload, received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(new.service)
+        .bind(new.provider)
+        .bind(new.event)
+        .bind(new.delivery_id)
+        .bind(new.git_ref)
+        .bind(new.sha)
+        .bind(new.verdict)
+        .bind(i64::from(new.status))
+        .bind(new.reason)
+        .bind(new.deployment_id)
+        .bind(new.replay_of)
+        .bind(new.verified)
+        .bind(new.payload.filter(|_| new.verified))
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Logs a delivery that claims no id: an unverified request, a redelivery (verdict
+    /// `duplicate`) or a replay. Returns the row's id.
+    pub async fn log_delivery(&self, new: &NewDelivery<'_>) -> Result<i64, StoreError> {
+        match self.claim_delivery(new).await? {
+            Claim::First(id) => Ok(id),
+            Claim::Redelivery(row) => Ok(row.id),
+        }
+    }
+
+    /// Records the outcome of a delivery that was `processing` while its rollout was requested.
+    pub async fn finish_delivery(
+        &self,
+        id: i64,
+        verdict: &str,
+        status: u16,
+        reason: &str,
+        deployment_id: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET verdict = ?, status = ?, reason = ?, deployment_id = ?
+             WHERE id = ?",
+        )
+        .bind(verdict)
+        .bind(i64::from(status))
+        .bind(reason)
+        .bind(deployment_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A service's deliveries, newest first; `before` pages on to older ones.
+    pub async fn deliveries(
+        &self,
+        service: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE service = ? AND id < ?
+             ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(service)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, StoreError> {
+        Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The raw body of a verified delivery, or of the delivery a replay replayed; `None` if
+    /// there is none (an unverified request, or a redelivery, which keeps no body of its own).
+    pub async fn delivery_payload(&self, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let payload: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "SELECT COALESCE(d.payload, o.payload) FROM webhook_deliveries d
+             LEFT JOIN webhook_deliveries o ON o.id = d.replay_of AND o.verified = 1
+             WHERE d.id = ? AND d.verified = 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(payload.flatten())
+    }
+
+    async fn prune_unverified(&self, service: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE service = ? AND verified = 0 AND id < (
+                 SELECT id FROM webhook_deliveries WHERE service = ? AND verified = 0
+                 ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        )
+        .bind(service)
+        .bind(service)
+        .bind(UNVERIFIED_KEPT - 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("d.db").display()))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn verified<'a>(delivery_id: Option<&'a str>, payload: &'a [u8]) -> NewDelivery<'a> {
+        NewDelivery {
+            service: "api",
+            provider: "github",
+            event: Some("push"),
+            delivery_id,
+            git_ref: Some("refs/heads/main"),
+            sha: Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246"),
+            verdict: "ignored",
+            status: 202,
+            reason: "push to another branch",
+            deployment_id: None,
+            replay_of: None,
+            verified: true,
+            payload: Some(payload),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_delivery_id_is_claimed_once_and_only_by_a_verified_delivery() {
+        let (_dir, store) = store().await;
+        // A forged request with the id comes first: it is logged, but claims nothing.
+        let forged = NewDelivery {
+            verified: false,
+            verdict: "rejected",
+            status: 401,
+            ..verified(Some("d-1"), b"")
+        };
+        store.log_delivery(&forged).await.unwrap();
+        let Claim::First(first) = store
+            .claim_delivery(&verified(Some("d-1"), b"{}"))
+            .await
+            .unwrap()
+        else {
+            panic!("the first verified delivery claims its id");
+        };
+        let Claim::Redelivery(earlier) = store
+            .claim_delivery(&verified(Some("d-1"), b"{}"))
+            .await
+            .unwrap()
+        else {
+            panic!("the same id again is a redelivery");
+        };
+        assert_eq!(earlier.id, first);
+        assert_eq!(earlier.verdict, "ignored");
+        // Without an id, nothing can be recognised: each is a first delivery.
+        assert!(matches!(
+            store.claim_delivery(&verified(None, b"{}")).await.unwrap(),
+            Claim::First(_)
+        ));
+        assert!(matches!(
+            store.claim_delivery(&verified(None, b"{}")).await.unwrap(),
+            Claim::First(_)
+        ));
+        store
+            .finish_delivery(first, "deployed", 202, "deploying", None)
+            .await
+            .unwrap();
+        let listed = store.deliveries("api", None, 10).await.unwrap();
+        assert_eq!(listed.len(), 4);
+        assert!(listed.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+        assert_eq!(
+            store.delivery(first).await.unwrap().unwrap().verdict,
+            "deployed"
+        );
+        assert_eq!(store.delivery_payload(first).await.unwrap().unwrap(), b"{}");
+        assert_eq!(store.delivery_payload(listed[3].id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn unverified_deliveries_are_pruned_to_the_newest() {
+        let (_dir, store) = store().await;
+        let keep = store
+            .claim_delivery(&verified(Some("real"), b"{}"))
+            .await
+            .unwrap();
+        for _ in 0..(UNVERIFIED_KEPT + 60) {
+            store
+                .log_delivery(&NewDelivery {
+                    verified: false,
+                    delivery_id: None,
+                    verdict: "rejected",
+                    status: 401,
+                    ..verified(None, b"")
+                })
+                .await
+                .unwrap();
+        }
+        let all = store.deliveries("api", None, 10_000).await.unwrap();
+        let unverified = all.iter().filter(|row| !row.verified).count() as i64;
+        assert!(unverified <= UNVERIFIED_KEPT + 50, "{unverified} kept");
+        let Claim::First(keep) = keep else { panic!() };
+        assert!(all.iter().any(|row| row.id == keep), "verified rows stay");
+    }
+}

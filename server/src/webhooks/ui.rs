@@ -1,0 +1,56 @@
+//! What the UI's webhook server functions reach: the same functions as the JSON endpoints.
+
+use app::webhooks::{
+    DeliveryOutcome, DeliveryPage, WebhookConfigView, WebhookSetup, WebhookSource,
+};
+
+use crate::startup::AppState;
+
+/// Answers the UI's webhook server functions (provided as `app::webhooks::Webhooks`).
+pub struct UiWebhooks(pub AppState);
+
+/// A message for the operator; internal errors are logged and reported without detail.
+fn message(error: impl Into<crate::api::ApiError>) -> String {
+    error.into().message().to_owned()
+}
+
+#[async_trait::async_trait]
+impl WebhookSource for UiWebhooks {
+    fn setup(&self, service: &str) -> Result<WebhookSetup, String> {
+        let settings = self
+            .0
+            .settings
+            .service(service)
+            .ok_or_else(|| format!("no service is named {service:?}"))?;
+        Ok(WebhookSetup {
+            service: service.to_owned(),
+            path: format!("/hooks/{service}"),
+            url: String::new(),
+            config: settings.webhook.as_ref().map(|webhook| WebhookConfigView {
+                secret_env: webhook.secret_env.clone(),
+                branch: webhook.branch.clone(),
+                tags: webhook.tags.as_ref().map(ToString::to_string),
+            }),
+        })
+    }
+
+    async fn deliveries(
+        &self,
+        service: String,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<DeliveryPage, String> {
+        super::delivery_page(&self.0, &service, before, limit)
+            .await
+            .map_err(message)
+    }
+
+    async fn replay(&self, id: i64) -> Result<DeliveryOutcome, String> {
+        super::replay(&self.0, id)
+            .await
+            .map_err(|error| match error {
+                super::ReplayError::Store(error) => message(error),
+                other => other.to_string(),
+            })
+    }
+}
