@@ -6,7 +6,7 @@
 use leptos::prelude::*;
 
 use crate::model::{
-    ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage, ServiceStatus,
+    Caller, ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage, ServiceStatus,
     ServiceSummary,
 };
 
@@ -24,6 +24,8 @@ pub struct Fleet(pub std::sync::Arc<dyn FleetSource>);
 pub trait FleetSource: Send + Sync + 'static {
     /// Every configured service, in configuration order.
     fn services(&self) -> Vec<ServiceSummary>;
+    /// Who is asking (from the request being answered); `None` when nobody signed in.
+    fn caller(&self) -> Option<Caller>;
     /// Every service with its backends' live state and its rollout in progress.
     async fn status(&self) -> Result<Vec<ServiceStatus>, String>;
     async fn deployments(&self, filter: DeploymentFilter) -> Result<DeploymentPage, String>;
@@ -40,6 +42,12 @@ fn fleet() -> Result<std::sync::Arc<dyn FleetSource>, ServerFnError> {
     use_context::<Fleet>()
         .map(|Fleet(fleet)| fleet)
         .ok_or_else(|| ServerFnError::new("the fleet is not available on this server"))
+}
+
+/// Who is signed in, so the UI can hide what they may not do (the server enforces it anyway).
+#[server(prefix = "/rpc", endpoint = "current_user")]
+pub async fn current_user() -> Result<Option<Caller>, ServerFnError> {
+    Ok(fleet()?.caller())
 }
 
 /// Lists the configured services with their backends.

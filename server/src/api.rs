@@ -11,30 +11,57 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::{self, Audit, AuthError, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Trigger};
 use crate::live;
 use crate::startup::AppState;
 use crate::store::StoreError;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/services", get(list_services))
-        .route(
+pub fn routes() -> Guarded<AppState> {
+    Guarded::new()
+        .get("/api/services", Role::Viewer, list_services)
+        .post(
             "/api/services/{service}/deployments",
-            post(create_deployment),
+            Role::Deployer,
+            create_deployment,
         )
-        .route("/api/services/{service}/rollback", post(rollback))
-        .route("/api/deployments", get(list_deployments))
-        .route("/api/deployments/{id}", get(get_deployment))
-        .route("/api/deployments/{id}/events", get(deployment_events))
-        .route("/api/deployments/{id}/{action}", post(control))
-        .route("/api/events", get(fleet_events))
+        .post("/api/services/{service}/rollback", Role::Deployer, rollback)
+        .get("/api/deployments", Role::Viewer, list_deployments)
+        .get("/api/deployments/{id}", Role::Viewer, get_deployment)
+        .get(
+            "/api/deployments/{id}/events",
+            Role::Viewer,
+            deployment_events,
+        )
+        .post("/api/deployments/{id}/{action}", Role::Deployer, control)
+        .get("/api/events", Role::Viewer, fleet_events)
+}
+
+/// Appends a mutation to the audit log.
+pub async fn audit(
+    state: &AppState,
+    principal: &Principal,
+    address: &ClientAddress,
+    action: &str,
+    target: &str,
+    detail: Option<&str>,
+) {
+    auth::record(
+        &state.store,
+        Audit {
+            actor: &principal.actor(),
+            action,
+            target: Some(target),
+            address: Some(address),
+            detail,
+        },
+    )
+    .await;
 }
 
 /// An error answer: `{"error": "..."}` with its status.
@@ -92,6 +119,12 @@ impl From<DeployError> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        Self::new(error.status(), error.public_message())
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         Self::new(
@@ -128,6 +161,8 @@ struct DeployBody {
 
 async fn create_deployment(
     State(state): State<AppState>,
+    principal: Principal,
+    address: ClientAddress,
     Path(service): Path<String>,
     body: Result<Json<DeployBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -141,18 +176,27 @@ async fn create_deployment(
                 ApiTrigger::Api => Trigger::Api,
                 ApiTrigger::Cli => Trigger::Cli,
             },
-            requested_by: None,
+            requested_by: Some(&principal.name),
             coalesce: false,
         })
         .await?;
+    let detail = format!("version {}, rollout {}", body.version, queued.id);
+    audit(&state, &principal, &address, "deploy", &service, Some(&detail)).await;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
 async fn rollback(
     State(state): State<AppState>,
+    principal: Principal,
+    address: ClientAddress,
     Path(service): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let queued = state.fleet.rollback(&service, None).await?;
+    let queued = state
+        .fleet
+        .rollback(&service, Some(&principal.name))
+        .await?;
+    let detail = format!("rollout {}", queued.id);
+    audit(&state, &principal, &address, "rollback", &service, Some(&detail)).await;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
@@ -212,6 +256,8 @@ async fn get_deployment(
 
 async fn control(
     State(state): State<AppState>,
+    principal: Principal,
+    address: ClientAddress,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
@@ -226,7 +272,12 @@ async fn control(
             ));
         }
     };
-    state.fleet.control(id, action, None).await?;
+    state
+        .fleet
+        .control(id, action, Some(&principal.name))
+        .await?;
+    let target = format!("rollout {id}");
+    audit(&state, &principal, &address, action.as_str(), &target, None).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "id": id, "requested": action.as_str() })),

@@ -1,14 +1,13 @@
 //! Baton's own HTTP endpoints (beside the pages): health, and later the JSON API.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 
+use crate::auth::{Access, Guarded};
 use crate::startup::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/alive", get(alive))
+pub fn routes() -> Guarded<AppState> {
+    Guarded::new().get("/alive", Access::Public, alive)
 }
 
 /// 200 while the database answers, 503 otherwise, so Baton itself can sit behind a balancer.

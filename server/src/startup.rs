@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::fleet::Fleet;
+use axum::extract::FromRef;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use axum::extract::FromRef;
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::net::TcpListener;
@@ -23,6 +23,7 @@ use tower_http::trace::TraceLayer;
 use crate::fleet::Fleet as ServiceFleet;
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::auth::{self, Access, Auth, AuthConfig, Policy, Role};
 use crate::ui::UiFleet;
 use crate::{api, http};
 
@@ -54,6 +55,7 @@ impl FromRef<AppState> for LeptosOptions {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    policy: Policy,
     store: Store,
     fleet: Arc<ServiceFleet>,
     stopping: CancellationToken,
@@ -96,13 +98,20 @@ impl Application {
             leptos_options,
             stopping: stopping.clone(),
         };
+        let (router, policy) = router(state);
         Ok(Self {
             listener,
-            router: router(state),
+            router,
+            policy,
             store,
             fleet,
             stopping,
         })
+    }
+
+    /// Every route and the access it needs.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -119,7 +128,10 @@ impl Application {
         tasks.close();
         let stopping = self.stopping.clone();
         let stop_signal = shutdown.clone();
-        let result = axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move {
                 stop_signal.cancelled().await;
                 stopping.cancel();
@@ -137,33 +149,47 @@ impl Application {
     }
 }
 
-fn router(state: AppState) -> Router {
+/// Every route with the access it needs (see `auth`): what the auth layer enforces, and what
+/// tests enumerate to prove that no route is left open.
+fn router(state: AppState) -> (Router, Policy) {
     let routes = generate_route_list(app::App);
+    let auth = Auth::new(state.store.clone(), AuthConfig::default());
     let fleet = Fleet(Arc::new(UiFleet {
         settings: state.settings.clone(),
         fleet: state.fleet.clone(),
+        store: state.store.clone(),
     }));
     let webhooks = app::webhooks::Webhooks(Arc::new(crate::webhooks::UiWebhooks(state.clone())));
     let leptos_options = state.leptos_options.clone();
     let shell_options = leptos_options.clone();
 
-    Router::new()
-        .merge(http::routes())
+    let mut guarded = http::routes()
         .merge(api::routes())
         .merge(crate::webhooks::routes())
+        .merge(auth.routes())
+        .server_functions();
+    for page in &routes {
+        guarded = guarded.page(page.path(), page_access(page.path()));
+    }
+    let (guarded, policy) = guarded.into_parts();
+    let router = guarded
         .leptos_routes_with_context(
             &state,
             routes,
             move || {
                 provide_context(fleet.clone());
                 provide_context(webhooks.clone());
+                auth::provide_request_context();
             },
             move || app::shell(shell_options.clone()),
         )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(
             app::shell,
         ))
-        .with_state(state)
+        .with_state(state);
+    let router = auth
+        .protect(router, policy.clone())
+        .layer(auth::security_headers())
         .layer(CatchPanicLayer::new())
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -172,7 +198,18 @@ fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::map_response(explain_too_large))
         .layer(CompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http());
+    (router, policy)
+}
+
+/// Who may see a page: the login page is public, the account and audit pages are for admins,
+/// everything else for any signed-in viewer.
+fn page_access(path: &str) -> Access {
+    match path {
+        "/login" => Access::Public,
+        "/audit" | "/users" | "/tokens" => Role::Admin.into(),
+        _ => Role::Viewer.into(),
+    }
 }
 
 /// The body-limit layer answers a bare `413`; say what the limit is, as JSON like every error.

@@ -4,17 +4,42 @@ use std::sync::Arc;
 
 use app::fleet::FleetSource;
 use app::model::{
-    BackendSummary, ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage,
+    BackendSummary, Caller, ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage,
     ServiceStatus, ServiceSummary,
 };
 
+use crate::auth::{self, Audit, Principal};
 use crate::fleet::{DeployRequest, Fleet, Trigger};
 use crate::settings::Settings;
+use crate::store::Store;
 
-/// Answers the UI's server functions.
+/// Answers the UI's server functions. The auth layer has checked the caller's role before a
+/// server function runs; mutations here name the caller in the history and the audit log.
 pub struct UiFleet {
     pub settings: Arc<Settings>,
     pub fleet: Arc<Fleet>,
+    pub store: Store,
+}
+
+/// The signed-in caller of the server function being answered.
+fn signed_in() -> Result<Principal, String> {
+    auth::principal().ok_or_else(|| "sign in first".to_owned())
+}
+
+impl UiFleet {
+    async fn audit(&self, caller: &Principal, action: &str, target: &str, detail: Option<&str>) {
+        auth::record(
+            &self.store,
+            Audit {
+                actor: &caller.actor(),
+                action,
+                target: Some(target),
+                address: Some(&auth::client_address()),
+                detail,
+            },
+        )
+        .await;
+    }
 }
 
 /// A message for the operator; internal errors are logged and reported without detail.
@@ -44,6 +69,13 @@ impl FleetSource for UiFleet {
             .collect()
     }
 
+    fn caller(&self) -> Option<Caller> {
+        crate::auth::principal().map(|principal| Caller {
+            name: principal.name.clone(),
+            role: principal.role,
+        })
+    }
+
     async fn status(&self) -> Result<Vec<ServiceStatus>, String> {
         self.fleet.status().await.map_err(message)
     }
@@ -57,28 +89,44 @@ impl FleetSource for UiFleet {
     }
 
     async fn deploy(&self, service: String, version: String) -> Result<i64, String> {
-        self.fleet
+        let caller = signed_in()?;
+        let queued = self
+            .fleet
             .request(DeployRequest {
                 service: &service,
                 version: &version,
                 trigger: Trigger::Ui,
-                requested_by: None,
+                requested_by: Some(&caller.name),
                 coalesce: false,
             })
             .await
-            .map(|queued| queued.id)
-            .map_err(message)
+            .map_err(message)?;
+        let detail = format!("version {version}, rollout {}", queued.id);
+        self.audit(&caller, "deploy", &service, Some(&detail)).await;
+        Ok(queued.id)
     }
 
     async fn control(&self, id: i64, action: ControlAction) -> Result<(), String> {
-        self.fleet.control(id, action, None).await.map_err(message)
+        let caller = signed_in()?;
+        self.fleet
+            .control(id, action, Some(&caller.name))
+            .await
+            .map_err(message)?;
+        self.audit(&caller, action.as_str(), &format!("rollout {id}"), None)
+            .await;
+        Ok(())
     }
 
     async fn rollback(&self, service: String) -> Result<i64, String> {
-        self.fleet
-            .rollback(&service, None)
+        let caller = signed_in()?;
+        let queued = self
+            .fleet
+            .rollback(&service, Some(&caller.name))
             .await
-            .map(|queued| queued.id)
-            .map_err(message)
+            .map_err(message)?;
+        let detail = format!("rollout {}", queued.id);
+        self.audit(&caller, "rollback", &service, Some(&detail))
+            .await;
+        Ok(queued.id)
     }
 }

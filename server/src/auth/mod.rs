@@ -59,6 +59,8 @@ use crate::store::auth::{NewAudit, ThrottleLimits};
 /// function missing here, and the `every_server_function_has_a_role` test fails until it is
 /// added.
 pub const SERVER_FUNCTIONS: &[(&str, Access)] = &[
+    // Says who is signed in, or that nobody is: the UI asks it on every page, the login page too.
+    ("/rpc/current_user", Access::Public),
     ("/rpc/list_services", Access::Role(Role::Viewer)),
     ("/rpc/fleet_status", Access::Role(Role::Viewer)),
     ("/rpc/list_deployments", Access::Role(Role::Viewer)),
@@ -70,6 +72,14 @@ pub const SERVER_FUNCTIONS: &[(&str, Access)] = &[
     ("/rpc/webhook_setup", Access::Role(Role::Viewer)),
     ("/rpc/list_deliveries", Access::Role(Role::Viewer)),
     ("/rpc/replay_delivery", Access::Role(Role::Admin)),
+    // The admin pages: users, tokens and the audit log.
+    ("/rpc/list_users", Access::Role(Role::Admin)),
+    ("/rpc/add_user", Access::Role(Role::Admin)),
+    ("/rpc/delete_user", Access::Role(Role::Admin)),
+    ("/rpc/list_tokens", Access::Role(Role::Admin)),
+    ("/rpc/create_token", Access::Role(Role::Admin)),
+    ("/rpc/revoke_token", Access::Role(Role::Admin)),
+    ("/rpc/list_audit", Access::Role(Role::Admin)),
 ];
 
 /// What [`SERVER_FUNCTIONS`] says the server function at `path` needs.

@@ -2,64 +2,14 @@
 //! the client's address.
 
 use std::fmt;
-use std::str::FromStr;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::AuthError;
 
-/// What a caller may do. Each role may do everything the roles before it may: the derived order
-/// is the privilege order.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sees everything except secrets.
-    Viewer,
-    /// Also starts, pauses, resumes, aborts and rolls back rollouts.
-    Deployer,
-    /// Also manages users and tokens, replays webhooks and reads the audit log.
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Deployer, Role::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Deployer => "deployer",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Whether a caller with this role may do what `needed` allows.
-    pub fn allows(self, needed: Role) -> bool {
-        self >= needed
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "viewer" => Ok(Role::Viewer),
-            "deployer" => Ok(Role::Deployer),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}: expected viewer, deployer or admin"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The role type is shared with the UI (which hides what a caller may not do).
+pub use app::model::Role;
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

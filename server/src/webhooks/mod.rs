@@ -27,11 +27,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::{Access, Actor, Audit, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Trigger};
 use crate::settings::{ServiceSettings, WebhookSettings};
 use crate::startup::AppState;
@@ -46,11 +46,16 @@ use providers::{Credential, Envelope, EventKind, Provider};
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The routes: deliveries from git hosts, and the admin endpoints over their log.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/hooks/{service}", post(receive))
-        .route("/api/services/{service}/deliveries", get(list_deliveries))
-        .route("/api/deliveries/{id}/replay", post(replay_delivery))
+/// `/hooks/*` is public: each delivery proves itself with its signature instead.
+pub fn routes() -> Guarded<AppState> {
+    Guarded::new()
+        .post("/hooks/{service}", Access::Public, receive)
+        .get(
+            "/api/services/{service}/deliveries",
+            Role::Viewer,
+            list_deliveries,
+        )
+        .post("/api/deliveries/{id}/replay", Role::Admin, replay_delivery)
 }
 
 /// What Baton decided about a delivery (stored as text in the log).
@@ -496,6 +501,19 @@ async fn process(
             coalesce: true,
         })
         .await;
+    if let Ok(queued) = &requested {
+        crate::auth::record(
+            &state.store,
+            Audit {
+                actor: &Actor::webhook(requested_by.clone()),
+                action: "deploy",
+                target: Some(settings.name.as_str()),
+                address: None,
+                detail: Some(&format!("version {version}, rollout {}", queued.id)),
+            },
+        )
+        .await;
+    }
     let (status, verdict, reason, queued) = match requested {
         Ok(queued) => {
             let reason = if queued.coalesced {
@@ -655,14 +673,33 @@ pub async fn replay(state: &AppState, id: i64) -> Result<DeliveryOutcome, Replay
     Ok(process(state, settings, webhook, delivery, &payload, false).await?)
 }
 
-async fn replay_delivery(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn replay_delivery(
+    State(state): State<AppState>,
+    principal: Principal,
+    address: ClientAddress,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("invalid delivery id {id:?}: expected a number"),
         );
     };
-    match replay(&state, id).await {
+    let replayed = replay(&state, id).await;
+    if replayed.is_ok() {
+        crate::auth::record(
+            &state.store,
+            Audit {
+                actor: &principal.actor(),
+                action: "webhook_replay",
+                target: Some(&format!("delivery {id}")),
+                address: Some(&address),
+                detail: None,
+            },
+        )
+        .await;
+    }
+    match replayed {
         Ok(outcome) => answer(outcome),
         Err(failure @ ReplayError::UnknownDelivery(_)) => {
             error(StatusCode::NOT_FOUND, failure.to_string())

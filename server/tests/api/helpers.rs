@@ -1,6 +1,8 @@
 //! `spawn_app()`: one running Baton per test, each with its own database and port.
 
+use baton_server::auth::{Actor, Policy, Role, accounts};
 use baton_server::settings::{EnvOverrides, Settings};
+use baton_server::store::Store;
 use baton_server::startup::Application;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +40,13 @@ address = "127.0.0.1:18011"
 
 pub struct TestApp {
     pub address: String,
+    /// Sends an admin token.
     pub client: reqwest::Client,
+    /// Sends no credentials.
+    pub anonymous: reqwest::Client,
+    /// Every route of the application and the access it needs.
+    pub policy: Policy,
+    database_url: String,
     pub dir: tempfile::TempDir,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -59,13 +67,37 @@ pub async fn spawn_app() -> TestApp {
             .database_url
             .contains(&dir.path().display().to_string())
     );
+    start(settings, dir).await
+}
+
+/// Starts Baton on `settings` with an admin API token that `client` sends on every request (the
+/// tests of access control make their own clients).
+async fn start(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    let database_url = settings.server.database_url.clone();
     let application = Application::build(settings).await.expect("Baton starts");
+    let policy = application.policy().clone();
+    let store = Store::connect(&database_url).await.unwrap();
+    let (_, token) = accounts::create_token(&store, &Actor::cli(), None, "tests", Role::Admin)
+        .await
+        .unwrap();
+    store.close().await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.expose()).parse().unwrap(),
+    );
     let address = format!("http://{}", application.local_addr());
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+        anonymous: reqwest::Client::new(),
+        policy,
+        database_url,
         dir,
         shutdown,
         server: Some(server),
@@ -73,6 +105,16 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// A token with `role`, for tests of access control.
+    pub async fn token(&self, name: &str, role: Role) -> String {
+        let store = Store::connect(&self.database_url).await.unwrap();
+        let (_, token) = accounts::create_token(&store, &Actor::cli(), None, name, role)
+            .await
+            .unwrap();
+        store.close().await;
+        token.expose().to_owned()
+    }
+
     pub fn database_file(&self) -> std::path::PathBuf {
         self.dir.path().join("baton.db")
     }
@@ -120,15 +162,5 @@ pub async fn spawn_app_with(config: &str, secrets: &[(&str, &str)]) -> TestApp {
     let settings =
         Settings::parse_with_secrets(config, &path, &env, &|name| secrets.get(name).cloned())
             .expect("the test configuration is valid");
-    let application = Application::build(settings).await.expect("Baton starts");
-    let address = format!("http://{}", application.local_addr());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        dir,
-        shutdown,
-        server: Some(server),
-    }
+    start(settings, dir).await
 }

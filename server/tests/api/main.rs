@@ -1,5 +1,6 @@
 //! Integration tests: Baton served on port 0 with a fresh SQLite file, asked over real HTTP.
 
+mod access;
 mod helpers;
 mod pages;
 mod streams;

@@ -55,6 +55,7 @@ pub async fn spawn_pages(dir: &std::path::Path, page_access: Access) -> Server {
     let ui = Fleet(Arc::new(UiFleet {
         settings: Arc::new(settings),
         fleet,
+        store: store.clone(),
     }));
     // The leptos options are the whole state here: only the pages are under test.
     let state = leptos_options;

@@ -1,15 +1,25 @@
 //! `spawn_fleet()`: HAProxy in front of three demo-app backends that Baton starts, each test on
 //! its own ports and folder. Everything started here is killed when the fleet is dropped.
+//!
+//! Baton runs in this process by default; with `baton_process` it runs as a `baton serve`
+//! subprocess that a test can SIGKILL and start again on the same configuration and database.
+//! With `socket_proxy` Baton reaches HAProxy's runtime API through a proxy the test can silence.
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_server::settings::{EnvOverrides, Settings};
+use baton_server::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
+use baton_server::drivers::{AdminState, LoadBalancer, ServerStatus};
+use baton_server::settings::{EnvOverrides, RuntimeApiAddr, Settings};
 use baton_server::startup::Application;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+use crate::socket_proxy::SocketProxy;
 
 pub struct Fleet {
     pub baton: String,
@@ -17,10 +27,22 @@ pub struct Fleet {
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     haproxy: Child,
-    shutdown: CancellationToken,
+    baton_run: BatonRun,
+    /// Between Baton and HAProxy's runtime API, when the options asked for it.
+    pub proxy: Option<SocketProxy>,
 }
 
-fn free_port() -> u16 {
+/// How Baton runs in this fleet.
+enum BatonRun {
+    InProcess(CancellationToken),
+    /// `baton serve` listening on `listen`; `None` while killed.
+    Process {
+        child: Option<Child>,
+        listen: String,
+    },
+}
+
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -33,6 +55,13 @@ pub struct FleetOptions {
     pub backends: usize,
     pub drain_timeout: &'static str,
     pub start_timeout: &'static str,
+    /// Extra environment for every backend (`[service.runtime] env`), e.g. the demo app's
+    /// `DEMO_START_DELAY_MS`.
+    pub backend_env: &'static [(&'static str, &'static str)],
+    /// Run Baton as a `baton serve` subprocess (see [`Fleet::kill_baton`]).
+    pub baton_process: bool,
+    /// Point Baton's `runtime_api` at a [`SocketProxy`] in front of HAProxy's admin socket.
+    pub socket_proxy: bool,
 }
 
 impl Default for FleetOptions {
@@ -41,6 +70,9 @@ impl Default for FleetOptions {
             backends: 3,
             drain_timeout: "10s",
             start_timeout: "5s",
+            backend_env: &[],
+            baton_process: false,
+            socket_proxy: false,
         }
     }
 }
@@ -72,6 +104,14 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         .spawn()
         .expect("HAProxy starts (apt-get install haproxy)");
 
+    let proxy = options
+        .socket_proxy
+        .then(|| SocketProxy::start(dir.path().join("proxy.sock"), socket.clone()));
+    let runtime_api = if options.socket_proxy {
+        "unix:proxy.sock"
+    } else {
+        "unix:haproxy.sock"
+    };
     let backends: String = ports
         .iter()
         .enumerate()
@@ -82,12 +122,17 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             )
         })
         .collect();
+    let env: Vec<String> = options
+        .backend_env
+        .iter()
+        .map(|(key, value)| format!("{key} = \"{value}\""))
+        .collect();
     let config = format!(
         r#"
 [[load_balancer]]
 name = "edge"
 kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
+runtime_api = ["{runtime_api}"]
 
 [[service]]
 name = "web"
@@ -105,31 +150,101 @@ kind = "process"
 command = ["{app}"]
 initial_version = "v1"
 stop_timeout = "5s"
+env = {{ {env} }}
 {backends}"#,
         start_timeout = options.start_timeout,
         drain_timeout = options.drain_timeout,
         app = env!("CARGO_BIN_EXE_baton-demo-app"),
+        env = env.join(", "),
     );
-    let env = EnvOverrides {
-        listen: Some("127.0.0.1:0".into()),
-        ..EnvOverrides::default()
+    let config_path = dir.path().join("baton.toml");
+    std::fs::write(&config_path, &config).unwrap();
+
+    let token = admin_token(&config, &config_path).await;
+    let (baton, baton_run) = if options.baton_process {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = start_baton_process(&config_path, &listen);
+        (
+            format!("http://{listen}"),
+            BatonRun::Process {
+                child: Some(child),
+                listen,
+            },
+        )
+    } else {
+        let env = EnvOverrides {
+            listen: Some("127.0.0.1:0".into()),
+            ..EnvOverrides::default()
+        };
+        let settings = Settings::parse(&config, &config_path, &env).unwrap();
+        let application = Application::build(settings).await.unwrap();
+        let baton = format!("http://{}", application.local_addr());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(application.run_until_stopped(shutdown.clone()));
+        (baton, BatonRun::InProcess(shutdown))
     };
-    let settings = Settings::parse(&config, &dir.path().join("baton.toml"), &env).unwrap();
-    let application = Application::build(settings).await.unwrap();
-    let baton = format!("http://{}", application.local_addr());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(application.run_until_stopped(shutdown.clone()));
 
     let fleet = Fleet {
         baton,
         frontend: format!("http://127.0.0.1:{frontend_port}"),
-        client: reqwest::Client::new(),
+        client: authorized_client(&token),
         dir,
         haproxy,
-        shutdown,
+        baton_run,
+        proxy,
     };
+    fleet.wait_baton_alive().await;
     fleet.wait_all_up(options.backends).await;
     fleet
+}
+
+/// Creates the database (as Baton would) with an admin API token for the tests' own calls.
+async fn admin_token(config: &str, path: &Path) -> String {
+    use baton_server::auth::{Actor, Role, accounts};
+    let settings = Settings::parse(config, path, &EnvOverrides::default()).unwrap();
+    let store = baton_server::store::Store::connect(&settings.server.database_url)
+        .await
+        .unwrap();
+    let (_, token) = accounts::create_token(&store, &Actor::cli(), None, "tests", Role::Admin)
+        .await
+        .unwrap();
+    store.close().await;
+    token.expose().to_owned()
+}
+
+/// A client that sends `token` on every request.
+fn authorized_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// `baton serve --config <config>` on `listen`, its output appended to `baton.log` beside the
+/// configuration.
+fn start_baton_process(config: &Path, listen: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("baton.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("BATON_LISTEN", listen)
+        .env_remove("BATON_DATABASE_URL")
+        .env_remove("BATON_SITE_ROOT")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("the baton binary starts")
 }
 
 impl Fleet {
@@ -158,6 +273,77 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until Baton's `/alive` answers 200 (a subprocess needs a moment to start).
+    pub async fn wait_baton_alive(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let alive = self
+                .client
+                .get(format!("{}/alive", self.baton))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if alive.is_ok_and(|response| response.status().is_success()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Baton did not answer /alive within 20 s; its log:\n{}",
+                self.baton_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What a `baton serve` subprocess wrote so far.
+    pub fn baton_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baton.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs the `baton serve` subprocess: no shutdown code of Baton's runs.
+    pub fn kill_baton(&mut self) {
+        let BatonRun::Process { child, .. } = &mut self.baton_run else {
+            panic!("kill_baton needs FleetOptions {{ baton_process: true, .. }}");
+        };
+        let mut child = child.take().expect("Baton is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts `baton serve` again on the same configuration, database, state and port, and
+    /// waits until it answers.
+    pub async fn restart_baton(&mut self) {
+        let config = self.dir.path().join("baton.toml");
+        let BatonRun::Process { child, listen } = &mut self.baton_run else {
+            panic!("restart_baton needs FleetOptions {{ baton_process: true, .. }}");
+        };
+        assert!(child.is_none(), "Baton is still running");
+        *child = Some(start_baton_process(&config, listen));
+        self.wait_baton_alive().await;
+    }
+
+    /// A driver on HAProxy's own admin socket (never through the proxy), for the test to look
+    /// at or arrange HAProxy itself.
+    pub fn haproxy(&self) -> HaproxyDriver {
+        HaproxyDriver::new(
+            vec![RuntimeApiAddr::Unix(self.dir.path().join("haproxy.sock"))],
+            HaproxyOptions::default(),
+        )
+    }
+
+    /// `show stat` of the `web` backend, straight from HAProxy.
+    pub async fn haproxy_servers(&self) -> Vec<ServerStatus> {
+        self.haproxy().servers("web").await.unwrap()
+    }
+
+    /// Sets a server's admin state straight on HAProxy (to arrange a test, not as Baton would).
+    pub async fn haproxy_set(&self, server: &str, state: AdminState) {
+        self.haproxy()
+            .set_state("web", server, state)
+            .await
+            .unwrap();
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, reqwest::Error> {
@@ -196,6 +382,30 @@ impl Fleet {
         }
     }
 
+    /// Waits until rollout `id` has a step matching `found` and returns the rollout.
+    pub async fn wait_for_step(
+        &self,
+        id: i64,
+        what: &str,
+        found: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let deployment = self.get(&format!("/api/deployments/{id}")).await.unwrap();
+            if deployment["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(&found))
+            {
+                return deployment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout {id} never reached {what}: {deployment:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// What each request through HAProxy is answered with: "v2 web1", say.
     pub async fn through_haproxy(&self) -> Result<String, String> {
         match self
@@ -216,11 +426,37 @@ impl Fleet {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
+
+    /// The PID and version Baton recorded for a backend's process (`state/web/<backend>.json`).
+    pub fn recorded_process(&self, backend: &str) -> Option<(i32, String)> {
+        let path = self.state_dir().join("web").join(format!("{backend}.json"));
+        let record: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+        Some((
+            record["pid"].as_i64()? as i32,
+            record["version"].as_str()?.to_owned(),
+        ))
+    }
+}
+
+/// Whether a process with this PID exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        match &mut self.baton_run {
+            BatonRun::InProcess(shutdown) => shutdown.cancel(),
+            BatonRun::Process { child, .. } => {
+                if let Some(mut child) = child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
         let _ = self.haproxy.kill();
         let _ = self.haproxy.wait();
         kill_recorded_backends(&self.state_dir());
@@ -251,4 +487,50 @@ fn kill_recorded_backends(state_dir: &Path) {
             }
         }
     }
+}
+
+/// Sends requests through HAProxy one after the other until stopped (at most 60 s and 200,000
+/// requests); returns (sent, failures), a failure being a non-2xx answer or a connection error.
+pub fn load(fleet: &Fleet, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    let client = reqwest::Client::new();
+    let url = fleet.frontend.clone();
+    tokio::spawn(async move {
+        let (mut sent, mut failures) = (0, Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed)
+            && tokio::time::Instant::now() < deadline
+            && sent < 200_000
+        {
+            sent += 1;
+            match client
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+            {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => failures.push(format!("HTTP {}", response.status())),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        (sent, failures)
+    })
+}
+
+/// The rollout's steps (forward, or those of the rollback) as "backend step outcome".
+pub fn steps_of(deployment: &Value, rollback: bool) -> Vec<String> {
+    deployment["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["rollback"] == rollback)
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s["backend"].as_str().unwrap_or("-"),
+                s["step"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap_or("running")
+            )
+        })
+        .collect()
 }

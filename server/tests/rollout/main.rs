@@ -4,4 +4,6 @@
 mod controls;
 mod events;
 mod fleet;
+mod resilience;
 mod rollouts;
+mod socket_proxy;

@@ -4,43 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::fleet::{Fleet, FleetOptions, spawn_fleet};
-
-/// Sends requests through HAProxy until stopped (at most 60 s); returns (sent, failures).
-fn load(fleet: &Fleet, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
-    let client = reqwest::Client::new();
-    let url = fleet.frontend.clone();
-    tokio::spawn(async move {
-        let (mut sent, mut failures) = (0, Vec::new());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-            sent += 1;
-            match client.get(&url).send().await {
-                Ok(response) if response.status().is_success() => {}
-                Ok(response) => failures.push(format!("HTTP {}", response.status())),
-                Err(error) => failures.push(error.to_string()),
-            }
-        }
-        (sent, failures)
-    })
-}
-
-fn steps_of(deployment: &serde_json::Value, rollback: bool) -> Vec<String> {
-    deployment["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["rollback"] == rollback)
-        .map(|s| {
-            format!(
-                "{} {} {}",
-                s["backend"].as_str().unwrap_or("-"),
-                s["step"].as_str().unwrap(),
-                s["outcome"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
+use crate::fleet::{FleetOptions, load, spawn_fleet, steps_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_rollout_replaces_every_backend_without_one_failed_request() {
@@ -209,10 +173,7 @@ async fn bad_requests_get_a_reason() {
         "{body}"
     );
     assert!(
-        fleet
-            .get("/api/deployments")
-            .await
-            .unwrap()["deployments"]
+        fleet.get("/api/deployments").await.unwrap()["deployments"]
             .as_array()
             .unwrap()
             .is_empty(),

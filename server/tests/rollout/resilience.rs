@@ -1,0 +1,381 @@
+//! What a user notices when a rollout meets the unexpected: a slow request in flight, a drain
+//! that times out, Baton killed in the middle, an HAProxy runtime socket that stops answering.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_server::drivers::AdminState;
+use serde_json::Value;
+
+use crate::fleet::{Fleet, FleetOptions, load, process_alive, spawn_fleet, steps_of};
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The rollout's steps named `step` on `backend`.
+fn steps<'a>(deployment: &'a Value, backend: &str, step: &str, rollback: bool) -> Vec<&'a Value> {
+    deployment["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["backend"] == backend && s["step"] == step && s["rollback"] == rollback)
+        .collect()
+}
+
+/// How long a finished step took, in milliseconds.
+fn took_ms(step: &Value) -> i64 {
+    step["finished_at"].as_i64().unwrap() - step["started_at"].as_i64().unwrap()
+}
+
+/// What a slow request answered: (status or error, body, when the answer was complete).
+type SlowAnswer = (Result<u16, String>, String, i64);
+
+/// Opens `GET /slow?ms=<ms>` through HAProxy on web1 alone: the other servers are drained (by
+/// hand, straight on HAProxy) until web1 holds the session, then put back.
+async fn slow_request_on_web1(fleet: &Fleet, ms: u64) -> tokio::task::JoinHandle<SlowAnswer> {
+    let others: Vec<String> = fleet
+        .haproxy_servers()
+        .await
+        .into_iter()
+        .map(|s| s.server)
+        .filter(|s| s != "web1")
+        .collect();
+    for server in &others {
+        fleet.haproxy_set(server, AdminState::Drain).await;
+    }
+    let url = format!("{}/slow?ms={ms}", fleet.frontend);
+    let client = fleet.client.clone();
+    let slow = tokio::spawn(async move {
+        let answer = client
+            .get(url)
+            .timeout(Duration::from_millis(ms + 10_000))
+            .send()
+            .await;
+        match answer {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.text().await;
+                let at = unix_ms();
+                match body {
+                    Ok(body) => (Ok(status), body, at),
+                    Err(error) => (
+                        Err(format!("HTTP {status}, then {error}")),
+                        String::new(),
+                        at,
+                    ),
+                }
+            }
+            Err(error) => (Err(error.to_string()), String::new(), unix_ms()),
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let web1 = fleet
+            .haproxy_servers()
+            .await
+            .into_iter()
+            .find(|s| s.server == "web1")
+            .unwrap();
+        if web1.sessions == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached web1: {web1:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for server in &others {
+        fleet.haproxy_set(server, AdminState::Ready).await;
+    }
+    slow
+}
+
+/// Every server UP on HAProxy itself (none left drained or in maint), and every backend on
+/// `version` as Baton reports it.
+async fn assert_all_serving(fleet: &Fleet, version: &str) {
+    for server in fleet.haproxy_servers().await {
+        assert_eq!(server.status, "UP", "left out of rotation: {server:?}");
+    }
+    let services = fleet.get("/api/services").await.unwrap();
+    for backend in services[0]["backends"].as_array().unwrap() {
+        assert_eq!(backend["version"], version, "{backend}");
+    }
+    for _ in 0..6 {
+        let answer = fleet.through_haproxy().await.unwrap();
+        assert!(answer.starts_with(&format!("{version} ")), "{answer}");
+    }
+}
+
+fn assert_no_failures(sent: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests through HAProxy failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent > 20, "the load generator sent only {sent} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_in_flight_when_its_backend_is_drained_completes_on_the_old_version() {
+    let fleet = spawn_fleet(FleetOptions::default()).await;
+    let slow = slow_request_on_web1(&fleet, 1500).await;
+    let opened = Instant::now();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&fleet, stop.clone());
+    let remaining = 1500 - opened.elapsed().as_millis() as i64;
+    let (_, queued) = fleet.deploy("v2").await;
+    let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failures) = traffic.await.unwrap();
+    let (status, body, answered_at) = slow.await.unwrap();
+
+    assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
+    assert_eq!(
+        (status, body.as_str()),
+        (Ok(200), "v1 web1\n"),
+        "the slow request in flight during the drain must complete on the old version"
+    );
+    assert_no_failures(sent, &failures);
+
+    // Baton waited for it: the wait ended when the request did, not before and not much later.
+    let wait = steps(&deployment, "web1", "wait_sessions", false);
+    assert_eq!(wait.len(), 1, "{deployment:#}");
+    assert_eq!(wait[0]["outcome"], "ok", "{deployment:#}");
+    let waited = took_ms(wait[0]);
+    assert!(
+        waited >= remaining - 300 && waited <= remaining + 300,
+        "wait_sessions on web1 took {waited} ms for a request that had {remaining} ms to go"
+    );
+    let ended = wait[0]["finished_at"].as_i64().unwrap();
+    assert!(
+        ended >= answered_at - 100 && ended <= answered_at + 500,
+        "wait_sessions ended at {ended}, the slow request was answered at {answered_at}"
+    );
+    assert!(
+        !steps_of(&deployment, false)
+            .iter()
+            .any(|s| s.contains("cut_sessions")),
+        "nothing was cut: {:?}",
+        steps_of(&deployment, false)
+    );
+    assert_all_serving(&fleet, "v2").await;
+    eprintln!(
+        "slow request: {sent} requests, 0 failed; wait_sessions on web1 took {waited} ms \
+         (the request had about {remaining} ms to go when the rollout began)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_drain_timeout_the_open_sessions_are_cut_and_counted_and_the_rollout_goes_on() {
+    let fleet = spawn_fleet(FleetOptions {
+        drain_timeout: "1s",
+        ..FleetOptions::default()
+    })
+    .await;
+    let slow = slow_request_on_web1(&fleet, 20_000).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&fleet, stop.clone());
+    let deployed = Instant::now();
+    let (_, queued) = fleet.deploy("v2").await;
+    let (status, body, _) = slow.await.unwrap();
+    let cut_after = deployed.elapsed();
+    let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failures) = traffic.await.unwrap();
+
+    assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
+    assert!(
+        cut_after < Duration::from_secs(5),
+        "the 20 s request was cut after the 1 s drain timeout, not after {cut_after:?}"
+    );
+    assert_ne!(
+        (status.clone(), body.as_str()),
+        (Ok(200), "v1 web1\n"),
+        "the request still open at the drain timeout was cut, not completed"
+    );
+    assert_no_failures(sent, &failures);
+
+    let wait = steps(&deployment, "web1", "wait_sessions", false);
+    assert_eq!(wait.len(), 1, "{deployment:#}");
+    assert_eq!(wait[0]["outcome"], "timed_out", "{deployment:#}");
+    assert_eq!(
+        wait[0]["detail"], "drain timed out after 1s with 1 session(s) still open",
+        "{deployment:#}"
+    );
+    let waited = took_ms(wait[0]);
+    assert!(
+        (1000..1500).contains(&waited),
+        "wait_sessions took {waited} ms with a drain timeout of 1 s"
+    );
+    let cut = steps(&deployment, "web1", "cut_sessions", false);
+    assert_eq!(cut.len(), 1, "{deployment:#}");
+    assert_eq!(cut[0]["outcome"], "ok");
+    assert_eq!(
+        cut[0]["detail"],
+        "cut 1 session(s) still open after the drain timeout of 1s"
+    );
+    for other in ["web2", "web3"] {
+        assert_eq!(
+            steps(&deployment, other, "wait_sessions", false)[0]["outcome"],
+            "ok",
+            "{other} had nothing open"
+        );
+        assert!(steps(&deployment, other, "cut_sessions", false).is_empty());
+    }
+    assert_all_serving(&fleet, "v2").await;
+    eprintln!(
+        "drain timeout: {sent} requests, 0 failed; the slow request ended after {cut_after:?} with {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_killed_mid_rollout_leaves_the_backends_running_and_finishes_the_rollout_after_a_restart()
+ {
+    let mut fleet = spawn_fleet(FleetOptions {
+        baton_process: true,
+        // Each start takes 1.5 s, so the rollout is surely in web1's wait_healthy when killed.
+        backend_env: &[("DEMO_START_DELAY_MS", "1500")],
+        ..FleetOptions::default()
+    })
+    .await;
+    let before: Vec<(i32, String)> = ["web1", "web2", "web3"]
+        .iter()
+        .map(|b| fleet.recorded_process(b).unwrap())
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&fleet, stop.clone());
+    let (_, queued) = fleet.deploy("v2").await;
+    let id = queued["id"].as_i64().unwrap();
+    fleet
+        .wait_for_step(id, "web1 wait_healthy", |s| {
+            s["backend"] == "web1" && s["step"] == "wait_healthy" && s["outcome"].is_null()
+        })
+        .await;
+    let (new_web1, version) = fleet.recorded_process("web1").unwrap();
+    assert_eq!(version, "v2");
+    assert_ne!(new_web1, before[0].0);
+
+    fleet.kill_baton();
+    let killed = Instant::now();
+    // Without Baton the backends carry on: web2 and web3 serve v1, web1's v2 keeps starting.
+    assert!(
+        process_alive(new_web1),
+        "web1's new process died with Baton"
+    );
+    for (pid, _) in &before[1..] {
+        assert!(process_alive(*pid), "a backend died with Baton");
+    }
+    let answer = fleet.through_haproxy().await.unwrap();
+    assert!(answer.starts_with("v1 "), "{answer}");
+
+    fleet.restart_baton().await;
+    let dead_for = killed.elapsed();
+    // Restarting Baton stopped or restarted nothing: the same processes still run.
+    assert_eq!(
+        fleet.recorded_process("web1").unwrap(),
+        (new_web1, "v2".into())
+    );
+    assert_eq!(fleet.recorded_process("web2").unwrap(), before[1]);
+    assert_eq!(fleet.recorded_process("web3").unwrap(), before[2]);
+    assert!(process_alive(new_web1) && process_alive(before[1].0) && process_alive(before[2].0));
+
+    let deployment = fleet.finished(id).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failures) = traffic.await.unwrap();
+
+    assert_eq!(
+        deployment["status"],
+        "succeeded",
+        "{deployment:#}\nBaton's log:\n{}",
+        fleet.baton_log()
+    );
+    let interrupted: Vec<String> = steps_of(&deployment, false)
+        .into_iter()
+        .filter(|s| s.ends_with(" interrupted"))
+        .collect();
+    assert_eq!(interrupted, ["web1 wait_healthy interrupted"]);
+    let healthy = steps(&deployment, "web1", "wait_healthy", false);
+    assert_eq!(healthy.len(), 2, "the interrupted step ran again");
+    assert_eq!(healthy[1]["outcome"], "ok");
+    // The resumed rollout adopted web1's new process rather than starting another.
+    assert_eq!(fleet.recorded_process("web1").unwrap().0, new_web1);
+    assert_no_failures(sent, &failures);
+    assert_all_serving(&fleet, "v2").await;
+    eprintln!(
+        "Baton SIGKILLed: {sent} requests through HAProxy, 0 failed; Baton was down for {dead_for:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_haproxy_socket_that_stops_answering_fails_the_rollout_naming_the_node_and_nothing_stays_out()
+ {
+    let fleet = spawn_fleet(FleetOptions {
+        socket_proxy: true,
+        // web1's new version starts in 1 s: time to silence the socket during wait_healthy.
+        backend_env: &[("DEMO_START_DELAY_MS", "1000")],
+        ..FleetOptions::default()
+    })
+    .await;
+    let proxy = fleet.proxy.as_ref().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&fleet, stop.clone());
+    let (_, queued) = fleet.deploy("v2").await;
+    let id = queued["id"].as_i64().unwrap();
+    fleet
+        .wait_for_step(id, "web1 wait_healthy", |s| {
+            s["backend"] == "web1" && s["step"] == "wait_healthy" && s["outcome"].is_null()
+        })
+        .await;
+
+    // The next HAProxy command (lb_check's drain) gets no answer; once that step has failed,
+    // the socket answers again and the rollback can put web1 back.
+    proxy.set_silent(true);
+    let silenced = Instant::now();
+    let failed = fleet
+        .wait_for_step(id, "a failed step", |s| s["outcome"] == "failed")
+        .await;
+    let silent_for = silenced.elapsed();
+    proxy.set_silent(false);
+    let deployment = fleet.finished(id).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failures) = traffic.await.unwrap();
+
+    let step = steps(&failed, "web1", "lb_check", false);
+    assert_eq!(step.len(), 1, "{failed:#}");
+    assert_eq!(step[0]["outcome"], "failed", "{failed:#}");
+    let took = took_ms(step[0]);
+    assert!(
+        (8_000..12_000).contains(&took),
+        "four attempts of 2 s with backoff take about 8.7 s, not {took} ms"
+    );
+    assert!(proxy.unanswered() >= 4, "{} unanswered", proxy.unanswered());
+
+    assert_eq!(deployment["status"], "rolled_back", "{deployment:#}");
+    let node = format!("unix:{}", fleet.dir.path().join("proxy.sock").display());
+    let reason = deployment["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "lb_check failed on web1: HAProxy node {node} did not answer after 4 attempts: no answer within 2s"
+        )),
+        "{reason}"
+    );
+    assert_eq!(
+        steps_of(&deployment, true).last().unwrap(),
+        "web1 confirm_up ok"
+    );
+    assert_no_failures(sent, &failures);
+    assert_all_serving(&fleet, "v1").await;
+    eprintln!(
+        "silent socket: {sent} requests, 0 failed; the failed step took {took} ms, the rollout failed {silent_for:?} after the socket went silent"
+    );
+}
