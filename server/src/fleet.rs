@@ -34,6 +34,13 @@ pub struct ServiceHandle {
     controls: Controls,
 }
 
+/// A service's settings with the load balancer and runtime that act on it.
+pub type ServiceDrivers = (
+    Arc<ServiceSettings>,
+    Arc<dyn LoadBalancer>,
+    Arc<dyn Runtime>,
+);
+
 /// Every service Baton manages.
 pub struct Fleet {
     services: Vec<ServiceHandle>,
@@ -157,14 +164,7 @@ impl Fleet {
     }
 
     /// A fleet over the given drivers (tests pass fakes here).
-    pub fn with_drivers(
-        services: Vec<(
-            Arc<ServiceSettings>,
-            Arc<dyn LoadBalancer>,
-            Arc<dyn Runtime>,
-        )>,
-        store: Store,
-    ) -> Self {
+    pub fn with_drivers(services: Vec<ServiceDrivers>, store: Store) -> Self {
         let services = services
             .into_iter()
             .map(|(settings, lb, runtime)| ServiceHandle {
