@@ -6,12 +6,12 @@
 use std::convert::Infallible;
 
 use app::model::{ControlAction, DeploymentFilter};
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -181,7 +181,15 @@ async fn create_deployment(
         })
         .await?;
     let detail = format!("version {}, rollout {}", body.version, queued.id);
-    audit(&state, &principal, &address, "deploy", &service, Some(&detail)).await;
+    audit(
+        &state,
+        &principal,
+        &address,
+        "deploy",
+        &service,
+        Some(&detail),
+    )
+    .await;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
@@ -196,7 +204,15 @@ async fn rollback(
         .rollback(&service, Some(&principal.name))
         .await?;
     let detail = format!("rollout {}", queued.id);
-    audit(&state, &principal, &address, "rollback", &service, Some(&detail)).await;
+    audit(
+        &state,
+        &principal,
+        &address,
+        "rollback",
+        &service,
+        Some(&detail),
+    )
+    .await;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 

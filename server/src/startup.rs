@@ -20,10 +20,10 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{self, Access, Auth, AuthConfig, Policy, Role};
 use crate::fleet::Fleet as ServiceFleet;
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::auth::{self, Access, Auth, AuthConfig, Policy, Role};
 use crate::ui::UiFleet;
 use crate::{api, http};
 

@@ -22,12 +22,12 @@ mod ui;
 pub use ui::UiWebhooks;
 
 use app::webhooks::{DeliveryOutcome, DeliveryPage, DeliveryView};
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 

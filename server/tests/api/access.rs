@@ -60,7 +60,10 @@ async fn every_route_of_baton_refuses_anonymous_and_under_privileged_callers() {
                 .unwrap();
             let status = response.status().as_u16();
             if role.allows(needed) {
-                assert!(![401, 403].contains(&status), "{what}: a {caller} may, got {status}");
+                assert!(
+                    ![401, 403].contains(&status),
+                    "{what}: a {caller} may, got {status}"
+                );
             } else {
                 assert_eq!(status, 403, "{what}: a {caller} may not");
             }
@@ -83,7 +86,10 @@ async fn every_route_of_baton_refuses_anonymous_and_under_privileged_callers() {
         "POST /rpc/replay_delivery",
         "POST /hooks/{service}",
     ] {
-        assert!(checked.iter().any(|c| c == route), "{route} is not in the policy: {checked:?}");
+        assert!(
+            checked.iter().any(|c| c == route),
+            "{route} is not in the policy: {checked:?}"
+        );
     }
 }
 
@@ -110,10 +116,18 @@ async fn a_deploy_through_the_api_names_its_caller_in_the_history_and_the_audit_
         .await
         .unwrap();
     assert_eq!(deployment["requested_by"], "release-bot");
-    let audit: serde_json::Value = app.get("/api/audit?action=deploy").await.json().await.unwrap();
+    let audit: serde_json::Value = app
+        .get("/api/audit?action=deploy")
+        .await
+        .json()
+        .await
+        .unwrap();
     let entry = &audit["entries"][0];
     assert_eq!(entry["actor"], "release-bot", "{audit:#}");
     assert_eq!(entry["target"], "api");
     assert!(entry["detail"].as_str().unwrap().contains("v2"), "{entry}");
-    assert!(entry["address"].as_str().unwrap().starts_with("127.0.0.1"), "{entry}");
+    assert!(
+        entry["address"].as_str().unwrap().starts_with("127.0.0.1"),
+        "{entry}"
+    );
 }

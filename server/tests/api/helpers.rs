@@ -2,8 +2,8 @@
 
 use baton_server::auth::{Actor, Policy, Role, accounts};
 use baton_server::settings::{EnvOverrides, Settings};
-use baton_server::store::Store;
 use baton_server::startup::Application;
+use baton_server::store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub const CONFIG: &str = r#"
