@@ -294,10 +294,10 @@ fn demo(dir: PathBuf) -> anyhow::Result<()> {
         &haproxy_cfg,
         format!(
             "global\n    stats socket {} mode 600 level admin\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout check 1s\n\
              frontend demo\n    bind 127.0.0.1:8000\n    default_backend web\n\
-             backend web\n    option httpchk GET /alive\n    \
-             default-server inter 500ms fastinter 100ms downinter 500ms rise 2 fall 2\n\
+             backend web\n    option httpchk GET /alive\n    http-check expect status 200\n    \
+             default-server inter 200ms fastinter 100ms downinter 500ms rise 2 fall 2\n\
              {}",
             socket.display(),
             (1..=3)

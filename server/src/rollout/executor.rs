@@ -17,13 +17,15 @@ use tokio_util::sync::CancellationToken;
 use app::model::ControlAction;
 
 use crate::domain::{BackendName, Version};
-use crate::drivers::{AdminState, BackendRun, BackendSpec, LoadBalancer, Runtime, ServerStatus};
+use crate::drivers::{
+    AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, Runtime, ServerStatus,
+};
 use crate::rollout::engine::{Action, Event, Outcome, Phase, Rollout, Step};
 use crate::settings::ServiceSettings;
 use crate::store::{DeploymentRow, Store, StoreError};
 
 /// How often waits look at HAProxy again.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(10);
 /// How long HAProxy may take to report a server UP after `state ready`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -286,6 +288,12 @@ impl ServiceRunner {
 
     async fn carry_out(&self, action: &Action) -> (Event, Option<String>) {
         let backends = &action.backends;
+        let patient = Patient(self.lb.clone());
+        let lb: &dyn LoadBalancer = if action.rollback {
+            &patient
+        } else {
+            &*self.lb
+        };
         let result = match action.step {
             Step::Prepare => self
                 .runtime
@@ -293,30 +301,30 @@ impl ServiceRunner {
                 .await
                 .map_err(|e| (None, e.to_string()))
                 .map(|()| None),
-            Step::CheckCapacity => self.check_capacity(backends).await.map(|()| None),
+            Step::CheckCapacity => self.check_capacity(lb, backends).await.map(|()| None),
             Step::Drain => self
-                .set_state(backends, AdminState::Drain)
+                .set_state(lb, backends, AdminState::Drain)
                 .await
                 .map(|()| None),
-            Step::WaitSessions => match self.wait_sessions(backends).await {
+            Step::WaitSessions => match self.wait_sessions(lb, backends).await {
                 Ok(Some(open_sessions)) => return (Event::DrainTimedOut { open_sessions }, None),
                 Ok(None) => Ok(None),
                 Err(error) => Err(error),
             },
-            Step::CutSessions => self.cut_sessions(backends).await.map(Some),
+            Step::CutSessions => self.cut_sessions(lb, backends).await.map(Some),
             Step::Maint => self
-                .set_state(backends, AdminState::Maint)
+                .set_state(lb, backends, AdminState::Maint)
                 .await
                 .map(|()| None),
             Step::Stop => self.stop(backends).await.map(|()| None),
             Step::Start => self.start(backends, &action.version).await.map(|()| None),
             Step::WaitHealthy => self.wait_healthy(backends).await.map(|()| None),
-            Step::LbCheck => self.lb_check(backends).await.map(|()| None),
+            Step::LbCheck => self.lb_check(lb, backends).await.map(|()| None),
             Step::Enable => self
-                .set_state(backends, AdminState::Ready)
+                .set_state(lb, backends, AdminState::Ready)
                 .await
                 .map(|()| None),
-            Step::ConfirmUp => self.confirm_up(backends).await.map(|()| None),
+            Step::ConfirmUp => self.confirm_up(lb, backends).await.map(|()| None),
         };
         match result {
             Ok(detail) => (Event::Done, detail),
@@ -339,18 +347,21 @@ impl ServiceRunner {
         }
     }
 
-    async fn servers(&self) -> Result<Vec<ServerStatus>, (Option<BackendName>, String)> {
-        self.lb
-            .servers(&self.service.haproxy_backend)
+    async fn servers(
+        &self,
+        lb: &dyn LoadBalancer,
+    ) -> Result<Vec<ServerStatus>, (Option<BackendName>, String)> {
+        lb.servers(&self.service.haproxy_backend)
             .await
             .map_err(|e| (None, e.to_string()))
     }
 
     async fn check_capacity(
         &self,
+        lb: &dyn LoadBalancer,
         batch: &[BackendName],
     ) -> Result<(), (Option<BackendName>, String)> {
-        let servers = self.servers().await?;
+        let servers = self.servers(lb).await?;
         let leaving: HashSet<&str> = batch.iter().map(BackendName::as_str).collect();
         let nodes: HashSet<&str> = servers.iter().map(|s| s.node.as_str()).collect();
         for name in batch {
@@ -392,12 +403,12 @@ impl ServiceRunner {
 
     async fn set_state(
         &self,
+        lb: &dyn LoadBalancer,
         backends: &[BackendName],
         state: AdminState,
     ) -> Result<(), (Option<BackendName>, String)> {
         for name in backends {
-            self.lb
-                .set_state(&self.service.haproxy_backend, name.as_str(), state)
+            lb.set_state(&self.service.haproxy_backend, name.as_str(), state)
                 .await
                 .map_err(|e| (Some(name.clone()), e.to_string()))?;
         }
@@ -407,11 +418,12 @@ impl ServiceRunner {
     /// `Ok(None)` once no session is open; `Ok(Some(open))` at the drain timeout.
     async fn wait_sessions(
         &self,
+        lb: &dyn LoadBalancer,
         backends: &[BackendName],
     ) -> Result<Option<u64>, (Option<BackendName>, String)> {
         let deadline = Instant::now() + self.service.drain.timeout.get();
         loop {
-            let servers = self.servers().await?;
+            let servers = self.servers(lb).await?;
             let open: u64 = servers
                 .iter()
                 .filter(|s| backends.iter().any(|b| b.as_str() == s.server))
@@ -429,12 +441,12 @@ impl ServiceRunner {
 
     async fn cut_sessions(
         &self,
+        lb: &dyn LoadBalancer,
         backends: &[BackendName],
     ) -> Result<String, (Option<BackendName>, String)> {
         let mut cut = 0;
         for name in backends {
-            cut += self
-                .lb
+            cut += lb
                 .shutdown_sessions(&self.service.haproxy_backend, name.as_str())
                 .await
                 .map_err(|e| (Some(name.clone()), e.to_string()))?;
@@ -542,7 +554,14 @@ impl ServiceRunner {
                     ),
                 ));
             }
-            sleep(health.interval.get()).await;
+            // Until the new process first answers, look often: it is usually ready long
+            // before a whole interval has passed.
+            sleep(if passes == 0 {
+                health.interval.get().min(POLL)
+            } else {
+                health.interval.get()
+            })
+            .await;
         }
     }
 
@@ -550,12 +569,13 @@ impl ServiceRunner {
     /// sees the server pass it.
     async fn lb_check(
         &self,
+        lb: &dyn LoadBalancer,
         backends: &[BackendName],
     ) -> Result<(), (Option<BackendName>, String)> {
-        self.set_state(backends, AdminState::Drain).await?;
+        self.set_state(lb, backends, AdminState::Drain).await?;
         let deadline = Instant::now() + self.service.health.start_timeout.get();
         loop {
-            let servers = self.servers().await?;
+            let servers = self.servers(lb).await?;
             let pending: Vec<&ServerStatus> = servers
                 .iter()
                 .filter(|s| backends.iter().any(|b| b.as_str() == s.server))
@@ -582,11 +602,12 @@ impl ServiceRunner {
 
     async fn confirm_up(
         &self,
+        lb: &dyn LoadBalancer,
         backends: &[BackendName],
     ) -> Result<(), (Option<BackendName>, String)> {
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
         loop {
-            let servers = self.servers().await?;
+            let servers = self.servers(lb).await?;
             let down = servers
                 .iter()
                 .find(|s| backends.iter().any(|b| b.as_str() == s.server) && !s.is_up());
@@ -602,6 +623,53 @@ impl ServiceRunner {
             }
             sleep(POLL).await;
         }
+    }
+}
+
+/// How long a rollback waits before asking an HAProxy node that did not answer again.
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
+
+/// The load balancer as a rollback sees it: a node that does not answer is asked again, every
+/// [`UNREACHABLE_RETRY`], until it does (or Baton stops: the wait runs inside the executor's
+/// shutdown `select!`). Giving up would leave a backend drained or in maint. Going forward, a
+/// silent node fails the step instead, and the rollback that follows is patient.
+struct Patient(Arc<dyn LoadBalancer>);
+
+impl Patient {
+    async fn retry<T, F, Fut>(call: F) -> Result<T, LbError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, LbError>>,
+    {
+        loop {
+            match call().await {
+                Err(LbError::Unreachable { node, reason, .. }) => {
+                    tracing::warn!(%node, %reason, "HAProxy does not answer; the rollback waits for it");
+                    sleep(UNREACHABLE_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LoadBalancer for Patient {
+    async fn set_state(
+        &self,
+        backend: &str,
+        server: &str,
+        state: AdminState,
+    ) -> Result<(), LbError> {
+        Self::retry(|| self.0.set_state(backend, server, state)).await
+    }
+
+    async fn servers(&self, backend: &str) -> Result<Vec<ServerStatus>, LbError> {
+        Self::retry(|| self.0.servers(backend)).await
+    }
+
+    async fn shutdown_sessions(&self, backend: &str, server: &str) -> Result<u64, LbError> {
+        Self::retry(|| self.0.shutdown_sessions(backend, server)).await
     }
 }
 

@@ -32,8 +32,14 @@ fn took_ms(step: &Value) -> i64 {
     step["finished_at"].as_i64().unwrap() - step["started_at"].as_i64().unwrap()
 }
 
-/// What a slow request answered: (status or error, body, when the answer was complete).
-type SlowAnswer = (Result<u16, String>, String, i64);
+/// What a slow request answered: status (or the error), body, and when it was sent and when
+/// the answer was complete (Unix ms).
+struct SlowAnswer {
+    status: Result<u16, String>,
+    body: String,
+    sent_at: i64,
+    answered_at: i64,
+}
 
 /// Opens `GET /slow?ms=<ms>` through HAProxy on web1 alone: the other servers are drained (by
 /// hand, straight on HAProxy) until web1 holds the session, then put back.
@@ -51,26 +57,27 @@ async fn slow_request_on_web1(fleet: &Fleet, ms: u64) -> tokio::task::JoinHandle
     let url = format!("{}/slow?ms={ms}", fleet.frontend);
     let client = fleet.client.clone();
     let slow = tokio::spawn(async move {
+        let sent_at = unix_ms();
         let answer = client
             .get(url)
             .timeout(Duration::from_millis(ms + 10_000))
             .send()
             .await;
-        match answer {
+        let (status, body) = match answer {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let body = response.text().await;
-                let at = unix_ms();
-                match body {
-                    Ok(body) => (Ok(status), body, at),
-                    Err(error) => (
-                        Err(format!("HTTP {status}, then {error}")),
-                        String::new(),
-                        at,
-                    ),
+                match response.text().await {
+                    Ok(body) => (Ok(status), body),
+                    Err(error) => (Err(format!("HTTP {status}, then {error}")), String::new()),
                 }
             }
-            Err(error) => (Err(error.to_string()), String::new(), unix_ms()),
+            Err(error) => (Err(error.to_string()), String::new()),
+        };
+        SlowAnswer {
+            status,
+            body,
+            sent_at,
+            answered_at: unix_ms(),
         }
     });
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -126,38 +133,38 @@ fn assert_no_failures(sent: u64, failures: &[String]) {
 async fn a_slow_request_in_flight_when_its_backend_is_drained_completes_on_the_old_version() {
     let fleet = spawn_fleet(FleetOptions::default()).await;
     let slow = slow_request_on_web1(&fleet, 1500).await;
-    let opened = Instant::now();
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(&fleet, stop.clone());
-    let remaining = 1500 - opened.elapsed().as_millis() as i64;
     let (_, queued) = fleet.deploy("v2").await;
     let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    let (status, body, answered_at) = slow.await.unwrap();
+    let slow = slow.await.unwrap();
 
     assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
     assert_eq!(
-        (status, body.as_str()),
+        (slow.status, slow.body.as_str()),
         (Ok(200), "v1 web1\n"),
         "the slow request in flight during the drain must complete on the old version"
     );
     assert_no_failures(sent, &failures);
 
-    // Baton waited for it: the wait ended when the request did, not before and not much later.
+    // Baton waited for it: the wait ended once the request was done, not before (it cannot
+    // have been done before 1500 ms after it was sent) and not much after it was answered.
     let wait = steps(&deployment, "web1", "wait_sessions", false);
     assert_eq!(wait.len(), 1, "{deployment:#}");
     assert_eq!(wait[0]["outcome"], "ok", "{deployment:#}");
-    let waited = took_ms(wait[0]);
-    assert!(
-        waited >= remaining - 300 && waited <= remaining + 300,
-        "wait_sessions on web1 took {waited} ms for a request that had {remaining} ms to go"
+    let (began, ended) = (
+        wait[0]["started_at"].as_i64().unwrap(),
+        wait[0]["finished_at"].as_i64().unwrap(),
     );
-    let ended = wait[0]["finished_at"].as_i64().unwrap();
     assert!(
-        ended >= answered_at - 100 && ended <= answered_at + 500,
-        "wait_sessions ended at {ended}, the slow request was answered at {answered_at}"
+        ended >= slow.sent_at + 1500 && ended <= slow.answered_at + 500,
+        "wait_sessions on web1 ended at {ended}; the slow request was sent at {} to take \
+         1500 ms, and answered at {}",
+        slow.sent_at,
+        slow.answered_at
     );
     assert!(
         !steps_of(&deployment, false)
@@ -168,8 +175,10 @@ async fn a_slow_request_in_flight_when_its_backend_is_drained_completes_on_the_o
     );
     assert_all_serving(&fleet, "v2").await;
     eprintln!(
-        "slow request: {sent} requests, 0 failed; wait_sessions on web1 took {waited} ms \
-         (the request had about {remaining} ms to go when the rollout began)"
+        "slow request: {sent} requests, 0 failed; wait_sessions on web1 took {} ms, \
+         the request had {} ms to go when it began",
+        ended - began,
+        slow.sent_at + 1500 - began
     );
 }
 
@@ -186,7 +195,7 @@ async fn at_the_drain_timeout_the_open_sessions_are_cut_and_counted_and_the_roll
     let traffic = load(&fleet, stop.clone());
     let deployed = Instant::now();
     let (_, queued) = fleet.deploy("v2").await;
-    let (status, body, _) = slow.await.unwrap();
+    let SlowAnswer { status, body, .. } = slow.await.unwrap();
     let cut_after = deployed.elapsed();
     let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
     stop.store(true, Ordering::Relaxed);
@@ -280,14 +289,25 @@ async fn baton_killed_mid_rollout_leaves_the_backends_running_and_finishes_the_r
 
     fleet.restart_baton().await;
     let dead_for = killed.elapsed();
-    // Restarting Baton stopped or restarted nothing: the same processes still run.
+    // Restarting Baton stopped or restarted nothing: the same processes still run (web2 and
+    // web3 until the resumed rollout itself comes to stop them).
+    let after_restart = ["web2", "web3"].map(|b| fleet.recorded_process(b));
+    let resumed = fleet.get(&format!("/api/deployments/{id}")).await.unwrap();
     assert_eq!(
         fleet.recorded_process("web1").unwrap(),
         (new_web1, "v2".into())
     );
-    assert_eq!(fleet.recorded_process("web2").unwrap(), before[1]);
-    assert_eq!(fleet.recorded_process("web3").unwrap(), before[2]);
-    assert!(process_alive(new_web1) && process_alive(before[1].0) && process_alive(before[2].0));
+    assert!(process_alive(new_web1));
+    for (index, backend) in ["web2", "web3"].into_iter().enumerate() {
+        if steps(&resumed, backend, "stop", false).is_empty() {
+            assert_eq!(
+                after_restart[index].as_ref(),
+                Some(&before[index + 1]),
+                "{backend}"
+            );
+            assert!(process_alive(before[index + 1].0), "{backend}");
+        }
+    }
 
     let deployment = fleet.finished(id).await;
     stop.store(true, Ordering::Relaxed);
@@ -307,8 +327,25 @@ async fn baton_killed_mid_rollout_leaves_the_backends_running_and_finishes_the_r
     let healthy = steps(&deployment, "web1", "wait_healthy", false);
     assert_eq!(healthy.len(), 2, "the interrupted step ran again");
     assert_eq!(healthy[1]["outcome"], "ok");
-    // The resumed rollout adopted web1's new process rather than starting another.
+    // The resumed rollout adopted web1's new process rather than starting another, and each
+    // backend was started and stopped only by the rollout's own steps: its log shows one start
+    // of v1 (before the rollout), one stop of it, and one start of v2.
     assert_eq!(fleet.recorded_process("web1").unwrap().0, new_web1);
+    for backend in ["web1", "web2", "web3"] {
+        let log =
+            std::fs::read_to_string(fleet.state_dir().join("web").join(format!("{backend}.log")))
+                .unwrap();
+        let count = |what: &str| log.matches(what).count();
+        assert_eq!(
+            (
+                count("[baton] starting version v1 "),
+                count(" got SIGTERM"),
+                count("[baton] starting version v2 ")
+            ),
+            (1, 1, 1),
+            "{backend}'s log:\n{log}"
+        );
+    }
     assert_no_failures(sent, &failures);
     assert_all_serving(&fleet, "v2").await;
     eprintln!(
@@ -378,4 +415,40 @@ async fn an_haproxy_socket_that_stops_answering_fails_the_rollout_naming_the_nod
     eprintln!(
         "silent socket: {sent} requests, 0 failed; the failed step took {took} ms, the rollout failed {silent_for:?} after the socket went silent"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_waits_for_a_silent_haproxy_instead_of_leaving_a_backend_out() {
+    let fleet = spawn_fleet(FleetOptions {
+        socket_proxy: true,
+        backend_env: &[("DEMO_START_DELAY_MS", "1000")],
+        ..FleetOptions::default()
+    })
+    .await;
+    let proxy = fleet.proxy.as_ref().unwrap();
+    let (_, queued) = fleet.deploy("v2").await;
+    let id = queued["id"].as_i64().unwrap();
+    fleet
+        .wait_for_step(id, "web1 wait_healthy", |s| {
+            s["backend"] == "web1" && s["step"] == "wait_healthy" && s["outcome"].is_null()
+        })
+        .await;
+    proxy.set_silent(true);
+    fleet
+        .wait_for_step(id, "a failed step", |s| s["outcome"] == "failed")
+        .await;
+    // HAProxy stays silent longer than a step's four attempts (about 8.7 s): giving up would
+    // leave web1 in maint.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let during = fleet.get(&format!("/api/deployments/{id}")).await.unwrap();
+    assert_eq!(during["status"], "running", "the rollback is still waiting: {during:#}");
+    proxy.set_silent(false);
+
+    let deployment = fleet.finished(id).await;
+    assert_eq!(deployment["status"], "rolled_back", "{deployment:#}");
+    assert_eq!(
+        steps_of(&deployment, true).last().unwrap(),
+        "web1 confirm_up ok"
+    );
+    assert_all_serving(&fleet, "v1").await;
 }
