@@ -3,15 +3,18 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startFleet, launchBrowser, openHydrated, screenshotPath, watchErrors } from './harness.js';
+import { startFleet, launchBrowser, openHydrated, screenshotPath, signedInContext, watchErrors } from './harness.js';
 
 let fleet;
 let browser;
+/** Signed in as the deployer: every page shares its cookie. */
+let context;
 
 before(async () => {
   // Every version here is `slowstart` (3 s to listen): a rollout lasts ~10 s, long enough to act.
   fleet = await startFleet({ startTimeout: '6s' });
   browser = await launchBrowser();
+  context = await signedInContext(browser, fleet, 'deployer');
 });
 
 after(async () => {
@@ -44,7 +47,7 @@ async function assertTimelineMatchesApi(page, id) {
 
 test('a reload in the middle of a rollout shows the whole timeline, without duplicates', async () => {
   const id = await fleet.deploy('v2-slowstart');
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const errors = watchErrors(page);
   await openHydrated(page, `${fleet.url}/deployments/${id}`);
   // Wait until web2 is being replaced: web1 is done, web3 untouched.
@@ -52,7 +55,9 @@ test('a reload in the middle of a rollout shows the whole timeline, without dupl
   assert.equal((await fleet.api(`/api/deployments/${id}`)).status, 'running');
 
   // Before any wasm runs, the server's HTML already has the steps so far.
-  const html = await (await fetch(`${fleet.url}/deployments/${id}`)).text();
+  const html = await (await fetch(`${fleet.url}/deployments/${id}`, {
+    headers: { authorization: `Bearer ${fleet.token}` },
+  })).text();
   assert.match(html, /data-row="web1"[\s\S]*data-step="confirm_up"/);
 
   await page.reload();
@@ -67,7 +72,7 @@ test('a reload in the middle of a rollout shows the whole timeline, without dupl
 
 test('Baton restarting in the middle: the page reconnects and replays exactly what it missed', async () => {
   const id = await fleet.deploy('v3-slowstart');
-  const page = await browser.newPage();
+  const page = await context.newPage();
   await openHydrated(page, `${fleet.url}/deployments/${id}`);
   await page.getByTestId('connection').filter({ hasText: 'Live' }).waitFor({ timeout: 10_000 });
   await page.locator('[data-row="web1"] [data-step="start"]').waitFor({ timeout: 20_000 });
@@ -84,7 +89,7 @@ test('Baton restarting in the middle: the page reconnects and replays exactly wh
 
 test('pause takes effect after the current backend, and resume carries on', async () => {
   const id = await fleet.deploy('v4-slowstart');
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const errors = watchErrors(page);
   await openHydrated(page, `${fleet.url}/deployments/${id}`);
   await page.getByTestId('connection').filter({ hasText: 'Live' }).waitFor({ timeout: 10_000 });
@@ -119,7 +124,7 @@ test('pause takes effect after the current backend, and resume carries on', asyn
 
 test('abort asks first, stops after the current step, and leaves every backend serving', async () => {
   const id = await fleet.deploy('v5-slowstart');
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const errors = watchErrors(page);
   await openHydrated(page, `${fleet.url}/deployments/${id}`);
   await page.getByTestId('connection').filter({ hasText: 'Live' }).waitFor({ timeout: 10_000 });
@@ -162,7 +167,7 @@ test('roll back starts a rollout to the previous good version', async () => {
   const target = services[0].rollback_version;
   assert.ok(target, 'the service has a version to go back to');
   const { deployments } = await fleet.api('/api/deployments?limit=1');
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const errors = watchErrors(page);
   await openHydrated(page, `${fleet.url}/deployments/${deployments[0].id}`);
 

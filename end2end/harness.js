@@ -1,7 +1,7 @@
 // Starts the real parts for the end-to-end tests — HAProxy, demo-app backends, `baton serve`,
 // Chromium — and ends every process it started, by PID, even when a test fails.
 
-import { spawn } from 'node:child_process';
+import { spawn, execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync, mkdirSync, rmSync, readdirSync, readFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -67,6 +67,78 @@ async function endChild(child, signal = 'SIGTERM', graceMs = 15_000) {
   started.delete(child);
 }
 
+/**
+ * Who the tests sign in as: one user per role, with known passwords. The users and the harness's
+ * own API token are made with the real CLI before Baton starts, as an operator would.
+ */
+export const USERS = {
+  admin: { name: 'ada', password: 'admin password 4f81c2', role: 'admin' },
+  deployer: { name: 'dora', password: 'deployer password 93b0e7', role: 'deployer' },
+  viewer: { name: 'vic', password: 'viewer password 2d6a51', role: 'viewer' },
+};
+
+/** Runs the `baton` CLI with `args`, `input` on stdin; resolves with its stdout. */
+function batonCli(args, input = '') {
+  const bin = process.env.BATON_BIN;
+  return new Promise((resolve, reject) => {
+    const child = execFile(bin, args, { timeout: 30_000 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`baton ${args.join(' ')} failed: ${error.message}\n${stderr}`));
+      else resolve(stdout);
+    });
+    started.add(child);
+    child.once('exit', () => started.delete(child));
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * Adds the users of `USERS` to the database of `<dir>/baton.toml` and creates an admin API token
+ * for the harness's own API calls; resolves with the token.
+ */
+async function createAccounts(dir) {
+  const config = join(dir, 'baton.toml');
+  for (const { name, password, role } of Object.values(USERS)) {
+    await batonCli(['user', 'add', name, '--role', role, '--config', config], `${password}\n`);
+  }
+  const printed = await batonCli(['token', 'create', 'e2e-harness', '--role', 'admin', '--config', config]);
+  const token = printed.split('\n').map((line) => line.trim()).find((line) => line.startsWith('baton_'));
+  if (!token) throw new Error(`baton token create printed no token:\n${printed}`);
+  return token;
+}
+
+/**
+ * Signs in through the login form at `url` (Baton's address) and waits until the browser has
+ * left the login page; resolves with the page's URL then. `next` is the page to land on.
+ */
+export async function signIn(page, url, { name, password }, { next } = {}) {
+  const address = next ? `${url}/login?next=${encodeURIComponent(next)}` : `${url}/login`;
+  await page.goto(address);
+  await page.getByLabel('User name').fill(name);
+  await page.getByLabel('Password').fill(password);
+  await Promise.all([
+    page.waitForURL((target) => target.pathname !== '/login', { timeout: 15_000 }),
+    page.getByRole('button', { name: 'Sign in' }).click(),
+  ]);
+  return page.url();
+}
+
+/**
+ * A browser context (its own cookies; `options` as for `browser.newContext`) signed in as the
+ * user of `role` on `baton` (what `startBaton` or `startFleet` returned).
+ */
+export async function signedInContext(browser, baton, role = 'deployer', options = {}) {
+  const context = await browser.newContext(options);
+  const page = await context.newPage();
+  await signIn(page, baton.url, USERS[role]);
+  await page.close();
+  return context;
+}
+
+/** Headers for the harness's own API calls. */
+function bearer(token, headers = {}) {
+  return { ...headers, authorization: `Bearer ${token}` };
+}
+
 /** Runs `baton serve --config <dir>/baton.toml`; resolves with its address once it prints it. */
 async function serveBaton(dir, { listen = '127.0.0.1:0', timeoutMs = 30_000 } = {}) {
   const bin = process.env.BATON_BIN;
@@ -99,10 +171,17 @@ export async function startBaton(config, { timeoutMs = 30_000 } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'baton-e2e-'));
   writeFileSync(join(dir, 'baton.toml'), config);
   stateDirs.add(join(dir, 'state'));
+  const token = await createAccounts(dir);
   const { child, url } = await serveBaton(dir, { timeoutMs });
   return {
     url,
     dir,
+    token,
+    users: USERS,
+    /** Signs `page` in as the user of `role` (`admin`, `deployer` or `viewer`). */
+    signIn(page, role = 'deployer', options) {
+      return signIn(page, url, USERS[role], options);
+    },
     async stop() {
       await endChild(child);
       killRecordedBackends(join(dir, 'state'));
@@ -203,14 +282,24 @@ address = "127.0.0.1:${ports[i]}"
   haproxy.stderr.on('data', (chunk) => { haproxyErrors += chunk; });
 
   let baton;
+  let token;
   const fleet = {
     dir,
     frontend: `http://127.0.0.1:${frontendPort}`,
     backendNames: names,
+    users: USERS,
     get url() { return baton.url; },
+    /** The harness's admin API token (`Authorization: Bearer`). */
+    get token() { return token; },
 
-    async api(path, init) {
-      const response = await fetch(`${baton.url}${path}`, init);
+    /** Signs `page` in as the user of `role` (`admin`, `deployer` or `viewer`). */
+    signIn(page, role = 'deployer', options) {
+      return signIn(page, baton.url, USERS[role], options);
+    },
+
+    /** Calls the JSON API with the harness's token; throws on a 4xx/5xx. */
+    async api(path, init = {}) {
+      const response = await fetch(`${baton.url}${path}`, { ...init, headers: bearer(token, init.headers) });
       const body = await response.json();
       if (!response.ok) throw new Error(`${init?.method ?? 'GET'} ${path}: ${response.status} ${JSON.stringify(body)}`);
       return body;
@@ -281,6 +370,7 @@ address = "127.0.0.1:${ports[i]}"
   };
 
   try {
+    token = await createAccounts(dir);
     baton = await serveBaton(dir, { listen: `127.0.0.1:${batonPort}` });
     await fleet.waitAllUp({ version: initialVersion });
   } catch (error) {

@@ -4,15 +4,18 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startFleet, launchBrowser, openHydrated, screenshotPath, watchErrors } from './harness.js';
+import { startFleet, launchBrowser, openHydrated, screenshotPath, signedInContext, watchErrors } from './harness.js';
 
 let fleet;
 let browser;
+/** Signed in as the deployer: every page shares its cookie. */
+let context;
 
 before(async () => {
   // `slowstart` versions take 3 s to listen: long enough to watch; 5 s is the health deadline.
   fleet = await startFleet({ startTimeout: '5s' });
   browser = await launchBrowser();
+  context = await signedInContext(browser, fleet, 'deployer');
 });
 
 after(async () => {
@@ -41,7 +44,7 @@ async function redeploy(page, version) {
 }
 
 test('Redeploy from the dashboard: steps appear live, then success and the new version everywhere', async () => {
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const errors = watchErrors(page);
   await openHydrated(page, fleet.url);
   await page.evaluate(() => { window.__sameDocument = true; });
@@ -108,7 +111,7 @@ test('Redeploy from the dashboard: steps appear live, then success and the new v
 });
 
 test('the dashboard follows a rollout started elsewhere without a reload', async () => {
-  const page = await browser.newPage();
+  const page = await context.newPage();
   await openHydrated(page, fleet.url);
   const card = page.locator('[data-service="web"]');
   await page.getByTestId('connection').filter({ hasText: 'Live' }).waitFor({ timeout: 10_000 });
@@ -132,7 +135,7 @@ test('the dashboard follows a rollout started elsewhere without a reload', async
 });
 
 test('a version the server refuses is explained beside the field, which keeps the text', async () => {
-  const page = await browser.newPage();
+  const page = await context.newPage();
   await openHydrated(page, fleet.url);
   await redeploy(page, 'v2 bad!');
   const alert = page.locator('[data-service="web"] [role="alert"]');
@@ -149,7 +152,7 @@ test('a version the server refuses is explained beside the field, which keeps th
 test('a version that never becomes healthy is rolled back live and the fleet stays on the old version', async () => {
   const before = await fleet.api('/api/services');
   const old = before[0].backends[0].version;
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const errors = watchErrors(page);
   await openHydrated(page, fleet.url);
   await redeploy(page, 'v4-unhealthy');
@@ -189,8 +192,8 @@ test('a version that never becomes healthy is rolled back live and the fleet sta
 
 test('the history lists every rollout newest first, filters by result through the address, and links to each', async () => {
   // A browser in another time zone: times are shown in it, not in UTC.
-  const context = await browser.newContext({ timezoneId: 'Asia/Tokyo' });
-  const page = await context.newPage();
+  const own = await signedInContext(browser, fleet, 'deployer', { timezoneId: 'Asia/Tokyo' });
+  const page = await own.newPage();
   const errors = watchErrors(page);
   await openHydrated(page, `${fleet.url}/deployments`);
   const rows = page.locator('[data-deployment-id]');
@@ -226,11 +229,11 @@ test('the history lists every rollout newest first, filters by result through th
   await page.waitForURL(/\/deployments\/\d+$/);
   await page.locator('[data-row="web1"] [data-testid="rollback-steps"]').waitFor();
   assert.deepEqual(errors, []);
-  await context.close();
+  await own.close();
 });
 
 test('the history shows a rollout started elsewhere without a reload', async () => {
-  const page = await browser.newPage();
+  const page = await context.newPage();
   await openHydrated(page, `${fleet.url}/deployments`);
   await page.getByTestId('connection').filter({ hasText: 'Live' }).waitFor({ timeout: 10_000 });
   await page.evaluate(() => { window.__sameDocument = true; });
@@ -244,7 +247,7 @@ test('the history shows a rollout started elsewhere without a reload', async () 
 });
 
 test('a filter that matches nothing says so, and pages go older and back to the newest', async () => {
-  const page = await browser.newPage();
+  const page = await context.newPage();
   await openHydrated(page, `${fleet.url}/deployments?status=cancelled`);
   assert.match(await page.locator('.empty').textContent(), /No deployments match these filters/);
 
@@ -267,8 +270,8 @@ test('a filter that matches nothing says so, and pages go older and back to the 
 });
 
 test('on a phone-sized screen nothing overflows sideways', async () => {
-  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
-  const page = await context.newPage();
+  const own = await signedInContext(browser, fleet, 'deployer', { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const page = await own.newPage();
   // The rolled-back rollout has the most to show; alone, this test makes a rollout of its own.
   let { deployments } = await fleet.api('/api/deployments?status=rolled_back');
   if (deployments.length === 0) deployments = [await fleet.finished(await fleet.deploy('v6'))];
@@ -278,5 +281,5 @@ test('on a phone-sized screen nothing overflows sideways', async () => {
     assert.ok(width <= 390, `${path} is ${width}px wide on a 390px screen`);
     await page.screenshot({ path: screenshotPath(name), fullPage: true });
   }
-  await context.close();
+  await own.close();
 });

@@ -2,7 +2,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startBaton, launchBrowser, openHydrated, screenshotPath } from './harness.js';
+import { startBaton, launchBrowser, openHydrated, screenshotPath, signedInContext } from './harness.js';
 
 const CONFIG = `
 [[load_balancer]]
@@ -35,10 +35,13 @@ address = "127.0.0.1:18011"
 
 let baton;
 let browser;
+/** Signed in as the deployer: every page shares its cookie. */
+let context;
 
 before(async () => {
   baton = await startBaton(CONFIG);
   browser = await launchBrowser();
+  context = await signedInContext(browser, baton, 'deployer');
 });
 
 after(async () => {
@@ -47,7 +50,7 @@ after(async () => {
 });
 
 test('the filter narrows the service list once the client has hydrated', async () => {
-  const page = await browser.newPage();
+  const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (error) => errors.push(error.message));
   await openHydrated(page, baton.url);
@@ -61,13 +64,13 @@ test('the filter narrows the service list once the client has hydrated', async (
     null,
     { timeout: 5_000 },
   );
-  assert.deepEqual(await page.locator('[data-service]').evaluateAll((cards) => cards.map((c) => c.dataset.service)), ['worker']);
+  assert.deepEqual(await page.locator('.services > [data-service]').evaluateAll((cards) => cards.map((c) => c.dataset.service)), ['worker']);
   await page.screenshot({ path: screenshotPath('services.png'), fullPage: true });
   assert.deepEqual(errors, []);
 });
 
 test('navigation happens in the client without reloading the page', async () => {
-  const page = await browser.newPage();
+  const page = await context.newPage();
   await openHydrated(page, baton.url);
   await page.evaluate(() => { window.__sameDocument = true; });
 

@@ -4,6 +4,7 @@
 //! `hydrate`). Nothing here knows how the fleet is driven: the server hands the UI a
 //! [`fleet::Fleet`] through Leptos context.
 
+pub mod auth;
 pub mod fleet;
 pub mod model;
 mod pages;
@@ -44,6 +45,8 @@ pub fn App() -> impl IntoView {
     provide_meta_context();
     pages::provide_hydrated();
     pages::provide_clock();
+    auth::provide_caller();
+    let caller = auth::use_caller();
     // Marks the page once the wasm client has taken over (tests and people debugging look for it).
     #[cfg(feature = "hydrate")]
     Effect::new(|_| {
@@ -60,12 +63,34 @@ pub fn App() -> impl IntoView {
                 <A href="/" attr:class="brand">
                     "Baton"
                 </A>
-                <nav aria-label="Main">
-                    <A href="/" exact=true>
-                        "Services"
-                    </A>
-                    <A href="/deployments">"Deployments"</A>
-                </nav>
+                // Who is signed in decides what the bar offers; a visitor who is not sees only
+                // the sign-in page (the server redirects every other page there).
+                <Transition fallback=|| ()>
+                    {move || Suspend::new(async move {
+                        caller
+                            .await
+                            .map(|caller| {
+                                let admin = caller.role.allows(model::Role::Admin);
+                                view! {
+                                    <nav aria-label="Main">
+                                        <A href="/" exact=true>
+                                            "Services"
+                                        </A>
+                                        <A href="/deployments">"Deployments"</A>
+                                        {admin
+                                            .then(|| {
+                                                view! {
+                                                    <A href="/audit">"Audit log"</A>
+                                                    <A href="/users">"Users"</A>
+                                                    <A href="/tokens">"Tokens"</A>
+                                                }
+                                            })}
+                                    </nav>
+                                    <auth::SignedIn caller />
+                                }
+                            })
+                    })}
+                </Transition>
             </header>
             <main>
                 <Routes fallback=pages::NotFound>
@@ -82,6 +107,11 @@ pub fn App() -> impl IntoView {
                         view=pages::RolloutPage
                         ssr=SsrMode::Async
                     />
+                    <Route path=path!("/login") view=pages::LoginPage ssr=SsrMode::Async />
+                    // Admins only: the server refuses these pages to anyone else.
+                    <Route path=path!("/audit") view=pages::AuditLogPage ssr=SsrMode::Async />
+                    <Route path=path!("/users") view=pages::UsersPage ssr=SsrMode::Async />
+                    <Route path=path!("/tokens") view=pages::TokensPage ssr=SsrMode::Async />
                 </Routes>
             </main>
             <footer class="footer">

@@ -160,6 +160,9 @@ fn router(state: AppState) -> (Router, Policy) {
         store: state.store.clone(),
     }));
     let webhooks = app::webhooks::Webhooks(Arc::new(crate::webhooks::UiWebhooks(state.clone())));
+    let accounts = app::auth::Accounts(Arc::new(crate::ui::UiAccounts {
+        store: state.store.clone(),
+    }));
     let leptos_options = state.leptos_options.clone();
     let shell_options = leptos_options.clone();
 
@@ -179,6 +182,7 @@ fn router(state: AppState) -> (Router, Policy) {
             move || {
                 provide_context(fleet.clone());
                 provide_context(webhooks.clone());
+                provide_context(accounts.clone());
                 auth::provide_request_context();
             },
             move || app::shell(shell_options.clone()),

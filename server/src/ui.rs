@@ -8,7 +8,14 @@ use app::model::{
     ServiceStatus, ServiceSummary,
 };
 
-use crate::auth::{self, Audit, Principal};
+use app::auth::{
+    AccountSource, AuditEntry, AuditFilter, AuditPage, NewToken, TokenView, UserView,
+};
+use app::model::Role;
+
+use crate::auth::accounts::{self, TokenRef};
+use crate::auth::{self, Audit, AuthError, Password, Principal};
+use crate::store::auth::{AuditQuery, TokenRow, UserRow};
 use crate::fleet::{DeployRequest, Fleet, Trigger};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -128,5 +135,170 @@ impl FleetSource for UiFleet {
         self.audit(&caller, "rollback", &service, Some(&detail))
             .await;
         Ok(queued.id)
+    }
+}
+
+/// Answers the admin pages' server functions (the auth layer has checked the admin role).
+pub struct UiAccounts {
+    pub store: Store,
+}
+
+/// What the admin is told: internal errors are logged and reported without detail.
+fn account_error(error: impl Into<AuthError>) -> String {
+    let error = error.into();
+    if matches!(error, AuthError::Store(_) | AuthError::Internal(_)) {
+        tracing::error!(%error, "user management failed");
+    }
+    error.public_message()
+}
+
+fn stored_role(text: &str) -> Result<Role, String> {
+    text.parse().map_err(|e: String| {
+        account_error(AuthError::Internal(format!(
+            "the database holds a bad role: {e}"
+        )))
+    })
+}
+
+fn user_view(row: UserRow) -> Result<UserView, String> {
+    Ok(UserView {
+        role: stored_role(&row.role)?,
+        name: row.name,
+        created_by: row.created_by,
+        created_at: row.created_at,
+    })
+}
+
+fn token_view(row: TokenRow) -> Result<TokenView, String> {
+    Ok(TokenView {
+        role: stored_role(&row.role)?,
+        id: row.id,
+        name: row.name,
+        created_by: row.created_by,
+        created_at: row.created_at,
+        last_used_at: row.last_used_at,
+        revoked_at: row.revoked_at,
+    })
+}
+
+#[async_trait::async_trait]
+impl AccountSource for UiAccounts {
+    async fn audit(&self, filter: AuditFilter) -> Result<AuditPage, String> {
+        let limit = filter.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(format!("invalid limit {limit}: expected 1 to 1000"));
+        }
+        let rows = self
+            .store
+            .audit(&AuditQuery {
+                actor: filter.actor.as_deref().filter(|s| !s.is_empty()),
+                action: filter.action.as_deref().filter(|s| !s.is_empty()),
+                before: filter.before,
+                limit: i64::from(limit),
+            })
+            .await
+            .map_err(account_error)?;
+        let next_before = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|row| row.id))
+            .flatten();
+        Ok(AuditPage {
+            next_before,
+            entries: rows
+                .into_iter()
+                .map(|row| AuditEntry {
+                    id: row.id,
+                    at: row.at,
+                    actor: row.actor,
+                    actor_kind: row.actor_kind,
+                    action: row.action,
+                    target: row.target,
+                    address: row.address,
+                    detail: row.detail,
+                })
+                .collect(),
+        })
+    }
+
+    async fn users(&self) -> Result<Vec<UserView>, String> {
+        self.store
+            .users()
+            .await
+            .map_err(account_error)?
+            .into_iter()
+            .map(user_view)
+            .collect()
+    }
+
+    async fn add_user(&self, name: String, role: Role, password: String) -> Result<UserView, String> {
+        let caller = signed_in()?;
+        let row = accounts::add_user(
+            &self.store,
+            &caller.actor(),
+            Some(&auth::client_address()),
+            &name,
+            role,
+            Password::new(password),
+        )
+        .await
+        .map_err(account_error)?;
+        user_view(row)
+    }
+
+    async fn delete_user(&self, name: String) -> Result<(), String> {
+        let caller = signed_in()?;
+        accounts::delete_user(
+            &self.store,
+            &caller.actor(),
+            Some(&auth::client_address()),
+            &name,
+        )
+        .await
+        .map_err(account_error)
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenView>, String> {
+        self.store
+            .tokens()
+            .await
+            .map_err(account_error)?
+            .into_iter()
+            .map(token_view)
+            .collect()
+    }
+
+    async fn create_token(&self, name: String, role: Role) -> Result<NewToken, String> {
+        let caller = signed_in()?;
+        if !caller.role.allows(role) {
+            return Err(format!(
+                "creating a token with the {role} role needs that role; {} is a {}",
+                caller.name, caller.role
+            ));
+        }
+        let (row, secret) = accounts::create_token(
+            &self.store,
+            &caller.actor(),
+            Some(&auth::client_address()),
+            &name,
+            role,
+        )
+        .await
+        .map_err(account_error)?;
+        Ok(NewToken {
+            token: token_view(row)?,
+            secret: secret.expose().to_owned(),
+        })
+    }
+
+    async fn revoke_token(&self, id: i64) -> Result<(), String> {
+        let caller = signed_in()?;
+        accounts::revoke_token(
+            &self.store,
+            &caller.actor(),
+            Some(&auth::client_address()),
+            &TokenRef::Id(id),
+        )
+        .await
+        .map(|_| ())
+        .map_err(account_error)
     }
 }

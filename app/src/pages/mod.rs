@@ -1,8 +1,11 @@
 //! One module per page, and the pieces they share.
 
+mod accounts;
+mod audit;
 mod deployments;
 mod format;
 mod live;
+mod login;
 mod not_found;
 mod redeploy;
 mod rollout;
@@ -10,7 +13,10 @@ mod services;
 mod timeline;
 mod widgets;
 
+pub use accounts::{TokensPage, UsersPage};
+pub use audit::AuditLogPage;
 pub use deployments::DeploymentsPage;
+pub use login::LoginPage;
 pub use not_found::NotFound;
 pub use rollout::RolloutPage;
 pub use services::ServicesPage;

@@ -16,8 +16,9 @@ use super::format::{
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::timeline::{Pending, Timeline};
 use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
+use crate::auth::{allows, use_caller};
 use crate::fleet::{control_deployment, fleet_status, get_deployment, rollback_service};
-use crate::model::{ControlAction, DeploymentDetail, DeploymentEvent, StepSummary};
+use crate::model::{ControlAction, DeploymentDetail, DeploymentEvent, Role, StepSummary};
 
 #[component]
 pub fn RolloutPage() -> impl IntoView {
@@ -34,11 +35,13 @@ pub fn RolloutPage() -> impl IntoView {
             None => Ok(None),
         }
     });
+    let caller = use_caller();
     view! {
         <Suspense fallback=|| view! { <p class="muted">"Loading the rollout…"</p> }>
             {move || Suspend::new(async move {
+                let may_control = allows(caller.await.as_ref(), Role::Deployer);
                 match detail.await {
-                    Ok(Some(detail)) => view! { <RolloutView detail /> }.into_any(),
+                    Ok(Some(detail)) => view! { <RolloutView detail may_control /> }.into_any(),
                     Ok(None) => not_found(id()).into_any(),
                     Err(error) => {
                         view! {
@@ -73,8 +76,9 @@ fn not_found(id: Option<i64>) -> impl IntoView {
     }
 }
 
+/// A rollout; `may_control` shows the controls (deployers and admins).
 #[component]
-fn RolloutView(detail: DeploymentDetail) -> impl IntoView {
+fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
     let id = detail.deployment.id;
     let service = detail.deployment.service.clone();
     let timeline = RwSignal::new(Timeline::new(detail));
@@ -226,7 +230,7 @@ fn RolloutView(detail: DeploymentDetail) -> impl IntoView {
         {header}
         {reason}
         <div aria-live="polite">{result}</div>
-        <Controls id service pending status />
+        <Controls id service pending status may_control />
         <section class="timeline" aria-labelledby="timeline-heading">
             <h2 id="timeline-heading">"Backends"</h2>
             <ol class="rows">
@@ -362,14 +366,33 @@ fn StepItem(step: StepSummary) -> impl IntoView {
     .into_any()
 }
 
-/// Pause, Resume, Abort (confirmed) and Roll back (confirmed), each enabled only when it applies.
+/// Pause, Resume, Abort (confirmed) and Roll back (confirmed), each enabled only when it applies;
+/// without `may_control` only what others asked for (a pending pause or abort) shows.
 #[component]
 fn Controls(
     id: i64,
     service: String,
     pending: Memo<Option<Pending>>,
     status: Signal<String>,
+    may_control: bool,
 ) -> impl IntoView {
+    let pending_note = move || {
+        pending.get().map(|pending| {
+            view! {
+                <p class="pending" role="status" data-testid="pending">
+                    {pending.describe()}
+                </p>
+            }
+        })
+    };
+    if !may_control {
+        return view! {
+            <section class="controls" aria-label="Rollout controls">
+                {pending_note}
+            </section>
+        }
+        .into_any();
+    }
     let busy = RwSignal::new(false);
     let error = RwSignal::new(None::<String>);
     let confirming = RwSignal::new(None::<Confirm>);
@@ -431,15 +454,6 @@ fn Controls(
             && !asked(ControlAction::Abort)
     };
 
-    let pending_note = move || {
-        pending.get().map(|pending| {
-            view! {
-                <p class="pending" role="status" data-testid="pending">
-                    {pending.describe()}
-                </p>
-            }
-        })
-    };
     let error_note = move || {
         error.get().map(|message| {
             view! {

@@ -9,18 +9,25 @@ use leptos_router::components::A;
 use super::format::{check_passes, lb_class, step_doing};
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::redeploy::Redeploy;
+use crate::auth::{allows, use_caller};
 use crate::fleet::fleet_status;
-use crate::model::{ActiveRollout, BackendStatus, ServiceStatus};
+use crate::model::{ActiveRollout, BackendStatus, Role, ServiceStatus};
 
 #[component]
 pub fn ServicesPage() -> impl IntoView {
     let initial = Resource::new(|| (), |_| fleet_status());
+    let caller = use_caller();
     view! {
         <Title text="Services" />
         <Suspense fallback=|| view! { <p class="muted">"Loading services…"</p> }>
             {move || Suspend::new(async move {
+                let caller = caller.await;
+                let may = Permissions {
+                    deploy: allows(caller.as_ref(), Role::Deployer),
+                    replay: allows(caller.as_ref(), Role::Admin),
+                };
                 match initial.await {
-                    Ok(services) => view! { <Dashboard initial=services /> }.into_any(),
+                    Ok(services) => view! { <Dashboard initial=services may /> }.into_any(),
                     Err(error) => {
                         view! {
                             <h1>"Services"</h1>
@@ -37,9 +44,18 @@ pub fn ServicesPage() -> impl IntoView {
     }
 }
 
+/// What the caller may do on the dashboard (the server enforces it regardless).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Permissions {
+    /// Redeploy (deployers and admins).
+    deploy: bool,
+    /// Replay a webhook delivery (admins).
+    replay: bool,
+}
+
 /// The dashboard over a live copy of the fleet's state.
 #[component]
-fn Dashboard(initial: Vec<ServiceStatus>) -> impl IntoView {
+fn Dashboard(initial: Vec<ServiceStatus>, may: Permissions) -> impl IntoView {
     let fleet = RwSignal::new(initial);
     let connection = RwSignal::new(Connection::Waiting);
     let on_fleet: Handler = Box::new(move |data, _id| {
@@ -104,7 +120,7 @@ fn Dashboard(initial: Vec<ServiceStatus>) -> impl IntoView {
             </p>
             <ul class="services">
                 <For each=move || shown.get() key=|name| name.clone() let:name>
-                    <ServiceCard name fleet />
+                    <ServiceCard name fleet may />
                 </For>
             </ul>
         </Show>
@@ -115,7 +131,11 @@ fn Dashboard(initial: Vec<ServiceStatus>) -> impl IntoView {
 /// One service: its backends, its rollout in progress, and its Redeploy form. The card is built
 /// once per service and reads its state from the live fleet, so an open form survives updates.
 #[component]
-fn ServiceCard(name: String, fleet: RwSignal<Vec<ServiceStatus>>) -> impl IntoView {
+fn ServiceCard(
+    name: String,
+    fleet: RwSignal<Vec<ServiceStatus>>,
+    may: Permissions,
+) -> impl IntoView {
     let status = {
         let name = name.clone();
         Memo::new(move |_| fleet.with(|all| all.iter().find(|s| s.name == name).cloned()))
@@ -204,8 +224,10 @@ fn ServiceCard(name: String, fleet: RwSignal<Vec<ServiceStatus>>) -> impl IntoVi
                 </thead>
                 <tbody>{rows}</tbody>
             </table>
-            <Redeploy service=name.clone() status />
-            <details class="webhooks">
+            {may.deploy.then(|| view! { <Redeploy service=name.clone() status /> })}
+            // The delivery log renders a Replay button on every verified delivery; only admins
+            // may replay, so for anyone else the stylesheet hides those buttons.
+            <details class="webhooks" class:no-replay=!may.replay>
                 <summary>"Webhooks and deliveries"</summary>
                 <crate::webhooks::ServiceWebhooks service=name />
             </details>

@@ -1,5 +1,7 @@
 //! The server-rendered pages and Baton's own health endpoint.
 
+use baton_server::auth::Role;
+
 use crate::helpers::spawn_app;
 
 #[tokio::test]
@@ -329,5 +331,215 @@ async fn an_unknown_rollout_is_a_404_that_says_so() {
     );
     let response = app.get("/deployments/latest").await;
     assert_eq!(response.status(), 404);
+    app.stop().await;
+}
+
+/// `path` rendered for a caller holding a fresh token with `role`.
+async fn page_as(app: &crate::helpers::TestApp, role: Role, path: &str) -> String {
+    // Token names are unique while live: number them.
+    static TOKENS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let token = app.token(&format!("{role}-token-{n}"), role).await;
+    let response = app
+        .anonymous
+        .get(format!("{}{path}", app.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path} as a {role}");
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_login_page_is_a_plain_form_that_explains_a_refusal() {
+    let app = spawn_app().await;
+    let response = app
+        .anonymous
+        .get(format!(
+            "{}/login?error=invalid&next=%2Fdeployments%2F3",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert_contains(
+        &html,
+        &[
+            "<title>Sign in · Baton</title>",
+            // Works without the wasm: a form the browser posts itself.
+            "<form method=\"post\" action=\"/auth/login\"",
+            "<input type=\"hidden\" name=\"next\" value=\"/deployments/3\"",
+            "<label for=\"login-name\">User name</label>",
+            "<label for=\"login-password\">Password</label>",
+            "autocomplete=\"username\"",
+            "autocomplete=\"current-password\"",
+            "autofocus",
+            "role=\"alert\"",
+            "Wrong user name or password.",
+            "aria-invalid=\"true\"",
+        ],
+    );
+    // Nothing of the app for someone who is not signed in.
+    for absent in ["aria-label=\"Main\"", "data-service=", "Sign out"] {
+        assert!(!html.contains(absent), "the login page shows {absent:?}");
+    }
+
+    let html = app
+        .anonymous
+        .get(format!(
+            "{}/login?error=throttled&retry_after=42&next=https://evil.example/",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_contains(
+        &html,
+        &[
+            "Too many failed logins; try again in 42 s.",
+            // Only a path on this site is carried on.
+            "name=\"next\" value=\"/\"",
+        ],
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_visitor_who_is_not_signed_in_is_sent_to_the_login_page() {
+    let app = spawn_app().await;
+    // The anonymous client follows redirects, as a browser does.
+    let response = app
+        .anonymous
+        .get(format!("{}/deployments?service=api", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.url().path(), "/login");
+    let html = response.text().await.unwrap();
+    assert_contains(
+        &html,
+        &[
+            "name=\"next\" value=\"/deployments?service=api\"",
+            "Sign in to Baton",
+        ],
+    );
+    assert!(!html.contains("data-deployment-id"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_renders_only_the_buttons_the_callers_role_allows() {
+    let app = spawn_app().await;
+
+    let viewer = page_as(&app, Role::Viewer, "/").await;
+    assert_contains(
+        &viewer,
+        &[
+            "data-service=\"api\"",
+            "data-backend=\"s1\"",
+            "viewer-token",
+            ">viewer</span>",
+            "<form method=\"post\" action=\"/auth/logout\"",
+            ">Sign out</button>",
+            // Webhook replays are for admins: hidden from everyone else.
+            "class=\"webhooks no-replay\"",
+        ],
+    );
+    for absent in ["Redeploy api", "Redeploy worker", "href=\"/audit\""] {
+        assert!(!viewer.contains(absent), "a viewer is shown {absent:?}");
+    }
+
+    let deployer = page_as(&app, Role::Deployer, "/").await;
+    assert_contains(
+        &deployer,
+        &[
+            ">Redeploy api</button>",
+            ">deployer</span>",
+            "webhooks no-replay",
+        ],
+    );
+    assert!(!deployer.contains("href=\"/audit\""));
+
+    let admin = page_as(&app, Role::Admin, "/").await;
+    assert_contains(
+        &admin,
+        &[
+            ">Redeploy api</button>",
+            "href=\"/audit\"",
+            "href=\"/users\"",
+            "href=\"/tokens\"",
+        ],
+    );
+    assert!(!admin.contains("no-replay"));
+
+    // The rollout page: the controls for deployers, none for viewers.
+    let id = deploy(&app, "api", "v2").await;
+    finished(&app, id).await;
+    let path = format!("/deployments/{id}");
+    let viewer = page_as(&app, Role::Viewer, &path).await;
+    assert_contains(&viewer, &["data-row=\"s1\""]);
+    for absent in [">Pause</button>", ">Resume</button>", ">Abort</button>"] {
+        assert!(!viewer.contains(absent), "a viewer is shown {absent:?}");
+    }
+    let deployer = page_as(&app, Role::Deployer, &path).await;
+    assert_contains(&deployer, &[">Pause</button>", ">Abort</button>"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_log_is_rendered_for_admins_newest_first_and_filtered_by_the_address() {
+    let app = spawn_app().await;
+    let first = deploy(&app, "api", "v2").await;
+    finished(&app, first).await;
+    let second = deploy(&app, "worker", "v3").await;
+    finished(&app, second).await;
+
+    let html = page_as(&app, Role::Admin, "/audit").await;
+    assert_contains(
+        &html,
+        &[
+            "<title>Audit log · Baton</title>",
+            "data-action=\"deploy\"",
+            "data-actor=\"tests\"",
+            &format!("version v2, rollout {first}"),
+            &format!("version v3, rollout {second}"),
+            // The filters are a plain GET form: they work before the wasm loads.
+            "name=\"actor\"",
+            "<option value=\"login_failed\"",
+        ],
+    );
+    let newer = html.find(&format!("rollout {second}")).unwrap();
+    let older = html.find(&format!("rollout {first}")).unwrap();
+    assert!(newer < older, "newest first");
+
+    let html = page_as(&app, Role::Admin, "/audit?action=login").await;
+    assert_contains(
+        &html,
+        &[
+            "No entries match these filters",
+            "<option value=\"login\" selected",
+        ],
+    );
+    let html = page_as(&app, Role::Admin, "/audit?action=deploy&limit=1").await;
+    assert_contains(&html, &["action=deploy&amp;limit=1&amp;before="]);
+    assert!(!html.contains(&format!("rollout {first}")));
+
+    // Anyone else is refused the page by the server.
+    let token = app.token("nosy", Role::Deployer).await;
+    let response = app
+        .anonymous
+        .get(format!("{}/audit", app.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
     app.stop().await;
 }
