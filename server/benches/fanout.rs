@@ -124,6 +124,22 @@ initial_version = "v1"
     config
 }
 
+/// Creates the database (as Baton would) with a deployer token for the benchmark's calls.
+async fn deployer_token(config: &Path) -> String {
+    use baton_server::auth::{Actor, Role, accounts};
+    use baton_server::settings::{EnvOverrides, Settings};
+    let text = std::fs::read_to_string(config).unwrap();
+    let settings = Settings::parse(&text, config, &EnvOverrides::default()).unwrap();
+    let store = baton_server::store::Store::connect(&settings.server.database_url)
+        .await
+        .unwrap();
+    let (_, token) = accounts::create_token(&store, &Actor::cli(), None, "bench", Role::Deployer)
+        .await
+        .unwrap();
+    store.close().await;
+    token.expose().to_owned()
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -177,6 +193,7 @@ async fn main() {
             .spawn()
             .expect("HAProxy starts (apt-get install haproxy)"),
     );
+    let token = deployer_token(&config).await;
     let log = std::fs::File::create(dir.path().join("baton.log")).unwrap();
     started.0.push(
         Command::new(env!("CARGO_BIN_EXE_baton"))
@@ -190,8 +207,14 @@ async fn main() {
     );
     let baton_pid = started.0[1].id();
     let base = format!("http://127.0.0.1:{baton_port}");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(SUBSCRIBERS)
+        .default_headers(headers)
         .build()
         .unwrap();
 

@@ -8,17 +8,15 @@ use app::model::{
     ServiceStatus, ServiceSummary,
 };
 
-use app::auth::{
-    AccountSource, AuditEntry, AuditFilter, AuditPage, NewToken, TokenView, UserView,
-};
+use app::auth::{AccountSource, AuditEntry, AuditFilter, AuditPage, NewToken, TokenView, UserView};
 use app::model::Role;
 
 use crate::auth::accounts::{self, TokenRef};
 use crate::auth::{self, Audit, AuthError, Password, Principal};
-use crate::store::auth::{AuditQuery, TokenRow, UserRow};
 use crate::fleet::{DeployRequest, Fleet, Trigger};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::store::auth::{AuditQuery, TokenRow, UserRow};
 
 /// Answers the UI's server functions. The auth layer has checked the caller's role before a
 /// server function runs; mutations here name the caller in the history and the audit log.
@@ -229,7 +227,12 @@ impl AccountSource for UiAccounts {
             .collect()
     }
 
-    async fn add_user(&self, name: String, role: Role, password: String) -> Result<UserView, String> {
+    async fn add_user(
+        &self,
+        name: String,
+        role: Role,
+        password: String,
+    ) -> Result<UserView, String> {
         let caller = signed_in()?;
         let row = accounts::add_user(
             &self.store,

@@ -289,11 +289,7 @@ impl ServiceRunner {
     async fn carry_out(&self, action: &Action) -> (Event, Option<String>) {
         let backends = &action.backends;
         let patient = Patient(self.lb.clone());
-        let lb: &dyn LoadBalancer = if action.rollback {
-            &patient
-        } else {
-            &*self.lb
-        };
+        let lb: &dyn LoadBalancer = if action.rollback { &patient } else { &*self.lb };
         let result = match action.step {
             Step::Prepare => self
                 .runtime

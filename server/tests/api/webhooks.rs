@@ -1030,3 +1030,35 @@ async fn the_delivery_log_pages_newest_first() {
     assert_eq!(response.status(), 404);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_the_webhook_url_what_to_paste_and_the_deliveries() {
+    let app = spawn().await;
+    let body = github_push();
+    let headers = signed(Host::GitHub, "push", "dash-delivery-1", &body, SECRET);
+    let (status, _) = post(&app, "api", &headers, body).await;
+    assert_eq!(status, 202);
+
+    let html = app.get("/").await.text().await.unwrap();
+    let webhooks = html
+        .split("data-testid=\"webhooks\" data-service=\"api\"")
+        .nth(1)
+        .expect("the api service shows its webhook section");
+    for expected in [
+        "/hooks/api",
+        "application/json",
+        "API_WEBHOOK_SECRET",
+        "GitHub",
+        "GitLab",
+        "dash-delivery-1",
+    ] {
+        assert!(
+            webhooks.contains(expected),
+            "the webhook section lacks {expected:?}"
+        );
+    }
+    assert!(
+        !webhooks.contains(SECRET),
+        "the secret's value never reaches a page"
+    );
+}

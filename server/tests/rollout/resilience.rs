@@ -441,7 +441,10 @@ async fn a_rollback_waits_for_a_silent_haproxy_instead_of_leaving_a_backend_out(
     // leave web1 in maint.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let during = fleet.get(&format!("/api/deployments/{id}")).await.unwrap();
-    assert_eq!(during["status"], "running", "the rollback is still waiting: {during:#}");
+    assert_eq!(
+        during["status"], "running",
+        "the rollback is still waiting: {during:#}"
+    );
     proxy.set_silent(false);
 
     let deployment = fleet.finished(id).await;
