@@ -219,12 +219,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let finished = matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled");
-        let mut tx = self.pool.begin().await?;
+        // Read before the transaction: a transaction that reads first and writes later fails
+        // at once (SQLITE_BUSY, no retry) if another connection wrote meanwhile. Only the
+        // service's worker changes a started rollout's status, so this read cannot go stale.
         let before: Option<(String, Option<String>)> =
             sqlx::query_as("SELECT status, reason FROM deployments WHERE id = ?")
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE deployments SET status = ?, state = ?, reason = COALESCE(?, reason),
                 started_at = COALESCE(started_at, ?), finished_at = CASE WHEN ? THEN ? ELSE NULL END
