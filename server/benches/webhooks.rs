@@ -57,12 +57,8 @@ fn main() {
 async fn run() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let fixture = "github/push__with-new-branch.payload.json";
-    let body = std::fs::read(
-        manifest
-            .join("../../shared/fixtures/webhooks")
-            .join(fixture),
-    )
-    .expect("the GitHub push fixture");
+    let body = std::fs::read(manifest.join("tests/fixtures/webhooks").join(fixture))
+        .expect("the GitHub push fixture");
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(&body);
     let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));

@@ -390,8 +390,7 @@ mod tests {
     }
 
     fn fixture(path: &str) -> Vec<u8> {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/webhooks");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks");
         std::fs::read(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 

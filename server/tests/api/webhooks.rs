@@ -1,4 +1,4 @@
-//! Git push webhooks over real HTTP: each host's real payload (from shared/fixtures/webhooks,
+//! Git push webhooks over real HTTP: each host's real payload (from server/tests/fixtures/webhooks, a copy of shared/fixtures/webhooks,
 //! byte for byte) signed with a test secret, the refusals, the delivery log, redeliveries,
 //! replays and coalescing, against a real SQLite database and a real `command` runtime.
 //!
@@ -89,7 +89,7 @@ async fn spawn() -> TestApp {
 
 fn fixture(path: &str) -> Vec<u8> {
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/webhooks")
+        .join("tests/fixtures/webhooks")
         .join(path);
     std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
