@@ -27,6 +27,8 @@ struct Follow {
     deployment: Option<i64>,
     last: i64,
     pending: VecDeque<Arc<Published>>,
+    /// The last replay filled a whole page, so the database may hold more.
+    more: bool,
 }
 
 impl Follow {
@@ -35,6 +37,7 @@ impl Follow {
             .store
             .events_after(self.deployment, self.last, REPLAY_PAGE)
             .await?;
+        self.more = page.len() as i64 == REPLAY_PAGE;
         self.pending
             .extend(page.into_iter().map(|event| Arc::new(event.into())));
         Ok(())
@@ -44,7 +47,7 @@ impl Follow {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 self.last = event.event.id;
-                if self.pending.is_empty() {
+                if self.pending.is_empty() && self.more {
                     // A full page may have more behind it.
                     if let Err(error) = self.catch_up().await {
                         tracing::warn!(%error, "cannot replay events; ending the stream");
@@ -92,6 +95,7 @@ pub async fn events(
         deployment,
         last: after,
         pending: VecDeque::new(),
+        more: false,
     };
     follow.catch_up().await?;
     Ok(stream::unfold(follow, |mut follow| async move {
