@@ -71,7 +71,10 @@ async fn run() {
     };
     let settings =
         Settings::parse_with_secrets(CONFIG, &dir.path().join("baton.toml"), &env, &|name| {
-            (name == "API_WEBHOOK_SECRET").then(|| SECRET.to_owned())
+            match name {
+                "API_WEBHOOK_SECRET" => Some(SECRET.to_owned()),
+                _ => std::env::var(name).ok(),
+            }
         })
         .expect("the bench configuration is valid");
     let application = Application::build(settings).await.expect("Baton starts");

@@ -237,9 +237,28 @@ pub struct RuntimeSettings {
     pub kind: RuntimeKind,
     pub initial_version: Version,
     pub stop_timeout: Duration,
-    /// Extra environment for every backend, beside the `BATON_*` variables.
+    /// The backends' whole environment beside the `BATON_*` variables: [`INHERITED_ENV`] and
+    /// the `pass_env` names with their values in Baton's environment, then `env` from the file.
+    /// Nothing else of Baton's environment (its token, webhook secrets) reaches a backend.
     pub env: BTreeMap<String, String>,
 }
+
+/// The variables every backend inherits from Baton when they are set: what a program needs
+/// to find its tools, its home and its locale.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "TZ",
+    "TMPDIR",
+];
 
 #[derive(Debug, Clone)]
 pub enum RuntimeKind {
@@ -336,13 +355,15 @@ impl Settings {
     }
 
     /// Validates `text` as if it were read from `path` (which also anchors relative paths).
-    /// Webhook secrets (`[service.webhook] secret_env`) are read from the process environment.
+    /// Webhook secrets (`[service.webhook] secret_env`) and what backends inherit
+    /// ([`INHERITED_ENV`], `[service.runtime] pass_env`) are read from the process environment.
     pub fn parse(text: &str, path: &Path, env: &EnvOverrides) -> Result<Self, ConfigError> {
         Self::parse_with_secrets(text, path, env, &|name| std::env::var(name).ok())
     }
 
-    /// Like [`Settings::parse`], with the environment variables that hold webhook secrets looked
-    /// up by `secret` (tests pass their own; nothing else in Baton reads the environment).
+    /// Like [`Settings::parse`], with the process environment looked up by `secret` for webhook
+    /// secrets and backends' inherited variables (tests pass their own; nothing else in Baton
+    /// reads the environment).
     pub fn parse_with_secrets(
         text: &str,
         path: &Path,
@@ -490,7 +511,7 @@ impl Settings {
             }
             let runtime = service
                 .runtime
-                .validate()
+                .validate(secret)
                 .map_err(|(key, message)| invalid(at(&format!("runtime.{key}")), message))?;
             let webhook = service
                 .webhook
@@ -629,7 +650,7 @@ impl RawWebhook {
     ) -> Result<WebhookSettings, WebhookProblem> {
         let span = |value: &toml::Spanned<String>| Some(value.span());
         let name = self.secret_env.get_ref();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if !is_variable_name(name) {
             return Err((
                 ".secret_env".into(),
                 span(&self.secret_env),
@@ -707,6 +728,9 @@ struct RawRuntime {
     stop_timeout: Duration,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Names of Baton's own environment variables that backends inherit, beyond INHERITED_ENV.
+    #[serde(default)]
+    pass_env: Vec<String>,
     // kind = "process"
     command: Option<Vec<String>>,
     stop_signal: Option<StopSignal>,
@@ -725,8 +749,12 @@ enum RawRuntimeKind {
 }
 
 impl RawRuntime {
-    /// Checks the keys that depend on `kind`; an error is `(key, message)`.
-    fn validate(self) -> Result<RuntimeSettings, (String, String)> {
+    /// Checks the keys that depend on `kind` and resolves the backends' environment with
+    /// `lookup`; an error is `(key, message)`.
+    fn validate(
+        self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<RuntimeSettings, (String, String)> {
         let misplaced = |key: &str, kind: &str| {
             (
                 key.to_owned(),
@@ -734,13 +762,29 @@ impl RawRuntime {
             )
         };
         for name in self.env.keys() {
-            if name.is_empty()
-                || name.starts_with("BATON_")
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if !is_variable_name(name) || name.starts_with("BATON_") {
                 return Err((format!("env.{name}"), "expected a variable name of letters, digits and '_' that does not start with BATON_ (Baton sets those)".into()));
             }
         }
+        let mut env: BTreeMap<String, String> = INHERITED_ENV
+            .iter()
+            .filter_map(|name| lookup(name).map(|value| ((*name).to_owned(), value)))
+            .collect();
+        for (i, name) in self.pass_env.iter().enumerate() {
+            if !is_variable_name(name) || name.starts_with("BATON_") {
+                return Err((
+                    format!("pass_env[{i}]"),
+                    format!(
+                        "{name:?} is not a variable backends may inherit: expected a name of letters, digits and '_' that does not start with BATON_ (Baton sets those)"
+                    ),
+                ));
+            }
+            let value = lookup(name).ok_or_else(|| {
+                (format!("pass_env[{i}]"), format!("the environment variable {name} is not set: expected Baton to be started with it, since backends are to inherit it (or remove it from pass_env)"))
+            })?;
+            env.insert(name.clone(), value);
+        }
+        env.extend(self.env);
         let kind = match self.kind {
             RawRuntimeKind::Process => {
                 for (key, set) in [
@@ -790,9 +834,13 @@ impl RawRuntime {
             kind,
             initial_version: self.initial_version,
             stop_timeout: self.stop_timeout,
-            env: self.env,
+            env,
         })
     }
+}
+
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn default_true() -> bool {
@@ -1077,6 +1125,25 @@ address = "127.0.0.1:18002"
         let message = error(&FULL.replace("APP_MODE", "BATON_VERSION"));
         assert!(
             message.contains("key `service[0].runtime.env.BATON_VERSION`"),
+            "{message}"
+        );
+
+        let message = error(&FULL.replace(
+            "env = { APP_MODE = \"prod\" }",
+            "env = { APP_MODE = \"prod\" }\npass_env = [\"BATON_SURELY_UNSET_X\"]",
+        ));
+        assert!(
+            message.contains("key `service[0].runtime.pass_env[0]`")
+                && message.contains("does not start with BATON_"),
+            "{message}"
+        );
+        let message = error(&FULL.replace(
+            "env = { APP_MODE = \"prod\" }",
+            "env = { APP_MODE = \"prod\" }\npass_env = [\"SURELY_UNSET_IN_BATON_TESTS\"]",
+        ));
+        assert!(
+            message.contains("key `service[0].runtime.pass_env[0]`")
+                && message.contains("SURELY_UNSET_IN_BATON_TESTS is not set"),
             "{message}"
         );
 

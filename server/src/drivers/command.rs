@@ -67,6 +67,7 @@ impl CommandRuntime {
             .arg("-c")
             .arg(script)
             .current_dir(&self.working_dir)
+            .env_clear()
             .envs(&self.env)
             .env("BATON_SERVICE", &self.service)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -244,6 +245,75 @@ address = "127.0.0.1:18001"
         runtime.stop(&spec("s1")).await.unwrap();
         let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
         assert_eq!(log, "prepared v2.1\nstart s1 18001 v2.1\nstop s1\n");
+    }
+
+    #[tokio::test]
+    async fn commands_get_only_the_environment_the_settings_give() {
+        // Cargo sets this for every test process: it stands for whatever Baton's own
+        // environment holds (its token, webhook secrets) that no backend should see.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let text = format!(
+            r#"
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:/x"]
+[[service]]
+name = "api"
+load_balancer = "edge"
+[service.runtime]
+kind = "command"
+start = 'env | sort > {out}'
+stop = 'true'
+initial_version = "v1"
+pass_env = ["SHARED_CACHE"]
+env = {{ APP_MODE = "prod" }}
+[[service.backend]]
+name = "s1"
+address = "127.0.0.1:18001"
+"#,
+            out = out.display()
+        );
+        let baton_env = |name: &str| match name {
+            "PATH" => Some("/usr/bin:/bin".to_owned()),
+            "SHARED_CACHE" => Some("/var/cache/x".to_owned()),
+            "API_WEBHOOK_SECRET" => Some("hush".to_owned()),
+            _ => None,
+        };
+        let settings = Settings::parse_with_secrets(
+            &text,
+            &dir.path().join("baton.toml"),
+            &EnvOverrides::default(),
+            &baton_env,
+        )
+        .unwrap();
+        let runtime = CommandRuntime::new(&settings.services[0], dir.path().join("work"));
+        runtime
+            .start(&spec("s1"), &Version::parse("v2").unwrap())
+            .await
+            .unwrap();
+        let env = std::fs::read_to_string(&out).unwrap();
+        let names: Vec<&str> = env
+            .lines()
+            .filter_map(|line| line.split('=').next())
+            .filter(|name| !["PWD", "SHLVL", "_"].contains(name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "APP_MODE",
+                "BATON_BACKEND",
+                "BATON_PORT",
+                "BATON_SERVICE",
+                "BATON_VERSION",
+                "PATH",
+                "SHARED_CACHE"
+            ],
+            "{env}"
+        );
+        assert!(env.contains("SHARED_CACHE=/var/cache/x\n"), "{env}");
     }
 
     #[tokio::test]

@@ -403,8 +403,11 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
         column("check_status")?,
         column("bck")?,
     );
+    // Optional: a server without `check` leaves it empty.
+    let check_fall = names.iter().position(|n| n == "check_fall");
     let needed = [pxname, svname, scur, status, check_status, bck]
         .into_iter()
+        .chain(check_fall)
         .max()
         .unwrap_or(0);
     let mut servers = Vec::new();
@@ -432,6 +435,12 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
             "0" | "" => false,
             other => return Err(format!("`bck` of {} is {other:?}", row[svname])),
         };
+        let fall = match check_fall.map(|i| row[i].as_str()) {
+            None | Some("") => None,
+            Some(value) => Some(value.parse::<u32>().map_err(|_| {
+                format!("`check_fall` of {} is {value:?}, not a number", row[svname])
+            })?),
+        };
         let check = row[check_status].trim_start_matches("* ").trim();
         servers.push(ServerStatus {
             node: node.to_owned(),
@@ -440,6 +449,7 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
             check: (!check.is_empty()).then(|| check.to_owned()),
             sessions,
             backup,
+            fall,
         });
     }
     Ok(servers)
@@ -757,12 +767,12 @@ mod tests {
 
     #[test]
     fn parses_show_stat_by_header_names() {
-        let reply = "# svname,pxname,bck,status,check_status,scur,check_desc,\n\
-                     FRONTEND,app,,OPEN,,0,,\n\
-                     s1,app,0,UP,* L7OK,3,\"a, \"\"quoted\"\" desc\",\n\
-                     b1,app,1,MAINT,,0,,\n\
-                     BACKEND,app,0,UP,,3,,\n\
-                     x1,other,0,UP,L7OK,0,,\n\n";
+        let reply = "# svname,pxname,bck,status,check_status,scur,check_desc,check_fall,\n\
+                     FRONTEND,app,,OPEN,,0,,,\n\
+                     s1,app,0,UP,* L7OK,3,\"a, \"\"quoted\"\" desc\",2,\n\
+                     b1,app,1,MAINT,,0,,,\n\
+                     BACKEND,app,0,UP,,3,,,\n\
+                     x1,other,0,UP,L7OK,0,,1,\n\n";
         let servers = parse_show_stat("unix:/s", "app", reply).unwrap();
         assert_eq!(
             servers,
@@ -774,6 +784,7 @@ mod tests {
                     check: Some("L7OK".into()),
                     sessions: 3,
                     backup: false,
+                    fall: Some(2),
                 },
                 ServerStatus {
                     node: "unix:/s".into(),
@@ -782,6 +793,7 @@ mod tests {
                     check: None,
                     sessions: 0,
                     backup: true,
+                    fall: None,
                 },
             ]
         );

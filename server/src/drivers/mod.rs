@@ -51,6 +51,8 @@ pub struct ServerStatus {
     pub sessions: u64,
     /// HAProxy `backup` servers carry traffic only when no active server is up.
     pub backup: bool,
+    /// The server's `fall` (`check_fall`); `None` when it has no health check.
+    pub fall: Option<u32>,
 }
 
 impl ServerStatus {

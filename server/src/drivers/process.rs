@@ -49,9 +49,9 @@ pub struct ProcessConfig {
     /// The program and its arguments, executed directly (never through a shell). Must not be
     /// empty. A bare program name is looked up on `PATH`.
     pub command: Vec<String>,
-    /// Extra environment for every backend. Baton's own environment is inherited, then this is
-    /// added, then `BATON_VERSION`, `BATON_PORT`, `BATON_BACKEND` and `BATON_SERVICE` are set
-    /// (they win over entries of the same name here).
+    /// The backends' whole environment: nothing of Baton's own is inherited beyond it. Then
+    /// `BATON_VERSION`, `BATON_PORT`, `BATON_BACKEND` and `BATON_SERVICE` are set (they win
+    /// over entries of the same name here).
     pub env: BTreeMap<String, String>,
     /// The backends' working directory; Baton's own when `None`.
     pub working_dir: Option<PathBuf>,
@@ -190,6 +190,7 @@ impl ProcessRuntime {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
+            .env_clear()
             .envs(&config.env)
             .env("BATON_VERSION", version.as_str())
             .env("BATON_PORT", backend.address.port().to_string())
@@ -570,7 +571,10 @@ mod tests {
     fn config(dir: &Path, command: &[&str]) -> ProcessConfig {
         ProcessConfig {
             command: command.iter().map(|part| part.to_string()).collect(),
-            env: BTreeMap::new(),
+            env: crate::settings::INHERITED_ENV
+                .iter()
+                .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+                .collect(),
             working_dir: None,
             stop_signal: StopSignal::Term,
             stop_timeout: Duration::from_secs(5),
@@ -660,7 +664,8 @@ mod tests {
         let cleanup = Cleanup::new();
         let ready = cleanup.path().join("ready");
         let setup = "READY = ' '.join(f'{k}={os.environ.get(k)}' for k in \
-                     ['BATON_VERSION', 'BATON_PORT', 'BATON_BACKEND', 'BATON_SERVICE', 'EXTRA'])\n\
+                     ['BATON_VERSION', 'BATON_PORT', 'BATON_BACKEND', 'BATON_SERVICE', 'EXTRA', \
+                     'CARGO_MANIFEST_DIR'])\n\
                      print('to stdout', flush=True)\nprint('to stderr', file=sys.stderr, flush=True)";
         let mut config = config(cleanup.path(), &[]);
         config.command = python(setup, &ready);
@@ -677,7 +682,9 @@ mod tests {
         let env = wait_for_file(&ready).await;
         assert_eq!(
             env,
-            "BATON_VERSION=v1.2.3 BATON_PORT=18431 BATON_BACKEND=b1 BATON_SERVICE=api EXTRA=yes\n"
+            "BATON_VERSION=v1.2.3 BATON_PORT=18431 BATON_BACKEND=b1 BATON_SERVICE=api EXTRA=yes \
+             CARGO_MANIFEST_DIR=None\n",
+            "only the configured environment: not Baton's own (cargo set CARGO_MANIFEST_DIR for it)"
         );
         let pid = running_pid(runtime.status(&b1).await.unwrap(), &v1);
 

@@ -376,6 +376,18 @@ impl ServiceRunner {
                 }
             }
         }
+        if let Some(quick) = servers
+            .iter()
+            .find(|s| s.fall == Some(1) && leaving.contains(s.server.as_str()))
+        {
+            return Err((
+                BackendName::parse(&quick.server).ok(),
+                format!(
+                    "HAProxy node {} checks {}/{} with `fall 1`, so a stale check cannot be told from a fresh one and a backend that does not answer could be put in rotation; set `fall 2` or more (recommended: inter 200ms fastinter 100ms downinter 500ms rise 2 fall 2)",
+                    quick.node, self.service.haproxy_backend, quick.server
+                ),
+            ));
+        }
         for node in nodes {
             let serving = servers
                 .iter()

@@ -181,28 +181,23 @@ impl Store {
     /// Deletes a user and (by cascade) its sessions. Refuses, in the same transaction, to
     /// delete the last admin.
     pub async fn delete_user(&self, name: &str) -> Result<DeleteUser, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(role) = role else {
-            return Ok(DeleteUser::NotFound);
-        };
-        if role == "admin" {
-            let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin'")
-                .fetch_one(&mut *tx)
-                .await?;
-            if admins <= 1 {
-                return Ok(DeleteUser::LastAdmin);
-            }
+        // One statement, so the check and the delete cannot be split by another writer (and a
+        // read-then-write transaction cannot fail with SQLITE_BUSY on upgrading its lock).
+        let deleted = sqlx::query(
+            "DELETE FROM users WHERE name = ?
+               AND (role <> 'admin' OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if deleted > 0 {
+            return Ok(DeleteUser::Deleted);
         }
-        sqlx::query("DELETE FROM users WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(DeleteUser::Deleted)
+        Ok(match self.user(name).await? {
+            Some(_) => DeleteUser::LastAdmin,
+            None => DeleteUser::NotFound,
+        })
     }
 
     /// Records a new session for the user; the caller keeps the id, the store its hash.
@@ -613,6 +608,30 @@ mod tests {
             store.delete_user("root").await.unwrap(),
             DeleteUser::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn two_admins_deleting_each_other_at_once_leave_one_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        for round in 0..20 {
+            let (a, b) = (format!("a{round}"), format!("b{round}"));
+            store.create_user(&a, "admin", "x", "cli").await.unwrap();
+            store.create_user(&b, "admin", "x", "cli").await.unwrap();
+            let (first, second) = tokio::join!(store.delete_user(&a), store.delete_user(&b));
+            let mut outcomes = [first.unwrap(), second.unwrap()];
+            outcomes.sort_by_key(|o| format!("{o:?}"));
+            assert_eq!(outcomes, [DeleteUser::Deleted, DeleteUser::LastAdmin]);
+            let admins = store.users().await.unwrap();
+            assert_eq!(admins.iter().filter(|u| u.role == "admin").count(), 1);
+            for user in admins {
+                sqlx::query("DELETE FROM users WHERE id = ?")
+                    .bind(user.id)
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+        }
     }
 
     #[tokio::test]

@@ -159,8 +159,13 @@ pub async fn spawn_app_with(config: &str, secrets: &[(&str, &str)]) -> TestApp {
         .iter()
         .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect();
-    let settings =
-        Settings::parse_with_secrets(config, &path, &env, &|name| secrets.get(name).cloned())
-            .expect("the test configuration is valid");
+    let settings = Settings::parse_with_secrets(config, &path, &env, &|name| {
+        // Backends still inherit PATH and HOME from the test's environment.
+        secrets
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    })
+    .expect("the test configuration is valid");
     start(settings, dir).await
 }

@@ -62,6 +62,8 @@ pub struct FleetOptions {
     pub baton_process: bool,
     /// Point Baton's `runtime_api` at a [`SocketProxy`] in front of HAProxy's admin socket.
     pub socket_proxy: bool,
+    /// HAProxy's `default-server` check settings for the backends.
+    pub checks: &'static str,
 }
 
 impl Default for FleetOptions {
@@ -73,6 +75,7 @@ impl Default for FleetOptions {
             backend_env: &[],
             baton_process: false,
             socket_proxy: false,
+            checks: "inter 100ms fastinter 50ms downinter 100ms rise 2 fall 2",
         }
     }
 }
@@ -92,8 +95,9 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         "global\n    stats socket {socket} mode 600 level admin\n\
          defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    retries 0\n\
          frontend fe\n    bind 127.0.0.1:{frontend_port}\n    default_backend web\n\
-         backend web\n    option httpchk GET /alive\n    default-server inter 100ms fastinter 50ms downinter 100ms rise 2 fall 2\n{servers}",
-        socket = socket.display()
+         backend web\n    option httpchk GET /alive\n    default-server {checks}\n{servers}",
+        socket = socket.display(),
+        checks = options.checks
     );
     std::fs::write(dir.path().join("haproxy.cfg"), haproxy_cfg).unwrap();
     let haproxy = Command::new("/usr/sbin/haproxy")

@@ -133,6 +133,39 @@ async fn a_version_that_crashes_at_start_fails_fast_and_is_rolled_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_checked_with_fall_1_is_refused_before_anything_is_touched() {
+    let fleet = spawn_fleet(FleetOptions {
+        checks: "inter 100ms fastinter 50ms rise 2 fall 1",
+        ..FleetOptions::default()
+    })
+    .await;
+    let (_, queued) = fleet.deploy("v2").await;
+    let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
+
+    assert_eq!(deployment["status"], "failed", "{deployment:#}");
+    let reason = deployment["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("web/web1 with `fall 1`") && reason.contains("set `fall 2` or more"),
+        "{reason}"
+    );
+    let steps = steps_of(&deployment, false);
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("web1 check_capacity failed"),
+        "{steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.contains("drain")),
+        "nothing past the check ran: {steps:?}"
+    );
+    let services = fleet.get("/api/services").await.unwrap();
+    for backend in services[0]["backends"].as_array().unwrap() {
+        assert_eq!(backend["version"], "v1", "{backend}");
+        assert_eq!(backend["load_balancer"][0]["status"], "UP", "{backend}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_a_reason() {
     let fleet = spawn_fleet(FleetOptions {
         backends: 2,
