@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod domain;
 pub mod drivers;
 pub mod fleet;

@@ -1,12 +1,13 @@
 //! The `baton` command: serve the web UI and API, check a configuration, roll out through a
 //! running Baton, and manage users and API tokens directly in the database.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use baton_server::auth::accounts::{self, TokenRef};
 use baton_server::auth::{Actor, Password, Role};
+use baton_server::client::{self, Client};
 use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::startup::Application;
 use baton_server::store::Store;
@@ -172,98 +173,30 @@ fn deploy(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = token.filter(|token| !token.is_empty()) {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| {
-                    anyhow::anyhow!("BATON_TOKEN is not a valid token: expected printable ASCII")
-                })?;
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()?;
-        let base = url.trim_end_matches('/');
-        let response = client
-            .post(format!("{base}/api/services/{service}/deployments"))
-            .json(&serde_json::json!({ "version": version, "trigger": "cli" }))
-            .send()
-            .await
-            .map_err(|error| anyhow::anyhow!("cannot reach Baton at {base}: {error}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        if !status.is_success() {
-            let hint = match status.as_u16() {
-                401 if token.is_none() => {
-                    "\n  set BATON_TOKEN to an API token (`baton token create NAME --role deployer`)"
-                }
-                401 | 403 => "\n  BATON_TOKEN must be a live token with the deployer or admin role",
-                _ => "",
-            };
-            anyhow::bail!(
-                "Baton refused the rollout ({status}): {}{hint}",
-                body["error"].as_str().unwrap_or("no reason given")
-            );
-        }
-        let id = body["id"]
-            .as_i64()
-            .ok_or_else(|| anyhow::anyhow!("Baton answered without a rollout id: {body}"))?;
-        println!(
-            "rollout {id} of {service} to {version}: {}",
-            body["status"].as_str().unwrap_or("?")
-        );
+        let client = Client::new(url, token)?;
+        let queued = client.deploy(service, version).await?;
+        let id = queued.id;
+        println!("rollout {id} of {service} to {version}: {}", queued.status);
         if !wait {
             return Ok(());
         }
-        let mut printed = 0;
-        loop {
-            let deployment: serde_json::Value = client
-                .get(format!("{base}/api/deployments/{id}"))
-                .send()
-                .await
-                .map_err(|error| anyhow::anyhow!("lost Baton at {base}: {error}"))?
-                .json()
-                .await?;
-            let steps = deployment["steps"].as_array().cloned().unwrap_or_default();
-            // A step is printed once it has finished, so each line is final.
-            while let Some(step) = steps.get(printed).filter(|step| !step["outcome"].is_null()) {
-                let took = step["finished_at"].as_i64().unwrap_or(0)
-                    - step["started_at"].as_i64().unwrap_or(0);
-                println!(
-                    "  {}{:<8} {:<15} {:<10} {:>6} ms{}",
-                    if step["rollback"].as_bool() == Some(true) {
-                        "rollback "
-                    } else {
-                        ""
-                    },
-                    step["backend"].as_str().unwrap_or("-"),
-                    step["step"].as_str().unwrap_or("?"),
-                    step["outcome"].as_str().unwrap_or("?"),
-                    took,
-                    step["detail"]
-                        .as_str()
-                        .map(|d| format!("  {d}"))
-                        .unwrap_or_default()
-                );
-                printed += 1;
-            }
-            match deployment["status"].as_str() {
-                Some("succeeded") => {
-                    println!("rollout {id} succeeded: {service} runs {version}");
-                    return Ok(());
-                }
-                Some(status @ ("failed" | "rolled_back" | "cancelled")) => {
-                    anyhow::bail!(
-                        "rollout {id} {status}: {}",
-                        deployment["reason"]
-                            .as_str()
-                            .unwrap_or("no reason recorded")
-                    );
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-            }
+        let ended = client
+            .follow(id, |step| {
+                // Each line is printed as its step ends, so piped output is live too.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", client::step_line(step));
+                let _ = out.flush();
+            })
+            .await?;
+        if ended.status == "succeeded" {
+            println!("rollout {id} succeeded: {service} runs {version}");
+            return Ok(());
         }
+        anyhow::bail!(
+            "rollout {id} {}: {}",
+            ended.status,
+            ended.reason.as_deref().unwrap_or("no reason recorded")
+        )
     })
 }
 

@@ -25,6 +25,8 @@ pub struct Fleet {
     pub baton: String,
     pub frontend: String,
     pub client: reqwest::Client,
+    /// The admin API token `client` sends.
+    pub token: String,
     pub dir: tempfile::TempDir,
     haproxy: Child,
     baton_run: BatonRun,
@@ -192,6 +194,7 @@ env = {{ {env} }}
         baton,
         frontend: format!("http://127.0.0.1:{frontend_port}"),
         client: authorized_client(&token),
+        token,
         dir,
         haproxy,
         baton_run,
