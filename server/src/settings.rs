@@ -11,12 +11,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::{AuthConfig, Https, Throttle};
 use crate::domain::{BackendAddr, BackendName, Duration, LoadBalancerName, ServiceName, Version};
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub server: ServerSettings,
+    /// `[auth]`: sessions, login throttling, and how Baton sees its own origin behind a proxy.
+    pub auth: AuthConfig,
     pub load_balancers: Vec<LoadBalancerSettings>,
     pub services: Vec<ServiceSettings>,
 }
@@ -423,6 +426,11 @@ impl Settings {
             .or(raw.server.site_root.map(|root| config_dir.join(root)))
             .unwrap_or_else(default_site_root);
 
+        let auth = raw
+            .auth
+            .validate()
+            .map_err(|(key, message)| invalid(Some(format!("auth.{key}")), message))?;
+
         let mut load_balancers = raw.load_balancers;
         for lb in &mut load_balancers {
             for addr in &mut lb.runtime_api {
@@ -550,6 +558,7 @@ impl Settings {
                         .unwrap_or_else(|| PathBuf::from("state")),
                 ),
             },
+            auth,
             load_balancers,
             services,
         })
@@ -595,6 +604,8 @@ fn one_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
 struct RawSettings {
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
     #[serde(default, rename = "load_balancer")]
     load_balancers: Vec<LoadBalancerSettings>,
     #[serde(default, rename = "service")]
@@ -608,6 +619,108 @@ struct RawServer {
     database_url: Option<String>,
     site_root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    session_ttl: Option<Duration>,
+    https: Option<RawHttps>,
+    trust_forwarded_for: Option<bool>,
+    public_origin: Option<String>,
+    #[serde(default)]
+    login_throttle: RawThrottle,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawHttps {
+    ForwardedProto,
+    Always,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    per_name: Option<u32>,
+    per_address: Option<u32>,
+    window: Option<Duration>,
+}
+
+impl RawAuth {
+    /// The auth configuration; an error is `(key, message)`.
+    fn validate(self) -> Result<AuthConfig, (String, String)> {
+        let defaults = AuthConfig::default();
+        let session_ttl = match self.session_ttl {
+            Some(ttl) if ttl.get() < std::time::Duration::from_secs(60) => {
+                return Err((
+                    "session_ttl".into(),
+                    format!("{ttl} is too short: expected at least \"1m\", such as \"12h\""),
+                ));
+            }
+            Some(ttl) => ttl.get(),
+            None => defaults.session_ttl,
+        };
+        let public_origin = self
+            .public_origin
+            .map(|origin| {
+                parse_origin(&origin).ok_or_else(|| {
+                    (
+                        "public_origin".to_owned(),
+                        format!("{origin:?} is not an origin: expected the scheme and host browsers use to reach Baton, with no path, such as \"https://baton.example.com\""),
+                    )
+                })
+            })
+            .transpose()?;
+        let at_least_one = |value: Option<u32>, key: &str, default: u32| match value {
+            Some(0) => Err((
+                format!("login_throttle.{key}"),
+                "0 would refuse every login: expected 1 or more failed logins to allow".to_owned(),
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let throttle = Throttle {
+            per_name: at_least_one(
+                self.login_throttle.per_name,
+                "per_name",
+                defaults.throttle.per_name,
+            )?,
+            per_address: at_least_one(
+                self.login_throttle.per_address,
+                "per_address",
+                defaults.throttle.per_address,
+            )?,
+            window: self
+                .login_throttle
+                .window
+                .map_or(defaults.throttle.window, Duration::get),
+        };
+        Ok(AuthConfig {
+            session_ttl,
+            throttle,
+            https: match self.https {
+                Some(RawHttps::Always) => Https::Always,
+                Some(RawHttps::ForwardedProto) => Https::FromForwardedProto,
+                None => defaults.https,
+            },
+            trust_forwarded_for: self
+                .trust_forwarded_for
+                .unwrap_or(defaults.trust_forwarded_for),
+            public_origin,
+        })
+    }
+}
+
+/// `scheme://host[:port]`, lower-case, for `http` and `https`; `None` for anything else.
+fn parse_origin(text: &str) -> Option<String> {
+    let text = text.trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, authority) = text.split_once("://")?;
+    let valid_authority = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    (matches!(scheme, "http" | "https") && valid_authority).then_some(text)
 }
 
 #[derive(Deserialize)]
@@ -956,6 +1069,73 @@ address = "127.0.0.1:18002"
             matches!(&api.runtime.kind, RuntimeKind::Process { command, stop_signal: StopSignal::Term, .. } if command[0] == "python3")
         );
         assert_eq!(api.backends[1].address.port(), 18002);
+    }
+
+    #[test]
+    fn the_auth_table_sets_sessions_throttling_and_the_public_origin() {
+        let settings = parse(
+            r#"
+[auth]
+session_ttl = "8h"
+https = "always"
+trust_forwarded_for = true
+public_origin = "HTTPS://Baton.Example.com/"
+login_throttle = { per_name = 3, per_address = 10, window = "5m" }
+"#,
+        )
+        .unwrap();
+        let auth = &settings.auth;
+        assert_eq!(auth.session_ttl.as_secs(), 8 * 3600);
+        assert_eq!(auth.https, Https::Always);
+        assert!(auth.trust_forwarded_for);
+        assert_eq!(
+            auth.public_origin.as_deref(),
+            Some("https://baton.example.com")
+        );
+        assert_eq!(
+            auth.throttle,
+            Throttle {
+                per_name: 3,
+                per_address: 10,
+                window: std::time::Duration::from_secs(300)
+            }
+        );
+
+        let defaults = parse("").unwrap().auth;
+        assert_eq!(defaults.session_ttl.as_secs(), 12 * 3600);
+        assert_eq!(defaults.https, Https::FromForwardedProto);
+        assert_eq!(defaults.public_origin, None);
+
+        for (table, key, reason) in [
+            (
+                "public_origin = \"baton.example.com\"",
+                "auth.public_origin",
+                "is not an origin",
+            ),
+            (
+                "public_origin = \"https://x.example/baton\"",
+                "auth.public_origin",
+                "is not an origin",
+            ),
+            ("session_ttl = \"10s\"", "auth.session_ttl", "too short"),
+            (
+                "login_throttle = { per_name = 0 }",
+                "auth.login_throttle.per_name",
+                "refuse every login",
+            ),
+            (
+                "https = \"sometimes\"",
+                "auth.https",
+                "expected `forwarded-proto` or `always`",
+            ),
+            ("cookie_name = \"x\"", "auth", "unknown field `cookie_name`"),
+        ] {
+            let message = error(&format!("[auth]\n{table}\n"));
+            assert!(
+                message.contains(&format!("key `{key}")) && message.contains(reason),
+                "{table}: {message}"
+            );
+        }
     }
 
     #[test]

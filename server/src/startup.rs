@@ -20,7 +20,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{self, Access, Auth, AuthConfig, Policy, Role};
+use crate::auth::{self, Access, Auth, Policy, Role};
 use crate::fleet::Fleet as ServiceFleet;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -153,7 +153,7 @@ impl Application {
 /// tests enumerate to prove that no route is left open.
 fn router(state: AppState) -> (Router, Policy) {
     let routes = generate_route_list(app::App);
-    let auth = Auth::new(state.store.clone(), AuthConfig::default());
+    let auth = Auth::new(state.store.clone(), state.settings.auth.clone());
     let fleet = Fleet(Arc::new(UiFleet {
         settings: state.settings.clone(),
         fleet: state.fleet.clone(),

@@ -1,6 +1,7 @@
 //! Integration tests: Baton served on port 0 with a fresh SQLite file, asked over real HTTP.
 
 mod access;
+mod auth_config;
 mod helpers;
 mod pages;
 mod streams;
