@@ -42,6 +42,9 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long `status` and `stop` wait for the exit status of a child of ours that has already
 /// exited (the reaper task collects it within milliseconds).
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+/// A backend's log at least this large when a new run starts is moved to `<backend>.log.1`
+/// (replacing the one before), so deploys and restarts keep at most two logs per backend.
+const ROTATE_LOG_AT: u64 = 16 * 1024 * 1024;
 
 /// How one service's backends are run by a [`ProcessRuntime`].
 #[derive(Debug, Clone)]
@@ -169,6 +172,9 @@ impl ProcessRuntime {
             ))
         })?;
         let log_path = self.log_path(backend);
+        rotate_log(&log_path, ROTATE_LOG_AT).map_err(|error| {
+            start_error(format!("cannot rotate log {}: {error}", log_path.display()))
+        })?;
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -523,6 +529,20 @@ fn remove_record(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Moves the log at `path` to `path.1` if it holds `limit` bytes or more.
+fn rotate_log(path: &Path, limit: u64) -> std::io::Result<()> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.len() >= limit => {
+            let mut old = path.as_os_str().to_owned();
+            old.push(".1");
+            fs::rename(path, old)
+        }
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,6 +665,40 @@ mod tests {
             ready = ready_file.display().to_string(),
         );
         vec!["python3".into(), "-c".into(), script]
+    }
+
+    #[tokio::test]
+    async fn a_large_log_is_set_aside_when_the_next_run_starts() {
+        let cleanup = Cleanup::new();
+        let config = config(cleanup.path(), &["/bin/sleep", "30"]);
+        let state_dir = config.state_dir.clone();
+        fs::create_dir_all(&state_dir).unwrap();
+        let log = state_dir.join("b1.log");
+        fs::write(&log, vec![b'x'; ROTATE_LOG_AT as usize]).unwrap();
+        let runtime = ProcessRuntime::new(config);
+        let b1 = backend("b1");
+
+        runtime.start(&b1, &version("v2")).await.unwrap();
+        runtime.stop(&b1).await.unwrap();
+        assert_eq!(
+            fs::metadata(state_dir.join("b1.log.1")).unwrap().len(),
+            ROTATE_LOG_AT,
+            "the old log, whole"
+        );
+        let fresh = fs::read_to_string(&log).unwrap();
+        assert!(
+            fresh.starts_with("[baton] starting version v2 of b1"),
+            "{fresh}"
+        );
+
+        // A small log is appended to, not set aside.
+        runtime.start(&b1, &version("v3")).await.unwrap();
+        runtime.stop(&b1).await.unwrap();
+        let both = fs::read_to_string(&log).unwrap();
+        assert!(
+            both.starts_with(&fresh) && both.contains("version v3"),
+            "{both}"
+        );
     }
 
     #[test]
