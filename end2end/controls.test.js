@@ -103,6 +103,15 @@ test('pause takes effect after the current backend, and resume carries on', asyn
   await pending.filter({ hasText: 'Pause requested' }).waitFor({ timeout: 5_000 });
   assert.equal(await pause.isDisabled(), true);
 
+  // A reload while web1's new version is still starting: the pause is still queued, and the
+  // page says so (the server renders it, before any live event could).
+  assert.equal((await fleet.api(`/api/deployments/${id}`)).status, 'running', 'the pause is still pending');
+  await page.reload();
+  await page.waitForSelector('html[data-hydrated="true"]', { timeout: 15_000 });
+  assert.match(await pending.textContent({ timeout: 1_000 }), /^Pause requested by dora: /);
+  assert.equal(await pause.isDisabled(), true, 'a pause already asked for is not offered again');
+  await page.getByTestId('connection').filter({ hasText: 'Live' }).waitFor({ timeout: 10_000 });
+
   await waitStatus(page, 'paused', 20_000);
   await pending.waitFor({ state: 'detached', timeout: 5_000 });
   assert.equal(await page.locator('[data-row="web1"] [data-testid="row-state"]').textContent(), 'Done: runs v4-slowstart');

@@ -246,7 +246,7 @@ test('the history shows a rollout started elsewhere without a reload', async () 
   await page.close();
 });
 
-test('a filter that matches nothing says so, and pages go older and back to the newest', async () => {
+test('a filter that matches nothing says so, and pages go older, newer and back to the newest', async () => {
   const page = await context.newPage();
   await openHydrated(page, `${fleet.url}/deployments?status=cancelled`);
   assert.match(await page.locator('.empty').textContent(), /No deployments match these filters/);
@@ -261,11 +261,18 @@ test('a filter that matches nothing says so, and pages go older and back to the 
     const shown = [...document.querySelectorAll('[data-deployment-id]')].map((tr) => Number(tr.dataset.deploymentId));
     return shown.length > 0 && shown.every((id) => id < newest);
   }, Math.min(...first));
-  await page.getByRole('link', { name: '← Newest' }).click();
-  await page.waitForFunction((first) => {
+  const sameAs = (rows) => page.waitForFunction((rows) => {
     const shown = [...document.querySelectorAll('[data-deployment-id]')].map((tr) => Number(tr.dataset.deploymentId));
-    return JSON.stringify(shown) === JSON.stringify(first);
-  }, first);
+    return JSON.stringify(shown) === JSON.stringify(rows);
+  }, rows);
+  // One page towards the newest: the rows the first page showed.
+  await page.getByRole('link', { name: '← Newer' }).click();
+  await page.waitForURL(/after=/);
+  await sameAs(first);
+  await page.getByRole('link', { name: 'Older →' }).click();
+  await page.waitForURL(/before=/);
+  await page.getByRole('link', { name: '← Newest' }).click();
+  await sameAs(first);
   await page.close();
 });
 

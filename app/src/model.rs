@@ -130,6 +130,35 @@ pub struct DeploymentDetail {
     pub steps: Vec<StepSummary>,
     /// The id of the newest event already reflected here; the stream continues after it.
     pub last_event_id: i64,
+    /// A pause, resume or abort asked for that has not taken effect yet; never set once the
+    /// rollout has ended. Absent from older answers, which read as nothing pending.
+    #[serde(default)]
+    pub pending: Option<PendingControl>,
+}
+
+/// A pause, resume or abort someone asked for that has not taken effect yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingControl {
+    pub action: ControlAction,
+    /// Who asked, as the request's `Control` event names them.
+    pub by: Option<String>,
+}
+
+impl PendingControl {
+    /// Whether a rollout now in `status` has done what was asked (or can no longer do it).
+    pub fn fulfilled_by(&self, status: &str) -> bool {
+        is_finished(status)
+            || match self.action {
+                ControlAction::Pause => status == "paused",
+                ControlAction::Resume => status == "running",
+                ControlAction::Abort => false,
+            }
+    }
+}
+
+/// Whether a rollout with this status has ended (nothing will change it any more).
+pub fn is_finished(status: &str) -> bool {
+    matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled")
 }
 
 /// One page of the history, newest first.
@@ -138,6 +167,9 @@ pub struct DeploymentPage {
     pub deployments: Vec<DeploymentSummary>,
     /// Pass as `before` to get the next (older) page; `None` on the last page.
     pub next_before: Option<i64>,
+    /// Pass as `after` to get the previous (newer) page; `None` on the newest page.
+    #[serde(default)]
+    pub prev_after: Option<i64>,
 }
 
 /// Which rollouts the history shows.
@@ -145,8 +177,11 @@ pub struct DeploymentPage {
 pub struct DeploymentFilter {
     pub service: Option<String>,
     pub status: Option<String>,
-    /// Only rollouts with a smaller id (the next page).
+    /// Only rollouts with a smaller id (the next, older page).
     pub before: Option<i64>,
+    /// Only rollouts with a larger id, the page nearest to it (the previous, newer page).
+    #[serde(default)]
+    pub after: Option<i64>,
     pub limit: Option<u32>,
 }
 

@@ -189,9 +189,10 @@ pub async fn replay_delivery(id: i64) -> Result<DeliveryOutcome, ServerFnError> 
 }
 
 /// A service's webhook: the URL and what to paste into each git host, then the delivery log
-/// with a Replay button on each verified delivery.
+/// with, when `may_replay` (admins), a Replay button on each verified delivery. For anyone else
+/// the buttons are not rendered at all (and the server refuses their replays regardless).
 #[component]
-pub fn ServiceWebhooks(service: String) -> impl IntoView {
+pub fn ServiceWebhooks(service: String, may_replay: bool) -> impl IntoView {
     let setup = Resource::new(
         {
             let service = service.clone();
@@ -259,7 +260,10 @@ pub fn ServiceWebhooks(service: String) -> impl IntoView {
             <Transition fallback=|| view! { <p class="muted">"Loading deliveries…"</p> }>
                 {move || Suspend::new(async move {
                     match deliveries.await {
-                        Ok(page) => delivery_table(page.deliveries, replay).into_any(),
+                        Ok(page) => {
+                            delivery_table(page.deliveries, may_replay.then_some(replay))
+                                .into_any()
+                        }
                         Err(error) => {
                             view! {
                                 <p class="error" role="alert">
@@ -430,9 +434,10 @@ struct Replay<F: Fn(i64) + Copy + 'static> {
     run: F,
 }
 
+/// The log; `replay` is `None` for a caller who may not replay, who then gets no buttons.
 fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
     deliveries: Vec<DeliveryView>,
-    replay: Replay<F>,
+    replay: Option<Replay<F>>,
 ) -> impl IntoView {
     if deliveries.is_empty() {
         return view! {
@@ -467,7 +472,7 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
                             .as_deref()
                             .map(|sha| sha.chars().take(12).collect::<String>())
                             .unwrap_or_default();
-                        let replayable = delivery.verified;
+                        let replay = replay.filter(|_| delivery.verified);
                         view! {
                             <tr data-delivery=id data-verdict=delivery.verdict.clone()>
                                 <td>{utc(delivery.received_at)}</td>
@@ -503,8 +508,8 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
                                         })}
                                 </td>
                                 <td>
-                                    {replayable
-                                        .then(|| {
+                                    {replay
+                                        .map(|replay| {
                                             view! {
                                                 <button
                                                     type="button"

@@ -223,6 +223,7 @@ struct ListQuery {
     status: Option<String>,
     limit: Option<u32>,
     before: Option<i64>,
+    after: Option<i64>,
 }
 
 async fn list_deployments(
@@ -233,7 +234,7 @@ async fn list_deployments(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!(
-                "{}; expected ?service=NAME&status=STATUS&limit=N&before=ID",
+                "{}; expected ?service=NAME&status=STATUS&limit=N&before=ID (or &after=ID)",
                 rejection.body_text()
             ),
         )
@@ -244,6 +245,7 @@ async fn list_deployments(
             service: query.service,
             status: query.status,
             before: query.before,
+            after: query.after,
             limit: query.limit,
         })
         .await?;

@@ -291,7 +291,7 @@ impl Fleet {
         }
         let handle = self.handle(&row.service)?;
         self.store.record_control(id, action, by).await?;
-        handle.controls.push(id, action);
+        handle.controls.push(id, action, by);
         handle.wake.notify_one();
         tracing::info!(
             rollout_id = id,
@@ -480,47 +480,86 @@ impl Fleet {
         .await
     }
 
-    /// One page of the history, newest first.
+    /// One page of the history, newest first: the newest, the one below `before` (older), or
+    /// the one just above `after` (newer), with the cursors to the pages on either side.
     pub async fn deployments(
         &self,
         filter: &DeploymentFilter,
     ) -> Result<DeploymentPage, StoreError> {
-        let limit = filter.limit.unwrap_or(50).clamp(1, 200);
+        let limit = filter.limit.unwrap_or(50).clamp(1, 200) as usize;
+        let query = |before, after, limit: usize| DeploymentQuery {
+            service: filter.service.as_deref(),
+            status: filter.status.as_deref(),
+            before,
+            after,
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        };
+        // One row more than a page, on the side away from the cursor, says whether there is
+        // another page that way.
         let mut rows = self
             .store
-            .deployments(&DeploymentQuery {
-                service: filter.service.as_deref(),
-                status: filter.status.as_deref(),
-                before: filter.before,
-                limit: i64::from(limit) + 1,
-            })
+            .deployments(&query(filter.before, filter.after, limit + 1))
             .await?;
-        let next_before = (rows.len() > limit as usize).then(|| {
-            rows.truncate(limit as usize);
-            rows.last().map_or(0, |row| row.id)
-        });
+        let more = rows.len() > limit;
+        if more && filter.after.is_some() {
+            rows.drain(..rows.len() - limit);
+        } else {
+            rows.truncate(limit);
+        }
+        // The other way, whether anything at all lies beyond this page.
+        let (newer, older) = if filter.after.is_some() {
+            let older = match rows.last() {
+                Some(last) => !self
+                    .store
+                    .deployments(&query(Some(last.id), None, 1))
+                    .await?
+                    .is_empty(),
+                None => false,
+            };
+            (more, older)
+        } else {
+            let newer = match (filter.before, rows.first()) {
+                (Some(_), Some(first)) => !self
+                    .store
+                    .deployments(&query(None, Some(first.id), 1))
+                    .await?
+                    .is_empty(),
+                _ => false,
+            };
+            (newer, more)
+        };
         Ok(DeploymentPage {
+            next_before: rows.last().filter(|_| older).map(|row| row.id),
+            prev_after: rows.first().filter(|_| newer).map(|row| row.id),
             deployments: rows.into_iter().map(Into::into).collect(),
-            next_before,
         })
     }
 
     /// A rollout with its whole timeline.
     pub async fn deployment(&self, id: i64) -> Result<Option<DeploymentDetail>, StoreError> {
+        // The event id first: whatever changes after it is read is sent again by the stream
+        // (applying an event twice changes nothing), while an id read last could claim a
+        // change the rows read before it do not show yet.
+        let last_event_id = self.store.last_event_id(id).await?;
         let Some(row) = self.store.deployment(id).await? else {
             return Ok(None);
         };
         let steps = self.store.steps(id).await?;
-        let last_event_id = self.store.last_event_id(id).await?;
-        let mut backends: Vec<String> = match self.handle(&row.service) {
-            Ok(handle) => handle
+        let handle = self.handle(&row.service).ok();
+        let mut backends: Vec<String> = match handle {
+            Some(handle) => handle
                 .settings
                 .backends
                 .iter()
                 .map(|b| b.name.to_string())
                 .collect(),
-            Err(_) => Vec::new(),
+            None => Vec::new(),
         };
+        // What was asked and has not taken effect, by the same rule the page applies to the
+        // live events, so a reload shows what the stream showed.
+        let pending = handle
+            .and_then(|handle| handle.controls.newest(id))
+            .filter(|pending| !pending.fulfilled_by(&row.status));
         for step in &steps {
             if let Some(backend) = &step.backend
                 && !backends.contains(backend)
@@ -533,6 +572,7 @@ impl Fleet {
             backends,
             steps: steps.into_iter().map(Into::into).collect(),
             last_event_id,
+            pending,
         }))
     }
 }

@@ -15,13 +15,24 @@ use crate::model::{Change, DeploymentEvent, DeploymentFilter, DeploymentPage, De
 /// Rollouts per page unless the address says otherwise.
 const PAGE_SIZE: u32 = 25;
 
-/// The history's query string: `service`, `status`, `before`, `limit`.
+/// The history's query string: `service`, `status`, `before` or `after`, `limit`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Query {
     service: Option<String>,
     status: Option<String>,
     before: Option<i64>,
+    after: Option<i64>,
     limit: Option<u32>,
+}
+
+/// Which page of the same view a link goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cursor {
+    Newest,
+    /// The page below this id.
+    Older(i64),
+    /// The page just above this id.
+    Newer(i64),
 }
 
 impl Query {
@@ -30,6 +41,7 @@ impl Query {
             service: self.service.clone(),
             status: self.status.clone(),
             before: self.before,
+            after: self.after,
             limit: Some(self.limit.unwrap_or(PAGE_SIZE)),
         }
     }
@@ -38,8 +50,8 @@ impl Query {
         self.service.is_some() || self.status.is_some()
     }
 
-    /// The address of this view at another page.
-    fn href(&self, before: Option<i64>) -> String {
+    /// The address of this view (the same filters) at another page.
+    fn href(&self, cursor: Cursor) -> String {
         let mut parts = Vec::new();
         if let Some(service) = &self.service {
             parts.push(format!("service={}", encode(service)));
@@ -50,8 +62,10 @@ impl Query {
         if let Some(limit) = self.limit {
             parts.push(format!("limit={limit}"));
         }
-        if let Some(before) = before {
-            parts.push(format!("before={before}"));
+        match cursor {
+            Cursor::Newest => {}
+            Cursor::Older(before) => parts.push(format!("before={before}")),
+            Cursor::Newer(after) => parts.push(format!("after={after}")),
         }
         if parts.is_empty() {
             "/deployments".into()
@@ -88,6 +102,7 @@ pub fn DeploymentsPage() -> impl IntoView {
                 service: text("service"),
                 status: text("status"),
                 before: text("before").and_then(|v| v.parse().ok()),
+                after: text("after").and_then(|v| v.parse().ok()),
                 limit: text("limit").and_then(|v| v.parse().ok()),
             }
         })
@@ -220,6 +235,13 @@ fn history(page: DeploymentPage, query: &Query) -> impl IntoView + use<> {
                 </p>
             }
             .into_any()
+        } else if query.after.is_some() {
+            view! {
+                <p class="empty">
+                    "No newer deployments. " <A href="/deployments">"Back to the newest"</A>
+                </p>
+            }
+            .into_any()
         } else {
             view! {
                 <p class="empty">
@@ -231,16 +253,21 @@ fn history(page: DeploymentPage, query: &Query) -> impl IntoView + use<> {
         };
         return empty;
     }
-    let newest = query.before.map(|_| {
-        let href = query.href(None);
+    // Off the newest page: back to it, or one page towards it.
+    let newest = page.prev_after.map(|_| {
+        let href = query.href(Cursor::Newest);
+        view! { <A href=href>"← Newest"</A> }
+    });
+    let newer = page.prev_after.map(|after| {
+        let href = query.href(Cursor::Newer(after));
         view! {
             <A href=href attr:rel="prev">
-                "← Newest"
+                "← Newer"
             </A>
         }
     });
     let older = page.next_before.map(|before| {
-        let href = query.href(Some(before));
+        let href = query.href(Cursor::Older(before));
         view! {
             <A href=href attr:rel="next">
                 "Older →"
@@ -272,6 +299,7 @@ fn history(page: DeploymentPage, query: &Query) -> impl IntoView + use<> {
         </table>
         <nav class="pager" aria-label="Pages">
             {newest}
+            {newer}
             {older}
         </nav>
     }
@@ -325,17 +353,23 @@ mod tests {
             service: Some("web".into()),
             status: Some("rolled_back".into()),
             before: Some(40),
+            after: None,
             limit: Some(10),
         };
         assert_eq!(
-            query.href(Some(30)),
+            query.href(Cursor::Older(30)),
             "/deployments?service=web&status=rolled_back&limit=10&before=30"
         );
         assert_eq!(
-            query.href(None),
+            query.href(Cursor::Newer(31)),
+            "/deployments?service=web&status=rolled_back&limit=10&after=31",
+            "one cursor at a time"
+        );
+        assert_eq!(
+            query.href(Cursor::Newest),
             "/deployments?service=web&status=rolled_back&limit=10"
         );
-        assert_eq!(Query::default().href(None), "/deployments");
+        assert_eq!(Query::default().href(Cursor::Newest), "/deployments");
         assert_eq!(encode("a b&c"), "a%20b%26c");
     }
 }

@@ -5,10 +5,8 @@
 
 use leptos::prelude::ServerFnError;
 
-/// Whether a rollout with this status has ended (nothing will change it any more).
-pub fn is_finished(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled")
-}
+// Defined with the shapes, since the server needs it too (for what is still pending).
+pub use crate::model::is_finished;
 
 /// A rollout's status in words.
 pub fn status_label(status: &str) -> String {

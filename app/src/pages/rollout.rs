@@ -14,11 +14,13 @@ use super::format::{
     error_message, is_finished, outcome_label, status_label, step_doing, step_label, trigger_label,
 };
 use super::live::{Connection, ConnectionBadge, Handler, follow};
-use super::timeline::{Pending, Timeline};
+use super::timeline::Timeline;
 use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
 use crate::auth::{allows, use_caller};
 use crate::fleet::{control_deployment, fleet_status, get_deployment, rollback_service};
-use crate::model::{ControlAction, DeploymentDetail, DeploymentEvent, Role, StepSummary};
+use crate::model::{
+    ControlAction, DeploymentDetail, DeploymentEvent, PendingControl, Role, StepSummary,
+};
 
 #[component]
 pub fn RolloutPage() -> impl IntoView {
@@ -372,7 +374,7 @@ fn StepItem(step: StepSummary) -> impl IntoView {
 fn Controls(
     id: i64,
     service: String,
-    pending: Memo<Option<Pending>>,
+    pending: Memo<Option<PendingControl>>,
     status: Signal<String>,
     may_control: bool,
 ) -> impl IntoView {

@@ -225,11 +225,9 @@ fn ServiceCard(
                 <tbody>{rows}</tbody>
             </table>
             {may.deploy.then(|| view! { <Redeploy service=name.clone() status /> })}
-            // The delivery log renders a Replay button on every verified delivery; only admins
-            // may replay, so for anyone else the stylesheet hides those buttons.
-            <details class="webhooks" class:no-replay=!may.replay>
+            <details class="webhooks">
                 <summary>"Webhooks and deliveries"</summary>
-                <crate::webhooks::ServiceWebhooks service=name />
+                <crate::webhooks::ServiceWebhooks service=name may_replay=may.replay />
             </details>
         </li>
     }

@@ -2,22 +2,17 @@
 //!
 //! Pure (no IO, no signals) so the rules are tested here: events at or below the last applied
 //! id are ignored, a step that begins and then ends is one row (upserted by id), and a control
-//! request is shown until the status says it took effect.
+//! request is shown until the status says it took effect (one asked for before the page loaded
+//! comes with the rollout itself).
 
 use crate::model::{
-    Change, ControlAction, DeploymentDetail, DeploymentEvent, DeploymentSummary, StepSummary,
+    Change, ControlAction, DeploymentDetail, DeploymentEvent, DeploymentSummary, PendingControl,
+    StepSummary,
 };
 
 use super::format::is_finished;
 
-/// A pause, resume or abort someone asked for that has not taken effect yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pending {
-    pub action: ControlAction,
-    pub by: Option<String>,
-}
-
-impl Pending {
+impl PendingControl {
     /// "Pause requested by alice", or without a name when the request carried none.
     pub fn describe(&self) -> String {
         let what = match self.action {
@@ -37,16 +32,6 @@ impl Pending {
             None => format!("{what}: {when}."),
         }
     }
-
-    /// Whether a rollout now in `status` has done what was asked.
-    fn fulfilled_by(&self, status: &str) -> bool {
-        is_finished(status)
-            || match self.action {
-                ControlAction::Pause => status == "paused",
-                ControlAction::Resume => status == "running",
-                ControlAction::Abort => false,
-            }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,17 +43,21 @@ pub struct Timeline {
     pub steps: Vec<StepSummary>,
     /// The newest event reflected here.
     pub last_event_id: i64,
-    pub pending: Option<Pending>,
+    pub pending: Option<PendingControl>,
 }
 
 impl Timeline {
     pub fn new(detail: DeploymentDetail) -> Self {
+        // The server leaves out what has taken effect; an ended rollout never shows one anyway.
+        let pending = detail
+            .pending
+            .filter(|pending| !pending.fulfilled_by(&detail.deployment.status));
         let mut timeline = Self {
             deployment: detail.deployment,
             backends: detail.backends,
             steps: detail.steps,
             last_event_id: detail.last_event_id,
-            pending: None,
+            pending,
         };
         timeline.sort();
         timeline
@@ -107,7 +96,7 @@ impl Timeline {
             }
             Change::Control { action, by } => {
                 if !is_finished(&self.deployment.status) {
-                    self.pending = Some(Pending { action, by });
+                    self.pending = Some(PendingControl { action, by });
                 }
             }
         }
@@ -168,6 +157,18 @@ mod tests {
             backends: vec!["web1".into(), "web2".into()],
             steps: vec![step(2, "web1", "drain", true)],
             last_event_id: 10,
+            pending: None,
+        })
+    }
+
+    /// The rollout as a reload finds it: `status`, with `pending` still queued on the server.
+    fn reloaded(status: &str, pending: Option<PendingControl>) -> Timeline {
+        Timeline::new(DeploymentDetail {
+            deployment: summary(status),
+            backends: vec!["web1".into(), "web2".into()],
+            steps: vec![step(2, "web1", "drain", true)],
+            last_event_id: 10,
+            pending,
         })
     }
 
@@ -243,7 +244,11 @@ mod tests {
             },
         ));
         assert_eq!(
-            timeline.pending.as_ref().map(Pending::describe).unwrap(),
+            timeline
+                .pending
+                .as_ref()
+                .map(PendingControl::describe)
+                .unwrap(),
             "Pause requested by alice: it takes effect once the current backend has finished."
         );
         timeline.apply(event(
@@ -290,6 +295,78 @@ mod tests {
             },
         ));
         assert_eq!(timeline.pending, None);
+    }
+
+    #[test]
+    fn a_request_made_before_a_reload_still_shows_until_it_takes_effect() {
+        let mut timeline = reloaded(
+            "running",
+            Some(PendingControl {
+                action: ControlAction::Pause,
+                by: Some("alice".into()),
+            }),
+        );
+        assert_eq!(
+            timeline
+                .pending
+                .as_ref()
+                .map(PendingControl::describe)
+                .unwrap(),
+            "Pause requested by alice: it takes effect once the current backend has finished."
+        );
+        timeline.apply(event(
+            11,
+            Change::Status {
+                deployment: summary("paused"),
+            },
+        ));
+        assert_eq!(timeline.pending, None);
+    }
+
+    #[test]
+    fn a_request_already_in_effect_or_on_an_ended_rollout_is_not_shown_after_a_reload() {
+        let pause = PendingControl {
+            action: ControlAction::Pause,
+            by: Some("alice".into()),
+        };
+        let abort = PendingControl {
+            action: ControlAction::Abort,
+            by: None,
+        };
+        assert_eq!(reloaded("paused", Some(pause.clone())).pending, None);
+        assert_eq!(
+            reloaded("paused", Some(abort.clone())).pending,
+            Some(abort.clone()),
+            "an abort of a paused rollout is still to come"
+        );
+        for ended in ["succeeded", "failed", "rolled_back", "cancelled"] {
+            assert_eq!(
+                reloaded(ended, Some(pause.clone())).pending,
+                None,
+                "{ended}"
+            );
+            assert_eq!(
+                reloaded(ended, Some(abort.clone())).pending,
+                None,
+                "{ended}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollout_from_a_server_that_sends_no_pending_field_reads_as_nothing_pending() {
+        let mut json = serde_json::to_value(DeploymentDetail {
+            deployment: summary("running"),
+            backends: vec!["web1".into()],
+            steps: Vec::new(),
+            last_event_id: 3,
+            pending: None,
+        })
+        .unwrap();
+        json.as_object_mut().unwrap().remove("pending");
+        let detail: DeploymentDetail = serde_json::from_value(json).unwrap();
+        assert_eq!(detail.pending, None);
+        assert_eq!(detail.deployment.status, "running");
     }
 
     #[test]

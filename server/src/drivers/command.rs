@@ -197,8 +197,10 @@ mod tests {
     use super::*;
     use crate::settings::{EnvOverrides, Settings};
 
-    fn runtime(dir: &std::path::Path) -> CommandRuntime {
-        let text = format!(
+    /// A configuration of one service `api` with one backend `s1` and this `[service.runtime]`
+    /// body (after `kind = "command"`).
+    fn config(runtime: &str) -> String {
+        format!(
             r#"
 [[load_balancer]]
 name = "edge"
@@ -209,16 +211,22 @@ name = "api"
 load_balancer = "edge"
 [service.runtime]
 kind = "command"
-prepare = 'echo "prepared $BATON_VERSION" >> {log}'
-start = 'printf "%s\n" "start $BATON_BACKEND $BATON_PORT $BATON_VERSION" >> {log}'
-stop = 'echo "stop $BATON_BACKEND" >> {log}; test "$BATON_BACKEND" != s2 || {{ echo nope >&2; exit 4; }}'
 initial_version = "v1"
+{runtime}
 [[service.backend]]
 name = "s1"
 address = "127.0.0.1:18001"
-"#,
+"#
+        )
+    }
+
+    fn runtime(dir: &std::path::Path) -> CommandRuntime {
+        let text = config(&format!(
+            r#"prepare = 'echo "prepared $BATON_VERSION" >> {log}'
+start = 'printf "%s\n" "start $BATON_BACKEND $BATON_PORT $BATON_VERSION" >> {log}'
+stop = 'echo "stop $BATON_BACKEND" >> {log}; test "$BATON_BACKEND" != s2 || {{ echo nope >&2; exit 4; }}'"#,
             log = dir.join("log").display()
-        );
+        ));
         let settings =
             Settings::parse(&text, &dir.join("baton.toml"), &EnvOverrides::default()).unwrap();
         CommandRuntime::new(&settings.services[0], dir.join("work"))
@@ -254,28 +262,13 @@ address = "127.0.0.1:18001"
         assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("env");
-        let text = format!(
-            r#"
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:/x"]
-[[service]]
-name = "api"
-load_balancer = "edge"
-[service.runtime]
-kind = "command"
-start = 'env | sort > {out}'
+        let text = config(&format!(
+            r#"start = 'env | sort > {out}'
 stop = 'true'
-initial_version = "v1"
 pass_env = ["SHARED_CACHE"]
-env = {{ APP_MODE = "prod" }}
-[[service.backend]]
-name = "s1"
-address = "127.0.0.1:18001"
-"#,
+env = {{ APP_MODE = "prod" }}"#,
             out = out.display()
-        );
+        ));
         let baton_env = |name: &str| match name {
             "PATH" => Some("/usr/bin:/bin".to_owned()),
             "SHARED_CACHE" => Some("/var/cache/x".to_owned()),

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
-use app::model::ControlAction;
+use app::model::{ControlAction, PendingControl};
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
@@ -29,23 +29,62 @@ const POLL: Duration = Duration::from_millis(10);
 /// How long HAProxy may take to report a server UP after `state ready`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pause, resume and abort requests waiting for a service's worker, by rollout id.
+/// Pause, resume and abort requests for a service's worker, by rollout id: those it has not
+/// taken yet, and the newest one with who asked, kept after the worker took it (a pause handed
+/// to the engine still waits for the current backend), so the rollout page can say what is
+/// pending. In memory only: a restart forgets both.
 #[derive(Clone, Default)]
-pub struct Controls(Arc<std::sync::Mutex<Vec<(i64, ControlAction)>>>);
+pub struct Controls(Arc<std::sync::Mutex<ControlRequests>>);
+
+#[derive(Default)]
+struct ControlRequests {
+    /// Not taken yet, in the order they were asked for.
+    waiting: Vec<(i64, ControlAction)>,
+    /// The newest request (taken or not) and the rollout it was for.
+    newest: Option<(i64, PendingControl)>,
+}
 
 impl Controls {
-    pub fn push(&self, id: i64, action: ControlAction) {
-        self.0.lock().expect("controls lock").push((id, action));
+    /// Queues `action` for rollout `id`, asked for by `by` (as its `Control` event names them).
+    pub fn push(&self, id: i64, action: ControlAction, by: Option<&str>) {
+        let mut requests = self.0.lock().expect("controls lock");
+        requests.waiting.push((id, action));
+        requests.newest = Some((
+            id,
+            PendingControl {
+                action,
+                by: by.map(str::to_owned),
+            },
+        ));
     }
 
     /// The requests for rollout `id`, in order; requests for any other rollout are stale (it
-    /// ended before they could apply) and are dropped.
+    /// ended before they could apply) and are dropped, and so is the newest one if it was for
+    /// another rollout.
     fn take(&self, id: i64) -> Vec<ControlAction> {
-        let taken = std::mem::take(&mut *self.0.lock().expect("controls lock"));
-        taken
+        let mut requests = self.0.lock().expect("controls lock");
+        if requests
+            .newest
+            .as_ref()
+            .is_some_and(|(for_id, _)| *for_id != id)
+        {
+            requests.newest = None;
+        }
+        std::mem::take(&mut requests.waiting)
             .into_iter()
             .filter_map(|(for_id, action)| (for_id == id).then_some(action))
             .collect()
+    }
+
+    /// The newest request for rollout `id`, whether or not the worker has taken it; leaves it
+    /// in place. It may already be in effect: compare it with the rollout's status
+    /// ([`PendingControl::fulfilled_by`]).
+    pub fn newest(&self, id: i64) -> Option<PendingControl> {
+        let requests = self.0.lock().expect("controls lock");
+        match &requests.newest {
+            Some((for_id, pending)) if *for_id == id => Some(pending.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -687,4 +726,52 @@ impl LoadBalancer for Patient {
 /// and Baton's own probe is what counted.
 fn lb_check_passed(server: &ServerStatus) -> bool {
     server.status == "DRAIN" || server.status == "no check"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_request_stays_readable_after_the_worker_takes_it() {
+        let controls = Controls::default();
+        controls.push(7, ControlAction::Pause, Some("alice"));
+        let pause = PendingControl {
+            action: ControlAction::Pause,
+            by: Some("alice".into()),
+        };
+        assert_eq!(controls.newest(7), Some(pause.clone()));
+        assert_eq!(
+            controls.newest(7),
+            Some(pause.clone()),
+            "reading takes nothing"
+        );
+        assert_eq!(controls.newest(8), None);
+
+        assert_eq!(controls.take(7), [ControlAction::Pause]);
+        assert!(controls.take(7).is_empty());
+        assert_eq!(
+            controls.newest(7),
+            Some(pause),
+            "taken, maybe not yet in effect"
+        );
+
+        controls.push(7, ControlAction::Resume, None);
+        assert_eq!(
+            controls.newest(7),
+            Some(PendingControl {
+                action: ControlAction::Resume,
+                by: None,
+            })
+        );
+    }
+
+    #[test]
+    fn the_next_rollout_drops_what_was_asked_of_an_ended_one() {
+        let controls = Controls::default();
+        controls.push(7, ControlAction::Abort, Some("bob"));
+        assert!(controls.take(8).is_empty());
+        assert_eq!(controls.newest(7), None);
+        assert!(controls.take(7).is_empty(), "dropped, not kept for later");
+    }
 }

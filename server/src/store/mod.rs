@@ -263,25 +263,41 @@ impl Store {
         )
     }
 
-    /// Deployments, newest first.
+    /// Deployments, newest first: the newest `limit` that match, or with `after`, the `limit`
+    /// just above it (the page before, towards the newest).
     pub async fn deployments(
         &self,
         query: &DeploymentQuery<'_>,
     ) -> Result<Vec<DeploymentRow>, StoreError> {
-        Ok(sqlx::query_as::<_, DeploymentRow>(
-            "SELECT * FROM deployments WHERE (? IS NULL OR service = ?) AND (? IS NULL OR status = ?)
-                AND (? IS NULL OR id < ?)
-             ORDER BY id DESC LIMIT ?",
-        )
-        .bind(query.service)
-        .bind(query.service)
-        .bind(query.status)
-        .bind(query.status)
-        .bind(query.before)
-        .bind(query.before)
-        .bind(query.limit)
-        .fetch_all(&self.pool)
-        .await?)
+        const NEWEST: &str = "SELECT * FROM deployments
+             WHERE (? IS NULL OR service = ?) AND (? IS NULL OR status = ?)
+                AND (? IS NULL OR id < ?) AND (? IS NULL OR id > ?)
+             ORDER BY id DESC LIMIT ?";
+        const NEAREST_ABOVE: &str = "SELECT * FROM deployments
+             WHERE (? IS NULL OR service = ?) AND (? IS NULL OR status = ?)
+                AND (? IS NULL OR id < ?) AND (? IS NULL OR id > ?)
+             ORDER BY id ASC LIMIT ?";
+        let sql = if query.after.is_some() {
+            NEAREST_ABOVE
+        } else {
+            NEWEST
+        };
+        let mut rows = sqlx::query_as::<_, DeploymentRow>(sql)
+            .bind(query.service)
+            .bind(query.service)
+            .bind(query.status)
+            .bind(query.status)
+            .bind(query.before)
+            .bind(query.before)
+            .bind(query.after)
+            .bind(query.after)
+            .bind(query.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        if query.after.is_some() {
+            rows.reverse();
+        }
+        Ok(rows)
     }
 
     /// Records that a step begins on a backend (before its side effect); returns the step's id.
@@ -408,8 +424,11 @@ impl Store {
 pub struct DeploymentQuery<'a> {
     pub service: Option<&'a str>,
     pub status: Option<&'a str>,
-    /// Only ids below this one (the next page).
+    /// Only ids below this one (the next, older page).
     pub before: Option<i64>,
+    /// Only ids above this one, the nearest first (the previous, newer page); the rows still
+    /// come back newest first.
+    pub after: Option<i64>,
     pub limit: i64,
 }
 
@@ -580,6 +599,61 @@ mod tests {
         let row = store.deployment(second).await.unwrap().unwrap();
         assert_eq!(row.reason.as_deref(), Some("start failed on s1: boom"));
         assert!(row.finished_at.is_some());
+    }
+
+    #[tokio::test]
+    async fn deployments_page_both_ways_newest_first_within_the_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("p.db").display()))
+            .await
+            .unwrap();
+        let mut api = Vec::new();
+        for i in 0..7 {
+            let service = if i % 2 == 0 { "api" } else { "worker" };
+            let id = store
+                .insert_deployment(&NewDeployment {
+                    service,
+                    from_version: Some("v1"),
+                    to_version: "v2",
+                    trigger: "api",
+                    requested_by: None,
+                    state: "{}",
+                })
+                .await
+                .unwrap();
+            if service == "api" {
+                api.push(id);
+            }
+        }
+        // api has ids a0 < a1 < a2 < a3 (with worker's in between).
+        let ids = |rows: Vec<DeploymentRow>| rows.iter().map(|d| d.id).collect::<Vec<_>>();
+        let page = |before, after| DeploymentQuery {
+            service: Some("api"),
+            before,
+            after,
+            limit: 2,
+            ..DeploymentQuery::default()
+        };
+        let newest = ids(store.deployments(&page(None, None)).await.unwrap());
+        assert_eq!(newest, [api[3], api[2]]);
+        let older = ids(store.deployments(&page(Some(api[2]), None)).await.unwrap());
+        assert_eq!(older, [api[1], api[0]]);
+        // Back from the older page: the rows just above its newest, still newest first.
+        let newer = ids(store.deployments(&page(None, Some(api[1]))).await.unwrap());
+        assert_eq!(newer, newest);
+        let nearest = ids(store.deployments(&page(None, Some(api[0]))).await.unwrap());
+        assert_eq!(
+            nearest,
+            [api[2], api[1]],
+            "the nearest above, not the newest"
+        );
+        let top = ids(store.deployments(&page(None, Some(api[3]))).await.unwrap());
+        assert!(top.is_empty(), "nothing is newer than the newest");
+        let between = ids(store
+            .deployments(&page(Some(api[3]), Some(api[0])))
+            .await
+            .unwrap());
+        assert_eq!(between, [api[2], api[1]], "both bounds hold");
     }
 
     #[tokio::test]

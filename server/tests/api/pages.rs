@@ -1,8 +1,43 @@
 //! The server-rendered pages and Baton's own health endpoint.
 
-use baton_server::auth::Role;
+use std::time::{Duration, Instant};
 
-use crate::helpers::spawn_app;
+use baton_server::auth::Role;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+/// `api` takes signed webhooks, and its rollouts wait in `prepare` until the file `release`
+/// appears in its state folder (at most 20 s), so a test can act on a rollout mid-step.
+const HELD_CONFIG: &str = r#"
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:haproxy.sock"]
+
+[[service]]
+name = "api"
+load_balancer = "edge"
+[service.runtime]
+kind = "command"
+initial_version = "v1"
+prepare = '''i=0; while [ ! -e release ] && [ "$i" -lt 400 ]; do sleep 0.05; i=$((i+1)); done'''
+start = "true"
+stop = "true"
+[[service.backend]]
+name = "s1"
+address = "127.0.0.1:18001"
+[service.webhook]
+secret_env = "API_WEBHOOK_SECRET"
+branch = "master"
+"#;
+
+const WEBHOOK_SECRET: &str = "the pages tests' webhook secret";
+
+async fn spawn_held() -> TestApp {
+    spawn_app_with(HELD_CONFIG, &[("API_WEBHOOK_SECRET", WEBHOOK_SECRET)]).await
+}
 
 #[tokio::test]
 async fn alive_answers_200_when_the_database_does() {
@@ -448,8 +483,6 @@ async fn the_server_renders_only_the_buttons_the_callers_role_allows() {
             ">viewer</span>",
             "<form method=\"post\" action=\"/auth/logout\"",
             ">Sign out</button>",
-            // Webhook replays are for admins: hidden from everyone else.
-            "class=\"webhooks no-replay\"",
         ],
     );
     for absent in ["Redeploy api", "Redeploy worker", "href=\"/audit\""] {
@@ -457,14 +490,7 @@ async fn the_server_renders_only_the_buttons_the_callers_role_allows() {
     }
 
     let deployer = page_as(&app, Role::Deployer, "/").await;
-    assert_contains(
-        &deployer,
-        &[
-            ">Redeploy api</button>",
-            ">deployer</span>",
-            "webhooks no-replay",
-        ],
-    );
+    assert_contains(&deployer, &[">Redeploy api</button>", ">deployer</span>"]);
     assert!(!deployer.contains("href=\"/audit\""));
 
     let admin = page_as(&app, Role::Admin, "/").await;
@@ -477,7 +503,6 @@ async fn the_server_renders_only_the_buttons_the_callers_role_allows() {
             "href=\"/tokens\"",
         ],
     );
-    assert!(!admin.contains("no-replay"));
 
     // The rollout page: the controls for deployers, none for viewers.
     let id = deploy(&app, "api", "v2").await;
@@ -541,5 +566,255 @@ async fn the_audit_log_is_rendered_for_admins_newest_first_and_filtered_by_the_a
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+    app.stop().await;
+}
+
+/// GETs `path` as JSON with the admin token.
+async fn json(app: &TestApp, path: &str) -> serde_json::Value {
+    let response = app.get(path).await;
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.json().await.unwrap()
+}
+
+/// Polls rollout `id` until `done` holds of it (at most 20 s); returns it.
+async fn rollout_when(
+    app: &TestApp,
+    id: i64,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let deployment = json(app, &format!("/api/deployments/{id}")).await;
+        if done(&deployment) {
+            return deployment;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout {id}: {what} not reached: {deployment:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pause_still_waiting_for_the_current_step_is_shown_on_a_fresh_page_load() {
+    let app = spawn_held().await;
+    let id = deploy(&app, "api", "v2").await;
+    rollout_when(&app, id, "prepare running", |d| {
+        d["status"] == "running" && d["steps"][0]["step"] == "prepare"
+    })
+    .await;
+    let response = app
+        .client
+        .post(format!("{}/api/deployments/{id}/pause", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    // What a reload gets: the API's rollout and the server-rendered page both carry it.
+    let deployment = json(&app, &format!("/api/deployments/{id}")).await;
+    assert_eq!(
+        deployment["pending"],
+        serde_json::json!({ "action": "pause", "by": "tests" }),
+        "{deployment:#}"
+    );
+    for role in [Role::Viewer, Role::Deployer] {
+        let html = page_as(&app, role, &format!("/deployments/{id}")).await;
+        assert_contains(
+            &html,
+            &[
+                "data-testid=\"pending\"",
+                "Pause requested by tests: it takes effect once the current backend has finished.",
+            ],
+        );
+    }
+
+    // Once it took effect (between prepare and the first backend), it is no longer pending.
+    std::fs::write(app.dir.path().join("state/api/release"), "").unwrap();
+    let paused = rollout_when(&app, id, "paused", |d| d["status"] != "running").await;
+    assert_eq!(paused["status"], "paused", "{paused:#}");
+    assert_eq!(paused["pending"], serde_json::Value::Null);
+    let html = page_as(&app, Role::Viewer, &format!("/deployments/{id}")).await;
+    assert!(!html.contains("data-testid=\"pending\""), "{html}");
+
+    // An abort of the paused rollout ends it at once; an ended rollout shows nothing pending.
+    let response = app
+        .client
+        .post(format!("{}/api/deployments/{id}/abort", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let ended = finished(&app, id).await;
+    assert_eq!(ended["status"], "cancelled", "{ended:#}");
+    assert_eq!(ended["pending"], serde_json::Value::Null);
+    let html = page_as(&app, Role::Viewer, &format!("/deployments/{id}")).await;
+    assert!(!html.contains("data-testid=\"pending\""), "{html}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_admins_get_a_replay_button_in_the_server_rendered_delivery_log() {
+    let app = spawn_held().await;
+    // A signed GitHub ping: a verified delivery (so replayable) that starts no rollout.
+    let body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/webhooks/github/ping__payload.json"),
+    )
+    .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let response = app
+        .anonymous
+        .post(format!("{}/hooks/api", app.address))
+        .header("content-type", "application/json")
+        .header("user-agent", "GitHub-Hookshot/test")
+        .header("x-github-event", "ping")
+        .header("x-github-delivery", "pages-ping-1")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    let delivery = answer["delivery"].as_i64().expect("a logged delivery");
+    let row = format!("data-delivery=\"{delivery}\"");
+    let button = format!("data-replay=\"{delivery}\"");
+
+    let admin = page_as(&app, Role::Admin, "/").await;
+    assert_contains(&admin, &[&row, &button, ">Replay</button>"]);
+    for role in [Role::Viewer, Role::Deployer] {
+        let html = page_as(&app, role, "/").await;
+        assert_contains(&html, &[&row]);
+        for absent in [button.as_str(), "data-replay=", ">Replay</button>"] {
+            assert!(!html.contains(absent), "a {role} is sent {absent:?}");
+        }
+    }
+
+    // Hiding the button is a courtesy: the server still refuses their replays.
+    for role in [Role::Viewer, Role::Deployer] {
+        let token = app.token(&format!("replay-{role}"), role).await;
+        let response = app
+            .anonymous
+            .post(format!("{}/api/deliveries/{delivery}/replay", app.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "a {role}'s replay");
+    }
+    app.stop().await;
+}
+
+/// The history's rows, in the order the page shows them.
+fn shown_ids(html: &str) -> Vec<i64> {
+    html.split("data-deployment-id=\"")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].parse().unwrap())
+        .collect()
+}
+
+/// The `href` of the pager link whose text is `text`, unescaped.
+fn pager_link(html: &str, text: &str) -> Option<String> {
+    let nav = &html[html.find("class=\"pager\"")?..];
+    let end = nav.find(&format!(">{text}</a>"))?;
+    let start = nav[..end].rfind("href=\"")? + "href=\"".len();
+    let href = &nav[start..end];
+    Some(href[..href.find('"')?].replace("&amp;", "&"))
+}
+
+#[tokio::test]
+async fn the_history_goes_older_then_newer_back_to_the_same_rows_keeping_the_filters() {
+    let app = spawn_app().await;
+    // Five rollouts of api (and one of worker, which the filter leaves out), one at a time so
+    // each ends before the next is asked for.
+    let mut api = Vec::new();
+    for (service, version) in [
+        ("api", "v2"),
+        ("api", "v3"),
+        ("worker", "v2"),
+        ("api", "v4"),
+        ("api", "v5"),
+        ("api", "v6"),
+    ] {
+        let id = deploy(&app, service, version).await;
+        let ended = finished(&app, id).await;
+        if service == "api" {
+            api.push((id, ended["status"].as_str().unwrap().to_owned()));
+        }
+    }
+    let status = api[0].1.clone();
+    assert!(
+        api.iter().all(|(_, s)| *s == status),
+        "every api rollout ends the same way here: {api:?}"
+    );
+    let api: Vec<i64> = api.into_iter().map(|(id, _)| id).collect();
+    let start = format!("/deployments?service=api&status={status}&limit=2");
+
+    let newest = page_as(&app, Role::Viewer, &start).await;
+    assert_eq!(shown_ids(&newest), [api[4], api[3]]);
+    assert_eq!(pager_link(&newest, "← Newer"), None, "the newest page");
+    assert_eq!(pager_link(&newest, "← Newest"), None);
+
+    let older = pager_link(&newest, "Older →").expect("an Older link");
+    assert_eq!(
+        older,
+        format!(
+            "/deployments?service=api&status={status}&limit=2&before={}",
+            api[3]
+        )
+    );
+    let middle = page_as(&app, Role::Viewer, &older).await;
+    assert_eq!(shown_ids(&middle), [api[2], api[1]]);
+    assert_eq!(
+        pager_link(&middle, "← Newest").as_deref(),
+        Some(start.as_str())
+    );
+
+    let newer = pager_link(&middle, "← Newer").expect("a Newer link");
+    assert_eq!(
+        newer,
+        format!(
+            "/deployments?service=api&status={status}&limit=2&after={}",
+            api[2]
+        )
+    );
+    let back = page_as(&app, Role::Viewer, &newer).await;
+    assert_eq!(
+        shown_ids(&back),
+        shown_ids(&newest),
+        "the same rows as before"
+    );
+    assert_eq!(pager_link(&back, "← Newer"), None, "the newest page again");
+    assert_eq!(pager_link(&back, "Older →"), Some(older.clone()));
+
+    // The oldest page goes back one page, not to the newest.
+    let oldest = pager_link(&middle, "Older →").expect("an Older link");
+    let oldest = page_as(&app, Role::Viewer, &oldest).await;
+    assert_eq!(shown_ids(&oldest), [api[0]]);
+    assert_eq!(pager_link(&oldest, "Older →"), None, "the oldest page");
+    let newer = pager_link(&oldest, "← Newer").expect("a Newer link");
+    let back = page_as(&app, Role::Viewer, &newer).await;
+    assert_eq!(shown_ids(&back), shown_ids(&middle));
+
+    // The JSON API pages the same way.
+    let page = json(
+        &app,
+        &format!("/api/deployments?service=api&limit=2&after={}", api[0]),
+    )
+    .await;
+    let ids: Vec<i64> = page["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [api[2], api[1]]);
+    assert_eq!(page["prev_after"], api[2]);
+    assert_eq!(page["next_before"], api[1]);
     app.stop().await;
 }
