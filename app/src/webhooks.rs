@@ -7,6 +7,8 @@
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::pages::LocalTime;
+
 /// One delivery as the log shows it. Times are Unix milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryView {
@@ -451,7 +453,7 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
         <table class="deliveries" data-testid="deliveries">
             <thead>
                 <tr>
-                    <th scope="col">"Received (UTC)"</th>
+                    <th scope="col">"Received"</th>
                     <th scope="col">"Host"</th>
                     <th scope="col">"Event"</th>
                     <th scope="col">"Ref"</th>
@@ -459,7 +461,15 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
                     <th scope="col">"Verdict"</th>
                     <th scope="col">"Why"</th>
                     <th scope="col">"Rollout"</th>
-                    <th scope="col"></th>
+                    {replay
+                        .is_some()
+                        .then(|| {
+                            view! {
+                                <th scope="col">
+                                    <span class="visually-hidden">"Replay"</span>
+                                </th>
+                            }
+                        })}
                 </tr>
             </thead>
             <tbody>
@@ -472,10 +482,13 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
                             .as_deref()
                             .map(|sha| sha.chars().take(12).collect::<String>())
                             .unwrap_or_default();
+                        let column = replay.is_some();
                         let replay = replay.filter(|_| delivery.verified);
                         view! {
                             <tr data-delivery=id data-verdict=delivery.verdict.clone()>
-                                <td>{utc(delivery.received_at)}</td>
+                                <td>
+                                    <LocalTime ms=delivery.received_at />
+                                </td>
                                 <td>{delivery.provider}</td>
                                 <td>{delivery.event.unwrap_or_default()}</td>
                                 <td>
@@ -507,21 +520,26 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
                                             }
                                         })}
                                 </td>
-                                <td>
-                                    {replay
-                                        .map(|replay| {
-                                            view! {
-                                                <button
-                                                    type="button"
-                                                    data-replay=id
-                                                    disabled=move || replay.busy.get()
-                                                    on:click=move |_| (replay.run)(id)
-                                                >
-                                                    "Replay"
-                                                </button>
-                                            }
-                                        })}
-                                </td>
+                                {column
+                                    .then(|| {
+                                        view! {
+                                            <td>
+                                                {replay
+                                                    .map(|replay| {
+                                                        view! {
+                                                            <button
+                                                                type="button"
+                                                                data-replay=id
+                                                                disabled=move || replay.busy.get()
+                                                                on:click=move |_| (replay.run)(id)
+                                                            >
+                                                                "Replay"
+                                                            </button>
+                                                        }
+                                                    })}
+                                            </td>
+                                        }
+                                    })}
                             </tr>
                         }
                     })
@@ -532,39 +550,9 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
     .into_any()
 }
 
-/// `2024-05-01 12:34:56` for a Unix time in milliseconds, in UTC (the same text on the server
-/// and in the browser, so hydration agrees).
-pub fn utc(millis: i64) -> String {
-    let seconds = millis.div_euclid(1000);
-    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_times_are_civil_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(utc(1_714_566_896_789), "2024-05-01 12:34:56");
-    }
 
     #[test]
     fn every_host_gets_the_url_the_secret_and_push_events() {

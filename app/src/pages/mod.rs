@@ -20,4 +20,4 @@ pub use login::LoginPage;
 pub use not_found::NotFound;
 pub use rollout::RolloutPage;
 pub use services::ServicesPage;
-pub use widgets::{provide_clock, provide_hydrated};
+pub use widgets::{LocalTime, provide_clock, provide_hydrated};
