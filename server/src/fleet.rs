@@ -291,7 +291,7 @@ impl Fleet {
         }
         let handle = self.handle(&row.service)?;
         self.store.record_control(id, action, by).await?;
-        handle.controls.push(id, action, by);
+        handle.controls.push(id, action);
         handle.wake.notify_one();
         tracing::info!(
             rollout_id = id,
@@ -557,8 +557,10 @@ impl Fleet {
         };
         // What was asked and has not taken effect, by the same rule the page applies to the
         // live events, so a reload shows what the stream showed.
-        let pending = handle
-            .and_then(|handle| handle.controls.newest(id))
+        let pending = self
+            .store
+            .newest_control(id)
+            .await?
             .filter(|pending| !pending.fulfilled_by(&row.status));
         for step in &steps {
             if let Some(backend) = &step.backend

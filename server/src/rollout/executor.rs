@@ -14,7 +14,9 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
-use app::model::{ControlAction, PendingControl};
+use app::model::ControlAction;
+#[cfg(doc)]
+use app::model::PendingControl;
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
@@ -29,62 +31,25 @@ const POLL: Duration = Duration::from_millis(10);
 /// How long HAProxy may take to report a server UP after `state ready`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pause, resume and abort requests for a service's worker, by rollout id: those it has not
-/// taken yet, and the newest one with who asked, kept after the worker took it (a pause handed
-/// to the engine still waits for the current backend), so the rollout page can say what is
-/// pending. In memory only: a restart forgets both.
+/// Pause, resume and abort requests waiting for a service's worker, by rollout id. Each is also
+/// a `Control` event in the database: a worker resuming a rollout after a restart queues again
+/// the newest one that has not taken effect ([`PendingControl::fulfilled_by`]).
 #[derive(Clone, Default)]
-pub struct Controls(Arc<std::sync::Mutex<ControlRequests>>);
-
-#[derive(Default)]
-struct ControlRequests {
-    /// Not taken yet, in the order they were asked for.
-    waiting: Vec<(i64, ControlAction)>,
-    /// The newest request (taken or not) and the rollout it was for.
-    newest: Option<(i64, PendingControl)>,
-}
+pub struct Controls(Arc<std::sync::Mutex<Vec<(i64, ControlAction)>>>);
 
 impl Controls {
-    /// Queues `action` for rollout `id`, asked for by `by` (as its `Control` event names them).
-    pub fn push(&self, id: i64, action: ControlAction, by: Option<&str>) {
-        let mut requests = self.0.lock().expect("controls lock");
-        requests.waiting.push((id, action));
-        requests.newest = Some((
-            id,
-            PendingControl {
-                action,
-                by: by.map(str::to_owned),
-            },
-        ));
+    pub fn push(&self, id: i64, action: ControlAction) {
+        self.0.lock().expect("controls lock").push((id, action));
     }
 
     /// The requests for rollout `id`, in order; requests for any other rollout are stale (it
-    /// ended before they could apply) and are dropped, and so is the newest one if it was for
-    /// another rollout.
+    /// ended before they could apply) and are dropped.
     fn take(&self, id: i64) -> Vec<ControlAction> {
-        let mut requests = self.0.lock().expect("controls lock");
-        if requests
-            .newest
-            .as_ref()
-            .is_some_and(|(for_id, _)| *for_id != id)
-        {
-            requests.newest = None;
-        }
-        std::mem::take(&mut requests.waiting)
+        let taken = std::mem::take(&mut *self.0.lock().expect("controls lock"));
+        taken
             .into_iter()
             .filter_map(|(for_id, action)| (for_id == id).then_some(action))
             .collect()
-    }
-
-    /// The newest request for rollout `id`, whether or not the worker has taken it; leaves it
-    /// in place. It may already be in effect: compare it with the rollout's status
-    /// ([`PendingControl::fulfilled_by`]).
-    pub fn newest(&self, id: i64) -> Option<PendingControl> {
-        let requests = self.0.lock().expect("controls lock");
-        match &requests.newest {
-            Some((for_id, pending)) if *for_id == id => Some(pending.clone()),
-            _ => None,
-        }
     }
 }
 
@@ -222,6 +187,14 @@ impl ServiceRunner {
                 interrupted,
                 "resuming a rollout that Baton left in the middle"
             );
+            // A pause, resume or abort asked for just before Baton stopped may not have reached
+            // the saved state; applying it again is harmless if it had.
+            if let Some(asked) = self.store.newest_control(row.id).await?
+                && !asked.fulfilled_by(&row.status)
+            {
+                tracing::info!(action = ?asked.action, "applying what was asked before the restart");
+                self.controls.push(row.id, asked.action);
+            }
         }
         loop {
             // Pause, resume and abort apply between steps.
@@ -733,45 +706,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_newest_request_stays_readable_after_the_worker_takes_it() {
-        let controls = Controls::default();
-        controls.push(7, ControlAction::Pause, Some("alice"));
-        let pause = PendingControl {
-            action: ControlAction::Pause,
-            by: Some("alice".into()),
-        };
-        assert_eq!(controls.newest(7), Some(pause.clone()));
-        assert_eq!(
-            controls.newest(7),
-            Some(pause.clone()),
-            "reading takes nothing"
-        );
-        assert_eq!(controls.newest(8), None);
-
-        assert_eq!(controls.take(7), [ControlAction::Pause]);
-        assert!(controls.take(7).is_empty());
-        assert_eq!(
-            controls.newest(7),
-            Some(pause),
-            "taken, maybe not yet in effect"
-        );
-
-        controls.push(7, ControlAction::Resume, None);
-        assert_eq!(
-            controls.newest(7),
-            Some(PendingControl {
-                action: ControlAction::Resume,
-                by: None,
-            })
-        );
-    }
-
-    #[test]
     fn the_next_rollout_drops_what_was_asked_of_an_ended_one() {
         let controls = Controls::default();
-        controls.push(7, ControlAction::Abort, Some("bob"));
-        assert!(controls.take(8).is_empty());
-        assert_eq!(controls.newest(7), None);
+        controls.push(7, ControlAction::Abort);
+        controls.push(8, ControlAction::Pause);
+        assert_eq!(controls.take(8), [ControlAction::Pause]);
         assert!(controls.take(7).is_empty(), "dropped, not kept for later");
     }
 }

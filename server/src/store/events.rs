@@ -5,7 +5,7 @@
 //! replays from the database and then follows the live feed (skipping ids it has sent) sees each
 //! event exactly once.
 
-use app::model::{Change, DeploymentEvent};
+use app::model::{Change, DeploymentEvent, PendingControl};
 use sqlx::SqliteConnection;
 
 use super::{Store, StoreError, now_millis};
@@ -135,6 +135,27 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().filter_map(EventRow::into_event).collect())
+    }
+
+    /// The newest pause, resume or abort asked of one rollout, with who asked; whether it has
+    /// taken effect is for the caller to judge from the rollout's status.
+    pub async fn newest_control(
+        &self,
+        deployment: i64,
+    ) -> Result<Option<PendingControl>, StoreError> {
+        let row = sqlx::query_as::<_, EventRow>(
+            "SELECT id, deployment_id, service, at, data FROM deployment_events
+             WHERE deployment_id = ? AND kind = 'control' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(deployment)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .and_then(EventRow::into_event)
+            .and_then(|event| match event.change {
+                Change::Control { action, by } => Some(PendingControl { action, by }),
+                _ => None,
+            }))
     }
 
     /// The newest event id of one rollout (0 if none).

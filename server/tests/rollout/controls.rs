@@ -221,3 +221,39 @@ async fn controls_of_unknown_rollouts_or_actions_get_a_reason() {
     let (status, _) = post(&fleet, "/api/services/nope/rollback").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_asked_for_just_before_baton_is_killed_still_takes_effect_after_the_restart() {
+    let mut fleet = spawn_fleet(FleetOptions {
+        baton_process: true,
+        backend_env: &[("DEMO_START_DELAY_MS", "1500")],
+        ..FleetOptions::default()
+    })
+    .await;
+    let (_, queued) = fleet.deploy("v2").await;
+    let id = queued["id"].as_i64().unwrap();
+    // web1's new process takes 1.5 s to answer: the worker is inside wait_healthy and takes
+    // no request until that step ends.
+    wait_for(&fleet, id, "web1 waiting for health", |d| {
+        began(d, "web1", "wait_healthy")
+    })
+    .await;
+    let (status, _) = post(&fleet, &format!("/api/deployments/{id}/pause")).await;
+    assert_eq!(status, 202);
+    fleet.kill_baton();
+    fleet.restart_baton().await;
+
+    let shown = fleet.get(&format!("/api/deployments/{id}")).await.unwrap();
+    assert!(
+        shown["status"] == "paused" || shown["pending"]["action"] == "pause",
+        "after the restart the pause is still shown as asked for: {shown:#}"
+    );
+    let paused = wait_for(&fleet, id, "paused", |d| d["status"] == "paused").await;
+    assert_eq!(paused["pending"], Value::Null, "{paused:#}");
+    assert!(began(&paused, "web1", "confirm_up"), "web1 was finished");
+    assert!(!began(&paused, "web2", "drain"), "web2 was not touched");
+    assert_eq!(
+        backends(&fleet).await,
+        [("v2", "UP"), ("v1", "UP"), ("v1", "UP")].map(|(v, s)| (v.to_owned(), s.to_owned())),
+    );
+}
