@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Audit, AuthError, ClientAddress, Guarded, Principal, Role};
-use crate::fleet::{DeployError, DeployRequest, Trigger};
+use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
 use crate::live;
 use crate::startup::AppState;
 use crate::store::StoreError;
@@ -354,7 +354,7 @@ async fn fleet_events(
     let now = state.store.latest_event_id().await?;
     let after = resume_point(&headers, &query, now)?;
     let changes = state.fleet.snapshots();
-    let now = state.fleet.status().await?;
+    let now = Snapshot::new(state.fleet.status().await?);
     let events = live::events(state.store.clone(), None, after).await?;
     let stream = live::fleet_stream(now, events, changes)
         .take_until(state.stopping.clone().cancelled_owned());

@@ -41,13 +41,28 @@ pub type ServiceDrivers = (
     Arc<dyn Runtime>,
 );
 
+/// The fleet's state as the live streams send it, encoded once for every browser that watches.
+pub struct Snapshot {
+    pub services: Vec<ServiceStatus>,
+    pub json: Box<str>,
+}
+
+impl Snapshot {
+    pub fn new(services: Vec<ServiceStatus>) -> Self {
+        let json = serde_json::to_string(&services)
+            .expect("a fleet serializes")
+            .into_boxed_str();
+        Self { services, json }
+    }
+}
+
 /// Every service Baton manages.
 pub struct Fleet {
     services: Vec<ServiceHandle>,
     store: Store,
     http: reqwest::Client,
     /// The fleet's state as last seen, for the live streams.
-    snapshots: watch::Sender<Arc<Vec<ServiceStatus>>>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
 }
 
 /// How often the fleet's state is refreshed for live streams when nothing else happens.
@@ -179,7 +194,7 @@ impl Fleet {
             services,
             store,
             http: reqwest::Client::new(),
-            snapshots: watch::Sender::new(Arc::new(Vec::new())),
+            snapshots: watch::Sender::new(Arc::new(Snapshot::new(Vec::new()))),
         }
     }
 
@@ -220,7 +235,7 @@ impl Fleet {
     }
 
     /// The fleet's state, refreshed every [`SNAPSHOT_INTERVAL`] and after every rollout event.
-    pub fn snapshots(&self) -> watch::Receiver<Arc<Vec<ServiceStatus>>> {
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.subscribe()
     }
 
@@ -230,9 +245,9 @@ impl Fleet {
             match self.status().await {
                 Ok(status) => {
                     self.snapshots.send_if_modified(|current| {
-                        let changed = **current != status;
+                        let changed = current.services != status;
                         if changed {
-                            *current = Arc::new(status);
+                            *current = Arc::new(Snapshot::new(status));
                         }
                         changed
                     });

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use app::model::ServiceStatus;
+use crate::fleet::Snapshot;
 use axum::response::sse::Event;
 use futures::{Stream, StreamExt, stream};
 use tokio::sync::broadcast::error::RecvError;
@@ -113,22 +113,19 @@ pub fn deployment_sse(published: &Published) -> Event {
 
 /// The fleet's state as SSE: `event: fleet`, without an id (it is state, not history: a client
 /// that reconnects gets the current state at once).
-pub fn fleet_sse(services: &[ServiceStatus]) -> Event {
-    Event::default()
-        .event("fleet")
-        .json_data(services)
-        .expect("a fleet serializes")
+pub fn fleet_sse(snapshot: &Snapshot) -> Event {
+    Event::default().event("fleet").data(&*snapshot.json)
 }
 
 /// The fleet-wide stream: the fleet's state `now`, then whenever it changes, and every rollout
 /// event after `after`.
 pub fn fleet_stream(
-    now: Vec<ServiceStatus>,
+    now: Snapshot,
     events: impl Stream<Item = Arc<Published>> + Send + 'static,
-    changes: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+    changes: watch::Receiver<Arc<Snapshot>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let first = stream::once(async move { fleet_sse(&now) });
-    let changes = WatchStream::from_changes(changes).map(|services| fleet_sse(&services));
+    let changes = WatchStream::from_changes(changes).map(|snapshot| fleet_sse(&snapshot));
     let events = events.map(|event| deployment_sse(&event));
     first.chain(stream::select(changes, events)).map(Ok)
 }

@@ -201,43 +201,18 @@ fn user_table(
             let action = if is_me {
                 view! { <span class="muted small">"you"</span> }.into_any()
             } else {
-                let asking = {
-                    let name = name.clone();
-                    move || confirming.get().as_deref() == Some(name.as_str())
-                };
-                let ask = {
-                    let name = name.clone();
-                    move |_| confirming.set(Some(name.clone()))
-                };
-                let yes = {
-                    let name = name.clone();
-                    move |_| remove(name.clone())
-                };
-                let question = format!("Delete {name}? Their sessions end at once.");
-                let label = format!("Delete {name}");
-                view! {
-                    <Show
-                        when=asking
-                        fallback=move || {
-                            view! {
-                                <button type="button" class="danger" aria-label=label.clone() on:click=ask.clone()>
-                                    "Delete"
-                                </button>
-                            }
-                        }
-                    >
-                        <span class="inline-confirm" role="group" aria-label=question.clone()>
-                            <span>{question.clone()}</span>
-                            <button type="button" class="danger" disabled=pending on:click=yes.clone()>
-                                "Delete user"
-                            </button>
-                            <button type="button" on:click=move |_| confirming.set(None)>
-                                "Keep"
-                            </button>
-                        </span>
-                    </Show>
-                }
-                .into_any()
+                ask_first(
+                    name.clone(),
+                    confirming,
+                    remove,
+                    pending,
+                    Ask {
+                        action: "Delete",
+                        label: format!("Delete {name}"),
+                        question: format!("Delete {name}? Their sessions end at once."),
+                        confirm: "Delete user",
+                    },
+                )
             };
             view! {
                 <tr data-user=user.name.clone()>
@@ -429,43 +404,18 @@ fn token_table(
                     <span class="muted">"revoked " <LocalTime ms=at /></span>
                 }
                 .into_any(),
-                None => {
-                    let question = format!("Revoke {}? It stops working at once.", token.name);
-                    let label = format!("Revoke {}", token.name);
-                    view! {
-                        <Show
-                            when=move || confirming.get() == Some(id)
-                            fallback=move || {
-                                view! {
-                                    <button
-                                        type="button"
-                                        class="danger"
-                                        aria-label=label.clone()
-                                        on:click=move |_| confirming.set(Some(id))
-                                    >
-                                        "Revoke"
-                                    </button>
-                                }
-                            }
-                        >
-                            <span class="inline-confirm" role="group" aria-label=question.clone()>
-                                <span>{question.clone()}</span>
-                                <button
-                                    type="button"
-                                    class="danger"
-                                    disabled=pending
-                                    on:click=move |_| withdraw(id)
-                                >
-                                    "Revoke token"
-                                </button>
-                                <button type="button" on:click=move |_| confirming.set(None)>
-                                    "Keep"
-                                </button>
-                            </span>
-                        </Show>
-                    }
-                    .into_any()
-                }
+                None => ask_first(
+                    id,
+                    confirming,
+                    withdraw,
+                    pending,
+                    Ask {
+                        action: "Revoke",
+                        label: format!("Revoke {}", token.name),
+                        question: format!("Revoke {}? It stops working at once.", token.name),
+                        confirm: "Revoke token",
+                    },
+                ),
             };
             view! {
                 <tr data-token=token.name.clone() class:revoked=token.revoked_at.is_some()>
@@ -500,6 +450,69 @@ fn token_table(
             </thead>
             <tbody>{rows}</tbody>
         </table>
+    }
+    .into_any()
+}
+
+/// What a button that asks first says.
+struct Ask {
+    /// The button's text ("Delete").
+    action: &'static str,
+    /// Its accessible name ("Delete ada").
+    label: String,
+    question: String,
+    /// The text of the button that does it ("Delete user").
+    confirm: &'static str,
+}
+
+/// A danger button that asks first: while `confirming` holds this row's `key` it shows the
+/// question with a button that calls `run(key)` and one that keeps things as they are.
+fn ask_first<K>(
+    key: K,
+    confirming: RwSignal<Option<K>>,
+    run: impl Fn(K) + Copy + Send + Sync + 'static,
+    pending: impl Fn() -> bool + Copy + Send + Sync + 'static,
+    ask: Ask,
+) -> AnyView
+where
+    K: Clone + PartialEq + Send + Sync + 'static,
+{
+    let Ask {
+        action,
+        label,
+        question,
+        confirm,
+    } = ask;
+    let asking = {
+        let key = key.clone();
+        move || confirming.with(|asked| asked.as_ref() == Some(&key))
+    };
+    let open = {
+        let key = key.clone();
+        move |_| confirming.set(Some(key.clone()))
+    };
+    let yes = move |_| run(key.clone());
+    view! {
+        <Show
+            when=asking
+            fallback=move || {
+                view! {
+                    <button type="button" class="danger" aria-label=label.clone() on:click=open.clone()>
+                        {action}
+                    </button>
+                }
+            }
+        >
+            <span class="inline-confirm" role="group" aria-label=question.clone()>
+                <span>{question.clone()}</span>
+                <button type="button" class="danger" disabled=pending on:click=yes.clone()>
+                    {confirm}
+                </button>
+                <button type="button" on:click=move |_| confirming.set(None)>
+                    "Keep"
+                </button>
+            </span>
+        </Show>
     }
     .into_any()
 }

@@ -7,6 +7,7 @@ use leptos_meta::Title;
 use leptos_router::components::{A, Form};
 use leptos_router::hooks::use_query_map;
 
+use super::address;
 use super::format::error_message;
 use super::widgets::LocalTime;
 use crate::auth::{AuditEntry, AuditFilter, AuditPage, allows, list_audit, use_caller};
@@ -68,56 +69,27 @@ impl Query {
 
     /// The address of this view at another page.
     fn href(&self, before: Option<i64>) -> String {
-        let mut parts = Vec::new();
-        if let Some(actor) = &self.actor {
-            parts.push(format!("actor={}", encode(actor)));
-        }
-        if let Some(action) = &self.action {
-            parts.push(format!("action={}", encode(action)));
-        }
-        if let Some(limit) = self.limit {
-            parts.push(format!("limit={limit}"));
-        }
-        if let Some(before) = before {
-            parts.push(format!("before={before}"));
-        }
-        if parts.is_empty() {
-            "/audit".into()
-        } else {
-            format!("/audit?{}", parts.join("&"))
-        }
+        address::href(
+            "/audit",
+            &[
+                ("actor", self.actor.clone()),
+                ("action", self.action.clone()),
+                ("limit", self.limit.map(|limit| limit.to_string())),
+                ("before", before.map(|before| before.to_string())),
+            ],
+        )
     }
-}
-
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 #[component]
 pub fn AuditLogPage() -> impl IntoView {
     let query_map = use_query_map();
     let query = Memo::new(move |_| {
-        query_map.with(|q| {
-            let text = |key: &str| {
-                q.get(key)
-                    .map(|v| v.trim().to_owned())
-                    .filter(|v| !v.is_empty())
-            };
-            Query {
-                actor: text("actor"),
-                action: text("action"),
-                before: text("before").and_then(|v| v.parse().ok()),
-                limit: text("limit").and_then(|v| v.parse().ok()),
-            }
+        query_map.with(|q| Query {
+            actor: address::text(q, "actor"),
+            action: address::text(q, "action"),
+            before: address::number(q, "before"),
+            limit: address::number(q, "limit"),
         })
     });
     let caller = use_caller();

@@ -6,6 +6,7 @@ use leptos_meta::Title;
 use leptos_router::components::{A, Form};
 use leptos_router::hooks::use_query_map;
 
+use super::address;
 use super::format::{STATUSES, error_message, status_label, trigger_label};
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
@@ -52,59 +53,34 @@ impl Query {
 
     /// The address of this view (the same filters) at another page.
     fn href(&self, cursor: Cursor) -> String {
-        let mut parts = Vec::new();
-        if let Some(service) = &self.service {
-            parts.push(format!("service={}", encode(service)));
-        }
-        if let Some(status) = &self.status {
-            parts.push(format!("status={}", encode(status)));
-        }
-        if let Some(limit) = self.limit {
-            parts.push(format!("limit={limit}"));
-        }
-        match cursor {
-            Cursor::Newest => {}
-            Cursor::Older(before) => parts.push(format!("before={before}")),
-            Cursor::Newer(after) => parts.push(format!("after={after}")),
-        }
-        if parts.is_empty() {
-            "/deployments".into()
-        } else {
-            format!("/deployments?{}", parts.join("&"))
-        }
+        let (before, after) = match cursor {
+            Cursor::Newest => (None, None),
+            Cursor::Older(before) => (Some(before.to_string()), None),
+            Cursor::Newer(after) => (None, Some(after.to_string())),
+        };
+        address::href(
+            "/deployments",
+            &[
+                ("service", self.service.clone()),
+                ("status", self.status.clone()),
+                ("limit", self.limit.map(|limit| limit.to_string())),
+                ("before", before),
+                ("after", after),
+            ],
+        )
     }
-}
-
-/// Percent-encodes a query value (service names and statuses are plain words, but be safe).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 #[component]
 pub fn DeploymentsPage() -> impl IntoView {
     let query_map = use_query_map();
     let query = Memo::new(move |_| {
-        query_map.with(|q| {
-            let text = |key: &str| {
-                q.get(key)
-                    .map(|v| v.trim().to_owned())
-                    .filter(|v| !v.is_empty())
-            };
-            Query {
-                service: text("service"),
-                status: text("status"),
-                before: text("before").and_then(|v| v.parse().ok()),
-                after: text("after").and_then(|v| v.parse().ok()),
-                limit: text("limit").and_then(|v| v.parse().ok()),
-            }
+        query_map.with(|q| Query {
+            service: address::text(q, "service"),
+            status: address::text(q, "status"),
+            before: address::number(q, "before"),
+            after: address::number(q, "after"),
+            limit: address::number(q, "limit"),
         })
     });
     let page = Resource::new(
@@ -370,6 +346,5 @@ mod tests {
             "/deployments?service=web&status=rolled_back&limit=10"
         );
         assert_eq!(Query::default().href(Cursor::Newest), "/deployments");
-        assert_eq!(encode("a b&c"), "a%20b%26c");
     }
 }

@@ -5,9 +5,6 @@
 
 use leptos::prelude::ServerFnError;
 
-// Defined with the shapes, since the server needs it too (for what is still pending).
-pub use crate::model::is_finished;
-
 /// A rollout's status in words.
 pub fn status_label(status: &str) -> String {
     match status {

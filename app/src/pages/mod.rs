@@ -1,6 +1,7 @@
 //! One module per page, and the pieces they share.
 
 mod accounts;
+mod address;
 mod audit;
 mod deployments;
 mod format;

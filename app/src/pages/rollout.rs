@@ -11,7 +11,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map};
 
 use super::format::{
-    error_message, is_finished, outcome_label, status_label, step_doing, step_label, trigger_label,
+    error_message, outcome_label, status_label, step_doing, step_label, trigger_label,
 };
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::timeline::Timeline;
@@ -20,6 +20,7 @@ use crate::auth::{allows, use_caller};
 use crate::fleet::{control_deployment, fleet_status, get_deployment, rollback_service};
 use crate::model::{
     ControlAction, DeploymentDetail, DeploymentEvent, PendingControl, Role, StepSummary,
+    is_finished,
 };
 
 #[component]

@@ -7,10 +7,8 @@
 
 use crate::model::{
     Change, ControlAction, DeploymentDetail, DeploymentEvent, DeploymentSummary, PendingControl,
-    StepSummary,
+    StepSummary, is_finished,
 };
-
-use super::format::is_finished;
 
 impl PendingControl {
     /// "Pause requested by alice", or without a name when the request carried none.

@@ -3,10 +3,9 @@
 use std::time::{Duration, Instant};
 
 use baton_server::auth::Role;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::webhooks::{Host, fixture, post, signed};
 
 /// `api` takes signed webhooks, and its rollouts wait in `prepare` until the file `release`
 /// appears in its state folder (at most 20 s), so a test can act on a rollout mid-step.
@@ -659,28 +658,10 @@ async fn a_pause_still_waiting_for_the_current_step_is_shown_on_a_fresh_page_loa
 async fn only_admins_get_a_replay_button_in_the_server_rendered_delivery_log() {
     let app = spawn_held().await;
     // A signed GitHub ping: a verified delivery (so replayable) that starts no rollout.
-    let body = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/webhooks/github/ping__payload.json"),
-    )
-    .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let response = app
-        .anonymous
-        .post(format!("{}/hooks/api", app.address))
-        .header("content-type", "application/json")
-        .header("user-agent", "GitHub-Hookshot/test")
-        .header("x-github-event", "ping")
-        .header("x-github-delivery", "pages-ping-1")
-        .header("x-hub-signature-256", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let answer: serde_json::Value = response.json().await.unwrap();
+    let body = fixture("github/ping__payload.json");
+    let headers = signed(Host::GitHub, "ping", "pages-ping-1", &body, WEBHOOK_SECRET);
+    let (status, answer) = post(&app, "api", &headers, body).await;
+    assert_eq!(status, 200);
     let delivery = answer["delivery"].as_i64().expect("a logged delivery");
     let row = format!("data-delivery=\"{delivery}\"");
     let button = format!("data-replay=\"{delivery}\"");

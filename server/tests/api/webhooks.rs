@@ -87,7 +87,7 @@ async fn spawn() -> TestApp {
     .await
 }
 
-fn fixture(path: &str) -> Vec<u8> {
+pub fn fixture(path: &str) -> Vec<u8> {
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/webhooks")
         .join(path);
@@ -115,7 +115,7 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Host {
+pub enum Host {
     GitHub,
     GitLab,
     Gitea,
@@ -125,7 +125,7 @@ enum Host {
 }
 
 /// The headers `host` sends with `body`, signed with `secret`, as its documentation shows.
-fn signed(
+pub fn signed(
     host: Host,
     event: &str,
     delivery: &str,
@@ -216,7 +216,7 @@ fn bitbucket_dc_push(branch: &str, hash: &str) -> Vec<u8> {
     .unwrap()
 }
 
-async fn post(
+pub async fn post(
     app: &TestApp,
     service: &str,
     headers: &[(String, String)],
