@@ -4,6 +4,16 @@
 //! `hydrate`). Nothing here knows how the fleet is driven: the server hands the UI a
 //! [`fleet::Fleet`] through Leptos context.
 
+// One build of this crate is either the server's half or the browser's. Cargo unifies features
+// across a build, so `cargo build --workspace` (or `--all-features`) would compile both into the
+// server, which then panics at start; refuse that here, with what to run instead.
+#[cfg(all(feature = "ssr", feature = "hydrate"))]
+compile_error!(
+    "the `ssr` and `hydrate` features of `app` cannot be built together (did you pass \
+     --workspace or --all-features?): run `cargo build --release` at the workspace root for the \
+     server (its default members), and `scripts/dev build` for the web client as well"
+);
+
 pub mod auth;
 pub mod fleet;
 pub mod model;

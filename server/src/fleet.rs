@@ -19,8 +19,8 @@ use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
 use crate::drivers::process::{ProcessConfig, ProcessRuntime};
 
 use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
-use crate::rollout::engine::{Rollout, Target};
-use crate::rollout::executor::{Controls, ServiceRunner};
+use crate::rollout::engine::{self, Rollout, Target};
+use crate::rollout::executor::{Controls, ServiceRunner, recorded_targets};
 use crate::settings::{RuntimeKind, ServiceSettings, Settings};
 use crate::store::{DeploymentQuery, DeploymentRow, NewDeployment, Store, StoreError};
 
@@ -234,6 +234,26 @@ impl Fleet {
         }
     }
 
+    /// Stops every backend of every service, all at once. `baton demo` does this when it ends,
+    /// since it started the fleet; `baton serve` never does: there backends outlive Baton and
+    /// a restarted Baton adopts them.
+    pub async fn stop_backends(&self) {
+        let stops = self.services.iter().flat_map(|handle| {
+            handle.settings.backends.iter().map(move |backend| async move {
+                let spec = BackendSpec {
+                    service: handle.settings.name.clone(),
+                    name: backend.name.clone(),
+                    address: backend.address,
+                };
+                match handle.runtime.stop(&spec).await {
+                    Ok(()) => tracing::info!(service = %spec.service, backend = %spec.name, "backend stopped"),
+                    Err(error) => tracing::warn!(service = %spec.service, backend = %spec.name, %error, "cannot stop the backend"),
+                }
+            })
+        });
+        futures::future::join_all(stops).await;
+    }
+
     /// The fleet's state, refreshed every [`SNAPSHOT_INTERVAL`] and after every rollout event.
     pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.subscribe()
@@ -321,8 +341,11 @@ impl Fleet {
         let service = request.service;
         let handle = self.handle(service)?;
         let version = Version::parse(request.version)?;
+        // The targets and `from_version` are worked out again when the rollout begins (see the
+        // executor); until then `from_version` is only known when nothing is ahead of it.
+        let ahead = self.store.unfinished_count(service).await?;
         let targets = self.current_versions(handle).await?;
-        let from = common_version(&targets);
+        let from = common_version(&targets).filter(|_| ahead == 0);
         let settings = &handle.settings;
         let rollout = Rollout::new(
             version.clone(),
@@ -350,7 +373,6 @@ impl Fleet {
                 coalesced: true,
             });
         }
-        let ahead = self.store.unfinished_count(service).await?;
         let id = self.store.insert_deployment(&new).await?;
         handle.wake.notify_one();
         tracing::info!(rollout_id = id, service, version = %version, trigger, "rollout queued");
@@ -363,24 +385,7 @@ impl Fleet {
     }
 
     async fn current_versions(&self, handle: &ServiceHandle) -> Result<Vec<Target>, StoreError> {
-        let recorded: HashMap<String, String> = self
-            .store
-            .backend_versions(handle.settings.name.as_str())
-            .await?
-            .into_iter()
-            .collect();
-        Ok(handle
-            .settings
-            .backends
-            .iter()
-            .map(|backend| Target {
-                name: backend.name.clone(),
-                previous: recorded
-                    .get(backend.name.as_str())
-                    .and_then(|v| Version::parse(v).ok())
-                    .unwrap_or_else(|| handle.settings.runtime.initial_version.clone()),
-            })
-            .collect())
+        recorded_targets(&self.store, &handle.settings).await
     }
 
     /// Every service with its backends (version, HAProxy status on each node, open sessions)
@@ -618,11 +623,7 @@ fn active_rollout(row: &DeploymentRow) -> ActiveRollout {
 
 /// The version every target runs, if they agree.
 fn common_version(targets: &[Target]) -> Option<String> {
-    let first = &targets.first()?.previous;
-    targets
-        .iter()
-        .all(|t| &t.previous == first)
-        .then(|| first.to_string())
+    engine::common_version(targets).map(ToString::to_string)
 }
 
 /// Starts every backend that is not running at its recorded version (or the initial one), unless

@@ -11,7 +11,7 @@ use baton_server::client::{self, Client};
 use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::startup::Application;
 use baton_server::store::Store;
-use baton_server::telemetry;
+use baton_server::{listener, telemetry};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -129,6 +129,14 @@ enum TokenCommand {
     },
 }
 
+/// `println!` that gives up quietly when standard output is gone (a closed pipe), rather than
+/// panicking with a fleet half started.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn parse_role(text: &str) -> Result<Role, String> {
     text.parse()
 }
@@ -136,7 +144,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config } => serve(config, Backends::Outlive),
         Command::Demo { dir } => demo(dir),
         Command::CheckConfig { config } => check_config(config),
         Command::Deploy {
@@ -152,7 +160,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("baton: {error:#}");
+            let _ = writeln!(std::io::stderr(), "baton: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -176,7 +184,7 @@ fn deploy(
         let client = Client::new(url, token)?;
         let queued = client.deploy(service, version).await?;
         let id = queued.id;
-        println!("rollout {id} of {service} to {version}: {}", queued.status);
+        say!("rollout {id} of {service} to {version}: {}", queued.status);
         if !wait {
             return Ok(());
         }
@@ -189,7 +197,7 @@ fn deploy(
             })
             .await?;
         if ended.status == "succeeded" {
-            println!("rollout {id} succeeded: {service} runs {version}");
+            say!("rollout {id} succeeded: {service} runs {version}");
             return Ok(());
         }
         anyhow::bail!(
@@ -202,9 +210,9 @@ fn deploy(
 
 fn check_config(config: PathBuf) -> anyhow::Result<()> {
     let settings = load(&config)?;
-    println!("{}: ok", config.display());
+    say!("{}: ok", config.display());
     for service in &settings.services {
-        println!(
+        say!(
             "service {}: {} backend(s) behind {}/{}",
             service.name,
             service.backends.len(),
@@ -216,8 +224,8 @@ fn check_config(config: PathBuf) -> anyhow::Result<()> {
 }
 
 /// The demo fleet: HAProxy on 127.0.0.1:8000 in front of three demo-app backends that Baton
-/// starts itself. Everything lives in `dir`; HAProxy stops when Baton does, the backends do not
-/// (as in production: a restarted Baton re-adopts them).
+/// starts itself. Everything lives in `dir`. The demo owns its fleet: when it ends (Ctrl-C or
+/// SIGTERM), HAProxy and the backends end too, unlike `baton serve`, whose backends outlive it.
 fn demo(dir: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
@@ -256,20 +264,21 @@ fn demo(dir: PathBuf) -> anyhow::Result<()> {
         .map_err(|error| {
             anyhow::anyhow!("cannot start haproxy (apt-get install haproxy): {error}")
         })?;
-    println!("Demo: HAProxy serves the demo app on http://127.0.0.1:8000");
+    say!("Demo: HAProxy serves the demo app on http://127.0.0.1:8000");
     let listen = load(&config)?.server.listen;
-    println!(
+    say!(
         "Demo: sign in at http://{listen}/login as {DEMO_ADMIN} with the password {}",
         password.expose()
     );
-    println!(
+    say!(
         "Demo: a deployer token for the CLI: export BATON_TOKEN={}",
         token.expose()
     );
-    println!(
+    say!(
         "Demo: then try `baton deploy web v2 --wait`, or a broken version: v3-unhealthy, v3-crash, v3-slowstart"
     );
-    let result = serve(config);
+    // Ctrl-C reaches HAProxy too (same process group); a SIGTERM to Baton alone does not.
+    let result = serve(config, Backends::StopOnExit);
     let _ = haproxy.kill();
     let _ = haproxy.wait();
     result
@@ -358,7 +367,7 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
             let password = read_password(&name)?;
             on_database(&settings, |store| async move {
                 accounts::add_user(&store, &cli, None, &name, role, password).await?;
-                println!("user {name} added with the {role} role");
+                say!("user {name} added with the {role} role");
                 Ok(())
             })
         }
@@ -367,7 +376,7 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
             let password = read_password(&name)?;
             on_database(&settings, |store| async move {
                 accounts::set_password(&store, &cli, None, &name, password).await?;
-                println!("user {name} has a new password; their sessions have ended");
+                say!("user {name} has a new password; their sessions have ended");
                 Ok(())
             })
         }
@@ -375,7 +384,7 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
             let settings = load(&config)?;
             on_database(&settings, |store| async move {
                 accounts::delete_user(&store, &cli, None, &name).await?;
-                println!("user {name} deleted");
+                say!("user {name} deleted");
                 Ok(())
             })
         }
@@ -384,10 +393,10 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
             on_database(&settings, |store| async move {
                 let users = store.users().await?;
                 if users.is_empty() {
-                    println!("no users yet: add one with `baton user add NAME --role admin`");
+                    say!("no users yet: add one with `baton user add NAME --role admin`");
                 }
                 for user in users {
-                    println!(
+                    say!(
                         "{:<24} {:<9} created {} by {}",
                         user.name,
                         user.role,
@@ -408,11 +417,13 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             let settings = load(&config)?;
             on_database(&settings, |store| async move {
                 let (row, token) = accounts::create_token(&store, &cli, None, &name, role).await?;
-                println!(
+                say!(
                     "token {} (id {}, {}) created; it is shown only this once:",
-                    row.name, row.id, row.role
+                    row.name,
+                    row.id,
+                    row.role
                 );
-                println!("{}", token.expose());
+                say!("{}", token.expose());
                 Ok(())
             })
         }
@@ -421,12 +432,12 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             on_database(&settings, |store| async move {
                 let tokens = store.tokens().await?;
                 if tokens.is_empty() {
-                    println!(
+                    say!(
                         "no tokens yet: create one with `baton token create NAME --role deployer`"
                     );
                 }
                 for token in tokens {
-                    println!(
+                    say!(
                         "{:>4} {:<24} {:<9} created {} by {}, last used {}{}",
                         token.id,
                         token.name,
@@ -448,7 +459,7 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             on_database(&settings, |store| async move {
                 let row = accounts::revoke_token(&store, &cli, None, &TokenRef::parse(&name_or_id))
                     .await?;
-                println!("token {} (id {}) revoked", row.name, row.id);
+                say!("token {} (id {}) revoked", row.name, row.id);
                 Ok(())
             })
         }
@@ -461,22 +472,40 @@ fn time(millis: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-fn serve(config: PathBuf) -> anyhow::Result<()> {
+/// Whether the backends outlive Baton.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backends {
+    /// `baton serve`: they keep running, and the next Baton adopts them.
+    Outlive,
+    /// `baton demo`: it started the fleet, so it stops it.
+    StopOnExit,
+}
+
+fn serve(config: PathBuf, backends: Backends) -> anyhow::Result<()> {
     let settings = load(&config)?;
-    telemetry::init();
+    let _log = telemetry::init();
+    match listener::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let application = Application::build(settings).await?;
+        let mut application = Application::build(settings).await?;
+        if backends == Backends::StopOnExit {
+            application = application.stopping_backends_on_exit();
+        }
         let address = application.local_addr();
         tracing::info!(%address, config = %config.display(), "Baton is serving");
-        // Scripts and tests read this line to find the port.
-        println!("Baton is serving on http://{address}");
+        // Scripts and tests read this line to find the port. Not `println!`: it panics when
+        // standard output is a closed pipe.
+        let _ = writeln!(std::io::stdout(), "Baton is serving on http://{address}");
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutting down");
+            // Stop first: nothing may stand between the signal and the shutdown.
             signals.cancel();
+            tracing::info!("shutting down");
         });
         application.run_until_stopped(shutdown).await?;
         Ok(())

@@ -32,7 +32,13 @@ pub struct ServerSettings {
     pub site_root: PathBuf,
     /// Where runtimes keep their records and backend logs (default: `state/` beside the file).
     pub state_dir: PathBuf,
+    /// At most this many client connections are open at once; more wait in the kernel's
+    /// accept queue, so a flood cannot take the file descriptors a rollout needs.
+    pub max_connections: usize,
 }
+
+/// `[server] max_connections` when the file does not say.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -419,6 +425,17 @@ impl Settings {
                 ),
             ));
         }
+        let max_connections = raw
+            .server
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(invalid(
+                Some("server.max_connections".into()),
+                "0 connections would serve nobody: expected a number of at least 1 (default 4096)"
+                    .into(),
+            ));
+        }
         let site_root = env
             .site_root
             .clone()
@@ -557,6 +574,7 @@ impl Settings {
                         .state_dir
                         .unwrap_or_else(|| PathBuf::from("state")),
                 ),
+                max_connections,
             },
             auth,
             load_balancers,
@@ -619,6 +637,7 @@ struct RawServer {
     database_url: Option<String>,
     site_root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::fleet::Fleet;
-use axum::extract::FromRef;
+use axum::extract::{ConnectInfo, FromRef};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{self, Access, Auth, Policy, Role};
 use crate::fleet::Fleet as ServiceFleet;
+use crate::listener::{CappedListener, ClientAddr, connection_cap};
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::ui::UiFleet;
@@ -59,6 +60,10 @@ pub struct Application {
     store: Store,
     fleet: Arc<ServiceFleet>,
     stopping: CancellationToken,
+    /// Stop every backend once serving has ended (the demo, which started them).
+    stop_backends: bool,
+    /// How many client connections are served at once.
+    max_connections: usize,
 }
 
 /// How long shutdown waits for background tasks (a rollout finishing its step) to stop.
@@ -84,6 +89,7 @@ impl Application {
                 anyhow::anyhow!("cannot listen on {}: {error}", settings.server.listen)
             })?;
         let address = listener.local_addr()?;
+        let max_connections = connection_cap(settings.server.max_connections);
         let leptos_options = LeptosOptions::builder()
             .output_name("baton")
             .site_root(settings.server.site_root.to_string_lossy().into_owned())
@@ -106,7 +112,16 @@ impl Application {
             store,
             fleet,
             stopping,
+            stop_backends: false,
+            max_connections,
         })
+    }
+
+    /// Stops every backend when Baton stops, after the rollout workers have. For `baton demo`,
+    /// which owns its fleet; `baton serve` leaves backends running for the next Baton to adopt.
+    pub fn stopping_backends_on_exit(mut self) -> Self {
+        self.stop_backends = true;
+        self
     }
 
     /// Every route and the access it needs.
@@ -130,8 +145,10 @@ impl Application {
         let stop_signal = shutdown.clone();
         let service = self
             .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(self.listener, service)
+            .layer(axum::middleware::map_request(client_address))
+            .into_make_service_with_connect_info::<ClientAddr>();
+        let listener = CappedListener::new(self.listener, self.max_connections);
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(async move {
                 stop_signal.cancelled().await;
                 stopping.cancel();
@@ -144,9 +161,20 @@ impl Application {
         {
             tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
+        if self.stop_backends {
+            self.fleet.stop_backends().await;
+        }
         self.store.close().await;
         result
     }
+}
+
+/// Gives handlers the client's address as `ConnectInfo<SocketAddr>`, as axum's own listener would.
+async fn client_address(mut request: axum::extract::Request) -> axum::extract::Request {
+    if let Some(&ConnectInfo(ClientAddr(address))) = request.extensions().get() {
+        request.extensions_mut().insert(ConnectInfo(address));
+    }
+    request
 }
 
 /// Every route with the access it needs (see `auth`): what the auth layer enforces, and what

@@ -98,6 +98,15 @@ pub struct Target {
     pub previous: Version,
 }
 
+/// The version every target runs, if they agree (a fleet left mixed has none).
+pub fn common_version(targets: &[Target]) -> Option<&Version> {
+    let first = &targets.first()?.previous;
+    targets
+        .iter()
+        .all(|t| &t.previous == first)
+        .then_some(first)
+}
+
 /// Why a rollout, or one backend's rollback, failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {

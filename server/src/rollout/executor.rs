@@ -5,7 +5,7 @@
 //! action and reports what happened. Every action is idempotent, so a restarted Baton runs the
 //! interrupted one again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,9 @@ use crate::domain::{BackendName, Version};
 use crate::drivers::{
     AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, Runtime, ServerStatus,
 };
-use crate::rollout::engine::{Action, Event, Outcome, Phase, Rollout, Step};
+use crate::rollout::engine::{
+    Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
+};
 use crate::settings::ServiceSettings;
 use crate::store::{DeploymentRow, Store, StoreError};
 
@@ -63,6 +65,30 @@ pub struct ServiceRunner {
     /// Woken when a rollout is queued for this service or a control request arrives.
     pub wake: Arc<Notify>,
     pub controls: Controls,
+}
+
+/// Each configured backend with the version it runs now: the one recorded by the last rollout
+/// or start that touched it, else the service's initial version.
+pub async fn recorded_targets(
+    store: &Store,
+    service: &ServiceSettings,
+) -> Result<Vec<Target>, StoreError> {
+    let recorded: HashMap<String, String> = store
+        .backend_versions(service.name.as_str())
+        .await?
+        .into_iter()
+        .collect();
+    Ok(service
+        .backends
+        .iter()
+        .map(|backend| Target {
+            name: backend.name.clone(),
+            previous: recorded
+                .get(backend.name.as_str())
+                .and_then(|v| Version::parse(v).ok())
+                .unwrap_or_else(|| service.runtime.initial_version.clone()),
+        })
+        .collect())
 }
 
 /// The status word the API and the database use for a rollout's state.
@@ -180,6 +206,13 @@ impl ServiceRunner {
         };
         let mut action = rollout.action();
         if matches!(rollout.phase, Phase::Pending) {
+            // What each backend runs is read now, as the rollout begins, not when it was
+            // queued: a rollout queued behind another must return to what that one left.
+            // Nothing is touched before `Begin`, so a restart here simply reads them again.
+            rollout.targets = recorded_targets(&self.store, &self.service).await?;
+            let from = common_version(&rollout.targets).map(Version::as_str);
+            let state = serde_json::to_string(&rollout).expect("a rollout serializes");
+            self.store.begin(row.id, from, &state).await?;
             (rollout, action) = rollout.step(Event::Begin);
         } else {
             let interrupted = self.store.interrupt_open_steps(row.id).await?;

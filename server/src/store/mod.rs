@@ -97,13 +97,15 @@ impl Store {
     }
 
     /// Gives the newest rollout of the service that is still queued the version and state of
-    /// `new`; returns its id, or `None` when nothing is queued (a worker may just have claimed it).
+    /// `new`, if the same kind of trigger queued it (a push replaces only a push, never what a
+    /// person or a rollback asked for); returns its id, or `None` when there is no such rollout
+    /// (nothing queued, a worker just claimed it, or someone else queued the newest).
     pub async fn replace_queued(&self, new: &NewDeployment<'_>) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let id: Option<i64> = sqlx::query_scalar(
             "UPDATE deployments SET from_version = ?, to_version = ?, trigger = ?, requested_by = ?, state = ?
              WHERE id = (SELECT MAX(id) FROM deployments WHERE service = ? AND status = 'queued')
-               AND status = 'queued'
+               AND status = 'queued' AND trigger = ?
              RETURNING id",
         )
         .bind(new.from_version)
@@ -112,6 +114,7 @@ impl Store {
         .bind(new.requested_by)
         .bind(new.state)
         .bind(new.service)
+        .bind(new.trigger)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(id) = id else { return Ok(None) };
@@ -139,6 +142,26 @@ impl Store {
         let event = status_event(&mut tx, id).await?;
         self.commit_and_publish(tx, [event]).await?;
         Ok(state)
+    }
+
+    /// Records where a claimed rollout starts from: the version the backends run as it begins
+    /// (`None` when they differ) and the engine state planned from them.
+    pub async fn begin(
+        &self,
+        id: i64,
+        from_version: Option<&str>,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE deployments SET from_version = ?, state = ? WHERE id = ?")
+            .bind(from_version)
+            .bind(state)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let event = status_event(&mut tx, id).await?;
+        self.commit_and_publish(tx, [event]).await?;
+        Ok(())
     }
 
     /// Cancels a rollout that has not started; `false` if it is no longer queued.

@@ -3,6 +3,7 @@
 mod access;
 mod auth_config;
 mod helpers;
+mod lifecycle;
 mod pages;
 mod streams;
 mod webhooks;

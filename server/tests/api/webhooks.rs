@@ -906,6 +906,75 @@ async fn pushes_while_a_rollout_is_queued_coalesce_into_it_with_the_newest_commi
 }
 
 #[tokio::test]
+async fn a_push_never_rewrites_a_rollout_that_a_person_queued_it_queues_after_it() {
+    let app = spawn().await;
+    let deploy = |version: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .post(format!("{}/api/services/api/deployments", app.address))
+                .json(&json!({ "version": version }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    // The first rollout waits in its prepare step (for the `release` file) and keeps running.
+    let running = deploy("slow-1").await;
+    eventually("the first rollout runs", || async {
+        get_json(&app, &format!("/api/deployments/{running}")).await["status"] == "running"
+    })
+    .await;
+    let asked = deploy("v7").await;
+
+    let body = github_push();
+    let (status, push) = post(
+        &app,
+        "api",
+        &signed(Host::GitHub, "push", "after-a-person", &body, SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(status, 202, "{push:#}");
+    assert_eq!(push["verdict"], "deployed");
+    assert!(push.get("coalesced").is_none(), "{push:#}");
+    let pushed = push["rollout"].as_i64().unwrap();
+    assert!(pushed > asked, "the push queued after the person's rollout");
+
+    let person = get_json(&app, &format!("/api/deployments/{asked}")).await;
+    assert_eq!(person["to_version"], "v7", "{person:#}");
+    assert_eq!(person["trigger"], "api");
+    assert_eq!(person["status"], "queued");
+
+    // A second push may take the place of the first push's rollout, still behind the person's.
+    let second = fixture("gitea/push-event__go-playground.json");
+    let (_, newer) = post(
+        &app,
+        "api",
+        &signed(Host::Gitea, "push", "newer", &second, SECRET),
+        second,
+    )
+    .await;
+    assert_eq!(newer["rollout"], pushed, "{newer:#}");
+    assert_eq!(newer["coalesced"], true);
+
+    std::fs::write(runtime_dir(&app).join("release"), "").unwrap();
+    eventually("both queued rollouts run, the person's first", || async {
+        prepared(&app).contains(GITEA_SHA)
+    })
+    .await;
+    let order = prepared(&app);
+    let v7 = order.find("v7").expect("v7 was prepared");
+    assert!(v7 < order.find(GITEA_SHA).unwrap(), "{order}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_replay_processes_the_stored_delivery_again() {
     let app = spawn().await;
     let body = fixture("gitlab/push-event__go-playground.json");

@@ -41,6 +41,7 @@ enum BatonRun {
     Process {
         child: Option<Child>,
         listen: String,
+        nofile: Option<u64>,
     },
 }
 
@@ -66,6 +67,8 @@ pub struct FleetOptions {
     pub socket_proxy: bool,
     /// HAProxy's `default-server` check settings for the backends.
     pub checks: &'static str,
+    /// The `baton serve` subprocess's open-file limit (soft and hard), like `ulimit -n`.
+    pub nofile_limit: Option<u64>,
 }
 
 impl Default for FleetOptions {
@@ -78,6 +81,7 @@ impl Default for FleetOptions {
             baton_process: false,
             socket_proxy: false,
             checks: "inter 100ms fastinter 50ms downinter 100ms rise 2 fall 2",
+            nofile_limit: None,
         }
     }
 }
@@ -169,12 +173,13 @@ env = {{ {env} }}
     let token = admin_token(&config, &config_path).await;
     let (baton, baton_run) = if options.baton_process {
         let listen = format!("127.0.0.1:{}", free_port());
-        let child = start_baton_process(&config_path, &listen);
+        let child = start_baton_process(&config_path, &listen, options.nofile_limit);
         (
             format!("http://{listen}"),
             BatonRun::Process {
                 child: Some(child),
                 listen,
+                nofile: options.nofile_limit,
             },
         )
     } else {
@@ -234,13 +239,28 @@ fn authorized_client(token: &str) -> reqwest::Client {
 
 /// `baton serve --config <config>` on `listen`, its output appended to `baton.log` beside the
 /// configuration.
-fn start_baton_process(config: &Path, listen: &str) -> Child {
+fn start_baton_process(config: &Path, listen: &str, nofile: Option<u64>) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(config.with_file_name("baton.log"))
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_baton"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+    if let Some(limit) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    limit,
+                    limit,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+    }
+    command
         .arg("serve")
         .arg("--config")
         .arg(config)
@@ -323,11 +343,16 @@ impl Fleet {
     /// waits until it answers.
     pub async fn restart_baton(&mut self) {
         let config = self.dir.path().join("baton.toml");
-        let BatonRun::Process { child, listen } = &mut self.baton_run else {
+        let BatonRun::Process {
+            child,
+            listen,
+            nofile,
+        } = &mut self.baton_run
+        else {
             panic!("restart_baton needs FleetOptions {{ baton_process: true, .. }}");
         };
         assert!(child.is_none(), "Baton is still running");
-        *child = Some(start_baton_process(&config, listen));
+        *child = Some(start_baton_process(&config, listen, *nofile));
         self.wait_baton_alive().await;
     }
 
@@ -471,7 +496,7 @@ impl Drop for Fleet {
 }
 
 /// The backends run detached from Baton (on purpose): end them by the PIDs Baton recorded.
-fn kill_recorded_backends(state_dir: &Path) {
+pub fn kill_recorded_backends(state_dir: &Path) {
     let Ok(services) = std::fs::read_dir(state_dir) else {
         return;
     };

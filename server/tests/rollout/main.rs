@@ -3,6 +3,7 @@
 
 mod cli;
 mod controls;
+mod demo;
 mod events;
 mod fleet;
 mod resilience;

@@ -455,3 +455,82 @@ async fn a_rollback_waits_for_a_silent_haproxy_instead_of_leaving_a_backend_out(
     );
     assert_all_serving(&fleet, "v1").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_does_not_starve_a_running_rollout_of_file_descriptors() {
+    // The flood's sockets are this process's too.
+    baton_server::listener::raise_open_file_limit().unwrap();
+    let fleet = spawn_fleet(FleetOptions {
+        baton_process: true,
+        // Like `ulimit -n 512`: without a cap on connections, a few hundred clients would take
+        // every descriptor Baton has.
+        nofile_limit: Some(512),
+        backend_env: &[("DEMO_START_DELAY_MS", "700")],
+        ..FleetOptions::default()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&fleet, stop.clone());
+    let (status, queued) = fleet.deploy("v2-slowstart").await;
+    assert_eq!(status, 202, "{queued}");
+
+    // Idle connections to Baton, as many as it and the kernel's accept queue take (at most
+    // 800), held while the rollout runs.
+    let address = fleet.baton.trim_start_matches("http://").to_owned();
+    let mut flood = Vec::new();
+    while flood.len() < 800 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(&address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => flood.push(stream),
+            // The accept queue is full.
+            _ => break,
+        }
+    }
+    // Baton keeps 256 of its 512 descriptors for itself: it serves 256 connections at once.
+    assert!(
+        flood.len() > 256,
+        "only {} connections opened: the flood must exceed what Baton serves at once",
+        flood.len()
+    );
+    // Watched on HAProxy's socket and in the backends' records: Baton's API waits behind the
+    // flood like any other client.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let versions: Vec<Option<String>> = ["web1", "web2", "web3"]
+            .iter()
+            .map(|backend| fleet.recorded_process(backend).map(|(_, version)| version))
+            .collect();
+        let servers = fleet.haproxy_servers().await;
+        let all_up = servers.len() == 3 && servers.iter().all(|s| s.is_up());
+        if all_up
+            && versions
+                .iter()
+                .all(|v| v.as_deref() == Some("v2-slowstart"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rollout did not finish while {} connections were open: versions {versions:?}, servers {servers:?}\nBaton's log:\n{}",
+            flood.len(),
+            fleet.baton_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(flood);
+
+    let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failures) = traffic.await.unwrap();
+    assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}

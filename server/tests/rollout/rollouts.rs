@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::fleet::{FleetOptions, load, spawn_fleet, steps_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,6 +108,78 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_every_backend_s
     for backend in services[0]["backends"].as_array().unwrap() {
         assert_eq!(backend["version"], "v1", "{backend}");
         assert_eq!(backend["load_balancer"][0]["status"], "UP", "{backend}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_rollout_that_fails_rolls_back_to_what_the_rollout_before_it_left() {
+    let fleet = spawn_fleet(FleetOptions {
+        start_timeout: "2s",
+        ..FleetOptions::default()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(&fleet, stop.clone());
+    let (_, first) = fleet.deploy("v2").await;
+    let (status, second) = fleet.deploy("v3-unhealthy").await;
+    assert_eq!(status, 202, "{second}");
+    assert_eq!(
+        second["status"], "queued",
+        "the second waits behind the first"
+    );
+    let queued = fleet
+        .get(&format!("/api/deployments/{}", second["id"]))
+        .await
+        .unwrap();
+    assert!(
+        queued["from_version"].is_null(),
+        "what it starts from is not known while another rollout is ahead: {queued:#}"
+    );
+
+    let first = fleet.finished(first["id"].as_i64().unwrap()).await;
+    let second = fleet.finished(second["id"].as_i64().unwrap()).await;
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failures) = traffic.await.unwrap();
+
+    assert_eq!(first["status"], "succeeded", "{first:#}");
+    assert_eq!(second["status"], "rolled_back", "{second:#}");
+    assert_eq!(
+        second["from_version"], "v2",
+        "it started from what the first left"
+    );
+    let rollback = steps_of(&second, true);
+    assert_eq!(
+        rollback.last().unwrap(),
+        "web1 confirm_up ok",
+        "{rollback:?}"
+    );
+    let restarted: Vec<&Value> = second["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["rollback"] == true && s["step"] == "start")
+        .collect();
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_eq!(restarted[0]["version"], "v2", "web1 went back to v2");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+
+    let services = fleet.get("/api/services").await.unwrap();
+    for backend in services[0]["backends"].as_array().unwrap() {
+        assert_eq!(backend["version"], "v2", "{backend}");
+        assert_eq!(backend["load_balancer"][0]["status"], "UP", "{backend}");
+    }
+    assert_eq!(
+        services[0]["rollback_version"], "v1",
+        "a rollback from v2 goes to v1: {:#}",
+        services[0]
+    );
+    for _ in 0..6 {
+        assert!(fleet.through_haproxy().await.unwrap().starts_with("v2 "));
     }
 }
 
