@@ -4,7 +4,7 @@
 //! is the process's PID), with stdin closed and stdout and stderr appended to
 //! `<state_dir>/<backend>.log`, so restarting or killing Baton never stops a backend. What runs
 //! where is recorded in `<state_dir>/<backend>.json` as `{pid, start_time, boot_id, version}`.
-//! The directory is created 0700 and the log and record 0600 (see [`super::files`]).
+//! The directory is created 0700 and the log and record 0600 (see `files.rs`).
 //!
 //! A recorded process is the backend's only while the record was written during this boot of the
 //! machine (`/proc/sys/kernel/random/boot_id`; a record without one is from a Baton that did not
