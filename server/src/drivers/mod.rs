@@ -4,6 +4,7 @@
 //! `command.rs` start or signal processes. The rollout engine sees these traits, never the IO.
 
 pub mod command;
+mod files;
 pub mod haproxy;
 pub mod process;
 

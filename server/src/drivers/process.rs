@@ -1,11 +1,25 @@
 //! The process runtime: Baton starts backends as detached processes and re-adopts them.
 //!
-//! Each backend's process is started in its own session (and so its own process group), with
-//! stdin closed and stdout and stderr appended to `<state_dir>/<backend>.log`, so restarting or
-//! killing Baton never stops a backend. What runs where is recorded in
-//! `<state_dir>/<backend>.json` as `{pid, start_time, version}`; a process is the backend's only
-//! while `/proc/<pid>/stat` exists, is not a zombie, and shows the recorded start time, which
-//! protects against PID reuse: Baton never signals a process that merely inherited a stale PID.
+//! Each backend's process is started in its own session (and so its own process group, whose id
+//! is the process's PID), with stdin closed and stdout and stderr appended to
+//! `<state_dir>/<backend>.log`, so restarting or killing Baton never stops a backend. What runs
+//! where is recorded in `<state_dir>/<backend>.json` as `{pid, start_time, boot_id, version}`.
+//! The directory is created 0700 and the log and record 0600 (see `files.rs`).
+//!
+//! A recorded process is the backend's only while the record was written during this boot of the
+//! machine (`/proc/sys/kernel/random/boot_id`; a record without one is from a Baton that did not
+//! write it, and is not trusted either) and `/proc/<pid>/stat` exists, is not a zombie, and shows
+//! the recorded start time. PIDs are handed out again after a reboot, often the same ones in the
+//! same order, so a start time alone can match a stranger; with both checks Baton never signals
+//! a process that merely inherited a stale PID.
+//!
+//! `stop` signals the whole process group, so what the backend started goes down with it. When
+//! the backend itself has already exited but left processes in its group (a worker it forked, a
+//! shell's background job), those are still stopped: the group outlives its leader, and Linux
+//! does not hand the leader's PID to a new process while the group exists. Before signalling such
+//! a leaderless group Baton checks that its members carry this backend's `BATON_SERVICE`,
+//! `BATON_BACKEND` and `BATON_VERSION` in their environment, which a group some other program
+//! made after the PID came free would not.
 //!
 //! A runtime that spawned a process also keeps its exit status, so `status` can say *how* a
 //! backend that crashed right away ended. After a Baton restart the processes are re-adopted
@@ -13,12 +27,13 @@
 //! known (Baton is no longer their parent).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fmt;
+use std::fs;
 use std::io::{self, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,6 +43,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::files;
 use super::{BackendRun, BackendSpec, Runtime, RuntimeError};
 use crate::domain::Version;
 use crate::settings::StopSignal;
@@ -42,9 +58,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long `status` and `stop` wait for the exit status of a child of ours that has already
 /// exited (the reaper task collects it within milliseconds).
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
-/// A backend's log at least this large when a new run starts is moved to `<backend>.log.1`
-/// (replacing the one before), so deploys and restarts keep at most two logs per backend.
-const ROTATE_LOG_AT: u64 = 16 * 1024 * 1024;
+/// Where Linux says which boot this is: a random UUID drawn at every boot.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 /// How one service's backends are run by a [`ProcessRuntime`].
 #[derive(Debug, Clone)]
@@ -70,9 +85,10 @@ pub struct ProcessConfig {
 /// A [`Runtime`] that starts each backend as a detached local process and re-adopts the
 /// processes a previous Baton started (see the module documentation).
 ///
-/// Invariants: a record exists only for a process that was spawned successfully; a process is
-/// signalled only after its PID's start time was checked against the record; `start` and `stop`
-/// of one runtime are serialized, so two concurrent calls never race on the same record.
+/// Invariants: a record exists only for a process that was spawned successfully; a process or
+/// group is signalled only after the record's boot id and the PID's start time (or, for a group
+/// whose leader is gone, its members' environment) were checked; `start` and `stop` of one
+/// runtime are serialized, so two concurrent calls never race on the same record.
 /// Two runtimes must not share a `state_dir` at the same time (one after the other is the point).
 pub struct ProcessRuntime {
     config: ProcessConfig,
@@ -89,13 +105,73 @@ struct Child {
     exit: watch::Receiver<Option<String>>,
 }
 
+/// One boot of the machine, as `/proc/sys/kernel/random/boot_id` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+struct BootId(String);
+
+impl BootId {
+    /// This boot's id; `None` when `/proc` does not say (then Baton cannot start backends, and
+    /// adopts none).
+    fn current() -> Option<&'static BootId> {
+        static CURRENT: OnceLock<Option<BootId>> = OnceLock::new();
+        CURRENT
+            .get_or_init(|| {
+                let text = fs::read_to_string(BOOT_ID_PATH).ok()?;
+                let id = text.trim();
+                (!id.is_empty()).then(|| BootId(id.to_owned()))
+            })
+            .as_ref()
+    }
+}
+
 /// The record in `<state_dir>/<backend>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
+    /// The backend's PID, which is also its process group's id.
     pid: u32,
     /// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
     start_time: u64,
+    /// The boot `pid` and `start_time` belong to; missing in records of an older Baton.
+    #[serde(default)]
+    boot_id: Option<BootId>,
     version: Version,
+}
+
+/// What is left of the process a record names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Liveness {
+    /// The recorded process runs.
+    Running,
+    /// The recorded process has exited, but these processes it left in its group still run.
+    Leftovers(Vec<u32>),
+    /// Nothing of the backend runs, or Baton cannot tell that it does; why.
+    Gone(Gone),
+}
+
+/// Why a record names no process of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    NoBootId,
+    OtherBoot,
+    BootUnknown,
+    PidReused,
+    Exited,
+}
+
+impl fmt::Display for Gone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoBootId => {
+                "the record has no boot id (an older Baton wrote it), so its PID may be from \
+                 before a reboot"
+            }
+            Self::OtherBoot => "the record was written before the machine last booted",
+            Self::BootUnknown => "this machine's boot id cannot be read from /proc",
+            Self::PidReused => "its PID now belongs to a process that started at another time",
+            Self::Exited => "the process has exited and left nothing in its process group",
+        })
+    }
 }
 
 impl ProcessRuntime {
@@ -126,11 +202,6 @@ impl ProcessRuntime {
         read_record(&self.record_path(backend))
     }
 
-    /// The record, if the process it names is still the one Baton started.
-    fn live_record(&self, backend: &BackendSpec) -> Result<Option<Record>, RuntimeError> {
-        Ok(self.read_record(backend)?.filter(is_ours))
-    }
-
     fn child(&self, backend: &BackendSpec) -> Option<Child> {
         lock(&self.children).get(backend.name.as_str()).cloned()
     }
@@ -146,6 +217,32 @@ impl ProcessRuntime {
         }
     }
 
+    /// Sends the stop signal to the record's process group, waits up to the stop timeout for
+    /// the process and its group to be gone, then sends SIGKILL. The caller has checked that the
+    /// record is the backend's ([`Liveness::Running`] or [`Liveness::Leftovers`]).
+    async fn terminate(&self, backend: &BackendSpec, record: &Record) -> Result<(), String> {
+        let signal = to_signal(self.config.stop_signal);
+        send(record, signal).map_err(|error| format!("cannot send {signal}: {error}"))?;
+        let child = self.child(backend).filter(|child| child.pid == record.pid);
+        if !wait_gone(record, child.clone(), self.config.stop_timeout).await {
+            tracing::warn!(
+                backend = %backend.name,
+                pid = record.pid,
+                timeout = ?self.config.stop_timeout,
+                "backend process group ignored {signal}; sending SIGKILL"
+            );
+            send(record, Signal::SIGKILL)
+                .map_err(|error| format!("cannot send SIGKILL: {error}"))?;
+            if !wait_gone(record, child, KILL_GRACE).await {
+                return Err(format!(
+                    "process group {} is still there {KILL_GRACE:?} after SIGKILL",
+                    record.pid
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Spawns the process and writes its record. Has no await point: a cancelled `start` either
     /// did not spawn, or spawned and recorded.
     fn spawn(&self, backend: &BackendSpec, version: &Version) -> Result<Record, RuntimeError> {
@@ -157,6 +254,12 @@ impl ProcessRuntime {
         let Some((program, args)) = config.command.split_first() else {
             return Err(start_error("the runtime's command is empty".into()));
         };
+        let Some(boot_id) = BootId::current() else {
+            return Err(start_error(format!(
+                "cannot read {BOOT_ID_PATH}, which Baton needs to recognise its processes after \
+                 a reboot"
+            )));
+        };
         if let Some(dir) = &config.working_dir
             && !dir.is_dir()
         {
@@ -165,23 +268,16 @@ impl ProcessRuntime {
                 dir.display()
             )));
         }
-        fs::create_dir_all(&config.state_dir).map_err(|error| {
+        files::create_private_dir(&config.state_dir).map_err(|error| {
             start_error(format!(
                 "cannot create state directory {}: {error}",
                 config.state_dir.display()
             ))
         })?;
         let log_path = self.log_path(backend);
-        rotate_log(&log_path, ROTATE_LOG_AT).map_err(|error| {
-            start_error(format!("cannot rotate log {}: {error}", log_path.display()))
+        let mut log = files::open_log(&log_path).map_err(|error| {
+            start_error(format!("cannot open log {}: {error}", log_path.display()))
         })?;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|error| {
-                start_error(format!("cannot open log {}: {error}", log_path.display()))
-            })?;
         let stderr = log.try_clone().map_err(|error| {
             start_error(format!("cannot open log {}: {error}", log_path.display()))
         })?;
@@ -257,6 +353,7 @@ impl ProcessRuntime {
         let record = Record {
             pid,
             start_time,
+            boot_id: Some(boot_id.clone()),
             version: version.clone(),
         };
         write_record(&self.record_path(backend), &record).map_err(|error| {
@@ -279,22 +376,49 @@ impl Runtime for ProcessRuntime {
     ///
     /// Returns once the process is spawned and recorded; it does not wait for the backend to
     /// be healthy (a crash shows in `status`). Refuses to start a second process while another
-    /// version still runs on the backend: stop it first. Cancellation-safe: the spawn and the
-    /// record write happen without an await point in between.
+    /// version still runs on the backend: stop it first. Processes an exited backend left in its
+    /// group (which may hold its port) are stopped first, as `stop` would. Cancellation-safe:
+    /// the spawn and the record write happen without an await point in between, and the
+    /// record stays until the leftovers are gone.
     async fn start(&self, backend: &BackendSpec, version: &Version) -> Result<(), RuntimeError> {
         let _guard = self.lock.lock().await;
-        if let Some(record) = self.live_record(backend)? {
-            if record.version == *version {
-                tracing::debug!(backend = %backend.name, %version, pid = record.pid, "already running");
-                return Ok(());
+        let start_error = |reason: String| RuntimeError::Start {
+            backend: backend.name.to_string(),
+            reason,
+        };
+        if let Some(record) = self.read_record(backend)? {
+            match liveness(&record, backend) {
+                Liveness::Running if record.version == *version => {
+                    tracing::debug!(backend = %backend.name, %version, pid = record.pid, "already running");
+                    return Ok(());
+                }
+                Liveness::Running => {
+                    return Err(start_error(format!(
+                        "version {} is still running there (pid {}); stop it first",
+                        record.version, record.pid
+                    )));
+                }
+                Liveness::Leftovers(pids) => {
+                    tracing::warn!(
+                        backend = %backend.name,
+                        pid = record.pid,
+                        ?pids,
+                        "the backend's previous process exited but left these in its group; \
+                         stopping them before starting"
+                    );
+                    self.terminate(backend, &record)
+                        .await
+                        .map_err(start_error)?;
+                }
+                Liveness::Gone(why) => {
+                    tracing::info!(
+                        backend = %backend.name,
+                        pid = record.pid,
+                        %why,
+                        "not adopting the recorded process"
+                    );
+                }
             }
-            return Err(RuntimeError::Start {
-                backend: backend.name.to_string(),
-                reason: format!(
-                    "version {} is still running there (pid {}); stop it first",
-                    record.version, record.pid
-                ),
-            });
         }
         let record = self.spawn(backend, version)?;
         tracing::info!(
@@ -308,11 +432,13 @@ impl Runtime for ProcessRuntime {
     }
 
     /// Sends the configured stop signal to the backend's process group, waits up to the stop
-    /// timeout for the process to end, then sends SIGKILL; removes the record.
+    /// timeout for the process and everything in its group to end, then sends SIGKILL to the
+    /// group; removes the record. A backend that already exited but left processes in its group
+    /// has those stopped the same way.
     ///
-    /// Already stopped (no record, or a record whose PID is no longer the process Baton
-    /// started) is success, and then nothing is signalled. Cancellation-safe: the record stays
-    /// until the process is gone, so calling `stop` again picks up where it left off.
+    /// Already stopped (no record, or a record that names no process of the backend, see
+    /// [`Liveness`]) is success, and then nothing is signalled. Cancellation-safe: the record
+    /// stays until the group is gone, so calling `stop` again picks up where it left off.
     async fn stop(&self, backend: &BackendSpec) -> Result<(), RuntimeError> {
         let _guard = self.lock.lock().await;
         let stop_error = |reason: String| RuntimeError::Stop {
@@ -323,37 +449,30 @@ impl Runtime for ProcessRuntime {
         let Some(record) = self.read_record(backend)? else {
             return Ok(());
         };
-        if !is_ours(&record) {
-            tracing::info!(
-                backend = %backend.name,
-                pid = record.pid,
-                "backend process already gone; removing its record"
-            );
-            remove_record(&record_path).map_err(stop_error)?;
-            return Ok(());
-        }
-
-        let signal = to_signal(self.config.stop_signal);
-        tracing::info!(backend = %backend.name, pid = record.pid, %signal, "stopping backend process");
-        send(&record, signal)
-            .map_err(|error| stop_error(format!("cannot send {signal}: {error}")))?;
-        let child = self.child(backend).filter(|child| child.pid == record.pid);
-        if !wait_gone(&record, child.clone(), self.config.stop_timeout).await {
-            tracing::warn!(
-                backend = %backend.name,
-                pid = record.pid,
-                timeout = ?self.config.stop_timeout,
-                "backend process ignored {signal}; sending SIGKILL"
-            );
-            send(&record, Signal::SIGKILL)
-                .map_err(|error| stop_error(format!("cannot send SIGKILL: {error}")))?;
-            if !wait_gone(&record, child, KILL_GRACE).await {
-                return Err(stop_error(format!(
-                    "pid {} is still there {KILL_GRACE:?} after SIGKILL",
-                    record.pid
-                )));
+        match liveness(&record, backend) {
+            Liveness::Gone(why) => {
+                tracing::info!(
+                    backend = %backend.name,
+                    pid = record.pid,
+                    %why,
+                    "nothing of the backend runs; removing its record"
+                );
+                remove_record(&record_path).map_err(stop_error)?;
+                return Ok(());
+            }
+            Liveness::Running => {
+                tracing::info!(backend = %backend.name, pid = record.pid, signal = %to_signal(self.config.stop_signal), "stopping backend process");
+            }
+            Liveness::Leftovers(pids) => {
+                tracing::info!(
+                    backend = %backend.name,
+                    pid = record.pid,
+                    ?pids,
+                    "the backend's process exited but left these in its group; stopping them"
+                );
             }
         }
+        self.terminate(backend, &record).await.map_err(stop_error)?;
         // If it is our child, let the reaper collect it before we say it is stopped.
         let exit = self.exit_of(backend, record.pid).await;
         remove_record(&record_path).map_err(stop_error)?;
@@ -366,13 +485,18 @@ impl Runtime for ProcessRuntime {
     /// spawned the process. Reads only; cancellation-safe.
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError> {
         match self.read_record(backend)? {
-            Some(record) if is_ours(&record) => Ok(BackendRun::Running {
-                version: record.version,
-                pid: Some(record.pid),
-            }),
-            Some(record) => Ok(BackendRun::Stopped {
-                exit: self.exit_of(backend, record.pid).await,
-            }),
+            Some(record) => match liveness(&record, backend) {
+                Liveness::Running => Ok(BackendRun::Running {
+                    version: record.version,
+                    pid: Some(record.pid),
+                }),
+                other => {
+                    tracing::debug!(backend = %backend.name, pid = record.pid, liveness = ?other, "recorded process is not running");
+                    Ok(BackendRun::Stopped {
+                        exit: self.exit_of(backend, record.pid).await,
+                    })
+                }
+            },
             None => {
                 // Stopped by `stop` (record removed): the exit status, if we were its parent.
                 let exit = self
@@ -415,29 +539,32 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-/// Signals the record's process group (the backend and its children), or the process alone if
-/// it left the group Baton gave it. The caller has just checked that the process is ours.
+/// Signals the record's process group (the backend, its children, and what it left behind),
+/// or the process alone if it left the group Baton gave it. The caller has just checked that
+/// the record is the backend's.
 fn send(record: &Record, signal: Signal) -> Result<(), Errno> {
     let pid = Pid::from_raw(record.pid as i32);
     match signal::killpg(pid, signal) {
         Ok(()) => Ok(()),
-        Err(Errno::ESRCH) => match signal::kill(pid, signal) {
-            // Gone in between: that is what we wanted.
+        // No group: the process moved to another one, or everything is gone in between.
+        Err(Errno::ESRCH) if leader_runs(record) => match signal::kill(pid, signal) {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(error) => Err(error),
         },
+        Err(Errno::ESRCH) => Ok(()),
         Err(error) => Err(error),
     }
 }
 
-/// Waits until the record's process is gone (or a zombie, or its PID reused); false on timeout.
-/// `child`, when the process is a child of this runtime, wakes the wait the moment it is reaped;
-/// otherwise `/proc` is polled every [`POLL_INTERVAL`].
+/// Waits until the record's process is gone (or a zombie, or its PID reused) and nothing but
+/// zombies is left in its process group; false on timeout. `child`, when the process is a
+/// child of this runtime, wakes the wait the moment it is reaped; otherwise `/proc` is polled
+/// every [`POLL_INTERVAL`].
 async fn wait_gone(record: &Record, child: Option<Child>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     let mut exit = child.map(|child| child.exit);
     loop {
-        if !is_ours(record) {
+        if !leader_runs(record) && !group_remains(record.pid) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -461,7 +588,16 @@ async fn wait_gone(record: &Record, child: Option<Child>, timeout: Duration) -> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stat {
     state: char,
+    /// The process group id.
+    pgrp: u32,
     start_time: u64,
+}
+
+impl Stat {
+    /// A zombie, or dead: it will never run again.
+    fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
 }
 
 fn stat(pid: u32) -> Option<Stat> {
@@ -472,18 +608,89 @@ fn stat(pid: u32) -> Option<Stat> {
 /// contain spaces and parentheses, so fields are counted from the last ')'.
 fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // Field 3 is the state; field 22 the start time, 19 fields later.
-    let state = fields.next()?.chars().next()?;
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(Stat { state, start_time })
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3 of stat(5), the state; field 5 is the group, field 22 the start.
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
-/// Whether the record's PID is alive, not a zombie, and started when the record says.
-fn is_ours(record: &Record) -> bool {
-    stat(record.pid).is_some_and(|stat| {
-        stat.start_time == record.start_time && !matches!(stat.state, 'Z' | 'X' | 'x')
+/// Whether the record's PID is alive, not a zombie, and started when the record says. Says
+/// nothing about the boot: see [`liveness`].
+fn leader_runs(record: &Record) -> bool {
+    stat(record.pid).is_some_and(|stat| stat.start_time == record.start_time && !stat.is_dead())
+}
+
+/// What is left of the backend process `record` names (see the module documentation).
+fn liveness(record: &Record, backend: &BackendSpec) -> Liveness {
+    let Some(recorded) = &record.boot_id else {
+        return Liveness::Gone(Gone::NoBootId);
+    };
+    match BootId::current() {
+        Some(current) if current == recorded => {}
+        Some(_) => return Liveness::Gone(Gone::OtherBoot),
+        None => return Liveness::Gone(Gone::BootUnknown),
+    }
+    match stat(record.pid) {
+        Some(stat) if stat.start_time != record.start_time => Liveness::Gone(Gone::PidReused),
+        Some(stat) if !stat.is_dead() => Liveness::Running,
+        // Gone, or a zombie: its group may live on.
+        _ => {
+            let left: Vec<u32> = group_members(record.pid)
+                .into_iter()
+                .filter(|&pid| left_by(pid, record, backend))
+                .collect();
+            if left.is_empty() {
+                Liveness::Gone(Gone::Exited)
+            } else {
+                Liveness::Leftovers(left)
+            }
+        }
+    }
+}
+
+/// Whether `pid`, a member of the record's process group, was started by the recorded backend
+/// (or its descendants): it started no earlier, and carries the variables Baton gave that run.
+fn left_by(pid: u32, record: &Record, backend: &BackendSpec) -> bool {
+    if stat(pid).is_none_or(|stat| stat.start_time < record.start_time) {
+        return false;
+    }
+    let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let wanted = [
+        format!("BATON_SERVICE={}", backend.service),
+        format!("BATON_BACKEND={}", backend.name),
+        format!("BATON_VERSION={}", record.version),
+    ];
+    wanted.iter().all(|entry| {
+        environ
+            .split(|&byte| byte == 0)
+            .any(|have| have == entry.as_bytes())
     })
+}
+
+/// Whether process group `pgid` still has a member that is not a zombie.
+fn group_remains(pgid: u32) -> bool {
+    match signal::killpg(Pid::from_raw(pgid as i32), None) {
+        Err(Errno::ESRCH) => false,
+        // Someone is there, if only a zombie not yet reaped: look closer.
+        _ => !group_members(pgid).is_empty(),
+    }
+}
+
+/// The PIDs of the live (not zombie) processes in group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat(pid).is_some_and(|stat| stat.pgrp == pgid && !stat.is_dead()))
+        .collect()
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>, RuntimeError> {
@@ -514,7 +721,7 @@ fn write_record(path: &Path, record: &Record) -> io::Result<()> {
         .and_then(|name| name.to_str())
         .unwrap_or("record");
     let temporary = path.with_file_name(format!(".{file_name}.tmp"));
-    let mut file = File::create(&temporary)?;
+    let mut file = files::create_private_file(&temporary)?;
     file.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
     file.sync_all()?;
     drop(file);
@@ -529,30 +736,18 @@ fn remove_record(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Moves the log at `path` to `path.1` if it holds `limit` bytes or more.
-fn rotate_log(path: &Path, limit: u64) -> std::io::Result<()> {
-    match fs::metadata(path) {
-        Ok(meta) if meta.len() >= limit => {
-            let mut old = path.as_os_str().to_owned();
-            old.push(".1");
-            fs::rename(path, old)
-        }
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{BackendAddr, BackendName, ServiceName};
 
-    /// Kills, on drop, every process recorded in `<dir>/state` (the state directory `config`
-    /// uses) that is still ours, and the extra children, even when the test failed halfway.
+    /// Kills, on drop, every process group recorded in `<dir>/state` (the state directory
+    /// `config` uses) that is still the backend's, the extra children, and the strays (processes
+    /// a backend left behind, by PID and start time), even when the test failed halfway.
     struct Cleanup {
         dir: tempfile::TempDir,
         extra: Vec<std::process::Child>,
+        strays: Vec<(u32, u64)>,
     }
 
     impl Cleanup {
@@ -560,7 +755,14 @@ mod tests {
             Self {
                 dir: tempfile::tempdir().expect("tempdir"),
                 extra: Vec::new(),
+                strays: Vec::new(),
             }
+        }
+
+        /// Remembers `pid` (which must be running) to be killed on drop.
+        fn stray(&mut self, pid: u32) {
+            self.strays
+                .push((pid, stat(pid).expect("running").start_time));
         }
 
         fn path(&self) -> &Path {
@@ -574,11 +776,17 @@ mod tests {
                 for entry in entries.flatten() {
                     let path = entry.path();
                     if path.extension().is_some_and(|ext| ext == "json")
+                        && let Some(name) = path.file_stem().and_then(|stem| stem.to_str())
                         && let Ok(Some(record)) = read_record(&path)
-                        && is_ours(&record)
+                        && !matches!(liveness(&record, &backend(name)), Liveness::Gone(_))
                     {
                         let _ = send(&record, Signal::SIGKILL);
                     }
+                }
+            }
+            for &(pid, start_time) in &self.strays {
+                if stat(pid).is_some_and(|stat| stat.start_time == start_time) {
+                    let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }
             for child in &mut self.extra {
@@ -674,7 +882,7 @@ mod tests {
         let state_dir = config.state_dir.clone();
         fs::create_dir_all(&state_dir).unwrap();
         let log = state_dir.join("b1.log");
-        fs::write(&log, vec![b'x'; ROTATE_LOG_AT as usize]).unwrap();
+        fs::write(&log, vec![b'x'; files::ROTATE_LOG_AT as usize]).unwrap();
         let runtime = ProcessRuntime::new(config);
         let b1 = backend("b1");
 
@@ -682,7 +890,7 @@ mod tests {
         runtime.stop(&b1).await.unwrap();
         assert_eq!(
             fs::metadata(state_dir.join("b1.log.1")).unwrap().len(),
-            ROTATE_LOG_AT,
+            files::ROTATE_LOG_AT,
             "the old log, whole"
         );
         let fresh = fs::read_to_string(&log).unwrap();
@@ -707,10 +915,12 @@ mod tests {
         let text = format!("4242 (a (b) c) ) S {}\n", fields.join(" "));
         let parsed = parse_stat(&text).unwrap();
         assert_eq!(parsed.state, 'S');
+        assert_eq!(parsed.pgrp, 5);
         assert_eq!(parsed.start_time, 22);
         assert_eq!(parse_stat("12 (x) R 1 2"), None);
         let own = stat(std::process::id()).unwrap();
         assert!(own.start_time > 0);
+        assert_eq!(own.pgrp, nix::unistd::getpgrp().as_raw() as u32);
     }
 
     #[tokio::test]
@@ -765,6 +975,10 @@ mod tests {
         assert_eq!(record["pid"], pid);
         assert_eq!(record["version"], "v1.2.3");
         assert_eq!(record["start_time"], stat(pid).unwrap().start_time);
+        assert_eq!(
+            record["boot_id"].as_str(),
+            Some(fs::read_to_string(BOOT_ID_PATH).unwrap().trim())
+        );
 
         runtime.stop(&b1).await.unwrap();
         let log = fs::read_to_string(state_dir.join("b1.log")).unwrap();
@@ -873,9 +1087,10 @@ mod tests {
             "no second process"
         );
         second.stop(&b1).await.unwrap();
-        assert!(!is_ours(&Record {
+        assert!(!leader_runs(&Record {
             pid,
             start_time: 0,
+            boot_id: BootId::current().cloned(),
             version: v7.clone()
         }));
         // Not our child: how it ended is unknown.
@@ -915,6 +1130,7 @@ mod tests {
             let record = Record {
                 pid,
                 start_time: real + 12345,
+                boot_id: BootId::current().cloned(),
                 version: version("v1"),
             };
             write_record(&config.state_dir.join(format!("{name}.json")), &record).unwrap();
@@ -939,6 +1155,7 @@ mod tests {
         let other = Record {
             pid: bystander_pid,
             start_time: real + 1,
+            boot_id: BootId::current().cloned(),
             version: version("v1"),
         };
         write_record(&config.state_dir.join("b1.json"), &other).unwrap();
@@ -951,6 +1168,97 @@ mod tests {
             cleanup.extra[0].try_wait().unwrap().is_none(),
             "the bystander was signalled"
         );
+    }
+
+    #[tokio::test]
+    async fn a_record_from_another_boot_or_without_one_is_not_adopted() {
+        let mut cleanup = Cleanup::new();
+        // A live process with exactly the recorded PID and start time: after a reboot, whatever
+        // got the old backend's PID can look like this.
+        let lookalike = std::process::Command::new("/bin/sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let lookalike_pid = lookalike.id();
+        cleanup.extra.push(lookalike);
+        let start_time = stat(lookalike_pid).unwrap().start_time;
+        let config = config(cleanup.path(), &["/bin/sleep", "60"]);
+        fs::create_dir_all(&config.state_dir).unwrap();
+        let records = [
+            serde_json::json!({
+                "pid": lookalike_pid,
+                "start_time": start_time,
+                "boot_id": "5e1f6a52-0000-4000-8000-000000000000",
+                "version": "v1",
+            }),
+            // What a Baton from before boot ids wrote.
+            serde_json::json!({"pid": lookalike_pid, "start_time": start_time, "version": "v1"}),
+        ];
+        let runtime = ProcessRuntime::new(config.clone());
+        let b1 = backend("b1");
+        for record in records {
+            fs::write(config.state_dir.join("b1.json"), record.to_string()).unwrap();
+            assert_eq!(
+                runtime.status(&b1).await.unwrap(),
+                BackendRun::Stopped { exit: None },
+                "{record}"
+            );
+            // Started afresh, not taken for the running version.
+            runtime.start(&b1, &version("v1")).await.unwrap();
+            let pid = running_pid(runtime.status(&b1).await.unwrap(), &version("v1"));
+            assert_ne!(pid, lookalike_pid);
+            runtime.stop(&b1).await.unwrap();
+            assert!(
+                cleanup.extra[0].try_wait().unwrap().is_none(),
+                "the lookalike was signalled"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_ends_what_an_exited_backend_left_in_its_group() {
+        let mut cleanup = Cleanup::new();
+        let left = cleanup.path().join("left");
+        // The backend forks a worker into its own group, then exits at once.
+        let script = format!(
+            "sleep 60 & echo $! > {left}.tmp && mv {left}.tmp {left}",
+            left = left.display()
+        );
+        let config = config(cleanup.path(), &["/bin/sh", "-c", &script]);
+        let state_dir = config.state_dir.clone();
+        let runtime = ProcessRuntime::new(config);
+        let b1 = backend("b1");
+
+        runtime.start(&b1, &version("v1")).await.unwrap();
+        let worker: u32 = wait_for_file(&left).await.trim().parse().unwrap();
+        cleanup.stray(worker);
+        assert_eq!(
+            wait_stopped(&runtime, &b1).await,
+            Some("exit status 0".into())
+        );
+        assert!(stat(worker).is_some_and(|stat| !stat.is_dead()));
+
+        runtime.stop(&b1).await.unwrap();
+        assert!(wait_gone_pid(worker).await, "worker {worker} still alive");
+        assert!(!state_dir.join("b1.json").exists());
+
+        // The same after a restart of Baton, and when the next run is started instead.
+        fs::remove_file(&left).unwrap();
+        runtime.start(&b1, &version("v2")).await.unwrap();
+        let worker: u32 = wait_for_file(&left).await.trim().parse().unwrap();
+        cleanup.stray(worker);
+        wait_stopped(&runtime, &b1).await;
+        let restarted = ProcessRuntime::new(runtime.config.clone());
+        fs::remove_file(&left).unwrap();
+        restarted.start(&b1, &version("v3")).await.unwrap();
+        assert!(
+            wait_gone_pid(worker).await,
+            "worker {worker} of the previous run still alive"
+        );
+        let worker: u32 = wait_for_file(&left).await.trim().parse().unwrap();
+        cleanup.stray(worker);
+        restarted.stop(&b1).await.unwrap();
+        assert!(wait_gone_pid(worker).await, "worker {worker} still alive");
     }
 
     #[tokio::test]

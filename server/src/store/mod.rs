@@ -54,6 +54,22 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // SQLite would create a missing file with the umask's mode (often 0644), and gives the
+        // -wal and -shm files the database file's mode: create it 0600 first, so none of them is
+        // ever readable by other users. (Not for an in-memory or read-only database.)
+        if sqlx::ConnectOptions::to_url_lossy(&options)
+            .query_pairs()
+            .any(|(key, value)| key == "mode" && value == "rwc")
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(options.get_filename())
+                .map_err(|error| open(sqlx::Error::Io(error)))?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
@@ -567,6 +583,15 @@ mod tests {
             .unwrap();
         store.ping().await.unwrap();
         assert!(path.exists());
+        // The database and SQLite's files beside it are readable by Baton's user only.
+        for name in ["nested-ok.db", "nested-ok.db-wal", "nested-ok.db-shm"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
         // A second start finds the schema already there.
         store.close().await;
         Store::connect(&format!("sqlite://{}", path.display()))

@@ -331,3 +331,32 @@ async fn two_rollouts_requested_at_once_run_one_after_the_other() {
             .starts_with(&format!("{last} "))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_start_keeps_its_database_state_and_logs_to_batons_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let fleet = spawn_fleet(FleetOptions {
+        backends: 1,
+        ..FleetOptions::default()
+    })
+    .await;
+    let dir = fleet.dir.path();
+    let state = fleet.state_dir();
+    let expected = [
+        (dir.join("baton.db"), 0o600),
+        (dir.join("baton.db-wal"), 0o600),
+        (dir.join("baton.db-shm"), 0o600),
+        (state.clone(), 0o700),
+        (state.join("web"), 0o700),
+        (state.join("web").join("web1.log"), 0o600),
+        (state.join("web").join("web1.json"), 0o600),
+    ];
+    for (path, mode) in expected {
+        let found = std::fs::metadata(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(found, mode, "{}: {found:o}", path.display());
+    }
+}
