@@ -7,9 +7,10 @@
 //! The directory is created 0700 and the log and record 0600 (see `files.rs`).
 //!
 //! A recorded process is the backend's only while the record was written during this boot of the
-//! machine (`/proc/sys/kernel/random/boot_id`; a record without one is from a Baton that did not
-//! write it, and is not trusted either) and `/proc/<pid>/stat` exists, is not a zombie, and shows
-//! the recorded start time. PIDs are handed out again after a reboot, often the same ones in the
+//! machine (`/proc/sys/kernel/random/boot_id`) and `/proc/<pid>/stat` exists, is not a zombie,
+//! and shows the recorded start time. A record without a boot id (from a Baton before them) is
+//! trusted only if the process also carries the `BATON_*` variables of the recorded run, so an
+//! upgrade adopts running backends instead of starting second copies on their ports. PIDs are handed out again after a reboot, often the same ones in the
 //! same order, so a start time alone can match a stranger; with both checks Baton never signals
 //! a process that merely inherited a stale PID.
 //!
@@ -163,8 +164,8 @@ impl fmt::Display for Gone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::NoBootId => {
-                "the record has no boot id (an older Baton wrote it), so its PID may be from \
-                 before a reboot"
+                "the record has no boot id (an older Baton wrote it) and its PID is not a \
+                 process Baton started for this backend"
             }
             Self::OtherBoot => "the record was written before the machine last booted",
             Self::BootUnknown => "this machine's boot id cannot be read from /proc",
@@ -625,13 +626,19 @@ fn leader_runs(record: &Record) -> bool {
 
 /// What is left of the backend process `record` names (see the module documentation).
 fn liveness(record: &Record, backend: &BackendSpec) -> Liveness {
-    let Some(recorded) = &record.boot_id else {
-        return Liveness::Gone(Gone::NoBootId);
-    };
-    match BootId::current() {
-        Some(current) if current == recorded => {}
-        Some(_) => return Liveness::Gone(Gone::OtherBoot),
-        None => return Liveness::Gone(Gone::BootUnknown),
+    match (&record.boot_id, BootId::current()) {
+        (Some(recorded), Some(current)) if current == recorded => {}
+        (Some(_), Some(_)) => return Liveness::Gone(Gone::OtherBoot),
+        (Some(_), None) => return Liveness::Gone(Gone::BootUnknown),
+        // A record of a Baton from before boot ids: its PID is the backend only if that process
+        // started when recorded *and* carries the variables Baton gave this backend's run, which
+        // whatever got the PID after a reboot does not. Upgrading Baton must not restart (and
+        // clash with) backends that run.
+        (None, _) => {
+            if !(leader_runs(record) && carries_run_env(record.pid, record, backend)) {
+                return Liveness::Gone(Gone::NoBootId);
+            }
+        }
     }
     match stat(record.pid) {
         Some(stat) if stat.start_time != record.start_time => Liveness::Gone(Gone::PidReused),
@@ -657,6 +664,11 @@ fn left_by(pid: u32, record: &Record, backend: &BackendSpec) -> bool {
     if stat(pid).is_none_or(|stat| stat.start_time < record.start_time) {
         return false;
     }
+    carries_run_env(pid, record, backend)
+}
+
+/// Whether `pid` carries the variables Baton gave the recorded run of `backend`.
+fn carries_run_env(pid: u32, record: &Record, backend: &BackendSpec) -> bool {
     let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
@@ -1213,6 +1225,31 @@ mod tests {
                 "the lookalike was signalled"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_backend_recorded_by_a_baton_from_before_boot_ids_is_adopted_not_restarted() {
+        let cleanup = Cleanup::new();
+        let config = config(cleanup.path(), &["/bin/sleep", "60"]);
+        let runtime = ProcessRuntime::new(config.clone());
+        let b1 = backend("b1");
+        runtime.start(&b1, &version("v1")).await.unwrap();
+        let pid = running_pid(runtime.status(&b1).await.unwrap(), &version("v1"));
+        // Rewrite the record as an older Baton wrote it: no boot id.
+        let path = config.state_dir.join("b1.json");
+        let mut record: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        record.as_object_mut().unwrap().remove("boot_id");
+        fs::write(&path, record.to_string()).unwrap();
+
+        let upgraded = ProcessRuntime::new(config);
+        assert_eq!(
+            running_pid(upgraded.status(&b1).await.unwrap(), &version("v1")),
+            pid,
+            "the running backend is adopted after an upgrade"
+        );
+        upgraded.stop(&b1).await.unwrap();
+        assert!(stat(pid).is_none_or(|stat| stat.is_dead()));
     }
 
     #[tokio::test]
