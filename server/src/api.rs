@@ -329,6 +329,7 @@ fn resume_point(headers: &HeaderMap, query: &StreamQuery, default: i64) -> Resul
 
 async fn deployment_events(
     State(state): State<AppState>,
+    pass: auth::StreamPass,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
@@ -339,14 +340,15 @@ async fn deployment_events(
     })?;
     let after = resume_point(&headers, &query, 0)?;
     let events = live::events(state.store.clone(), Some(id), after).await?;
-    let stream = events
-        .map(|event| Ok::<_, Infallible>(live::deployment_sse(&event)))
+    let stream = pass
+        .follow(events.map(|event| Ok::<_, Infallible>(live::deployment_sse(&event))))
         .take_until(state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 async fn fleet_events(
     State(state): State<AppState>,
+    pass: auth::StreamPass,
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -356,7 +358,8 @@ async fn fleet_events(
     let changes = state.fleet.snapshots();
     let now = Snapshot::new(state.fleet.status().await?);
     let events = live::events(state.store.clone(), None, after).await?;
-    let stream = live::fleet_stream(now, events, changes)
+    let stream = pass
+        .follow(live::fleet_stream(now, events, changes))
         .take_until(state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

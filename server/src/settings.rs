@@ -649,6 +649,7 @@ struct RawAuth {
     public_origin: Option<String>,
     #[serde(default)]
     login_throttle: RawThrottle,
+    streams_per_caller: Option<u32>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -715,9 +716,20 @@ impl RawAuth {
                 .window
                 .map_or(defaults.throttle.window, Duration::get),
         };
+        let streams_per_caller = match self.streams_per_caller {
+            Some(0) => {
+                return Err((
+                    "streams_per_caller".into(),
+                    "0 would refuse every live page: expected 1 or more open event streams per user or token".into(),
+                ));
+            }
+            Some(n) => n,
+            None => defaults.streams_per_caller,
+        };
         Ok(AuthConfig {
             session_ttl,
             throttle,
+            streams_per_caller,
             https: match self.https {
                 Some(RawHttps::Always) => Https::Always,
                 Some(RawHttps::ForwardedProto) => Https::FromForwardedProto,
@@ -727,6 +739,7 @@ impl RawAuth {
                 .trust_forwarded_for
                 .unwrap_or(defaults.trust_forwarded_for),
             public_origin,
+            ..defaults
         })
     }
 }
@@ -1100,11 +1113,13 @@ https = "always"
 trust_forwarded_for = true
 public_origin = "HTTPS://Baton.Example.com/"
 login_throttle = { per_name = 3, per_address = 10, window = "5m" }
+streams_per_caller = 4
 "#,
         )
         .unwrap();
         let auth = &settings.auth;
         assert_eq!(auth.session_ttl.as_secs(), 8 * 3600);
+        assert_eq!(auth.streams_per_caller, 4);
         assert_eq!(auth.https, Https::Always);
         assert!(auth.trust_forwarded_for);
         assert_eq!(
@@ -1124,6 +1139,7 @@ login_throttle = { per_name = 3, per_address = 10, window = "5m" }
         assert_eq!(defaults.session_ttl.as_secs(), 12 * 3600);
         assert_eq!(defaults.https, Https::FromForwardedProto);
         assert_eq!(defaults.public_origin, None);
+        assert_eq!(defaults.streams_per_caller, 16);
 
         for (table, key, reason) in [
             (
@@ -1141,6 +1157,11 @@ login_throttle = { per_name = 3, per_address = 10, window = "5m" }
                 "login_throttle = { per_name = 0 }",
                 "auth.login_throttle.per_name",
                 "refuse every login",
+            ),
+            (
+                "streams_per_caller = 0",
+                "auth.streams_per_caller",
+                "refuse every live page",
             ),
             (
                 "https = \"sometimes\"",

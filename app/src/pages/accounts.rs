@@ -209,7 +209,10 @@ fn user_table(
                     Ask {
                         action: "Delete",
                         label: format!("Delete {name}"),
-                        question: format!("Delete {name}? Their sessions end at once."),
+                        question: format!(
+                            "Delete {name}? Their sessions end and the API tokens they created \
+                             are revoked, at once."
+                        ),
                         confirm: "Delete user",
                     },
                 )
@@ -263,7 +266,10 @@ pub fn TokensPage() -> impl IntoView {
             <code>"BATON_TOKEN"</code>
             " for the "
             <code>"baton"</code>
-            " command."
+            " command. A token belongs to the user who created it: deleting that user revokes it. \
+             Tokens made with "
+            <code>"baton token create"</code>
+            " belong to no user."
         </p>
         {admins_only("API tokens", |caller| view! { <Tokens role=caller.role /> })}
     }

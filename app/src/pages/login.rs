@@ -1,6 +1,6 @@
 //! The sign-in page: a plain HTML form posted to `/auth/login`, so it works before (and without)
 //! the wasm client. The server answers with a redirect: to the page asked for, or back here with
-//! `?error=invalid|throttled|refused` (and `retry_after` in seconds), which this page explains.
+//! `?error=invalid|throttled|busy|refused` (and `retry_after` in seconds), which this page explains.
 
 use leptos::html;
 use leptos::prelude::*;
@@ -131,6 +131,10 @@ fn login_error(error: &str, retry_after: Option<u64>) -> String {
             Some(secs) => format!("Too many failed logins; try again in {}.", wait_for(secs)),
             None => "Too many failed logins; try again later.".into(),
         },
+        "busy" => format!(
+            "Baton is busy checking other sign-ins; try again in {}.",
+            wait_for(retry_after.unwrap_or(1))
+        ),
         "refused" => "Sign-in refused: the form was not sent from this Baton's own page (a \
                       cross-origin request). Open Baton's address directly and sign in again."
             .into(),
@@ -177,6 +181,10 @@ mod tests {
         assert_eq!(
             login_error("throttled", Some(845)),
             "Too many failed logins; try again in 14 min 05 s."
+        );
+        assert_eq!(
+            login_error("busy", Some(1)),
+            "Baton is busy checking other sign-ins; try again in 1 s."
         );
         assert!(login_error("refused", None).contains("cross-origin"));
         assert_eq!(login_error("nonsense", None), "Sign-in failed. Try again.");

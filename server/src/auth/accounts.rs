@@ -6,7 +6,7 @@ use super::principal::{Actor, ClientAddress, Role, check_name};
 use super::secret::{Password, SecretToken};
 use super::{Audit, hash_password_blocking, record};
 use crate::store::Store;
-use crate::store::auth::{DeleteUser, TokenRow, UserRow};
+use crate::store::auth::{DeleteUser, NewToken, TokenRow, UserRow};
 
 /// Adds a user with an argon2id hash of `password`.
 pub async fn add_user(
@@ -65,15 +65,16 @@ pub async fn set_password(
     Ok(())
 }
 
-/// Deletes a user and ends its sessions; the last admin stays.
+/// Deletes a user, ends its sessions and revokes the API tokens that belong to it (those it
+/// created, directly or with its tokens); the last admin stays.
 pub async fn delete_user(
     store: &Store,
     by: &Actor,
     address: Option<&ClientAddress>,
     name: &str,
 ) -> Result<(), AuthError> {
-    match store.delete_user(name).await? {
-        DeleteUser::Deleted => {}
+    let revoked_tokens = match store.delete_user(name).await? {
+        DeleteUser::Deleted { revoked_tokens } => revoked_tokens,
         DeleteUser::NotFound => {
             return Err(AuthError::NotFound(format!("no user is named {name:?}")));
         }
@@ -82,7 +83,9 @@ pub async fn delete_user(
                 "{name:?} is the last admin: make another user admin before deleting this one"
             )));
         }
-    }
+    };
+    let detail = (!revoked_tokens.is_empty())
+        .then(|| format!("revoked its tokens {}", revoked_tokens.join(", ")));
     record(
         store,
         Audit {
@@ -90,14 +93,15 @@ pub async fn delete_user(
             action: "user_delete",
             target: Some(name),
             address,
-            detail: None,
+            detail: detail.as_deref(),
         },
     )
     .await;
     Ok(())
 }
 
-/// Creates an API token. The returned secret is the only copy: show it once.
+/// Creates an API token, belonging to the user behind `by` (if any). The returned secret is the
+/// only copy: show it once.
 pub async fn create_token(
     store: &Store,
     by: &Actor,
@@ -107,14 +111,23 @@ pub async fn create_token(
 ) -> Result<(TokenRow, SecretToken), AuthError> {
     check_name("token", name).map_err(AuthError::Invalid)?;
     let token = SecretToken::generate_api_token();
-    let row = store
-        .create_token(name, role.as_str(), &token.hash(), &by.name)
+    let row = match store
+        .create_token(name, role.as_str(), &token.hash(), &by.name, by.user)
         .await?
-        .ok_or_else(|| {
-            AuthError::Conflict(format!(
+    {
+        NewToken::Created(row) => row,
+        NewToken::NameTaken => {
+            return Err(AuthError::Conflict(format!(
                 "a live token is already named {name:?}: revoke it first or pick another name"
-            ))
-        })?;
+            )));
+        }
+        NewToken::CreatorGone => {
+            return Err(AuthError::Conflict(format!(
+                "the user {:?} has been deleted, so its token would be revoked at once: no token was created",
+                by.name
+            )));
+        }
+    };
     record(
         store,
         Audit {

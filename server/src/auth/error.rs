@@ -37,6 +37,12 @@ pub enum AuthError {
     CrossOrigin { reason: String },
     #[error("too many failed logins; try again in {retry_after_secs} s")]
     Throttled { retry_after_secs: u64 },
+    #[error("Baton is busy checking other sign-ins' passwords; try again in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
+    #[error(
+        "{name} already has {limit} event streams open, the most one user or token may hold: close one (a browser tab showing Baton) first"
+    )]
+    TooManyStreams { name: String, limit: u32 },
     #[error(
         "no access rule covers {method} {path}: every route must be registered with the role it needs"
     )]
@@ -69,7 +75,10 @@ impl AuthError {
             AuthError::Forbidden { .. }
             | AuthError::CrossOrigin { .. }
             | AuthError::NoRule { .. } => StatusCode::FORBIDDEN,
-            AuthError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::Throttled { .. } | AuthError::TooManyStreams { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            AuthError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             AuthError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AuthError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -113,7 +122,7 @@ impl IntoResponse for AuthError {
                     HeaderValue::from_static("Bearer realm=\"baton\""),
                 );
             }
-            AuthError::Throttled { retry_after_secs } => {
+            AuthError::Throttled { retry_after_secs } | AuthError::Busy { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             AuthError::MethodNotAllowed { allowed, .. } => {

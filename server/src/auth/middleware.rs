@@ -24,12 +24,25 @@ use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 
 use super::error::AuthError;
 use super::policy::{Access, Kind, Lookup, Policy, Rule, is_safe};
-use super::principal::{ClientAddress, Principal, Role, Via};
+use super::principal::{ClientAddress, Credential, Principal, Role, Via};
 use super::secret::SecretToken;
 use super::{Auth, AuthConfig, Https};
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP.
 pub const SESSION_COOKIE: &str = "baton_session";
+/// The session cookie's name over HTTPS. Browsers accept a `__Host-` cookie only with
+/// `Secure`, `Path=/` and no `Domain`, so no other site (a sibling subdomain) can set or
+/// overwrite it.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-baton_session";
+
+/// The one session cookie Baton reads and sets on a request over HTTPS (`secure`) or not.
+pub(super) fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
 
 pub(super) struct LayerState {
     pub auth: Auth,
@@ -43,6 +56,8 @@ pub(super) async fn authenticate(
 ) -> Response {
     let address = client_address(&request, &state.auth.inner.config);
     request.extensions_mut().insert(address);
+    // For the stream routes' `StreamPass`, which counts and watches the caller's streams.
+    request.extensions_mut().insert(state.auth.clone());
     let Some(path) = request
         .extensions()
         .get::<MatchedPath>()
@@ -78,7 +93,7 @@ pub(super) async fn authenticate(
         Err(error) => return error.into_response(),
     };
     if let Some(principal) = principal {
-        if principal.via == Via::Session
+        if principal.via() == Via::Session
             && !is_safe(request.method())
             && let Err(reason) = check_same_origin(&request, &state.auth.inner.config)
         {
@@ -151,11 +166,15 @@ async fn resolve(auth: &Auth, headers: &HeaderMap) -> Result<Option<Principal>, 
         return Ok(Some(Principal {
             role: stored_role(&row.role)?,
             name: row.name,
-            via: Via::Token,
+            credential: Credential::Token {
+                token: row.id,
+                owner: row.created_by_user,
+            },
         }));
     }
     let jar = CookieJar::from_headers(headers);
-    let Some(cookie) = jar.get(SESSION_COOKIE) else {
+    let name = session_cookie_name(is_https(headers, &auth.inner.config));
+    let Some(cookie) = jar.get(name) else {
         return Ok(None);
     };
     let id = SecretToken::from_client(cookie.value());
@@ -163,7 +182,10 @@ async fn resolve(auth: &Auth, headers: &HeaderMap) -> Result<Option<Principal>, 
         Some(session) => Ok(Some(Principal {
             role: stored_role(&session.role)?,
             name: session.name,
-            via: Via::Session,
+            credential: Credential::Session {
+                session: session.session_id,
+                user: session.user_id,
+            },
         })),
         None => Ok(None),
     }
@@ -302,9 +324,9 @@ fn client_address(request: &Request, config: &AuthConfig) -> ClientAddress {
 
 /// The session cookie: HttpOnly (no script reads it), SameSite=Lax (sent on top-level
 /// navigations from other sites, so a link to a Baton page works, but never on their
-/// subrequests or form posts), Secure over HTTPS, for the whole site.
+/// subrequests or form posts), for the whole site, and over HTTPS Secure and `__Host-` named.
 pub(super) fn session_cookie(value: String, secure: bool, max_age_secs: i64) -> Cookie<'static> {
-    Cookie::build((SESSION_COOKIE, value))
+    Cookie::build((session_cookie_name(secure), value))
         .http_only(true)
         .same_site(SameSite::Lax)
         .secure(secure)
@@ -313,9 +335,11 @@ pub(super) fn session_cookie(value: String, secure: bool, max_age_secs: i64) -> 
         .build()
 }
 
-/// A cookie that makes the browser forget the session.
-pub(super) fn cleared_cookie(secure: bool) -> Cookie<'static> {
-    session_cookie(String::new(), secure, 0)
+/// A cookie that makes the browser forget the session cookie named `name`.
+pub(super) fn cleared_cookie(name: &'static str, secure: bool) -> Cookie<'static> {
+    let mut cookie = session_cookie(String::new(), secure, 0);
+    cookie.set_name(name);
+    cookie
 }
 
 /// `303` to `/login?next=<this page>`.

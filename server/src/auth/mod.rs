@@ -10,9 +10,19 @@
 //!   The cookie is HttpOnly, `SameSite=Lax` (Strict would drop the cookie when someone follows a
 //!   link to a deployment from chat or mail, and the CSRF check below already covers what Strict
 //!   would add), `Secure` when the request came over HTTPS, `Path=/`; a session lasts
-//!   [`AuthConfig::session_ttl`] (12 hours by default) and ends at logout.
+//!   [`AuthConfig::session_ttl`] (12 hours by default) and ends at logout or a password change.
+//!   Over HTTPS the cookie is `__Host-baton_session`, and only that name is read there: the
+//!   prefix makes browsers refuse the cookie from a sibling subdomain or without `Secure`, so
+//!   another site under the same domain cannot plant a session of its choosing (accepting the
+//!   plain name too would undo that).
 //! - **API tokens** are `baton_` + 256 random bits, shown once, stored as SHA-256, checked on
-//!   every request (revocation is immediate).
+//!   every request (revocation is immediate). A token belongs to the user who created it (or
+//!   whose token created it); deleting that user revokes it. Tokens made with the `baton`
+//!   command belong to no user.
+//! - **Event streams** ([`StreamPass`]) end as soon as their session or token stops granting
+//!   access, and each caller may hold [`AuthConfig::streams_per_caller`] at once.
+//! - **Password checks** run at most two at once ([`PasswordChecks`]); more wait in a short line,
+//!   beyond it a login gets 503 with `Retry-After` (argon2 takes 19 MiB per check).
 //! - **CSRF**: unsafe requests authenticated by the cookie must carry `Sec-Fetch-Site:
 //!   same-origin` or an `Origin` equal to Baton's own (see
 //!   [`middleware::check_same_origin`]); no CSRF token.
@@ -32,10 +42,12 @@ mod error;
 mod headers;
 pub mod middleware;
 mod page_context;
+mod password_gate;
 mod policy;
 mod principal;
 mod routes;
 mod secret;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,13 +56,17 @@ use axum::Router;
 
 pub use error::AuthError;
 pub use headers::{SecurityHeaders, content_security_policy, security_headers};
-pub use middleware::SESSION_COOKIE;
+pub use middleware::{SECURE_SESSION_COOKIE, SESSION_COOKIE};
 pub use page_context::{client_address, principal, provide_request_context};
+pub use password_gate::PasswordChecks;
 pub use policy::{Access, Guarded, Kind, Lookup, Policy, Rule, is_safe};
-pub use principal::{Actor, ActorKind, ClientAddress, Principal, Role, Via, check_name};
+pub use principal::{
+    Actor, ActorKind, ClientAddress, Credential, Principal, Role, Via, check_name,
+};
 pub use secret::{
     HashError, Password, SecretToken, hash_password, verify_against_nobody, verify_password,
 };
+pub use streams::StreamPass;
 
 use crate::store::Store;
 use crate::store::auth::{NewAudit, ThrottleLimits};
@@ -130,6 +146,14 @@ pub struct AuthConfig {
     /// The origin browsers use to reach Baton (`https://baton.example.com`), when a proxy
     /// rewrites `Host`; by default the request's own `Host` and scheme.
     pub public_origin: Option<String>,
+    /// How many argon2 password checks run at once, and how many may wait.
+    pub password_checks: PasswordChecks,
+    /// How many event streams one user (all its sessions) or one API token may hold open.
+    pub streams_per_caller: u32,
+    /// How often an open event stream checks its caller on its own. Changes made through this
+    /// Baton end streams at once; this is for changes the `baton` command makes from another
+    /// process.
+    pub stream_recheck: Duration,
 }
 
 impl Default for AuthConfig {
@@ -140,6 +164,9 @@ impl Default for AuthConfig {
             https: Https::default(),
             trust_forwarded_for: false,
             public_origin: None,
+            password_checks: PasswordChecks::default(),
+            streams_per_caller: 16,
+            stream_recheck: Duration::from_secs(10),
         }
     }
 }
@@ -153,12 +180,19 @@ pub struct Auth {
 struct Inner {
     store: Store,
     config: AuthConfig,
+    password_gate: password_gate::PasswordGate,
+    streams: streams::OpenStreams,
 }
 
 impl Auth {
     pub fn new(store: Store, config: AuthConfig) -> Self {
         Self {
-            inner: Arc::new(Inner { store, config }),
+            inner: Arc::new(Inner {
+                store,
+                password_gate: password_gate::PasswordGate::new(config.password_checks),
+                streams: Default::default(),
+                config,
+            }),
         }
     }
 

@@ -21,25 +21,66 @@ pub enum Via {
     Token,
 }
 
+/// Exactly which session or token the caller proved itself with, so that a long request (an
+/// event stream) can ask later whether it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// The session with this row id, of the user with this id.
+    Session { session: i64, user: i64 },
+    /// The API token with this row id, and the user it belongs to (`None`: made with the
+    /// `baton` command).
+    Token { token: i64, owner: Option<i64> },
+}
+
+impl Credential {
+    pub fn via(self) -> Via {
+        match self {
+            Credential::Session { .. } => Via::Session,
+            Credential::Token { .. } => Via::Token,
+        }
+    }
+
+    /// The user account behind the credential: the signed-in user, or the token's owner.
+    pub fn user(self) -> Option<i64> {
+        match self {
+            Credential::Session { user, .. } => Some(user),
+            Credential::Token { owner, .. } => owner,
+        }
+    }
+}
+
 /// The authenticated caller, put in the request's extensions by the auth layer (and in Leptos
 /// context for pages and server functions). A user's name for a session, the token's name for
-/// a token.
+/// a token. Serialized (for `/api/me`) as `{"name", "role", "via"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Principal {
     pub name: String,
     pub role: Role,
-    pub via: Via,
+    #[serde(rename = "via", serialize_with = "serialize_via")]
+    pub credential: Credential,
+}
+
+fn serialize_via<S: serde::Serializer>(
+    credential: &Credential,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&credential.via(), serializer)
 }
 
 impl Principal {
+    pub fn via(&self) -> Via {
+        self.credential.via()
+    }
+
     /// The actor an audit line names for this caller.
     pub fn actor(&self) -> Actor {
         Actor {
             name: self.name.clone(),
-            kind: match self.via {
+            kind: match self.via() {
                 Via::Session => ActorKind::User,
                 Via::Token => ActorKind::Token,
             },
+            user: self.credential.user(),
         }
     }
 }
@@ -88,6 +129,9 @@ impl ActorKind {
 pub struct Actor {
     pub name: String,
     pub kind: ActorKind,
+    /// The id of the user account acting (directly, or through a token that belongs to it):
+    /// the API tokens it creates belong to that user and are revoked when it is deleted.
+    pub user: Option<i64>,
 }
 
 impl Actor {
@@ -96,6 +140,7 @@ impl Actor {
         Self {
             name: "cli".into(),
             kind: ActorKind::Cli,
+            user: None,
         }
     }
 
@@ -104,6 +149,16 @@ impl Actor {
         Self {
             name: delivery.into(),
             kind: ActorKind::Webhook,
+            user: None,
+        }
+    }
+
+    /// A person (or the name tried at a failed login), with the user's id if known.
+    pub fn user(name: impl Into<String>, user: Option<i64>) -> Self {
+        Self {
+            name: name.into(),
+            kind: ActorKind::User,
+            user,
         }
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! `POST /auth/login` takes a form (`name`, `password`, optional `next`) or JSON (`{"name",
 //! "password"}`). A form gets redirects, so a plain HTML form works without the wasm client:
-//! 303 to `next` on success, else 303 to `/login?error=invalid|throttled|refused[&retry_after=S]
-//! &next=...`. JSON gets statuses: 200 `{"name","role","expires_at"}`, 401 wrong name or
-//! password, 429 with `Retry-After` while throttled. Either way a success sets the session
-//! cookie. Request bodies with secrets are never echoed in errors.
+//! 303 to `next` on success, else 303 to
+//! `/login?error=invalid|throttled|busy|refused[&retry_after=S]&next=...`. JSON gets statuses:
+//! 200 `{"name","role","expires_at"}`, 401 wrong name or password, 429 with `Retry-After` while
+//! throttled, 503 with `Retry-After` while too many passwords are being checked at once. Either
+//! way a success sets the session cookie. Request bodies with secrets are never echoed in errors.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -19,10 +20,12 @@ use serde_json::json;
 use super::accounts::{self, TokenRef};
 use super::error::AuthError;
 use super::middleware::{
-    SESSION_COOKIE, check_login_origin, cleared_cookie, is_https, query, safe_next, session_cookie,
+    SECURE_SESSION_COOKIE, SESSION_COOKIE, check_login_origin, cleared_cookie, is_https, query,
+    safe_next, session_cookie, session_cookie_name,
 };
+use super::password_gate::{Busy, RETRY_AFTER_SECS};
 use super::policy::{Access, Guarded};
-use super::principal::{Actor, ActorKind, ClientAddress, Principal, Role};
+use super::principal::{Actor, ClientAddress, Principal, Role};
 use super::secret::{Password, SecretToken, verify_against_nobody, verify_password};
 use super::{Audit, Auth};
 use crate::store::auth::{AuditQuery, LoginAttempt};
@@ -70,10 +73,13 @@ async fn login(State(auth): State<Auth>, address: ClientAddress, request: Reques
         let reason = match &error {
             AuthError::WrongCredentials => "invalid",
             AuthError::Throttled { .. } => "throttled",
+            AuthError::Busy { .. } => "busy",
             _ => "refused",
         };
         let mut pairs = vec![("error", reason.to_owned())];
-        if let AuthError::Throttled { retry_after_secs } = &error {
+        if let AuthError::Throttled { retry_after_secs } | AuthError::Busy { retry_after_secs } =
+            &error
+        {
             pairs.push(("retry_after", retry_after_secs.to_string()));
         }
         if let Some(next) = next {
@@ -160,19 +166,26 @@ async fn attempt(
     let credentials = store.credentials(&name).await?;
     let password = body.password.clone();
     let stored = credentials.clone();
-    let matches = tokio::task::spawn_blocking(move || match &stored {
+    let check = auth.inner.password_gate.check(move || match &stored {
         Some(stored) => verify_password(&password, &stored.password_hash),
         None => {
             verify_against_nobody(&password);
             false
         }
-    })
-    .await
-    .map_err(|error| AuthError::Internal(format!("password check panicked: {error}")))?;
-    let actor = Actor {
-        name: name.clone(),
-        kind: ActorKind::User,
+    });
+    let matches = match check.await {
+        Ok(checked) => checked
+            .map_err(|error| AuthError::Internal(format!("password check panicked: {error}")))?,
+        Err(Busy) => {
+            // The password was never checked, so this attempt is no failure.
+            store.login_abandoned(attempt).await?;
+            tracing::warn!(user = %name, %address, "login refused: too many password checks running or waiting");
+            return Err(AuthError::Busy {
+                retry_after_secs: RETRY_AFTER_SECS,
+            });
+        }
     };
+    let actor = Actor::user(name.clone(), credentials.as_ref().map(|user| user.id));
     let exists = credentials.is_some();
     // On failure the attempt's row stays: it is the failure the throttle counts.
     let Some(user) = credentials.filter(|_| matches) else {
@@ -219,16 +232,25 @@ async fn attempt(
     })
 }
 
-/// Ends the session the cookie names (if any) and clears the cookie. The layer has already
-/// applied the CSRF check to a cookie-authenticated request.
+/// Ends the session the cookie names (if any) and clears the cookie. Over HTTPS a plain-named
+/// cookie left from before Baton was behind HTTPS is ended and cleared too. The layer has
+/// already applied the CSRF check to a cookie-authenticated request.
 async fn logout(
     State(auth): State<Auth>,
     address: ClientAddress,
     headers: HeaderMap,
-    jar: CookieJar,
+    mut jar: CookieJar,
 ) -> Response {
     let secure = is_https(&headers, auth.config());
-    if let Some(cookie) = jar.get(SESSION_COOKIE) {
+    let names: &[&'static str] = if secure {
+        &[SECURE_SESSION_COOKIE, SESSION_COOKIE]
+    } else {
+        &[SESSION_COOKIE]
+    };
+    for name in names {
+        let Some(cookie) = jar.get(name) else {
+            continue;
+        };
         let hash = SecretToken::from_client(cookie.value()).hash();
         let store = auth.store();
         let user = match store.session_user(&hash).await {
@@ -240,10 +262,7 @@ async fn logout(
         }
         if let Some(user) = user {
             auth.audit(Audit {
-                actor: &Actor {
-                    name: user.name.clone(),
-                    kind: ActorKind::User,
-                },
+                actor: &Actor::user(user.name.clone(), Some(user.user_id)),
                 action: "logout",
                 target: None,
                 address: Some(&address),
@@ -252,8 +271,11 @@ async fn logout(
             .await;
             tracing::info!(user = %user.name, %address, "signed out");
         }
+        if *name != session_cookie_name(secure) {
+            jar = jar.add(cleared_cookie(name, secure));
+        }
     }
-    let jar = jar.add(cleared_cookie(secure));
+    let jar = jar.add(cleared_cookie(session_cookie_name(secure), secure));
     if is_form(&headers) {
         (jar, Redirect::to("/login")).into_response()
     } else {

@@ -3,8 +3,28 @@
 //! This module sees only hashes: argon2id PHC strings for passwords, hex SHA-256 digests for
 //! session ids and tokens. Roles and actor kinds are stored as the lower-case words the
 //! migration's CHECK constraints list; `crate::auth` owns their meaning.
+//!
+//! Every change that takes access away (a session revoked, a password changed, a token revoked,
+//! a user deleted) is announced on [`Store::auth_changes`] after it commits, so open event
+//! streams check their caller again at once.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use super::{Store, StoreError, now_millis};
+
+/// Announces that access was taken away somewhere (the value only counts changes). Only this
+/// process's changes: the `baton` command changes the database from another process, and
+/// streams notice those at their next periodic check.
+#[derive(Debug, Clone)]
+pub struct AuthChanges(Arc<watch::Sender<u64>>);
+
+impl Default for AuthChanges {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
 
 /// A user account, without its password hash.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -53,10 +73,18 @@ pub struct TokenRow {
     pub name: String,
     pub role: String,
     pub created_by: String,
+    /// The id of the user the token belongs to (revoked when that user is deleted); `None` for
+    /// tokens made with the `baton` command.
+    #[serde(skip)]
+    pub created_by_user: Option<i64>,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
 }
+
+/// The columns of [`TokenRow`], for `SELECT` and `RETURNING`.
+const TOKEN_COLUMNS: &str =
+    "id, name, role, created_by, created_by_user, created_at, last_used_at, revoked_at";
 
 /// One line of the audit log to write.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +129,17 @@ pub struct ThrottleLimits {
 }
 
 impl Store {
+    /// Changes that took access away, announced after their commit (see [`AuthChanges`]).
+    pub fn auth_changes(&self) -> watch::Receiver<u64> {
+        self.auth_changes.0.subscribe()
+    }
+
+    fn access_taken_away(&self) {
+        self.auth_changes
+            .0
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
     /// Creates a user; `None` if the name is taken.
     pub async fn create_user(
         &self,
@@ -139,6 +178,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.access_taken_away();
         Ok(true)
     }
 
@@ -178,26 +218,40 @@ impl Store {
         )
     }
 
-    /// Deletes a user and (by cascade) its sessions. Refuses, in the same transaction, to
-    /// delete the last admin.
+    /// Deletes a user, (by cascade) its sessions, and revokes the API tokens that belong to it.
+    /// Refuses, in the same statement as the delete, to delete the last admin.
     pub async fn delete_user(&self, name: &str) -> Result<DeleteUser, StoreError> {
-        // One statement, so the check and the delete cannot be split by another writer (and a
-        // read-then-write transaction cannot fail with SQLITE_BUSY on upgrading its lock).
-        let deleted = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        // The delete is one statement, so the last-admin check and the delete cannot be split by
+        // another writer; and it comes first, so this transaction takes the write lock at once
+        // (a read-then-write transaction could fail with SQLITE_BUSY on upgrading its lock).
+        let deleted: Option<i64> = sqlx::query_scalar(
             "DELETE FROM users WHERE name = ?
-               AND (role <> 'admin' OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
+               AND (role <> 'admin' OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)
+             RETURNING id",
         )
         .bind(name)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if deleted > 0 {
-            return Ok(DeleteUser::Deleted);
-        }
-        Ok(match self.user(name).await? {
-            Some(_) => DeleteUser::LastAdmin,
-            None => DeleteUser::NotFound,
-        })
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = deleted else {
+            drop(tx);
+            return Ok(match self.user(name).await? {
+                Some(_) => DeleteUser::LastAdmin,
+                None => DeleteUser::NotFound,
+            });
+        };
+        let mut revoked_tokens: Vec<String> = sqlx::query_scalar(
+            "UPDATE api_tokens SET revoked_at = ? WHERE created_by_user = ? AND revoked_at IS NULL
+             RETURNING name",
+        )
+        .bind(now_millis())
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.access_taken_away();
+        revoked_tokens.sort();
+        Ok(DeleteUser::Deleted { revoked_tokens })
     }
 
     /// Records a new session for the user; the caller keeps the id, the store its hash.
@@ -241,6 +295,18 @@ impl Store {
         .await?)
     }
 
+    /// When the session with this row id expires, if it is still live (not revoked, not
+    /// expired, its user not deleted).
+    pub async fn live_session_expiry(&self, session_id: i64) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT expires_at FROM sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+        )
+        .bind(session_id)
+        .bind(now_millis())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Revokes a session; `false` if it was unknown or already revoked.
     pub async fn revoke_session(&self, id_hash: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
@@ -250,41 +316,65 @@ impl Store {
         .bind(id_hash)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() > 0)
+        let revoked = done.rows_affected() > 0;
+        if revoked {
+            self.access_taken_away();
+        }
+        Ok(revoked)
     }
 
-    /// Records a new API token; `None` if a live token already has the name.
+    /// Records a new API token belonging to the user `created_by_user` (if any). The insert is
+    /// one statement that checks the user still exists, so a token cannot outlive a user deleted
+    /// while it was being created.
     pub async fn create_token(
         &self,
         name: &str,
         role: &str,
         token_hash: &str,
         created_by: &str,
-    ) -> Result<Option<TokenRow>, StoreError> {
-        let inserted = sqlx::query_as::<_, TokenRow>(
-            "INSERT INTO api_tokens (name, role, token_hash, created_by, created_at) VALUES (?, ?, ?, ?, ?)
-             RETURNING id, name, role, created_by, created_at, last_used_at, revoked_at",
-        )
+        created_by_user: Option<i64>,
+    ) -> Result<NewToken, StoreError> {
+        let inserted = sqlx::query_as::<_, TokenRow>(&format!(
+            "INSERT INTO api_tokens (name, role, token_hash, created_by, created_by_user, created_at)
+             SELECT ?, ?, ?, ?, ?, ?
+             WHERE ? IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = ?)
+             RETURNING {TOKEN_COLUMNS}"
+        ))
         .bind(name)
         .bind(role)
         .bind(token_hash)
         .bind(created_by)
+        .bind(created_by_user)
         .bind(now_millis())
-        .fetch_one(&self.pool)
+        .bind(created_by_user)
+        .bind(created_by_user)
+        .fetch_optional(&self.pool)
         .await;
         match inserted {
-            Ok(row) => Ok(Some(row)),
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(None),
+            Ok(Some(row)) => Ok(NewToken::Created(row)),
+            Ok(None) => Ok(NewToken::CreatorGone),
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                Ok(NewToken::NameTaken)
+            }
             Err(error) => Err(error.into()),
         }
     }
 
+    /// Whether the token with this row id is live (not revoked).
+    pub async fn token_is_live(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE id = ? AND revoked_at IS NULL)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Every token, live ones first, newest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        Ok(sqlx::query_as::<_, TokenRow>(
-            "SELECT id, name, role, created_by, created_at, last_used_at, revoked_at FROM api_tokens
-             ORDER BY revoked_at IS NOT NULL, id DESC",
-        )
+        Ok(sqlx::query_as::<_, TokenRow>(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY revoked_at IS NOT NULL, id DESC"
+        ))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -292,10 +382,9 @@ impl Store {
     /// The live token with this hash, noting that it was used (at most once a minute, so a
     /// client polling the API does not write on every request).
     pub async fn use_token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query_as::<_, TokenRow>(
-            "SELECT id, name, role, created_by, created_at, last_used_at, revoked_at FROM api_tokens
-             WHERE token_hash = ? AND revoked_at IS NULL",
-        )
+        let row = sqlx::query_as::<_, TokenRow>(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL"
+        ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
@@ -314,26 +403,34 @@ impl Store {
 
     /// Revokes the live token with this id; returns it, or `None` if there is none.
     pub async fn revoke_token(&self, id: i64) -> Result<Option<TokenRow>, StoreError> {
-        Ok(sqlx::query_as::<_, TokenRow>(
+        let row = sqlx::query_as::<_, TokenRow>(&format!(
             "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL
-             RETURNING id, name, role, created_by, created_at, last_used_at, revoked_at",
-        )
+             RETURNING {TOKEN_COLUMNS}"
+        ))
         .bind(now_millis())
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        if row.is_some() {
+            self.access_taken_away();
+        }
+        Ok(row)
     }
 
     /// Revokes the live token with this name; returns it, or `None` if there is none.
     pub async fn revoke_token_named(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
-        Ok(sqlx::query_as::<_, TokenRow>(
+        let row = sqlx::query_as::<_, TokenRow>(&format!(
             "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL
-             RETURNING id, name, role, created_by, created_at, last_used_at, revoked_at",
-        )
+             RETURNING {TOKEN_COLUMNS}"
+        ))
         .bind(now_millis())
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        if row.is_some() {
+            self.access_taken_away();
+        }
+        Ok(row)
     }
 
     /// Records a login attempt before its password is checked, and says whether it may go
@@ -389,6 +486,16 @@ impl Store {
         Ok(LoginAttempt::Throttled {
             wait_ms: wait_ms.unwrap_or(1000),
         })
+    }
+
+    /// The attempt's password was never checked (Baton was too busy): forget it, so it does not
+    /// count as a failure.
+    pub async fn login_abandoned(&self, attempt: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_failures WHERE id = ?")
+            .bind(attempt)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The attempt proved the password: forget it and every failure of that user name (not of
@@ -480,10 +587,23 @@ pub enum LoginAttempt {
     Throttled { wait_ms: i64 },
 }
 
+/// What [`Store::create_token`] did.
+#[derive(Debug, Clone)]
+pub enum NewToken {
+    Created(TokenRow),
+    /// A live token already has the name.
+    NameTaken,
+    /// The user it would belong to no longer exists.
+    CreatorGone,
+}
+
 /// What [`Store::delete_user`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteUser {
-    Deleted,
+    /// Deleted, and these of its tokens revoked.
+    Deleted {
+        revoked_tokens: Vec<String>,
+    },
     NotFound,
     /// The user is the only admin; deleting it would leave no one able to manage Baton.
     LastAdmin,
@@ -602,7 +722,9 @@ mod tests {
         store.create_user("ops", "admin", "x", "cli").await.unwrap();
         assert_eq!(
             store.delete_user("root").await.unwrap(),
-            DeleteUser::Deleted
+            DeleteUser::Deleted {
+                revoked_tokens: vec![]
+            }
         );
         assert_eq!(
             store.delete_user("root").await.unwrap(),
@@ -621,7 +743,15 @@ mod tests {
             let (first, second) = tokio::join!(store.delete_user(&a), store.delete_user(&b));
             let mut outcomes = [first.unwrap(), second.unwrap()];
             outcomes.sort_by_key(|o| format!("{o:?}"));
-            assert_eq!(outcomes, [DeleteUser::Deleted, DeleteUser::LastAdmin]);
+            assert_eq!(
+                outcomes,
+                [
+                    DeleteUser::Deleted {
+                        revoked_tokens: vec![]
+                    },
+                    DeleteUser::LastAdmin
+                ]
+            );
             let admins = store.users().await.unwrap();
             assert_eq!(admins.iter().filter(|u| u.role == "admin").count(), 1);
             for user in admins {
@@ -634,31 +764,95 @@ mod tests {
         }
     }
 
+    fn created(outcome: NewToken) -> TokenRow {
+        match outcome {
+            NewToken::Created(row) => row,
+            other => panic!("expected a new token, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_token_name_is_free_again_once_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let first = store
-            .create_token("ci", "deployer", "h1", "root")
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
+        let first = created(
             store
-                .create_token("ci", "deployer", "h2", "root")
+                .create_token("ci", "deployer", "h1", "cli", None)
                 .await
-                .unwrap()
-                .is_none()
+                .unwrap(),
         );
+        assert!(matches!(
+            store
+                .create_token("ci", "deployer", "h2", "cli", None)
+                .await
+                .unwrap(),
+            NewToken::NameTaken
+        ));
         assert!(store.use_token("h1").await.unwrap().is_some());
         store.revoke_token(first.id).await.unwrap().unwrap();
         assert!(store.use_token("h1").await.unwrap().is_none());
-        assert!(
+        created(
             store
-                .create_token("ci", "deployer", "h2", "root")
+                .create_token("ci", "deployer", "h2", "cli", None)
                 .await
-                .unwrap()
-                .is_some()
+                .unwrap(),
         );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_user_revokes_the_tokens_that_belong_to_it_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let ada = store
+            .create_user("ada", "admin", "x", "cli")
+            .await
+            .unwrap()
+            .unwrap();
+        let bob = store
+            .create_user("bob", "admin", "x", "cli")
+            .await
+            .unwrap()
+            .unwrap();
+        created(
+            store
+                .create_token("ada-ci", "deployer", "h1", "ada", Some(ada.id))
+                .await
+                .unwrap(),
+        );
+        created(
+            store
+                .create_token("bob-ci", "deployer", "h2", "bob", Some(bob.id))
+                .await
+                .unwrap(),
+        );
+        created(
+            store
+                .create_token("machine", "deployer", "h3", "cli", None)
+                .await
+                .unwrap(),
+        );
+        let mut changes = store.auth_changes();
+
+        assert_eq!(
+            store.delete_user("ada").await.unwrap(),
+            DeleteUser::Deleted {
+                revoked_tokens: vec!["ada-ci".into()]
+            }
+        );
+        assert!(changes.has_changed().unwrap(), "open streams are told");
+        changes.mark_unchanged();
+        assert!(store.use_token("h1").await.unwrap().is_none());
+        assert!(store.use_token("h2").await.unwrap().is_some());
+        assert!(store.use_token("h3").await.unwrap().is_some());
+        // A token asked for by ada while she was being deleted is not created.
+        assert!(matches!(
+            store
+                .create_token("late", "deployer", "h4", "ada", Some(ada.id))
+                .await
+                .unwrap(),
+            NewToken::CreatorGone
+        ));
+        // Creating things takes no access away: streams are not disturbed.
+        assert!(!changes.has_changed().unwrap());
     }
 }

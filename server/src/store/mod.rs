@@ -38,6 +38,8 @@ pub struct Store {
     live: tokio::sync::broadcast::Sender<std::sync::Arc<Published>>,
     /// Held from commit to publish, so subscribers get events in id order.
     publishing: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Tells open streams that access was taken away (see `auth.rs`).
+    auth_changes: auth::AuthChanges,
 }
 
 impl Store {
@@ -82,6 +84,7 @@ impl Store {
             pool,
             live,
             publishing: Default::default(),
+            auth_changes: Default::default(),
         })
     }
 

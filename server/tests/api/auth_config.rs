@@ -1,5 +1,5 @@
 //! `[auth]` in the configuration file reaches the running server: the origin the CSRF check
-//! expects behind a proxy, the session lifetime, and the login throttle.
+//! expects behind a proxy, the session lifetime, the login throttle and the stream cap.
 
 use crate::helpers::{CONFIG, spawn_app_with};
 
@@ -9,7 +9,7 @@ const PASSWORD: &str = "correct horse battery staple";
 async fn the_auth_table_sets_the_origin_session_lifetime_and_throttle_of_the_real_server() {
     let config = format!(
         "{CONFIG}\n[auth]\npublic_origin = \"https://baton.example.com\"\nsession_ttl = \"2h\"\n\
-         login_throttle = {{ per_name = 2 }}\n"
+         login_throttle = {{ per_name = 2 }}\nstreams_per_caller = 1\n"
     );
     let app = spawn_app_with(&config, &[]).await;
     let created = app
@@ -68,4 +68,11 @@ async fn the_auth_table_sets_the_origin_session_lifetime_and_throttle_of_the_rea
         429,
         "per_name = 2 allows two failed logins"
     );
+
+    let stream = || app.client.get(format!("{}/api/events", app.address)).send();
+    let first = stream().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = stream().await.unwrap();
+    assert_eq!(second.status(), 429, "streams_per_caller = 1 allows one");
+    drop(first);
 }

@@ -53,6 +53,12 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_tuned(|_| {}).await
+}
+
+/// Like [`spawn_app`], with `tune` applied to the parsed settings (for knobs the configuration
+/// file does not have).
+pub async fn spawn_app_tuned(tune: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let path = dir.path().join("baton.toml");
     let env = EnvOverrides {
@@ -60,7 +66,9 @@ pub async fn spawn_app() -> TestApp {
         database_url: None,
         site_root: Some(dir.path().join("site").display().to_string()),
     };
-    let settings = Settings::parse(CONFIG, &path, &env).expect("the test configuration is valid");
+    let mut settings =
+        Settings::parse(CONFIG, &path, &env).expect("the test configuration is valid");
+    tune(&mut settings);
     assert!(
         settings
             .server
@@ -113,6 +121,12 @@ impl TestApp {
             .unwrap();
         store.close().await;
         token.expose().to_owned()
+    }
+
+    /// A second connection to the database, as the `baton` command opens from another process
+    /// (its changes reach the server only through the database).
+    pub async fn cli_store(&self) -> Store {
+        Store::connect(&self.database_url).await.unwrap()
     }
 
     pub fn database_file(&self) -> std::path::PathBuf {

@@ -801,3 +801,44 @@ async fn the_history_goes_older_then_newer_back_to_the_same_rows_keeping_the_fil
     assert_eq!(page["next_before"], api[1]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_tokens_page_says_who_created_each_token_and_what_deleting_them_does() {
+    let app = spawn_app().await;
+    let created = app
+        .client
+        .post(format!("{}/api/tokens", app.address))
+        .json(&serde_json::json!({ "name": "ci", "role": "deployer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let html = page_as(&app, Role::Admin, "/tokens").await;
+    assert_contains(
+        &html,
+        &[
+            "data-token=\"ci\"",
+            // Made with the admin token the tests' client sends.
+            "<td data-label=\"Created by\">tests</td>",
+            "deleting that user revokes it",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn the_login_page_explains_a_sign_in_refused_while_baton_is_busy() {
+    let app = spawn_app().await;
+    let html = app
+        .anonymous
+        .get(format!("{}/login?error=busy&retry_after=1", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_contains(
+        &html,
+        &["Baton is busy checking other sign-ins; try again in 1 s."],
+    );
+}

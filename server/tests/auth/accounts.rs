@@ -288,3 +288,105 @@ async fn the_audit_log_records_logins_and_every_account_change() {
     assert_eq!(bad.status(), 422);
     assert_eq!(error_of(bad).await, "invalid limit 0: expected 1 to 1000");
 }
+
+#[tokio::test]
+async fn deleting_a_user_revokes_the_tokens_they_created_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(&dir.path().join("baton.db")).await;
+    server.add_user("root", Role::Admin, ADMIN_PASSWORD).await;
+    server.add_user("ada", Role::Admin, NEW_USER_PASSWORD).await;
+    let root = server.browser(&server.login("root", ADMIN_PASSWORD).await);
+    let ada = server.browser(&server.login("ada", NEW_USER_PASSWORD).await);
+    let machine = server.add_token("machine", Role::Deployer).await;
+
+    let create = |headers: reqwest::header::HeaderMap, name: &'static str, role: &'static str| {
+        let request = server
+            .client
+            .post(server.url("/api/tokens"))
+            .headers(headers)
+            .json(&json!({ "name": name, "role": role }));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 201, "{name} is created");
+            let body: Value = response.json().await.unwrap();
+            body["token"].as_str().unwrap().to_owned()
+        }
+    };
+    // Ada's own token, and one her token made: both are hers.
+    let ada_admin = create(ada.clone(), "ada-admin", "admin").await;
+    let ada_ci = create(Server::bearer(&ada_admin), "ada-ci", "deployer").await;
+    let root_ci = create(root.clone(), "root-ci", "deployer").await;
+    let works = |token: String| {
+        let request = server
+            .client
+            .get(server.url("/api/services"))
+            .headers(Server::bearer(&token));
+        async move { request.send().await.unwrap().status() }
+    };
+    for token in [&ada_admin, &ada_ci, &root_ci, &machine] {
+        assert_eq!(works(token.clone()).await, 200);
+    }
+
+    // The tokens page says who created each.
+    let listed: Value = server
+        .client
+        .get(server.url("/api/tokens"))
+        .headers(root.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let creators: Vec<(String, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|token| {
+            (
+                token["name"].as_str().unwrap().to_owned(),
+                token["created_by"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for pair in [
+        ("ada-admin", "ada"),
+        ("ada-ci", "ada-admin"),
+        ("root-ci", "root"),
+        ("machine", "cli"),
+    ] {
+        assert!(
+            creators.contains(&(pair.0.to_owned(), pair.1.to_owned())),
+            "{creators:?}"
+        );
+    }
+
+    let deleted = server
+        .client
+        .delete(server.url("/api/users/ada"))
+        .headers(root.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    for token in [&ada_admin, &ada_ci] {
+        assert_eq!(works(token.clone()).await, 401, "ada's tokens are revoked");
+    }
+    for token in [&root_ci, &machine] {
+        assert_eq!(works(token.clone()).await, 200, "other tokens live on");
+    }
+    let audit: Value = server
+        .client
+        .get(server.url("/api/audit?action=user_delete"))
+        .headers(root.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        audit["entries"][0]["detail"],
+        "revoked its tokens ada-admin, ada-ci"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use baton_server::auth::{AuthConfig, Role, Throttle};
+use baton_server::auth::{AuthConfig, PasswordChecks, Role, Throttle};
 
 use crate::helpers::{error_of, session_cookie, set_cookie, spawn, spawn_with};
 
@@ -267,4 +267,132 @@ async fn a_session_survives_a_restart_and_ends_at_logout() {
         .await
         .unwrap();
     assert_eq!(page.status(), 303);
+}
+
+#[tokio::test]
+async fn parallel_logins_beyond_the_password_check_line_get_503_and_a_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two checks at once and no line: whatever arrives while two run is refused.
+    let config = AuthConfig {
+        password_checks: PasswordChecks {
+            at_once: 2,
+            queue: 0,
+            wait: Duration::from_secs(10),
+        },
+        // Room for exactly the 12 guesses below.
+        throttle: Throttle {
+            per_name: 5,
+            per_address: 12,
+            window: Duration::from_secs(60),
+        },
+        ..AuthConfig::default()
+    };
+    let server = spawn_with(&dir.path().join("baton.db"), config).await;
+    server.add_user("dora", Role::Deployer, PASSWORD).await;
+
+    // Many names: the throttle lets each through.
+    let logins = (0..12).map(|i| {
+        server
+            .client
+            .post(server.url("/auth/login"))
+            .json(&serde_json::json!({ "name": format!("guess{i}"), "password": "a wrong guess" }))
+            .send()
+    });
+    let answers = futures::future::join_all(logins).await;
+    let mut busy = 0;
+    for answer in answers {
+        let answer = answer.unwrap();
+        match answer.status().as_u16() {
+            401 => {}
+            503 => {
+                busy += 1;
+                assert_eq!(answer.headers()["retry-after"], "1");
+                let error = error_of(answer).await;
+                assert!(error.contains("busy checking"), "{error}");
+            }
+            other => panic!("expected 401 or 503, got {other}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "12 argon2 checks at once went through a gate of 2 with no line"
+    );
+    // Once the line is clear a normal login works; and the refused guesses were never checked,
+    // so they are no failures: fewer than 12 count against this address.
+    server.login("dora", PASSWORD).await;
+}
+
+#[tokio::test]
+async fn over_https_the_session_cookie_is_host_prefixed_and_only_that_name_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(&dir.path().join("baton.db")).await;
+    server.add_user("dora", Role::Deployer, PASSWORD).await;
+    let login = |proto: Option<&'static str>| {
+        let mut request = server
+            .client
+            .post(server.url("/auth/login"))
+            .json(&serde_json::json!({ "name": "dora", "password": PASSWORD }));
+        if let Some(proto) = proto {
+            request = request.header("x-forwarded-proto", proto);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            set_cookie(&response).unwrap()
+        }
+    };
+    let me = |cookie: String, https: bool| {
+        let mut request = server
+            .client
+            .get(server.url("/api/me"))
+            .header("cookie", cookie);
+        if https {
+            request = request.header("x-forwarded-proto", "https");
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+
+    let secure = login(Some("https")).await;
+    assert!(secure.starts_with("__Host-baton_session="), "{secure}");
+    for attribute in ["Secure", "Path=/", "HttpOnly", "SameSite=Lax"] {
+        assert!(secure.contains(attribute), "{attribute} in {secure}");
+    }
+    assert!(!secure.contains("Domain"), "{secure}");
+    let value = secure
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("__Host-baton_session=")
+        .unwrap()
+        .to_owned();
+    assert_eq!(me(format!("__Host-baton_session={value}"), true).await, 200);
+    // The same session under the plain name is not read over HTTPS (a sibling site could have
+    // set that one), and the prefixed name is not read over plain HTTP.
+    assert_eq!(me(format!("baton_session={value}"), true).await, 401);
+    assert_eq!(
+        me(format!("__Host-baton_session={value}"), false).await,
+        401
+    );
+
+    let plain = login(None).await;
+    assert!(plain.starts_with("baton_session="), "{plain}");
+    assert!(!plain.contains("Secure"), "{plain}");
+
+    // Signing out over HTTPS ends the session and clears the prefixed cookie.
+    let logout = server
+        .client
+        .post(server.url("/auth/logout"))
+        .header("x-forwarded-proto", "https")
+        .header("sec-fetch-site", "same-origin")
+        .header("cookie", format!("__Host-baton_session={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    let cleared = set_cookie(&logout).unwrap();
+    assert!(
+        cleared.starts_with("__Host-baton_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_eq!(me(format!("__Host-baton_session={value}"), true).await, 401);
 }
