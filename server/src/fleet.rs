@@ -444,7 +444,7 @@ impl Fleet {
                 backends,
                 load_balancer_error,
                 active: active.as_ref().map(active_rollout),
-                queued: u32::try_from(unfinished.saturating_sub(1)).unwrap_or(u32::MAX),
+                queued: u32::try_from((unfinished - 1).max(0)).unwrap_or(u32::MAX),
                 suggested_version,
                 rollback_version: self.rollback_version(handle, current.as_deref()).await?,
             });

@@ -924,6 +924,16 @@ async fn a_push_never_rewrites_a_rollout_that_a_person_queued_it_queues_after_it
                 .unwrap()
         }
     };
+    let queued = |services: Value| {
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "api")
+            .unwrap()["queued"]
+            .clone()
+    };
+    assert_eq!(queued(get_json(&app, "/api/services").await), 0);
     // The first rollout waits in its prepare step (for the `release` file) and keeps running.
     let running = deploy("slow-1").await;
     eventually("the first rollout runs", || async {
@@ -946,6 +956,11 @@ async fn a_push_never_rewrites_a_rollout_that_a_person_queued_it_queues_after_it
     let pushed = push["rollout"].as_i64().unwrap();
     assert!(pushed > asked, "the push queued after the person's rollout");
 
+    assert_eq!(
+        queued(get_json(&app, "/api/services").await),
+        2,
+        "the person's rollout and the push's wait"
+    );
     let person = get_json(&app, &format!("/api/deployments/{asked}")).await;
     assert_eq!(person["to_version"], "v7", "{person:#}");
     assert_eq!(person["trigger"], "api");
