@@ -109,6 +109,9 @@ pub struct WebhookConfigView {
     pub secret_env: String,
     pub branch: Option<String>,
     pub tags: Option<String>,
+    /// Only pushes from this repository (`owner/name`) deploy; `None`: from any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 /// What the server provides to the webhook server functions, through Leptos context.
@@ -308,6 +311,10 @@ fn setup_view(setup: WebhookSetup) -> impl IntoView {
         (Some(branch), None) => format!("Pushes to {branch} deploy the pushed commit."),
         (None, Some(tags)) => format!("Tags matching {tags} deploy the tag."),
         (None, None) => "No push deploys.".to_owned(),
+    };
+    let deploys = match &config.repository {
+        Some(repository) => format!("{deploys} Only pushes from {repository} deploy."),
+        None => deploys,
     };
     let secret = format!(
         "the value of the environment variable {} on Baton's host",

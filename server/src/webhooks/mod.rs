@@ -5,8 +5,9 @@
 //! A delivery goes: service known (404) → webhook configured (403) → host recognised (400) →
 //! body within [`BODY_LIMIT`] (413) → signature over the raw body holds (401) → event and
 //! payload read (400) → delivery id not seen before (else "duplicate", 202) → [`policy`] decides
-//! → the fleet queues (or coalesces) the rollout (202). Every step's answer is JSON that says
-//! why, and every delivery past the service lookup is logged.
+//! (another repository, branch or tag: "ignored") → the fleet queues (or coalesces) the rollout
+//! (202). Every step's answer is JSON that says why, and every delivery past the service lookup
+//! is logged.
 //!
 //! Invariants: secrets never reach the log, the database or an answer (no header of a delivery
 //! is stored; GitLab's token is the secret and is only compared). Only verified deliveries claim
@@ -412,7 +413,7 @@ async fn process(
                 "{label} event {event:?} does not deploy: only push events do (the webhook may send push events only)"
             ),
         ),
-        EventKind::Push => match provider.ref_updates(body) {
+        EventKind::Push => match provider.push(body) {
             Err(error) => Step::Answer(
                 StatusCode::BAD_REQUEST,
                 Verdict::Rejected,
@@ -425,7 +426,7 @@ async fn process(
                     }
                 ),
             ),
-            Ok(updates) => match policy::decide(&updates, webhook) {
+            Ok(push) => match policy::decide(&push, webhook) {
                 Decision::Deploy {
                     version,
                     git_ref,

@@ -30,6 +30,7 @@ impl WebhookSource for UiWebhooks {
                 secret_env: webhook.secret_env.clone(),
                 branch: webhook.branch.clone(),
                 tags: webhook.tags.as_ref().map(ToString::to_string),
+                repository: webhook.repository.as_ref().map(ToString::to_string),
             }),
         })
     }

@@ -24,7 +24,8 @@ const GITLAB_SHA: &str = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
 const GITEA_SHA: &str = "67b56589a45103f891bdee7c0546e5d40bc02001";
 
 /// `api` deploys pushes to master (the fixtures' branch) and tags `v*`; `worker` deploys main
-/// only; `quiet` takes no webhooks.
+/// only; `pinned` shares `api`'s secret (an organisation-wide hook) but deploys pushes from
+/// GitHub's fixture repository only; `quiet` takes no webhooks.
 const CONFIG: &str = r#"
 [[load_balancer]]
 name = "edge"
@@ -62,6 +63,22 @@ address = "127.0.0.1:18011"
 [service.webhook]
 secret_env = "WORKER_WEBHOOK_SECRET"
 branch = "main"
+
+[[service]]
+name = "pinned"
+load_balancer = "edge"
+[service.runtime]
+kind = "command"
+initial_version = "v1"
+start = "true"
+stop = "true"
+[[service.backend]]
+name = "p1"
+address = "127.0.0.1:18031"
+[service.webhook]
+secret_env = "API_WEBHOOK_SECRET"
+branch = "master"
+repository = "Codertocat/Hello-World"
 
 [[service]]
 name = "quiet"
@@ -553,6 +570,91 @@ async fn a_redelivery_starts_nothing_new_and_names_the_earlier_verdict() {
     let log = deliveries(&app, "api").await;
     assert_eq!(log[0]["verdict"], "duplicate");
     assert_eq!(log[1]["verdict"], "deployed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_with_a_repository_ignores_pushes_from_any_other() {
+    let app = spawn().await;
+    // The GitHub fixture is a push to Codertocat/Hello-World: it deploys.
+    let body = github_push();
+    let (status, answer) = post(
+        &app,
+        "pinned",
+        &signed(Host::GitHub, "push", "pinned-0", &body, SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer:#}");
+    assert_eq!(answer["verdict"], "deployed", "{answer:#}");
+
+    // Every other host's push to the same branch, from its own repository (the same secret,
+    // so each is verified): ignored, naming both repositories.
+    let others = [
+        (
+            Host::GitHub,
+            "push",
+            edited(
+                &github_push(),
+                json!({"repository": {"full_name": "Mallory/Hello-World", "name": "Hello-World"}}),
+            ),
+            "Mallory/Hello-World",
+        ),
+        (
+            Host::GitLab,
+            "Push Hook",
+            fixture("gitlab/push-event__go-playground.json"),
+            "mike/diaspora",
+        ),
+        (
+            Host::Gitea,
+            "push",
+            fixture("gitea/push-event__go-playground.json"),
+            "example/example",
+        ),
+        (
+            Host::BitbucketCloud,
+            "repo:push",
+            bitbucket_cloud_push("master", GITHUB_SHA),
+            "team/hello-world",
+        ),
+        (
+            Host::BitbucketDataCenter,
+            "repo:refs_changed",
+            bitbucket_dc_push("master", GITHUB_SHA),
+            "PRJ/hello-world",
+        ),
+    ];
+    for (i, (host, event, body, repository)) in others.into_iter().enumerate() {
+        let headers = signed(host, event, &format!("pinned-{}", i + 1), &body, SECRET);
+        let (status, answer) = post(&app, "pinned", &headers, body).await;
+        assert_eq!(status, 202, "{host:?}: {answer:#}");
+        assert_eq!(answer["verdict"], "ignored", "{host:?}: {answer:#}");
+        assert!(answer.get("rollout").is_none(), "{host:?}");
+        assert_reason(
+            &answer,
+            &format!(
+                "push from repository \"{repository}\": only pushes from Codertocat/Hello-World deploy"
+            ),
+        );
+    }
+    assert_eq!(deployments(&app, "pinned").await.len(), 1);
+    let log = deliveries(&app, "pinned").await;
+    assert_eq!(
+        log[0]["ref"], "refs/heads/master",
+        "the log still names the ref"
+    );
+
+    // The service's page says so.
+    let html = app.get("/").await.text().await.unwrap();
+    let section = html
+        .split("data-testid=\"webhooks\" data-service=\"pinned\"")
+        .nth(1)
+        .expect("the pinned service shows its webhook section");
+    assert!(
+        section.contains("Only pushes from Codertocat/Hello-World deploy."),
+        "{section}"
+    );
     app.stop().await;
 }
 
