@@ -86,7 +86,8 @@ pub struct DeliveryOutcome {
     /// A rollout already queued took this newer version instead of a second rollout queueing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,
-    /// For a redelivery: the first delivery with the same id, and what was decided then.
+    /// For a duplicate: the first delivery with the same id (a redelivery) or the same body,
+    /// and what was decided then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earlier: Option<Box<DeliveryView>>,
 }
@@ -133,7 +134,7 @@ pub trait WebhookSource: Send + Sync + 'static {
         limit: Option<u32>,
     ) -> Result<DeliveryPage, String>;
     /// Processes a logged delivery again, as if it had just arrived (skipping the redelivery
-    /// check). Meant for admins.
+    /// and same-body checks). Meant for admins.
     async fn replay(&self, id: i64) -> Result<DeliveryOutcome, String>;
 }
 

@@ -4,16 +4,17 @@
 //!
 //! A delivery goes: service known (404) → webhook configured (403) → host recognised (400) →
 //! body within [`BODY_LIMIT`] (413) → signature over the raw body holds (401) → event and
-//! payload read (400) → delivery id not seen before (else "duplicate", 202) → [`policy`] decides
-//! (another repository, branch or tag: "ignored") → the fleet queues (or coalesces) the rollout
-//! (202). Every step's answer is JSON that says why, and every delivery past the service lookup
-//! is logged.
+//! payload read (400) → [`policy`] decides (another repository, branch or tag: "ignored") →
+//! neither its delivery id nor its body seen before for the service (else "duplicate", 202) →
+//! the fleet queues (or coalesces) the rollout (202). Every step's answer is JSON that says why,
+//! and every delivery past the service lookup is logged.
 //!
 //! Invariants: secrets never reach the log, the database or an answer (no header of a delivery
 //! is stored; GitLab's token is the secret and is only compared). Only verified deliveries claim
-//! a delivery id, so a forged request cannot block a real one. Nothing but a validated
-//! [`Version`](crate::domain::Version) reaches the fleet. These answers are the webhook
-//! protocol, so their statuses are decided here rather than in `api.rs`.
+//! a delivery id and a body, so a forged request cannot block a real one; a signed body starts
+//! at most one rollout, however often and under whichever host's headers it is sent again. Nothing
+//! but a validated [`Version`](crate::domain::Version) reaches the fleet. These answers are the
+//! webhook protocol, so their statuses are decided here rather than in `api.rs`.
 
 mod policy;
 pub mod providers;
@@ -67,7 +68,7 @@ enum Verdict {
     Deployed,
     Ignored,
     Ping,
-    /// A redelivery of a delivery id already processed.
+    /// A redelivery of a delivery id, or a body, already processed.
     Duplicate,
     Rejected,
 }
@@ -385,8 +386,8 @@ enum Step {
     },
 }
 
-/// Decides about a verified delivery, logs it (claiming its delivery id unless it is a replay),
-/// and queues the rollout it asks for.
+/// Decides about a verified delivery, logs it (claiming its delivery id and body unless it is a
+/// replay), and queues the rollout it asks for.
 async fn process(
     state: &AppState,
     settings: &ServiceSettings,
@@ -477,7 +478,12 @@ async fn process(
     let id = if first {
         match state.store.claim_delivery(&row).await? {
             Claim::First(id) => id,
-            Claim::Redelivery(earlier) => return redelivery(state, delivery, *earlier).await,
+            Claim::Redelivery(earlier) => {
+                return duplicate(state, delivery, Repeat::DeliveryId, *earlier).await;
+            }
+            Claim::SameBody(earlier) => {
+                return duplicate(state, delivery, Repeat::Body, *earlier).await;
+            }
         }
     } else {
         state.store.log_delivery(&row).await?
@@ -587,10 +593,22 @@ async fn process(
     Ok(outcome)
 }
 
-/// A delivery id seen before: nothing new starts; the answer names the earlier decision.
-async fn redelivery(
+/// What a duplicate delivery repeats of an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Its delivery id, from the same host: the host redelivered it.
+    DeliveryId,
+    /// Its body, under another delivery id or none, or with another host's headers: a signed
+    /// body sent again by someone who kept a copy, or a host that mints a new id per attempt.
+    Body,
+}
+
+/// A delivery id or body seen before: nothing new starts; the answer names the earlier
+/// decision.
+async fn duplicate(
     state: &AppState,
     mut delivery: Delivery<'_>,
+    repeat: Repeat,
     earlier: DeliveryRow,
 ) -> Result<DeliveryOutcome, StoreError> {
     let then = match (earlier.verdict.as_str(), earlier.deployment_id) {
@@ -598,11 +616,26 @@ async fn redelivery(
         (verdict, Some(rollout)) => format!("was {verdict} (rollout #{rollout})"),
         (verdict, None) => format!("was {verdict}: {}", earlier.reason),
     };
-    let reason = format!(
-        "redelivery of delivery {} (logged as #{}), which {then}; nothing new was started",
-        earlier.delivery_id.as_deref().unwrap_or("?"),
-        earlier.id
-    );
+    let reason = match repeat {
+        Repeat::DeliveryId => format!(
+            "redelivery of delivery {} (logged as #{}), which {then}; nothing new was started",
+            earlier.delivery_id.as_deref().unwrap_or("?"),
+            earlier.id
+        ),
+        Repeat::Body => format!(
+            "the same body as {} (logged as #{}), which {then}; a body starts at most one rollout, \
+             so nothing new was started (an admin can replay it)",
+            match (
+                Provider::parse(&earlier.provider),
+                earlier.delivery_id.as_deref()
+            ) {
+                (Some(provider), Some(id)) => format!("{} delivery {id}", provider.label()),
+                (Some(provider), None) => format!("a {} delivery", provider.label()),
+                (None, _) => "an earlier delivery".to_owned(),
+            },
+            earlier.id
+        ),
+    };
     let mut row = delivery.row(Verdict::Duplicate, StatusCode::ACCEPTED, &reason, None);
     row.deployment_id = earlier.deployment_id;
     let id = state.store.log_delivery(&row).await?;
@@ -625,8 +658,8 @@ pub enum ReplayError {
 }
 
 /// Processes a logged delivery again as if it had just arrived, under the service's current
-/// configuration, without the redelivery check. It writes a new log row (`replay_of` names the
-/// first delivery). Only deliveries whose signature held can be replayed.
+/// configuration, without the redelivery and same-body checks. It writes a new log row
+/// (`replay_of` names the first delivery). Only deliveries whose signature held can be replayed.
 ///
 /// Meant for admins: this is the one function the HTTP endpoint and the UI reach, so an
 /// authorization check belongs in front of it.

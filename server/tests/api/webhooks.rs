@@ -374,7 +374,11 @@ async fn every_host_deploys_its_real_push() {
         (
             Host::Forgejo,
             "push",
-            fixture("gitea/push-event__go-playground.json"),
+            // Gitea's body as it is was just sent: the same body would be a duplicate.
+            edited(
+                &fixture("gitea/push-event__go-playground.json"),
+                json!({"before": GITHUB_SHA}),
+            ),
             GITEA_SHA,
             "forgejo",
         ),
@@ -570,6 +574,99 @@ async fn a_redelivery_starts_nothing_new_and_names_the_earlier_verdict() {
     let log = deliveries(&app, "api").await;
     assert_eq!(log[0]["verdict"], "duplicate");
     assert_eq!(log[1]["verdict"], "deployed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_signed_body_under_another_id_no_id_or_another_host_starts_nothing() {
+    let app = spawn().await;
+    let body = github_push();
+    let (status, first) = post(
+        &app,
+        "api",
+        &signed(Host::GitHub, "push", "original", &body, SECRET),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{first:#}");
+    assert_eq!(first["verdict"], "deployed");
+    let rollout = first["rollout"].as_i64().unwrap();
+
+    let without_id: Vec<(String, String)> = signed(Host::GitHub, "push", "unused", &body, SECRET)
+        .into_iter()
+        .filter(|(name, _)| name != "x-github-delivery")
+        .collect();
+    // The same body, signed with the same HMAC, under every other set of headers: a new id, no
+    // id, and each other host's (their signature headers carry the very same hex).
+    let resent = [
+        (
+            "a new delivery id",
+            signed(Host::GitHub, "push", "new-id", &body, SECRET),
+        ),
+        ("no delivery id", without_id),
+        (
+            "Gitea's headers",
+            signed(Host::Gitea, "push", "original", &body, SECRET),
+        ),
+        (
+            "Forgejo's headers",
+            signed(Host::Forgejo, "push", "f-1", &body, SECRET),
+        ),
+        (
+            "Bitbucket Cloud's headers",
+            signed(Host::BitbucketCloud, "repo:push", "b-1", &body, SECRET),
+        ),
+        (
+            "Bitbucket Data Center's headers",
+            signed(
+                Host::BitbucketDataCenter,
+                "repo:refs_changed",
+                "b-2",
+                &body,
+                SECRET,
+            ),
+        ),
+        (
+            "GitLab's headers",
+            signed(Host::GitLab, "Push Hook", "g-1", &body, SECRET),
+        ),
+    ];
+    for (how, headers) in resent {
+        let (status, again) = post(&app, "api", &headers, body.clone()).await;
+        assert_eq!(status, 202, "{how}: {again:#}");
+        assert_eq!(again["verdict"], "duplicate", "{how}: {again:#}");
+        assert_eq!(again["earlier"]["id"], first["delivery"], "{how}");
+        assert_eq!(again["rollout"], rollout, "{how}");
+        assert_reason(&again, "the same body as GitHub delivery original");
+        assert_reason(&again, &format!("rollout #{rollout}"));
+        assert_reason(&again, "nothing new was started");
+    }
+
+    assert_eq!(deployments(&app, "api").await.len(), 1, "one rollout only");
+    let log = deliveries(&app, "api").await;
+    assert_eq!(log.len(), 8);
+    assert!(
+        log[..7]
+            .iter()
+            .all(|e| e["verdict"] == "duplicate" && e["verified"] == true),
+        "{log:#?}"
+    );
+    eventually("the rollout prepares the pushed commit", || async {
+        prepared(&app).contains(GITHUB_SHA)
+    })
+    .await;
+    assert_eq!(prepared(&app).trim(), GITHUB_SHA, "prepared once");
+
+    // Another service's log is its own: the body deploys there (worker ignores master).
+    let (status, elsewhere) = post(
+        &app,
+        "worker",
+        &signed(Host::GitHub, "push", "new-id", &body, WORKER_SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(elsewhere["verdict"], "ignored", "{elsewhere:#}");
     app.stop().await;
 }
 
