@@ -13,3 +13,6 @@ CREATE UNIQUE INDEX webhook_deliveries_body_once ON webhook_deliveries (service,
     WHERE verified = 1 AND replay_of IS NULL AND body_sha256 IS NOT NULL
       AND verdict <> 'duplicate' AND status < 500;
 
+-- Unverified deliveries are pruned to each service's newest after every one logged: this finds
+-- them without walking the service's verified rows.
+CREATE INDEX webhook_deliveries_unverified ON webhook_deliveries (service, id) WHERE verified = 0;

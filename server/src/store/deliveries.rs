@@ -10,8 +10,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Store, StoreError, now_millis};
 
-/// How many unverified deliveries (bad signatures, unknown senders) a service keeps in its log.
-/// Anyone can send those, so they are pruned; verified deliveries are kept.
+/// How many unverified deliveries (bad signatures, unknown senders) each service keeps in its
+/// log. Anyone can send those, so each one logged prunes its own service's to the newest; verified
+/// deliveries are kept.
 const UNVERIFIED_KEPT: i64 = 500;
 
 /// A delivery to write into the log.
@@ -115,7 +116,7 @@ impl Store {
         // then the insert is tried once more.
         for _ in 0..2 {
             if let Some(id) = self.insert_delivery(new, body_sha256.as_deref()).await? {
-                if !new.verified && id % 50 == 0 {
+                if !new.verified {
                     self.prune_unverified(new.service).await?;
                 }
                 return Ok(Claim::First(id));
@@ -258,15 +259,19 @@ impl Store {
         Ok(payload.flatten())
     }
 
+    /// Keeps `service`'s newest [`UNVERIFIED_KEPT`] unverified deliveries, and no other
+    /// service's rows are touched: what one service is sent never pushes out another's log.
+    /// Run after each unverified delivery is logged, so no pattern of deliveries (they are
+    /// anyone's to send, and share one id sequence) can keep a service's log growing.
     async fn prune_unverified(&self, service: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE service = ? AND verified = 0 AND id < (
+            "DELETE FROM webhook_deliveries WHERE service = ? AND verified = 0 AND id <= (
                  SELECT id FROM webhook_deliveries WHERE service = ? AND verified = 0
                  ORDER BY id DESC LIMIT 1 OFFSET ?)",
         )
         .bind(service)
         .bind(service)
-        .bind(UNVERIFIED_KEPT - 1)
+        .bind(UNVERIFIED_KEPT)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -526,29 +531,92 @@ mod tests {
         assert_eq!(store.delivery_payload(old[1]).await.unwrap().unwrap(), body);
     }
 
-    #[tokio::test]
-    async fn unverified_deliveries_are_pruned_to_the_newest() {
-        let (_dir, store) = store().await;
-        let keep = store
-            .claim_delivery(&verified(Some("real"), b"{}"))
+    /// Logs an unverified delivery to `service`; returns its id.
+    async fn forged(store: &Store, service: &str) -> i64 {
+        store
+            .log_delivery(&NewDelivery {
+                service,
+                verified: false,
+                delivery_id: None,
+                verdict: "rejected",
+                status: 401,
+                ..verified(None, b"")
+            })
             .await
-            .unwrap();
-        for _ in 0..(UNVERIFIED_KEPT + 60) {
+            .unwrap()
+    }
+
+    /// `service`'s log holds exactly the newest [`UNVERIFIED_KEPT`] of the unverified
+    /// deliveries `sent` to it (oldest first).
+    async fn assert_newest_kept(store: &Store, service: &str, sent: &[i64]) {
+        let mut kept: Vec<i64> = store
+            .deliveries(service, None, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|row| !row.verified)
+            .map(|row| row.id)
+            .collect();
+        kept.sort_unstable();
+        let newest = &sent[sent.len().saturating_sub(UNVERIFIED_KEPT as usize)..];
+        assert_eq!(
+            kept.len(),
+            newest.len(),
+            "{service} keeps {} of the {} unverified deliveries sent to it",
+            kept.len(),
+            sent.len()
+        );
+        assert_eq!(kept, newest, "{service} keeps its newest");
+    }
+
+    #[tokio::test]
+    async fn each_service_keeps_its_own_newest_unverified_deliveries() {
+        let (_dir, store) = store().await;
+        let kept_a = claimed(
             store
-                .log_delivery(&NewDelivery {
-                    verified: false,
-                    delivery_id: None,
-                    verdict: "rejected",
-                    status: 401,
-                    ..verified(None, b"")
+                .claim_delivery(&verified(Some("real"), b"{}"))
+                .await
+                .unwrap(),
+        );
+        let kept_b = claimed(
+            store
+                .claim_delivery(&NewDelivery {
+                    service: "worker",
+                    ..verified(Some("real"), b"{}")
                 })
                 .await
-                .unwrap();
+                .unwrap(),
+        );
+        // A flood at `api`, with every fiftieth id (all rows share one sequence) sent to
+        // `worker` instead: whatever the pattern of ids, `api` keeps its newest only.
+        let (mut sent_a, mut sent_b) = (Vec::new(), Vec::new());
+        let mut next = kept_b + 1;
+        for _ in 0..(UNVERIFIED_KEPT * 3) {
+            if next % 50 == 0 {
+                sent_b.push(forged(&store, "worker").await);
+            } else {
+                sent_a.push(forged(&store, "api").await);
+            }
+            next += 1;
         }
-        let all = store.deliveries("api", None, 10_000).await.unwrap();
-        let unverified = all.iter().filter(|row| !row.verified).count() as i64;
-        assert!(unverified <= UNVERIFIED_KEPT + 50, "{unverified} kept");
-        let Claim::First(keep) = keep else { panic!() };
-        assert!(all.iter().any(|row| row.id == keep), "verified rows stay");
+        assert_eq!(
+            sent_a.last().max(sent_b.last()),
+            Some(&(next - 1)),
+            "ids are sequential"
+        );
+        assert_newest_kept(&store, "api", &sent_a).await;
+        assert!(sent_b.len() < UNVERIFIED_KEPT as usize);
+        assert_newest_kept(&store, "worker", &sent_b).await;
+
+        // Then `worker` is flooded: it keeps its own newest, and api's stay as they were.
+        for _ in 0..UNVERIFIED_KEPT {
+            sent_b.push(forged(&store, "worker").await);
+        }
+        assert_newest_kept(&store, "worker", &sent_b).await;
+        assert_newest_kept(&store, "api", &sent_a).await;
+        for (service, kept) in [("api", kept_a), ("worker", kept_b)] {
+            let rows = store.deliveries(service, None, 100_000).await.unwrap();
+            assert!(rows.iter().any(|row| row.id == kept), "verified rows stay");
+        }
     }
 }
