@@ -134,7 +134,8 @@ pub trait WebhookSource: Send + Sync + 'static {
         limit: Option<u32>,
     ) -> Result<DeliveryPage, String>;
     /// Processes a logged delivery again, as if it had just arrived (skipping the redelivery
-    /// and same-body checks). Meant for admins.
+    /// and same-body checks). Routed for admins only; the audit log names the caller, as it
+    /// does for the API's replay.
     async fn replay(&self, id: i64) -> Result<DeliveryOutcome, String>;
 }
 

@@ -12,8 +12,9 @@
 //! Invariants: secrets never reach the log, the database or an answer (no header of a delivery
 //! is stored; GitLab's token is the secret and is only compared). Only verified deliveries claim
 //! a delivery id and a body, so a forged request cannot block a real one; a signed body starts
-//! at most one rollout, however often and under whichever host's headers it is sent again. Nothing
-//! but a validated [`Version`](crate::domain::Version) reaches the fleet. These answers are the
+//! at most one rollout, however often and under whichever host's headers it is sent again. Only
+//! an admin's replay processes a body again, and each replay is in the audit log. Nothing but a
+//! validated [`Version`](crate::domain::Version) reaches the fleet. These answers are the
 //! webhook protocol, so their statuses are decided here rather than in `api.rs`.
 
 mod policy;
@@ -657,13 +658,39 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
+/// An admin's replay of delivery `id` (see [`replay`]), written to the audit log naming `actor`
+/// when it ran. The one entry point of the API route and the UI's server function alike, both
+/// of which are routed for admins only, so both leave the same audit entry.
+pub async fn replay_by(
+    state: &AppState,
+    id: i64,
+    actor: &Actor,
+    address: &ClientAddress,
+) -> Result<DeliveryOutcome, ReplayError> {
+    let outcome = replay(state, id).await?;
+    let detail = match outcome.rollout {
+        Some(rollout) => format!("{}, rollout {rollout}", outcome.verdict),
+        None => outcome.verdict.clone(),
+    };
+    crate::auth::record(
+        &state.store,
+        Audit {
+            actor,
+            action: "webhook_replay",
+            target: Some(&format!("delivery {id}")),
+            address: Some(address),
+            detail: Some(&detail),
+        },
+    )
+    .await;
+    Ok(outcome)
+}
+
 /// Processes a logged delivery again as if it had just arrived, under the service's current
 /// configuration, without the redelivery and same-body checks. It writes a new log row
 /// (`replay_of` names the first delivery). Only deliveries whose signature held can be replayed.
-///
-/// Meant for admins: this is the one function the HTTP endpoint and the UI reach, so an
-/// authorization check belongs in front of it.
-pub async fn replay(state: &AppState, id: i64) -> Result<DeliveryOutcome, ReplayError> {
+/// Reached only through [`replay_by`], which audits it.
+async fn replay(state: &AppState, id: i64) -> Result<DeliveryOutcome, ReplayError> {
     let row = state
         .store
         .delivery(id)
@@ -719,21 +746,7 @@ async fn replay_delivery(
             format!("invalid delivery id {id:?}: expected a number"),
         );
     };
-    let replayed = replay(&state, id).await;
-    if replayed.is_ok() {
-        crate::auth::record(
-            &state.store,
-            Audit {
-                actor: &principal.actor(),
-                action: "webhook_replay",
-                target: Some(&format!("delivery {id}")),
-                address: Some(&address),
-                detail: None,
-            },
-        )
-        .await;
-    }
-    match replayed {
+    match replay_by(&state, id, &principal.actor(), &address).await {
         Ok(outcome) => answer(outcome),
         Err(failure @ ReplayError::UnknownDelivery(_)) => {
             error(StatusCode::NOT_FOUND, failure.to_string())

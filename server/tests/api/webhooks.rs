@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use baton_server::auth::Role;
+
 use crate::helpers::{TestApp, spawn_app_with};
 
 const SECRET: &str = "a test secret, not It's a Secret to Everybody";
@@ -1188,6 +1190,75 @@ async fn a_replay_processes_the_stored_delivery_again() {
         "the secret is in the database"
     );
     assert!(!first.to_string().contains(SECRET) && !replayed.to_string().contains(SECRET));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_from_the_ui_is_audited_as_the_api_s_naming_the_admin() {
+    let app = spawn().await;
+    let body = fixture("github/ping__payload.json");
+    let (status, answer) = post(
+        &app,
+        "api",
+        &signed(Host::GitHub, "ping", "audited-ping", &body, SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer:#}");
+    let delivery = answer["delivery"].as_i64().unwrap();
+    let admin = app.token("ui-admin", Role::Admin).await;
+
+    // The UI's Replay button calls this server function.
+    let response = app
+        .anonymous
+        .post(format!("{}/rpc/replay_delivery", app.address))
+        .bearer_auth(&admin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .body(format!("id={delivery}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let replayed: Value = response.json().await.unwrap();
+    assert_eq!(replayed["verdict"], "ping", "{replayed:#}");
+    let response = app
+        .anonymous
+        .post(format!("{}/api/deliveries/{delivery}/replay", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let audit = get_json(&app, "/api/audit?action=webhook_replay").await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "one entry per replay: {audit:#}");
+    for entry in entries {
+        assert_eq!(entry["actor"], "ui-admin", "{entry:#}");
+        assert_eq!(entry["actor_kind"], "token", "{entry:#}");
+        assert_eq!(entry["target"], format!("delivery {delivery}"), "{entry:#}");
+        assert_eq!(entry["detail"], "ping", "{entry:#}");
+        assert!(
+            entry["address"].as_str().unwrap().starts_with("127.0.0.1"),
+            "{entry:#}"
+        );
+    }
+
+    // A deployer's call of the server function is refused, and audited as nothing.
+    let deployer = app.token("ui-deployer", Role::Deployer).await;
+    let response = app
+        .anonymous
+        .post(format!("{}/rpc/replay_delivery", app.address))
+        .bearer_auth(&deployer)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={delivery}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let audit = get_json(&app, "/api/audit?action=webhook_replay").await;
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 2);
     app.stop().await;
 }
 
