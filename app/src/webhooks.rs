@@ -86,7 +86,8 @@ pub struct DeliveryOutcome {
     /// A rollout already queued took this newer version instead of a second rollout queueing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,
-    /// For a redelivery: the first delivery with the same id, and what was decided then.
+    /// For a duplicate: the first delivery with the same id (a redelivery) or the same body,
+    /// and what was decided then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earlier: Option<Box<DeliveryView>>,
 }
@@ -109,6 +110,9 @@ pub struct WebhookConfigView {
     pub secret_env: String,
     pub branch: Option<String>,
     pub tags: Option<String>,
+    /// Only pushes from this repository (`owner/name`) deploy; `None`: from any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 /// What the server provides to the webhook server functions, through Leptos context.
@@ -130,7 +134,8 @@ pub trait WebhookSource: Send + Sync + 'static {
         limit: Option<u32>,
     ) -> Result<DeliveryPage, String>;
     /// Processes a logged delivery again, as if it had just arrived (skipping the redelivery
-    /// check). Meant for admins.
+    /// and same-body checks). Routed for admins only; the audit log names the caller, as it
+    /// does for the API's replay.
     async fn replay(&self, id: i64) -> Result<DeliveryOutcome, String>;
 }
 
@@ -308,6 +313,10 @@ fn setup_view(setup: WebhookSetup) -> impl IntoView {
         (Some(branch), None) => format!("Pushes to {branch} deploy the pushed commit."),
         (None, Some(tags)) => format!("Tags matching {tags} deploy the tag."),
         (None, None) => "No push deploys.".to_owned(),
+    };
+    let deploys = match &config.repository {
+        Some(repository) => format!("{deploys} Only pushes from {repository} deploy."),
+        None => deploys,
     };
     let secret = format!(
         "the value of the environment variable {} on Baton's host",

@@ -1,7 +1,9 @@
 //! How many webhook deliveries Baton handles per second: a real GitHub push payload (from
 //! shared/fixtures/webhooks), signed, posted concurrently over loopback to Baton running in this
 //! process on port 0. The pushes go to a branch the service does not deploy, so each one is
-//! verified, parsed, checked against the delivery log and logged, and starts nothing.
+//! verified, parsed, checked against the delivery log (its id and its body) and logged, and
+//! starts nothing. Each delivery's `before` commit is its own, so no body is a duplicate of
+//! another's.
 //!
 //! `cargo bench -p server --bench webhooks` prints deliveries per second and latency
 //! percentiles, and writes them to target/bench/webhooks.txt. Bounded: a fixed number of
@@ -57,11 +59,20 @@ fn main() {
 async fn run() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let fixture = "github/push__with-new-branch.payload.json";
-    let body = std::fs::read(manifest.join("tests/fixtures/webhooks").join(fixture))
+    let fixture = std::fs::read_to_string(manifest.join("tests/fixtures/webhooks").join(fixture))
         .expect("the GitHub push fixture");
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    // The fixture's `before` (a new branch: forty zeros), replaced by a number per delivery
+    // (the same length, so every body is as large as the fixture).
+    let zeros = format!("\"before\": \"{}\"", "0".repeat(40));
+    assert!(fixture.contains(&zeros), "the fixture's before commit");
+    let signed = move |n: usize| {
+        let body = fixture.replacen(&zeros, &format!("\"before\": \"{n:040x}\""), 1);
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        (axum::body::Bytes::from(body), signature)
+    };
+    let size = signed(0).0.len();
 
     let dir = tempfile::tempdir().expect("a temporary folder");
     let env = EnvOverrides {
@@ -86,20 +97,18 @@ async fn run() {
         .pool_max_idle_per_host(CONCURRENCY)
         .build()
         .unwrap();
-    let body = axum::body::Bytes::from(body);
     let post = {
         let client = client.clone();
         let url = url.clone();
-        let body = body.clone();
-        let signature = signature.clone();
-        move |delivery: String| {
+        move |n: usize| {
+            let (body, signature) = signed(n);
             let request = client
                 .post(&url)
                 .header("content-type", "application/json")
                 .header("x-github-event", "push")
-                .header("x-github-delivery", delivery)
-                .header("x-hub-signature-256", &signature)
-                .body(body.clone());
+                .header("x-github-delivery", format!("bench-{n}"))
+                .header("x-hub-signature-256", signature)
+                .body(body);
             async move {
                 let response = request.send().await.expect("Baton answers");
                 let status = response.status();
@@ -110,8 +119,8 @@ async fn run() {
         }
     };
 
-    for i in 0..WARM_UP {
-        post(format!("warm-up-{i}")).await;
+    for n in 0..WARM_UP {
+        post(DELIVERIES + n).await;
     }
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -129,7 +138,7 @@ async fn run() {
                         return latencies;
                     }
                     let sent = Instant::now();
-                    post(format!("bench-{i}")).await;
+                    post(i).await;
                     latencies.push(sent.elapsed());
                 }
             })
@@ -161,7 +170,7 @@ async fn run() {
          latency p99: {:.2} ms\n\
          latency max: {:.2} ms\n\
          elapsed: {:.2} s (client and server in one process, {} profile)\n",
-        body.len(),
+        size,
         if count < DELIVERIES {
             format!(" (stopped at the {TIME_LIMIT:?} limit)")
         } else {

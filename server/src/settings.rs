@@ -119,6 +119,52 @@ pub struct WebhookSettings {
     pub branch: Option<String>,
     /// Tag pushes whose tag matches this pattern deploy the tag.
     pub tags: Option<TagPattern>,
+    /// Only pushes from this repository deploy; `None` takes pushes from any repository the
+    /// secret was given to.
+    pub repository: Option<RepositoryName>,
+}
+
+/// A repository as its git host names it in a push: `owner/name` (GitHub, Gitea, Forgejo,
+/// Bitbucket Cloud's `workspace/slug`), `group/subgroup/project` (GitLab), `PROJECT/slug`
+/// (Bitbucket Data Center). Hosts treat these names case-insensitively, and so does
+/// [`RepositoryName::matches`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryName(String);
+
+impl RepositoryName {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let segments: Vec<&str> = text.split('/').collect();
+        let valid_segment = |segment: &&str| {
+            !segment.is_empty()
+                && *segment != "."
+                && *segment != ".."
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+        };
+        if segments.len() < 2 || !segments.iter().all(valid_segment) {
+            return Err(format!(
+                "invalid repository {text:?}: expected \"owner/name\" as the git host names it, such as \"acme/api\" \
+                 (GitLab: \"group/subgroup/project\"; Bitbucket Data Center: \"PROJECT/repo\"), without the host or .git"
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Whether a push's repository (as the host sent it) is this one.
+    pub fn matches(&self, pushed: &str) -> bool {
+        self.0.eq_ignore_ascii_case(pushed)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepositoryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A webhook secret. Its `Debug` says only that there is one, and it has no `Display`, so it
@@ -781,6 +827,7 @@ struct RawWebhook {
     secret_env: toml::Spanned<String>,
     branch: Option<toml::Spanned<String>>,
     tags: Option<toml::Spanned<String>>,
+    repository: Option<toml::Spanned<String>>,
 }
 
 /// A key below `[service.webhook]` (empty for the table itself), where in the file, and why.
@@ -848,6 +895,13 @@ impl RawWebhook {
             ),
             None => None,
         };
+        let repository = match self.repository {
+            Some(repository) => Some(
+                RepositoryName::parse(repository.get_ref())
+                    .map_err(|message| (".repository".to_owned(), span(&repository), message))?,
+            ),
+            None => None,
+        };
         if branch.is_none() && tags.is_none() {
             return Err((
                 String::new(),
@@ -860,6 +914,7 @@ impl RawWebhook {
             secret: WebhookSecret::new(value),
             branch,
             tags,
+            repository,
         })
     }
 }
@@ -1481,5 +1536,69 @@ tags = "v*"
         );
         let message = error("\n[service.webhook]\nbranch = \"main\"\n");
         assert!(message.contains("missing field `secret_env`"), "{message}");
+    }
+
+    #[test]
+    fn a_webhook_may_name_the_one_repository_it_takes_pushes_from() {
+        let ok = [("API_WEBHOOK_SECRET", "x")];
+        let with = |repository: &str| {
+            parse_with(
+                &format!("{FULL}{WEBHOOK}repository = {repository:?}\n"),
+                &ok,
+            )
+        };
+        for accepted in [
+            "acme/api",
+            "Group/sub.group/my_project",
+            "~ADMIN/hello-world",
+        ] {
+            let settings = with(accepted).unwrap_or_else(|e| panic!("{accepted}: {e}"));
+            let webhook = settings.services[0].webhook.as_ref().unwrap();
+            assert_eq!(webhook.repository.as_ref().unwrap().as_str(), accepted);
+        }
+        let acme = RepositoryName::parse("acme/api").unwrap();
+        assert!(
+            acme.matches("Acme/API"),
+            "hosts name repositories case-insensitively"
+        );
+        assert!(!acme.matches("acme/api-fork"));
+        assert!(
+            parse_with(&format!("{FULL}{WEBHOOK}"), &ok)
+                .unwrap()
+                .services[0]
+                .webhook
+                .as_ref()
+                .unwrap()
+                .repository
+                .is_none()
+        );
+
+        for refused in [
+            "api",
+            "acme/",
+            "/api",
+            "acme//api",
+            "https://github.com/acme/api",
+            "acme/api.git ",
+            "acme/../api",
+            "acme/a pi",
+            "",
+        ] {
+            let message = with(refused)
+                .expect_err(&format!("{refused:?} should be refused"))
+                .to_string();
+            assert!(
+                message.starts_with(
+                    "/etc/baton/baton.toml:46:14: key `service[0].webhook.repository`: "
+                ),
+                "{refused:?}: {message}"
+            );
+            assert!(
+                message.contains(&format!(
+                    "invalid repository {refused:?}: expected \"owner/name\""
+                )),
+                "{message}"
+            );
+        }
     }
 }

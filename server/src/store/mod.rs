@@ -80,12 +80,14 @@ impl Store {
             .map_err(open)?;
         sqlx::migrate!("../migrations").run(&pool).await?;
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
-        Ok(Self {
+        let store = Self {
             pool,
             live,
             publishing: Default::default(),
             auth_changes: Default::default(),
-        })
+        };
+        store.hash_kept_bodies().await?;
+        Ok(store)
     }
 
     /// Whether the database answers a trivial query.

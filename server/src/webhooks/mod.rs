@@ -4,15 +4,18 @@
 //!
 //! A delivery goes: service known (404) → webhook configured (403) → host recognised (400) →
 //! body within [`BODY_LIMIT`] (413) → signature over the raw body holds (401) → event and
-//! payload read (400) → delivery id not seen before (else "duplicate", 202) → [`policy`] decides
-//! → the fleet queues (or coalesces) the rollout (202). Every step's answer is JSON that says
-//! why, and every delivery past the service lookup is logged.
+//! payload read (400) → [`policy`] decides (another repository, branch or tag: "ignored") →
+//! neither its delivery id nor its body seen before for the service (else "duplicate", 202) →
+//! the fleet queues (or coalesces) the rollout (202). Every step's answer is JSON that says why,
+//! and every delivery past the service lookup is logged.
 //!
 //! Invariants: secrets never reach the log, the database or an answer (no header of a delivery
 //! is stored; GitLab's token is the secret and is only compared). Only verified deliveries claim
-//! a delivery id, so a forged request cannot block a real one. Nothing but a validated
-//! [`Version`](crate::domain::Version) reaches the fleet. These answers are the webhook
-//! protocol, so their statuses are decided here rather than in `api.rs`.
+//! a delivery id and a body, so a forged request cannot block a real one; a signed body starts
+//! at most one rollout, however often and under whichever host's headers it is sent again. Only
+//! an admin's replay processes a body again, and each replay is in the audit log. Nothing but a
+//! validated [`Version`](crate::domain::Version) reaches the fleet. These answers are the
+//! webhook protocol, so their statuses are decided here rather than in `api.rs`.
 
 mod policy;
 pub mod providers;
@@ -66,7 +69,7 @@ enum Verdict {
     Deployed,
     Ignored,
     Ping,
-    /// A redelivery of a delivery id already processed.
+    /// A redelivery of a delivery id, or a body, already processed.
     Duplicate,
     Rejected,
 }
@@ -384,8 +387,8 @@ enum Step {
     },
 }
 
-/// Decides about a verified delivery, logs it (claiming its delivery id unless it is a replay),
-/// and queues the rollout it asks for.
+/// Decides about a verified delivery, logs it (claiming its delivery id and body unless it is a
+/// replay), and queues the rollout it asks for.
 async fn process(
     state: &AppState,
     settings: &ServiceSettings,
@@ -412,7 +415,7 @@ async fn process(
                 "{label} event {event:?} does not deploy: only push events do (the webhook may send push events only)"
             ),
         ),
-        EventKind::Push => match provider.ref_updates(body) {
+        EventKind::Push => match provider.push(body) {
             Err(error) => Step::Answer(
                 StatusCode::BAD_REQUEST,
                 Verdict::Rejected,
@@ -425,7 +428,7 @@ async fn process(
                     }
                 ),
             ),
-            Ok(updates) => match policy::decide(&updates, webhook) {
+            Ok(push) => match policy::decide(&push, webhook) {
                 Decision::Deploy {
                     version,
                     git_ref,
@@ -476,7 +479,12 @@ async fn process(
     let id = if first {
         match state.store.claim_delivery(&row).await? {
             Claim::First(id) => id,
-            Claim::Redelivery(earlier) => return redelivery(state, delivery, *earlier).await,
+            Claim::Redelivery(earlier) => {
+                return duplicate(state, delivery, Repeat::DeliveryId, *earlier).await;
+            }
+            Claim::SameBody(earlier) => {
+                return duplicate(state, delivery, Repeat::Body, *earlier).await;
+            }
         }
     } else {
         state.store.log_delivery(&row).await?
@@ -586,10 +594,22 @@ async fn process(
     Ok(outcome)
 }
 
-/// A delivery id seen before: nothing new starts; the answer names the earlier decision.
-async fn redelivery(
+/// What a duplicate delivery repeats of an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Its delivery id, from the same host: the host redelivered it.
+    DeliveryId,
+    /// Its body, under another delivery id or none, or with another host's headers: a signed
+    /// body sent again by someone who kept a copy, or a host that mints a new id per attempt.
+    Body,
+}
+
+/// A delivery id or body seen before: nothing new starts; the answer names the earlier
+/// decision.
+async fn duplicate(
     state: &AppState,
     mut delivery: Delivery<'_>,
+    repeat: Repeat,
     earlier: DeliveryRow,
 ) -> Result<DeliveryOutcome, StoreError> {
     let then = match (earlier.verdict.as_str(), earlier.deployment_id) {
@@ -597,11 +617,26 @@ async fn redelivery(
         (verdict, Some(rollout)) => format!("was {verdict} (rollout #{rollout})"),
         (verdict, None) => format!("was {verdict}: {}", earlier.reason),
     };
-    let reason = format!(
-        "redelivery of delivery {} (logged as #{}), which {then}; nothing new was started",
-        earlier.delivery_id.as_deref().unwrap_or("?"),
-        earlier.id
-    );
+    let reason = match repeat {
+        Repeat::DeliveryId => format!(
+            "redelivery of delivery {} (logged as #{}), which {then}; nothing new was started",
+            earlier.delivery_id.as_deref().unwrap_or("?"),
+            earlier.id
+        ),
+        Repeat::Body => format!(
+            "the same body as {} (logged as #{}), which {then}; a body starts at most one rollout, \
+             so nothing new was started (an admin can replay it)",
+            match (
+                Provider::parse(&earlier.provider),
+                earlier.delivery_id.as_deref()
+            ) {
+                (Some(provider), Some(id)) => format!("{} delivery {id}", provider.label()),
+                (Some(provider), None) => format!("a {} delivery", provider.label()),
+                (None, _) => "an earlier delivery".to_owned(),
+            },
+            earlier.id
+        ),
+    };
     let mut row = delivery.row(Verdict::Duplicate, StatusCode::ACCEPTED, &reason, None);
     row.deployment_id = earlier.deployment_id;
     let id = state.store.log_delivery(&row).await?;
@@ -623,13 +658,39 @@ pub enum ReplayError {
     Store(#[from] StoreError),
 }
 
+/// An admin's replay of delivery `id` (see [`replay`]), written to the audit log naming `actor`
+/// when it ran. The one entry point of the API route and the UI's server function alike, both
+/// of which are routed for admins only, so both leave the same audit entry.
+pub async fn replay_by(
+    state: &AppState,
+    id: i64,
+    actor: &Actor,
+    address: &ClientAddress,
+) -> Result<DeliveryOutcome, ReplayError> {
+    let outcome = replay(state, id).await?;
+    let detail = match outcome.rollout {
+        Some(rollout) => format!("{}, rollout {rollout}", outcome.verdict),
+        None => outcome.verdict.clone(),
+    };
+    crate::auth::record(
+        &state.store,
+        Audit {
+            actor,
+            action: "webhook_replay",
+            target: Some(&format!("delivery {id}")),
+            address: Some(address),
+            detail: Some(&detail),
+        },
+    )
+    .await;
+    Ok(outcome)
+}
+
 /// Processes a logged delivery again as if it had just arrived, under the service's current
-/// configuration, without the redelivery check. It writes a new log row (`replay_of` names the
-/// first delivery). Only deliveries whose signature held can be replayed.
-///
-/// Meant for admins: this is the one function the HTTP endpoint and the UI reach, so an
-/// authorization check belongs in front of it.
-pub async fn replay(state: &AppState, id: i64) -> Result<DeliveryOutcome, ReplayError> {
+/// configuration, without the redelivery and same-body checks. It writes a new log row
+/// (`replay_of` names the first delivery). Only deliveries whose signature held can be replayed.
+/// Reached only through [`replay_by`], which audits it.
+async fn replay(state: &AppState, id: i64) -> Result<DeliveryOutcome, ReplayError> {
     let row = state
         .store
         .delivery(id)
@@ -685,21 +746,7 @@ async fn replay_delivery(
             format!("invalid delivery id {id:?}: expected a number"),
         );
     };
-    let replayed = replay(&state, id).await;
-    if replayed.is_ok() {
-        crate::auth::record(
-            &state.store,
-            Audit {
-                actor: &principal.actor(),
-                action: "webhook_replay",
-                target: Some(&format!("delivery {id}")),
-                address: Some(&address),
-                detail: None,
-            },
-        )
-        .await;
-    }
-    match replayed {
+    match replay_by(&state, id, &principal.actor(), &address).await {
         Ok(outcome) => answer(outcome),
         Err(failure @ ReplayError::UnknownDelivery(_)) => {
             error(StatusCode::NOT_FOUND, failure.to_string())

@@ -2,9 +2,10 @@
 //!
 //! Invariant: a version leaves this module only after `Version::parse` accepted it, so a ref or
 //! sha with shell syntax in it never becomes a rollout. A branch push deploys the pushed commit
-//! (which must look like a git object id); a tag push deploys the tag's name.
+//! (which must look like a git object id); a tag push deploys the tag's name. With `repository`
+//! set, a push that does not name that repository deploys nothing, whatever its refs.
 
-use super::providers::RefUpdate;
+use super::providers::{Push, RefUpdate};
 use crate::domain::Version;
 use crate::settings::WebhookSettings;
 
@@ -30,8 +31,31 @@ pub enum Decision {
     },
 }
 
-/// The first ref update that deploys wins; without one, the push is ignored with every reason.
-pub fn decide(updates: &[RefUpdate], webhook: &WebhookSettings) -> Decision {
+/// A push from another repository than the service's `repository` is ignored; otherwise the
+/// first ref update that deploys wins, and without one the push is ignored with every reason.
+pub fn decide(push: &Push, webhook: &WebhookSettings) -> Decision {
+    let updates = &push.updates;
+    if let Some(wanted) = &webhook.repository {
+        // The secret may be shared by several repositories (an organisation-wide hook): only
+        // the named one deploys.
+        let elsewhere = match push.repository.as_deref() {
+            Some(pushed) if wanted.matches(pushed) => None,
+            Some(pushed) => Some(format!(
+                "push from repository {pushed:?}: only pushes from {wanted} deploy (`repository` in [service.webhook])"
+            )),
+            None => Some(format!(
+                "the push names no repository: only pushes from {wanted} deploy (`repository` in [service.webhook])"
+            )),
+        };
+        if let Some(reason) = elsewhere {
+            let first = updates.first();
+            return Decision::Ignore {
+                git_ref: first.map(|u| u.git_ref.clone()),
+                sha: first.and_then(|u| u.sha.clone()),
+                reason,
+            };
+        }
+    }
     let mut reasons = Vec::new();
     for update in updates {
         match decide_one(update, webhook) {
@@ -137,7 +161,7 @@ fn is_object_id(sha: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{TagPattern, WebhookSecret};
+    use crate::settings::{RepositoryName, TagPattern, WebhookSecret};
 
     const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
 
@@ -147,6 +171,19 @@ mod tests {
             secret: WebhookSecret::new("x"),
             branch: branch.map(Into::into),
             tags: tags.map(|t| TagPattern::parse(t).unwrap()),
+            repository: None,
+        }
+    }
+
+    /// A push from `acme/api` (the repository the tests' services expect, when they do).
+    fn push(updates: &[RefUpdate]) -> Push {
+        from("acme/api", updates)
+    }
+
+    fn from(repository: &str, updates: &[RefUpdate]) -> Push {
+        Push {
+            repository: Some(repository.into()),
+            updates: updates.to_vec(),
         }
     }
 
@@ -278,7 +315,7 @@ mod tests {
             ),
         ];
         for (name, update, webhook, kind, detail) in cases {
-            let (got, text) = outcome(&decide(std::slice::from_ref(update), webhook));
+            let (got, text) = outcome(&decide(&push(std::slice::from_ref(update)), webhook));
             assert_eq!(got, *kind, "{name}: {text}");
             assert!(
                 text.contains(detail),
@@ -296,16 +333,16 @@ mod tests {
             update("refs/heads/main", SHA, false),
         ];
         assert_eq!(
-            outcome(&decide(&updates, &webhook)),
+            outcome(&decide(&push(&updates), &webhook)),
             ("deploy", "v2".into())
         );
-        let (kind, reason) = outcome(&decide(&updates[..1], &webhook));
+        let (kind, reason) = outcome(&decide(&push(&updates[..1]), &webhook));
         assert_eq!(kind, "ignore");
         let (_, both) = outcome(&decide(
-            &[
+            &push(&[
                 update("refs/heads/a", SHA, false),
                 update("refs/heads/b", SHA, false),
-            ],
+            ]),
             &webhook,
         ));
         assert!(
@@ -314,8 +351,70 @@ mod tests {
         );
         assert!(reason.contains("feature"));
         assert_eq!(
-            outcome(&decide(&[], &webhook)),
+            outcome(&decide(&push(&[]), &webhook)),
             ("ignore", "the push changed no refs".into())
+        );
+    }
+
+    #[test]
+    fn with_a_repository_only_its_pushes_deploy() {
+        let acme = WebhookSettings {
+            repository: Some(RepositoryName::parse("acme/api").unwrap()),
+            ..webhook(Some("main"), Some("v*"))
+        };
+        let main = [update("refs/heads/main", SHA, false)];
+        assert_eq!(
+            outcome(&decide(&from("acme/api", &main), &acme)),
+            ("deploy", SHA.into())
+        );
+        assert_eq!(
+            outcome(&decide(&from("ACME/Api", &main), &acme)),
+            ("deploy", SHA.into()),
+            "hosts name repositories case-insensitively"
+        );
+        // Another repository's push to the very branch and tag that would deploy.
+        let both = [
+            update("refs/tags/v9", SHA, false),
+            update("refs/heads/main", SHA, false),
+        ];
+        for (pushed, expected) in [
+            (
+                from("mallory/api", &both),
+                "push from repository \"mallory/api\": only pushes from acme/api deploy",
+            ),
+            (
+                from("acme/api-fork", &main),
+                "push from repository \"acme/api-fork\": only pushes from acme/api deploy",
+            ),
+            (
+                Push {
+                    repository: None,
+                    updates: main.to_vec(),
+                },
+                "the push names no repository: only pushes from acme/api deploy",
+            ),
+        ] {
+            let decision = decide(&pushed, &acme);
+            assert_eq!(
+                outcome(&decision),
+                (
+                    "ignore",
+                    format!("{expected} (`repository` in [service.webhook])")
+                )
+            );
+            // The log still says which ref was pushed.
+            let Decision::Ignore { git_ref, .. } = decision else {
+                unreachable!()
+            };
+            assert_eq!(git_ref, pushed.updates.first().map(|u| u.git_ref.clone()));
+        }
+        // Without `repository`, any repository the secret was given to deploys.
+        assert_eq!(
+            outcome(&decide(
+                &from("mallory/api", &main),
+                &webhook(Some("main"), None)
+            )),
+            ("deploy", SHA.into())
         );
     }
 }

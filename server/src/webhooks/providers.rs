@@ -69,21 +69,29 @@ impl Provider {
         }
     }
 
-    /// The refs a push event's body moved, in the order the host lists them.
-    pub fn ref_updates(self, body: &[u8]) -> Result<Vec<RefUpdate>, serde_json::Error> {
+    /// What a push event's body says: the repository it came from, and the refs it moved in
+    /// the order the host lists them.
+    pub fn push(self, body: &[u8]) -> Result<Push, serde_json::Error> {
         match self {
             Self::GitHub | Self::GitLab | Self::Gitea | Self::Forgejo => {
                 let push: GitPush = serde_json::from_slice(body)?;
                 let deleted = push.deleted || is_zero_sha(&push.after);
-                Ok(vec![RefUpdate {
-                    git_ref: push.git_ref,
-                    sha: Some(push.after),
-                    deleted,
-                }])
+                let repository = match self {
+                    Self::GitLab => push.project.and_then(|project| project.path_with_namespace),
+                    _ => push.repository.and_then(|repository| repository.full_name),
+                };
+                Ok(Push {
+                    repository,
+                    updates: vec![RefUpdate {
+                        git_ref: push.git_ref,
+                        sha: Some(push.after),
+                        deleted,
+                    }],
+                })
             }
             Self::BitbucketCloud => {
                 let push: CloudPush = serde_json::from_slice(body)?;
-                Ok(push
+                let updates = push
                     .push
                     .changes
                     .into_iter()
@@ -105,11 +113,15 @@ impl Provider {
                             deleted,
                         })
                     })
-                    .collect())
+                    .collect();
+                Ok(Push {
+                    repository: push.repository.and_then(|repository| repository.full_name),
+                    updates,
+                })
             }
             Self::BitbucketDataCenter => {
                 let push: DataCenterPush = serde_json::from_slice(body)?;
-                Ok(push
+                let updates = push
                     .changes
                     .into_iter()
                     .map(|change| {
@@ -123,7 +135,15 @@ impl Provider {
                             deleted,
                         }
                     })
-                    .collect())
+                    .collect();
+                // Data Center names a repository by its project's key and its slug.
+                let repository = push.repository.and_then(|repository| {
+                    Some(format!("{}/{}", repository.project?.key?, repository.slug?))
+                });
+                Ok(Push {
+                    repository,
+                    updates,
+                })
             }
         }
     }
@@ -298,6 +318,15 @@ pub fn identify(headers: &HeaderMap) -> Result<Envelope, String> {
     })
 }
 
+/// What a push event says, as far as Baton cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// The repository pushed to, as the host names it (`owner/name`, GitLab's
+    /// `group/subgroup/project`, Data Center's `PROJECT/slug`); `None` if the body names none.
+    pub repository: Option<String>,
+    pub updates: Vec<RefUpdate>,
+}
+
 /// One ref a push moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefUpdate {
@@ -322,11 +351,26 @@ struct GitPush {
     after: String,
     #[serde(default)]
     deleted: bool,
+    /// GitHub, Gitea and Forgejo (and Bitbucket Cloud) name the repository here.
+    repository: Option<NamedRepository>,
+    /// GitLab names it here (its `repository` has no full name).
+    project: Option<GitLabProject>,
+}
+
+#[derive(Deserialize)]
+struct NamedRepository {
+    full_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GitLabProject {
+    path_with_namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct CloudPush {
     push: CloudChanges,
+    repository: Option<NamedRepository>,
 }
 
 #[derive(Deserialize)]
@@ -356,6 +400,18 @@ struct CloudTarget {
 #[derive(Deserialize)]
 struct DataCenterPush {
     changes: Vec<DataCenterChange>,
+    repository: Option<DataCenterRepository>,
+}
+
+#[derive(Deserialize)]
+struct DataCenterRepository {
+    slug: Option<String>,
+    project: Option<DataCenterProject>,
+}
+
+#[derive(Deserialize)]
+struct DataCenterProject {
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -493,8 +549,9 @@ mod tests {
     #[test]
     fn the_fixtures_name_their_refs_and_commits() {
         let github = Provider::GitHub
-            .ref_updates(&fixture("github/push__with-new-branch.payload.json"))
-            .unwrap();
+            .push(&fixture("github/push__with-new-branch.payload.json"))
+            .unwrap()
+            .updates;
         assert_eq!(
             github,
             [RefUpdate {
@@ -504,15 +561,17 @@ mod tests {
             }]
         );
         let gitlab = Provider::GitLab
-            .ref_updates(&fixture("gitlab/push-event__go-playground.json"))
-            .unwrap();
+            .push(&fixture("gitlab/push-event__go-playground.json"))
+            .unwrap()
+            .updates;
         assert_eq!(
             gitlab[0].sha.as_deref(),
             Some("da1560886d4f094c3e6c9ef40349f7d38b5d27d7")
         );
         let gitea = Provider::Gitea
-            .ref_updates(&fixture("gitea/push-event__go-playground.json"))
-            .unwrap();
+            .push(&fixture("gitea/push-event__go-playground.json"))
+            .unwrap()
+            .updates;
         assert_eq!(
             gitea[0].sha.as_deref(),
             Some("67b56589a45103f891bdee7c0546e5d40bc02001")
@@ -524,16 +583,55 @@ mod tests {
     }
 
     #[test]
+    fn every_host_names_the_repository_pushed_to() {
+        let repository = |provider: Provider, body: &[u8]| provider.push(body).unwrap().repository;
+        let github = fixture("github/push__with-new-branch.payload.json");
+        assert_eq!(
+            repository(Provider::GitHub, &github).as_deref(),
+            Some("Codertocat/Hello-World")
+        );
+        let gitea = fixture("gitea/push-event__go-playground.json");
+        for host in [Provider::Gitea, Provider::Forgejo] {
+            assert_eq!(repository(host, &gitea).as_deref(), Some("example/example"));
+        }
+        // GitLab's `repository` has no full name: the project's path names it.
+        let gitlab = fixture("gitlab/push-event__go-playground.json");
+        assert_eq!(
+            repository(Provider::GitLab, &gitlab).as_deref(),
+            Some("mike/diaspora")
+        );
+        // No Bitbucket fixture exists: these follow Atlassian's "Event payloads" pages.
+        let cloud = r#"{"repository":{"type":"repository","full_name":"team/hello-world","name":"Hello World"},
+            "push":{"changes":[]}}"#;
+        assert_eq!(
+            repository(Provider::BitbucketCloud, cloud.as_bytes()).as_deref(),
+            Some("team/hello-world")
+        );
+        let dc = r#"{"repository":{"slug":"hello-world","name":"Hello World","project":{"key":"PRJ","name":"Project"}},
+            "changes":[]}"#;
+        assert_eq!(
+            repository(Provider::BitbucketDataCenter, dc.as_bytes()).as_deref(),
+            Some("PRJ/hello-world")
+        );
+        // A body that names no repository says so (the policy decides what that means).
+        let bare =
+            br#"{"ref":"refs/heads/main","after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246"}"#;
+        assert_eq!(repository(Provider::GitHub, bare), None);
+        assert_eq!(repository(Provider::GitLab, bare), None);
+    }
+
+    #[test]
     fn deletions_are_recognised_for_every_host() {
         let zeros = "0".repeat(40);
         let github = format!(r#"{{"ref":"refs/heads/main","after":"{zeros}","deleted":true}}"#);
-        assert!(Provider::GitHub.ref_updates(github.as_bytes()).unwrap()[0].deleted);
+        assert!(Provider::GitHub.push(github.as_bytes()).unwrap().updates[0].deleted);
         let gitlab = format!(r#"{{"ref":"refs/heads/main","after":"{zeros}"}}"#);
-        assert!(Provider::GitLab.ref_updates(gitlab.as_bytes()).unwrap()[0].deleted);
+        assert!(Provider::GitLab.push(gitlab.as_bytes()).unwrap().updates[0].deleted);
         let cloud = r#"{"push":{"changes":[{"new":null,"old":{"type":"branch","name":"main","target":{"hash":"abc"}},"closed":true}]}}"#;
         let cloud = Provider::BitbucketCloud
-            .ref_updates(cloud.as_bytes())
-            .unwrap();
+            .push(cloud.as_bytes())
+            .unwrap()
+            .updates;
         assert_eq!(cloud[0].git_ref, "refs/heads/main");
         assert!(cloud[0].deleted);
         assert_eq!(cloud[0].sha, None);
@@ -542,8 +640,9 @@ mod tests {
         );
         assert!(
             Provider::BitbucketDataCenter
-                .ref_updates(dc.as_bytes())
-                .unwrap()[0]
+                .push(dc.as_bytes())
+                .unwrap()
+                .updates[0]
                 .deleted
         );
     }
@@ -551,10 +650,10 @@ mod tests {
     #[test]
     fn a_body_that_is_not_a_push_says_what_is_missing() {
         let error = Provider::GitHub
-            .ref_updates(&fixture("github/ping__payload.json"))
+            .push(&fixture("github/ping__payload.json"))
             .unwrap_err();
         assert!(error.to_string().contains("missing field `ref`"), "{error}");
-        let error = Provider::GitHub.ref_updates(b"{\"ref\": ").unwrap_err();
+        let error = Provider::GitHub.push(b"{\"ref\": ").unwrap_err();
         assert!(error.is_eof(), "{error}");
     }
 }

@@ -30,6 +30,7 @@ impl WebhookSource for UiWebhooks {
                 secret_env: webhook.secret_env.clone(),
                 branch: webhook.branch.clone(),
                 tags: webhook.tags.as_ref().map(ToString::to_string),
+                repository: webhook.repository.as_ref().map(ToString::to_string),
             }),
         })
     }
@@ -46,7 +47,9 @@ impl WebhookSource for UiWebhooks {
     }
 
     async fn replay(&self, id: i64) -> Result<DeliveryOutcome, String> {
-        super::replay(&self.0, id)
+        // Routed for admins only (like the API's route); named in the audit log as there.
+        let caller = crate::auth::principal().ok_or_else(|| "sign in first".to_owned())?;
+        super::replay_by(&self.0, id, &caller.actor(), &crate::auth::client_address())
             .await
             .map_err(|error| match error {
                 super::ReplayError::Store(error) => message(error),

@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use baton_server::auth::Role;
+
 use crate::helpers::{TestApp, spawn_app_with};
 
 const SECRET: &str = "a test secret, not It's a Secret to Everybody";
@@ -24,7 +26,8 @@ const GITLAB_SHA: &str = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
 const GITEA_SHA: &str = "67b56589a45103f891bdee7c0546e5d40bc02001";
 
 /// `api` deploys pushes to master (the fixtures' branch) and tags `v*`; `worker` deploys main
-/// only; `quiet` takes no webhooks.
+/// only; `pinned` shares `api`'s secret (an organisation-wide hook) but deploys pushes from
+/// GitHub's fixture repository only; `quiet` takes no webhooks.
 const CONFIG: &str = r#"
 [[load_balancer]]
 name = "edge"
@@ -62,6 +65,22 @@ address = "127.0.0.1:18011"
 [service.webhook]
 secret_env = "WORKER_WEBHOOK_SECRET"
 branch = "main"
+
+[[service]]
+name = "pinned"
+load_balancer = "edge"
+[service.runtime]
+kind = "command"
+initial_version = "v1"
+start = "true"
+stop = "true"
+[[service.backend]]
+name = "p1"
+address = "127.0.0.1:18031"
+[service.webhook]
+secret_env = "API_WEBHOOK_SECRET"
+branch = "master"
+repository = "Codertocat/Hello-World"
 
 [[service]]
 name = "quiet"
@@ -357,7 +376,11 @@ async fn every_host_deploys_its_real_push() {
         (
             Host::Forgejo,
             "push",
-            fixture("gitea/push-event__go-playground.json"),
+            // Gitea's body as it is was just sent: the same body would be a duplicate.
+            edited(
+                &fixture("gitea/push-event__go-playground.json"),
+                json!({"before": GITHUB_SHA}),
+            ),
             GITEA_SHA,
             "forgejo",
         ),
@@ -553,6 +576,184 @@ async fn a_redelivery_starts_nothing_new_and_names_the_earlier_verdict() {
     let log = deliveries(&app, "api").await;
     assert_eq!(log[0]["verdict"], "duplicate");
     assert_eq!(log[1]["verdict"], "deployed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_signed_body_under_another_id_no_id_or_another_host_starts_nothing() {
+    let app = spawn().await;
+    let body = github_push();
+    let (status, first) = post(
+        &app,
+        "api",
+        &signed(Host::GitHub, "push", "original", &body, SECRET),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{first:#}");
+    assert_eq!(first["verdict"], "deployed");
+    let rollout = first["rollout"].as_i64().unwrap();
+
+    let without_id: Vec<(String, String)> = signed(Host::GitHub, "push", "unused", &body, SECRET)
+        .into_iter()
+        .filter(|(name, _)| name != "x-github-delivery")
+        .collect();
+    // The same body, signed with the same HMAC, under every other set of headers: a new id, no
+    // id, and each other host's (their signature headers carry the very same hex).
+    let resent = [
+        (
+            "a new delivery id",
+            signed(Host::GitHub, "push", "new-id", &body, SECRET),
+        ),
+        ("no delivery id", without_id),
+        (
+            "Gitea's headers",
+            signed(Host::Gitea, "push", "original", &body, SECRET),
+        ),
+        (
+            "Forgejo's headers",
+            signed(Host::Forgejo, "push", "f-1", &body, SECRET),
+        ),
+        (
+            "Bitbucket Cloud's headers",
+            signed(Host::BitbucketCloud, "repo:push", "b-1", &body, SECRET),
+        ),
+        (
+            "Bitbucket Data Center's headers",
+            signed(
+                Host::BitbucketDataCenter,
+                "repo:refs_changed",
+                "b-2",
+                &body,
+                SECRET,
+            ),
+        ),
+        (
+            "GitLab's headers",
+            signed(Host::GitLab, "Push Hook", "g-1", &body, SECRET),
+        ),
+    ];
+    for (how, headers) in resent {
+        let (status, again) = post(&app, "api", &headers, body.clone()).await;
+        assert_eq!(status, 202, "{how}: {again:#}");
+        assert_eq!(again["verdict"], "duplicate", "{how}: {again:#}");
+        assert_eq!(again["earlier"]["id"], first["delivery"], "{how}");
+        assert_eq!(again["rollout"], rollout, "{how}");
+        assert_reason(&again, "the same body as GitHub delivery original");
+        assert_reason(&again, &format!("rollout #{rollout}"));
+        assert_reason(&again, "nothing new was started");
+    }
+
+    assert_eq!(deployments(&app, "api").await.len(), 1, "one rollout only");
+    let log = deliveries(&app, "api").await;
+    assert_eq!(log.len(), 8);
+    assert!(
+        log[..7]
+            .iter()
+            .all(|e| e["verdict"] == "duplicate" && e["verified"] == true),
+        "{log:#?}"
+    );
+    eventually("the rollout prepares the pushed commit", || async {
+        prepared(&app).contains(GITHUB_SHA)
+    })
+    .await;
+    assert_eq!(prepared(&app).trim(), GITHUB_SHA, "prepared once");
+
+    // Another service's log is its own: the body deploys there (worker ignores master).
+    let (status, elsewhere) = post(
+        &app,
+        "worker",
+        &signed(Host::GitHub, "push", "new-id", &body, WORKER_SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(elsewhere["verdict"], "ignored", "{elsewhere:#}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_with_a_repository_ignores_pushes_from_any_other() {
+    let app = spawn().await;
+    // The GitHub fixture is a push to Codertocat/Hello-World: it deploys.
+    let body = github_push();
+    let (status, answer) = post(
+        &app,
+        "pinned",
+        &signed(Host::GitHub, "push", "pinned-0", &body, SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer:#}");
+    assert_eq!(answer["verdict"], "deployed", "{answer:#}");
+
+    // Every other host's push to the same branch, from its own repository (the same secret,
+    // so each is verified): ignored, naming both repositories.
+    let others = [
+        (
+            Host::GitHub,
+            "push",
+            edited(
+                &github_push(),
+                json!({"repository": {"full_name": "Mallory/Hello-World", "name": "Hello-World"}}),
+            ),
+            "Mallory/Hello-World",
+        ),
+        (
+            Host::GitLab,
+            "Push Hook",
+            fixture("gitlab/push-event__go-playground.json"),
+            "mike/diaspora",
+        ),
+        (
+            Host::Gitea,
+            "push",
+            fixture("gitea/push-event__go-playground.json"),
+            "example/example",
+        ),
+        (
+            Host::BitbucketCloud,
+            "repo:push",
+            bitbucket_cloud_push("master", GITHUB_SHA),
+            "team/hello-world",
+        ),
+        (
+            Host::BitbucketDataCenter,
+            "repo:refs_changed",
+            bitbucket_dc_push("master", GITHUB_SHA),
+            "PRJ/hello-world",
+        ),
+    ];
+    for (i, (host, event, body, repository)) in others.into_iter().enumerate() {
+        let headers = signed(host, event, &format!("pinned-{}", i + 1), &body, SECRET);
+        let (status, answer) = post(&app, "pinned", &headers, body).await;
+        assert_eq!(status, 202, "{host:?}: {answer:#}");
+        assert_eq!(answer["verdict"], "ignored", "{host:?}: {answer:#}");
+        assert!(answer.get("rollout").is_none(), "{host:?}");
+        assert_reason(
+            &answer,
+            &format!(
+                "push from repository \"{repository}\": only pushes from Codertocat/Hello-World deploy"
+            ),
+        );
+    }
+    assert_eq!(deployments(&app, "pinned").await.len(), 1);
+    let log = deliveries(&app, "pinned").await;
+    assert_eq!(
+        log[0]["ref"], "refs/heads/master",
+        "the log still names the ref"
+    );
+
+    // The service's page says so.
+    let html = app.get("/").await.text().await.unwrap();
+    let section = html
+        .split("data-testid=\"webhooks\" data-service=\"pinned\"")
+        .nth(1)
+        .expect("the pinned service shows its webhook section");
+    assert!(
+        section.contains("Only pushes from Codertocat/Hello-World deploy."),
+        "{section}"
+    );
     app.stop().await;
 }
 
@@ -1073,6 +1274,75 @@ async fn a_replay_processes_the_stored_delivery_again() {
         "the secret is in the database"
     );
     assert!(!first.to_string().contains(SECRET) && !replayed.to_string().contains(SECRET));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_from_the_ui_is_audited_as_the_api_s_naming_the_admin() {
+    let app = spawn().await;
+    let body = fixture("github/ping__payload.json");
+    let (status, answer) = post(
+        &app,
+        "api",
+        &signed(Host::GitHub, "ping", "audited-ping", &body, SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer:#}");
+    let delivery = answer["delivery"].as_i64().unwrap();
+    let admin = app.token("ui-admin", Role::Admin).await;
+
+    // The UI's Replay button calls this server function.
+    let response = app
+        .anonymous
+        .post(format!("{}/rpc/replay_delivery", app.address))
+        .bearer_auth(&admin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .body(format!("id={delivery}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let replayed: Value = response.json().await.unwrap();
+    assert_eq!(replayed["verdict"], "ping", "{replayed:#}");
+    let response = app
+        .anonymous
+        .post(format!("{}/api/deliveries/{delivery}/replay", app.address))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let audit = get_json(&app, "/api/audit?action=webhook_replay").await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "one entry per replay: {audit:#}");
+    for entry in entries {
+        assert_eq!(entry["actor"], "ui-admin", "{entry:#}");
+        assert_eq!(entry["actor_kind"], "token", "{entry:#}");
+        assert_eq!(entry["target"], format!("delivery {delivery}"), "{entry:#}");
+        assert_eq!(entry["detail"], "ping", "{entry:#}");
+        assert!(
+            entry["address"].as_str().unwrap().starts_with("127.0.0.1"),
+            "{entry:#}"
+        );
+    }
+
+    // A deployer's call of the server function is refused, and audited as nothing.
+    let deployer = app.token("ui-deployer", Role::Deployer).await;
+    let response = app
+        .anonymous
+        .post(format!("{}/rpc/replay_delivery", app.address))
+        .bearer_auth(&deployer)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={delivery}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let audit = get_json(&app, "/api/audit?action=webhook_replay").await;
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 2);
     app.stop().await;
 }
 
