@@ -953,9 +953,13 @@ mod tests {
             .await
             .unwrap();
         let st = status_of(&driver, "s1").await;
-        assert_eq!(
-            (st.status.as_str(), st.check.as_deref()),
-            ("UP 1/2", Some("L7OK"))
+        // Unless the machine is so loaded that the next check already ran (then: DOWN).
+        assert!(
+            matches!(
+                (st.status.as_str(), st.check.as_deref()),
+                ("UP 1/2", Some("L7OK")) | ("DOWN", Some("L4CON"))
+            ),
+            "{st:?}"
         );
         assert!(
             !st.is_up(),
@@ -973,9 +977,13 @@ mod tests {
             .await
             .unwrap();
         let st = status_of(&driver, "s3").await;
-        assert_eq!(
-            (st.status.as_str(), st.check.as_deref()),
-            ("UP 1/2", Some("L4CON"))
+        // On a loaded machine the next check may already have run: then it says DOWN.
+        assert!(
+            matches!(
+                (st.status.as_str(), st.check.as_deref()),
+                ("UP 1/2" | "DOWN", Some("L4CON"))
+            ),
+            "{st:?}"
         );
         assert!(!st.is_up());
         wait_for(&driver, &["s3"], "DOWN", Some("L4CON")).await;
