@@ -218,8 +218,8 @@ impl Fleet {
                 service: handle.settings.clone(),
                 lb: handle.lb.clone(),
                 runtime: handle.runtime.clone(),
-                store: self.store.clone(),
-                http: self.http.clone(),
+                store: Arc::new(self.store.clone()),
+                probe: Arc::new(self.http.clone()),
                 wake: handle.wake.clone(),
                 controls: handle.controls.clone(),
             };
