@@ -325,7 +325,12 @@ initial_version = "v1"
         let targets = recorded_targets(&OffClock(self.store.clone()), &self.service)
             .await
             .unwrap();
-        let rollout = Rollout::new(Version::parse(version).unwrap(), targets, 1, true);
+        let rollout = Rollout::new(
+            Version::parse(version).unwrap(),
+            targets,
+            self.service.batch_size as usize,
+            self.service.auto_rollback,
+        );
         let state = serde_json::to_string(&rollout).unwrap();
         let (store, version) = (self.store.clone(), version.to_owned());
         let id = db(async move {
@@ -421,6 +426,17 @@ initial_version = "v1"
             .collect();
         assert_eq!(found.len(), 1, "one {step} step on {backend}: {found:#?}");
         found[0].detail.clone()
+    }
+
+    /// Waits until the `n`th call shown as `action` (from 1) has been made; returns when.
+    async fn call(&self, action: &str, n: usize) -> Duration {
+        match timeout(STUCK, self.log.wait_for_nth(action, n)).await {
+            Ok(at) => at,
+            Err(_) => panic!(
+                "no call {n} of {action:?} in a day of virtual time; calls: {:#?}",
+                self.log.timed_actions()
+            ),
+        }
     }
 
     /// The acting calls made from `from` on, with their times.
@@ -695,11 +711,9 @@ async fn haproxys_check_must_pass_afresh_the_stale_result_from_before_maint_does
     let id = rig.queue("v2").await;
     // From web1's start on, HAProxy's checks cannot reach it (they time out) while Baton's
     // probe can.
-    rig.log.wait_for("start web1 v2").await;
+    rig.call("start web1 v2", 1).await;
     rig.lb.set_reachable("web1", false);
-    let lb_check = timeout(STUCK, rig.log.wait_for_nth("web1 drain", 2))
-        .await
-        .unwrap();
+    let lb_check = rig.call("web1 drain", 2).await;
     assert_eq!(lb_check, ms(50), "Baton's probe passed twice, 50 ms apart");
     let stale = rig.lb.status("n1", "web1");
     assert_eq!(
@@ -743,7 +757,7 @@ async fn a_silent_haproxy_fails_the_step_after_the_drivers_attempts_and_the_roll
     let worker = rig.start_worker();
     let id = rig.queue("v2").await;
     // Silent from web1's start on, until 30 s.
-    rig.log.wait_for("start web1 v2").await;
+    rig.call("start web1 v2", 1).await;
     rig.lb.set_fault("n1", Some(Fault::Silent));
     sleep(secs(29)).await;
     assert_eq!(
@@ -788,7 +802,7 @@ async fn a_paused_rollout_finishes_the_backend_in_progress_then_does_nothing_unt
     let rig = Rig::new(Setup::default()).await;
     let worker = rig.start_worker();
     let id = rig.queue("v2").await;
-    rig.log.wait_for("web1 drain").await;
+    rig.call("web1 drain", 1).await;
     rig.control(id, ControlAction::Pause);
     rig.status(id, |s| s == "paused").await;
     let paused_at = rig.log.elapsed();
@@ -829,7 +843,7 @@ async fn an_abort_puts_the_backend_in_progress_back_and_leaves_the_rest_serving(
     let id = rig.queue("v2").await;
     // While web2's new version is starting (Baton probes it): the abort applies once that
     // step ends.
-    let aborted_at = rig.log.wait_for("probe web2").await;
+    let aborted_at = rig.call("probe web2", 1).await;
     rig.control(id, ControlAction::Abort);
     let done = rig.ended(id).await;
     worker.stop().await;
