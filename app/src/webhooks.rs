@@ -563,6 +563,21 @@ fn delivery_table<F: Fn(i64) + Copy + Send + Sync + 'static>(
 mod tests {
     use super::*;
 
+    /// The field that picks which events each host sends, as its settings page names it.
+    fn events_field(tags: bool) -> Vec<(&'static str, (&'static str, String))> {
+        host_instructions("http://baton:8080/hooks/api", "the value of S", tags)
+            .into_iter()
+            .map(|host| {
+                let (label, value) = host
+                    .fields
+                    .into_iter()
+                    .find(|(label, _)| label.starts_with("Event") || label.starts_with("Trigger"))
+                    .unwrap_or_else(|| panic!("{} names the events to send", host.name));
+                (host.name, (label, value))
+            })
+            .collect()
+    }
+
     #[test]
     fn every_host_gets_the_url_the_secret_and_push_events() {
         let hosts = host_instructions("http://baton:8080/hooks/api", "the value of S", true);
@@ -575,8 +590,20 @@ mod tests {
                 host.name
             );
             assert!(values.contains(&"the value of S"), "{}", host.name);
-            assert!(values.iter().any(|v| v.contains("ush")), "{}", host.name);
         }
-        assert!(hosts[1].fields.iter().any(|(_, v)| v.contains("Tag push")));
+        let pushes = |gitlab: &str| {
+            [
+                ("GitHub", ("Events", "Just the push event")),
+                ("GitLab", ("Trigger", gitlab)),
+                ("Gitea / Forgejo", ("Trigger on", "Push events")),
+                ("Bitbucket Cloud", ("Triggers", "Repository: Push")),
+                ("Bitbucket Data Center", ("Events", "Repository: Push")),
+            ]
+            .map(|(host, (label, value))| (host, (label, value.to_owned())))
+            .to_vec()
+        };
+        // Only GitLab sends tag pushes as events of their own, to be ticked when tags deploy.
+        assert_eq!(events_field(true), pushes("Push events, Tag push events"));
+        assert_eq!(events_field(false), pushes("Push events"));
     }
 }

@@ -21,7 +21,7 @@ use crate::drivers::process::{ProcessConfig, ProcessRuntime};
 use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
 use crate::rollout::engine::{self, Rollout, Target};
 use crate::rollout::executor::{Controls, ServiceRunner, recorded_targets};
-use crate::settings::{RuntimeKind, ServiceSettings, Settings};
+use crate::settings::{LoadBalancerSettings, RuntimeKind, ServiceSettings, Settings};
 use crate::store::{DeploymentQuery, DeploymentRow, NewDeployment, Store, StoreError};
 
 /// One service and the drivers that act on it.
@@ -139,7 +139,7 @@ impl Fleet {
             .map(|lb| {
                 let driver: Arc<dyn LoadBalancer> = Arc::new(HaproxyDriver::new(
                     lb.runtime_api.clone(),
-                    HaproxyOptions::default(),
+                    haproxy_options(lb),
                 ));
                 (lb.name.clone(), driver)
             })
@@ -218,8 +218,8 @@ impl Fleet {
                 service: handle.settings.clone(),
                 lb: handle.lb.clone(),
                 runtime: handle.runtime.clone(),
-                store: self.store.clone(),
-                http: self.http.clone(),
+                store: Arc::new(self.store.clone()),
+                probe: Arc::new(self.http.clone()),
                 wake: handle.wake.clone(),
                 controls: handle.controls.clone(),
             };
@@ -624,6 +624,18 @@ fn active_rollout(row: &DeploymentRow) -> ActiveRollout {
 /// The version every target runs, if they agree.
 fn common_version(targets: &[Target]) -> Option<String> {
     engine::common_version(targets).map(ToString::to_string)
+}
+
+/// The `[[load_balancer]]`'s timeouts and retries, the driver's defaults where it sets none.
+fn haproxy_options(lb: &LoadBalancerSettings) -> HaproxyOptions {
+    let defaults = HaproxyOptions::default();
+    HaproxyOptions {
+        command_timeout: lb
+            .command_timeout
+            .map_or(defaults.command_timeout, |timeout| timeout.get()),
+        attempts: lb.attempts.unwrap_or(defaults.attempts),
+        backoff: lb.backoff.map_or(defaults.backoff, |backoff| backoff.get()),
+    }
 }
 
 /// Starts every backend that is not running at its recorded version (or the initial one), unless

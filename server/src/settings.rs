@@ -47,6 +47,18 @@ pub struct LoadBalancerSettings {
     pub kind: LoadBalancerKind,
     /// One runtime-API address per HAProxy node.
     pub runtime_api: Vec<RuntimeApiAddr>,
+    /// How long one runtime-API command may take on one node (connect, send, whole answer).
+    /// `None`: the driver's default (2s).
+    #[serde(default)]
+    pub command_timeout: Option<Duration>,
+    /// How many times a command is tried on a node that cannot be reached or does not answer
+    /// in time; at least 1. `None`: the driver's default (4).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// The wait before the first retry; it doubles for each further one. `None`: the driver's
+    /// default (100ms).
+    #[serde(default)]
+    pub backoff: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -517,6 +529,21 @@ impl Settings {
                 return Err(invalid(
                     Some(format!("load_balancer[{index}].runtime_api")),
                     "expected at least one runtime API address, one per HAProxy node".into(),
+                ));
+            }
+            if lb
+                .command_timeout
+                .is_some_and(|timeout| timeout.get().is_zero())
+            {
+                return Err(invalid(
+                    Some(format!("load_balancer[{index}].command_timeout")),
+                    "0s leaves HAProxy no time to answer: expected a duration such as \"2s\" (the default)".into(),
+                ));
+            }
+            if lb.attempts == Some(0) {
+                return Err(invalid(
+                    Some(format!("load_balancer[{index}].attempts")),
+                    "0 attempts would never send a command: expected 1 or more (default 4)".into(),
                 ));
             }
         }
@@ -1229,6 +1256,65 @@ streams_per_caller = 4
             assert!(
                 message.contains(&format!("key `{key}")) && message.contains(reason),
                 "{table}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn haproxy_timeouts_and_retries_are_optional_and_checked() {
+        let settings = parse(FULL).unwrap();
+        let edge = &settings.load_balancers[0];
+        assert_eq!(
+            (edge.command_timeout, edge.attempts, edge.backoff),
+            (None, None, None),
+            "unset: the driver's defaults"
+        );
+        let tuned = FULL.replace(
+            "runtime_api = [",
+            "command_timeout = \"500ms\"\nattempts = 2\nbackoff = \"50ms\"\nruntime_api = [",
+        );
+        let edge = &parse(&tuned).unwrap().load_balancers[0];
+        assert_eq!(
+            (edge.command_timeout, edge.attempts, edge.backoff),
+            (
+                Some(Duration::from_millis(500)),
+                Some(2),
+                Some(Duration::from_millis(50))
+            )
+        );
+
+        for (line, key, reason) in [
+            (
+                "command_timeout = \"0s\"",
+                "load_balancer[0].command_timeout",
+                "0s leaves HAProxy no time to answer",
+            ),
+            (
+                "command_timeout = \"soon\"",
+                "load_balancer[0].command_timeout",
+                "invalid duration \"soon\"",
+            ),
+            (
+                "attempts = 0",
+                "load_balancer[0].attempts",
+                "0 attempts would never send a command: expected 1 or more",
+            ),
+            (
+                "attempts = -1",
+                "load_balancer[0].attempts",
+                "invalid value: integer `-1`",
+            ),
+            (
+                "backoff = 100",
+                "load_balancer[0].backoff",
+                "invalid type: integer `100`, expected a string",
+            ),
+        ] {
+            let message =
+                error(&FULL.replace("runtime_api = [", &format!("{line}\nruntime_api = [")));
+            assert!(
+                message.contains(&format!("key `{key}`: ")) && message.contains(reason),
+                "{line}: {message}"
             );
         }
     }

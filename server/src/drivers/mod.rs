@@ -1,14 +1,19 @@
-//! The narrow interfaces Baton drives: a load balancer and a runtime, with their implementations.
+//! The narrow interfaces Baton drives: a load balancer, a runtime and a health probe, with their
+//! implementations, and in-memory fakes of all three (`fake.rs`) for tests on a paused clock.
 //!
 //! Invariant: only `haproxy.rs` knows the HAProxy runtime-API syntax; only `process.rs` and
-//! `command.rs` start or signal processes. The rollout engine sees these traits, never the IO.
+//! `command.rs` start or signal processes; only `health.rs` sends a backend HTTP requests. The
+//! rollout engine sees these traits, never the IO.
 
 pub mod command;
+pub mod fake;
 mod files;
 pub mod haproxy;
+mod health;
 pub mod process;
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -154,4 +159,31 @@ pub trait Runtime: Send + Sync {
     async fn stop(&self, backend: &BackendSpec) -> Result<(), RuntimeError>;
     /// What runs there now.
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError>;
+}
+
+/// Why one probe of a backend's health path did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// The backend answered with a status other than 2xx.
+    Status(reqwest::StatusCode),
+    /// No whole answer within the probe's timeout.
+    TimedOut,
+    /// No answer at all (nothing listens, the connection was reset…): the client's words.
+    Unanswered(String),
+}
+
+/// Baton's own check of a backend: one request to its health path.
+///
+/// A trait, not a bare HTTP client, so that the executor's tests answer probes from the fake
+/// runtime on a paused clock (real sockets and a paused clock do not mix: tokio would jump
+/// the clock to the probe's timeout while the kernel is still connecting).
+#[async_trait]
+pub trait HealthProbe: Send + Sync {
+    /// One `GET http://<address><path>`, given `timeout` to answer. Cancellation-safe.
+    async fn probe(
+        &self,
+        address: BackendAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), ProbeFailure>;
 }

@@ -20,13 +20,15 @@ use app::model::PendingControl;
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
-    AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, Runtime, ServerStatus,
+    AdminState, BackendRun, BackendSpec, HealthProbe, LbError, LoadBalancer, ProbeFailure, Runtime,
+    ServerStatus,
 };
 use crate::rollout::engine::{
     Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
 };
+use crate::rollout::journal::Journal;
 use crate::settings::ServiceSettings;
-use crate::store::{DeploymentRow, Store, StoreError};
+use crate::store::{DeploymentRow, StoreError};
 
 /// How often waits look at HAProxy again.
 const POLL: Duration = Duration::from_millis(10);
@@ -60,8 +62,10 @@ pub struct ServiceRunner {
     pub service: Arc<ServiceSettings>,
     pub lb: Arc<dyn LoadBalancer>,
     pub runtime: Arc<dyn Runtime>,
-    pub store: Store,
-    pub http: reqwest::Client,
+    /// The database (the `Store`; see [`Journal`] for why a trait).
+    pub store: Arc<dyn Journal>,
+    /// Baton's own health check of a backend (HTTP; see [`HealthProbe`] for why a trait).
+    pub probe: Arc<dyn HealthProbe>,
     /// Woken when a rollout is queued for this service or a control request arrives.
     pub wake: Arc<Notify>,
     pub controls: Controls,
@@ -70,7 +74,7 @@ pub struct ServiceRunner {
 /// Each configured backend with the version it runs now: the one recorded by the last rollout
 /// or start that touched it, else the service's initial version.
 pub async fn recorded_targets(
-    store: &Store,
+    store: &dyn Journal,
     service: &ServiceSettings,
 ) -> Result<Vec<Target>, StoreError> {
     let recorded: HashMap<String, String> = store
@@ -209,7 +213,7 @@ impl ServiceRunner {
             // What each backend runs is read now, as the rollout begins, not when it was
             // queued: a rollout queued behind another must return to what that one left.
             // Nothing is touched before `Begin`, so a restart here simply reads them again.
-            rollout.targets = recorded_targets(&self.store, &self.service).await?;
+            rollout.targets = recorded_targets(&*self.store, &self.service).await?;
             let from = common_version(&rollout.targets).map(Version::as_str);
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
             self.store.begin(row.id, from, &state).await?;
@@ -572,27 +576,18 @@ impl ServiceRunner {
                 ));
             }
             match self
-                .http
-                .get(&url)
-                .timeout(health.timeout.get())
-                .send()
+                .probe
+                .probe(spec.address, &health.path, health.timeout.get())
                 .await
             {
-                Ok(response) if response.status().is_success() => passes += 1,
-                Ok(response) => {
+                Ok(()) => passes += 1,
+                Err(failure) => {
                     passes = 0;
-                    last = format!("{url} answered {}", response.status());
-                }
-                Err(error) => {
-                    passes = 0;
-                    last = format!(
-                        "{url}: {}",
-                        if error.is_timeout() {
-                            "timed out".to_owned()
-                        } else {
-                            error.to_string()
-                        }
-                    );
+                    last = match failure {
+                        ProbeFailure::Status(status) => format!("{url} answered {status}"),
+                        ProbeFailure::TimedOut => format!("{url}: timed out"),
+                        ProbeFailure::Unanswered(error) => format!("{url}: {error}"),
+                    };
                 }
             }
             if passes >= health.healthy_threshold {
@@ -735,15 +730,4 @@ fn lb_check_passed(server: &ServerStatus) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_next_rollout_drops_what_was_asked_of_an_ended_one() {
-        let controls = Controls::default();
-        controls.push(7, ControlAction::Abort);
-        controls.push(8, ControlAction::Pause);
-        assert_eq!(controls.take(8), [ControlAction::Pause]);
-        assert!(controls.take(7).is_empty(), "dropped, not kept for later");
-    }
-}
+mod tests;

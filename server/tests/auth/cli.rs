@@ -95,14 +95,30 @@ async fn users_and_tokens_made_on_the_command_line_work_on_the_server() {
         .unwrap_or_else(|| panic!("the token is printed: {stdout}"))
         .to_owned();
 
+    // One line per user and per token: name, role, who created it (and when a token was last
+    // used).
     let users = text(&baton(&config, &["user", "list"], "").stdout);
-    assert!(
-        users.starts_with("ada") && users.contains("admin") && users.contains("by cli"),
+    let ada: Vec<&str> = users
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (ada[..2].to_vec(), ada[ada.len() - 2..].to_vec()),
+        (vec!["ada", "admin"], vec!["by", "cli"]),
         "{users}"
     );
     let tokens = text(&baton(&config, &["token", "list"], "").stdout);
+    let ci: Vec<&str> = tokens
+        .lines()
+        .find(|line| line.split_whitespace().nth(1) == Some("ci"))
+        .unwrap_or_else(|| panic!("the token ci is listed: {tokens}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(ci[2], "deployer", "{tokens}");
     assert!(
-        tokens.contains("ci") && tokens.contains("deployer") && tokens.contains("last used never"),
+        ci.ends_with(&["by", "cli,", "last", "used", "never"]),
         "{tokens}"
     );
     for output in [&added, &created] {

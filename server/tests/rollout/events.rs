@@ -126,8 +126,15 @@ async fn a_watcher_that_reconnects_gets_exactly_the_events_it_missed() {
         seen.push(first.next(Duration::from_secs(10)).await.unwrap());
     }
     drop(first);
-    // Events keep coming while nobody listens on this connection.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Events come while nobody listens on this connection.
+    let missed_from = seen.last().unwrap().id.unwrap();
+    fleet
+        .wait_until(id, "an event after the watcher left", |deployment| {
+            deployment["last_event_id"]
+                .as_i64()
+                .is_some_and(|last| last > missed_from)
+        })
+        .await;
     let mut again = SseReader::open(&fleet.client, &url, seen.last().unwrap().id).await;
     until_finished(&mut again, &mut seen).await;
 

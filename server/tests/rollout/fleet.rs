@@ -69,6 +69,9 @@ pub struct FleetOptions {
     pub checks: &'static str,
     /// The `baton serve` subprocess's open-file limit (soft and hard), like `ulimit -n`.
     pub nofile_limit: Option<u64>,
+    /// `[[load_balancer]]` `command_timeout`, `attempts` and `backoff`; `None` leaves them out
+    /// (the driver's defaults).
+    pub haproxy: Option<HaproxyOptions>,
 }
 
 impl Default for FleetOptions {
@@ -82,6 +85,7 @@ impl Default for FleetOptions {
             socket_proxy: false,
             checks: "inter 100ms fastinter 50ms downinter 100ms rise 2 fall 2",
             nofile_limit: None,
+            haproxy: None,
         }
     }
 }
@@ -132,6 +136,17 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             )
         })
         .collect();
+    let haproxy_options = options
+        .haproxy
+        .map(|o| {
+            format!(
+                "command_timeout = \"{}ms\"\nattempts = {}\nbackoff = \"{}ms\"\n",
+                o.command_timeout.as_millis(),
+                o.attempts,
+                o.backoff.as_millis()
+            )
+        })
+        .unwrap_or_default();
     let env: Vec<String> = options
         .backend_env
         .iter()
@@ -143,7 +158,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
 name = "edge"
 kind = "haproxy"
 runtime_api = ["{runtime_api}"]
-
+{haproxy_options}
 [[service]]
 name = "web"
 load_balancer = "edge"
@@ -414,20 +429,12 @@ impl Fleet {
         }
     }
 
-    /// Waits until rollout `id` has a step matching `found` and returns the rollout.
-    pub async fn wait_for_step(
-        &self,
-        id: i64,
-        what: &str,
-        found: impl Fn(&Value) -> bool,
-    ) -> Value {
+    /// Waits (at most 30 s) until rollout `id` satisfies `done`, and returns it.
+    pub async fn wait_until(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let deployment = self.get(&format!("/api/deployments/{id}")).await.unwrap();
-            if deployment["steps"]
-                .as_array()
-                .is_some_and(|steps| steps.iter().any(&found))
-            {
+            if done(&deployment) {
                 return deployment;
             }
             assert!(
@@ -436,6 +443,21 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until rollout `id` has a step matching `found` and returns the rollout.
+    pub async fn wait_for_step(
+        &self,
+        id: i64,
+        what: &str,
+        found: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_until(id, what, |deployment| {
+            deployment["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(&found))
+        })
+        .await
     }
 
     /// What each request through HAProxy is answered with: "v2 web1", say.

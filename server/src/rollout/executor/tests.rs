@@ -1,0 +1,936 @@
+//! The executor on tokio's paused clock: the drivers are the in-memory fakes, the database a real
+//! SQLite file. Every wait is virtual, so each test is exact to the millisecond and still takes
+//! only milliseconds.
+//!
+//! The times asserted follow from the settings: Baton probes a process that does not answer yet
+//! every `POLL` (10 ms) and one that does every `interval` (50 ms), and the fake HAProxy checks
+//! every `inter` (100 ms), the first check after maint coming exactly `inter` after it.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::drivers::fake::{Behaviour, CallLog, Checks, FakeLb, FakeRuntime, Fault};
+use crate::settings::{EnvOverrides, Settings};
+use crate::store::{NewDeployment, Store};
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+fn secs(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+/// Longer than any test's rollout, in virtual time: a wait that gets this far is stuck, and on a
+/// paused clock it fails at once instead of hanging.
+const STUCK: Duration = Duration::from_secs(24 * 3600);
+
+/// The database's own runtime, on the real clock: one worker thread, shared by every test here.
+fn db_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the database's runtime")
+    })
+}
+
+/// Runs `work` (a database call) on the database's runtime. sqlx's timers then run on the real
+/// clock, and the paused clock stands still meanwhile: tokio does not advance it while a
+/// blocking task runs. So a database call takes no virtual time.
+async fn db<T, F>(work: F) -> T
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let runtime = db_runtime().handle().clone();
+    tokio::task::spawn_blocking(move || runtime.block_on(work))
+        .await
+        .expect("a database call panicked")
+}
+
+/// The real [`Store`] as the executor's [`Journal`], each call run by [`db`].
+struct OffClock(Store);
+
+#[async_trait::async_trait]
+impl Journal for OffClock {
+    async fn next_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError> {
+        let (store, service) = (self.0.clone(), service.to_owned());
+        db(async move { store.next_deployment(&service).await }).await
+    }
+
+    async fn claim(&self, id: i64) -> Result<Option<Option<String>>, StoreError> {
+        let store = self.0.clone();
+        db(async move { store.claim(id).await }).await
+    }
+
+    async fn begin(
+        &self,
+        id: i64,
+        from_version: Option<&str>,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        let (store, from, state) = (
+            self.0.clone(),
+            from_version.map(str::to_owned),
+            state.to_owned(),
+        );
+        db(async move { store.begin(id, from.as_deref(), &state).await }).await
+    }
+
+    async fn save_state(
+        &self,
+        id: i64,
+        status: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (store, status, state, reason) = (
+            self.0.clone(),
+            status.to_owned(),
+            state.to_owned(),
+            reason.map(str::to_owned),
+        );
+        db(async move {
+            store
+                .save_state(id, &status, &state, reason.as_deref())
+                .await
+        })
+        .await
+    }
+
+    async fn interrupt_open_steps(&self, deployment: i64) -> Result<u64, StoreError> {
+        let store = self.0.clone();
+        db(async move { store.interrupt_open_steps(deployment).await }).await
+    }
+
+    async fn newest_control(
+        &self,
+        deployment: i64,
+    ) -> Result<Option<app::model::PendingControl>, StoreError> {
+        let store = self.0.clone();
+        db(async move { store.newest_control(deployment).await }).await
+    }
+
+    async fn begin_step(
+        &self,
+        deployment: i64,
+        backend: Option<&str>,
+        step: &str,
+        rollback: bool,
+        version: &str,
+    ) -> Result<i64, StoreError> {
+        let (store, backend, step, version) = (
+            self.0.clone(),
+            backend.map(str::to_owned),
+            step.to_owned(),
+            version.to_owned(),
+        );
+        db(async move {
+            store
+                .begin_step(deployment, backend.as_deref(), &step, rollback, &version)
+                .await
+        })
+        .await
+    }
+
+    async fn finish_step(
+        &self,
+        step: i64,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (store, outcome, detail) = (
+            self.0.clone(),
+            outcome.to_owned(),
+            detail.map(str::to_owned),
+        );
+        db(async move { store.finish_step(step, &outcome, detail.as_deref()).await }).await
+    }
+
+    async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let (store, service) = (self.0.clone(), service.to_owned());
+        db(async move { store.backend_versions(&service).await }).await
+    }
+
+    async fn set_backend_version(
+        &self,
+        service: &str,
+        backend: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        let (store, service, backend, version) = (
+            self.0.clone(),
+            service.to_owned(),
+            backend.to_owned(),
+            version.to_owned(),
+        );
+        db(async move {
+            store
+                .set_backend_version(&service, &backend, &version)
+                .await
+        })
+        .await
+    }
+}
+
+/// The service under test: `web`, backends `web1`… on one HAProxy node `n1`, health probed
+/// every 50 ms with a threshold of 2, as in the real-HAProxy tests.
+struct Setup {
+    backends: usize,
+    drain_timeout: &'static str,
+    start_timeout: &'static str,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            backends: 3,
+            drain_timeout: "10s",
+            start_timeout: "5s",
+        }
+    }
+}
+
+/// A service with fake drivers and a real database, and a clock that starts at zero.
+struct Rig {
+    service: Arc<ServiceSettings>,
+    store: Store,
+    log: Arc<CallLog>,
+    runtime: Arc<FakeRuntime>,
+    lb: Arc<FakeLb>,
+    wake: Arc<Notify>,
+    controls: Controls,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// Every backend runs v1, and HAProxy (checks every 100 ms, rise 2, fall 2) has it UP.
+    async fn new(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let backends: String = (1..=setup.backends)
+            .map(|i| {
+                format!(
+                    "[[service.backend]]\nname = \"web{i}\"\naddress = \"127.0.0.1:{}\"\n",
+                    18000 + i
+                )
+            })
+            .collect();
+        let config = format!(
+            r#"
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:haproxy.sock"]
+
+[[service]]
+name = "web"
+load_balancer = "edge"
+haproxy_backend = "web"
+[service.health]
+interval = "50ms"
+timeout = "1s"
+healthy_threshold = 2
+start_timeout = "{start}"
+[service.drain]
+timeout = "{drain}"
+[service.runtime]
+kind = "process"
+command = ["true"]
+initial_version = "v1"
+{backends}"#,
+            start = setup.start_timeout,
+            drain = setup.drain_timeout,
+        );
+        let settings = Settings::parse(
+            &config,
+            &dir.path().join("baton.toml"),
+            &EnvOverrides::default(),
+        )
+        .unwrap();
+        let url = settings.server.database_url.clone();
+        let store = db(async move { Store::connect(&url).await }).await.unwrap();
+        let service = Arc::new(settings.services[0].clone());
+
+        let log = CallLog::new();
+        let runtime = Arc::new(FakeRuntime::new(log.clone()));
+        let v1 = Version::parse("v1").unwrap();
+        let names: Vec<&str> = service.backends.iter().map(|b| b.name.as_str()).collect();
+        let lb = Arc::new(FakeLb::new(
+            runtime.clone(),
+            "web",
+            &["n1"],
+            &names,
+            Checks::default(),
+        ));
+        let rig = Self {
+            service: service.clone(),
+            store,
+            log,
+            runtime,
+            lb,
+            wake: Arc::new(Notify::new()),
+            controls: Controls::default(),
+            _dir: dir,
+        };
+        for backend in &service.backends {
+            rig.runtime.running(&rig.spec(backend.name.as_str()), &v1);
+        }
+        rig
+    }
+
+    fn spec(&self, backend: &str) -> BackendSpec {
+        let found = self
+            .service
+            .backends
+            .iter()
+            .find(|b| b.name.as_str() == backend)
+            .unwrap();
+        BackendSpec {
+            service: self.service.name.clone(),
+            name: found.name.clone(),
+            address: found.address,
+        }
+    }
+
+    /// Starts the service's worker; it stops when the returned handle is stopped or dropped.
+    fn start_worker(&self) -> Worker {
+        let runner = ServiceRunner {
+            service: self.service.clone(),
+            lb: self.lb.clone(),
+            runtime: self.runtime.clone(),
+            store: Arc::new(OffClock(self.store.clone())),
+            probe: self.runtime.clone(),
+            wake: self.wake.clone(),
+            controls: self.controls.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        Worker {
+            task: Some(tokio::spawn(runner.run(shutdown.clone()))),
+            shutdown,
+        }
+    }
+
+    /// Queues a rollout to `version`, as the API does.
+    async fn queue(&self, version: &str) -> i64 {
+        let targets = recorded_targets(&OffClock(self.store.clone()), &self.service)
+            .await
+            .unwrap();
+        let rollout = Rollout::new(
+            Version::parse(version).unwrap(),
+            targets,
+            self.service.batch_size as usize,
+            self.service.auto_rollback,
+        );
+        let state = serde_json::to_string(&rollout).unwrap();
+        let (store, version) = (self.store.clone(), version.to_owned());
+        let id = db(async move {
+            store
+                .insert_deployment(&NewDeployment {
+                    service: "web",
+                    from_version: None,
+                    to_version: &version,
+                    trigger: "api",
+                    requested_by: None,
+                    state: &state,
+                })
+                .await
+        })
+        .await
+        .unwrap();
+        self.wake.notify_one();
+        id
+    }
+
+    /// Asks the worker to pause, resume or abort rollout `id`, as the API does.
+    fn control(&self, id: i64, action: ControlAction) {
+        self.controls.push(id, action);
+        self.wake.notify_one();
+    }
+
+    async fn deployment(&self, id: i64) -> DeploymentRow {
+        let store = self.store.clone();
+        db(async move { store.deployment(id).await })
+            .await
+            .unwrap()
+            .expect("the rollout exists")
+    }
+
+    /// Waits until rollout `id` has a status for which `wanted` holds, and returns it.
+    async fn status(&self, id: i64, wanted: impl Fn(&str) -> bool) -> DeploymentRow {
+        let mut feed = self.store.subscribe();
+        let waited = timeout(STUCK, async {
+            loop {
+                let row = self.deployment(id).await;
+                if wanted(&row.status) {
+                    return row;
+                }
+                // Every status change is published on the feed.
+                let _ = feed.recv().await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(row) => row,
+            Err(_) => panic!(
+                "rollout {id} is still {} after a day of virtual time; steps: {:#?}",
+                self.deployment(id).await.status,
+                self.steps(id).await
+            ),
+        }
+    }
+
+    /// Waits until rollout `id` has ended, and returns it.
+    async fn ended(&self, id: i64) -> DeploymentRow {
+        self.status(id, |status| {
+            !matches!(status, "queued" | "running" | "paused")
+        })
+        .await
+    }
+
+    /// Every step of the rollout as "backend step outcome", rollback steps marked "(rollback)".
+    async fn steps(&self, id: i64) -> Vec<String> {
+        let store = self.store.clone();
+        db(async move { store.steps(id).await })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|step| {
+                format!(
+                    "{} {} {}{}",
+                    step.backend.as_deref().unwrap_or("-"),
+                    step.step,
+                    step.outcome.as_deref().unwrap_or("running"),
+                    if step.rollback { " (rollback)" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    /// The detail of the one step `step` on `backend` (forward, not rollback).
+    async fn detail(&self, id: i64, backend: &str, step: &str) -> Option<String> {
+        let store = self.store.clone();
+        let steps = db(async move { store.steps(id).await }).await.unwrap();
+        let found: Vec<_> = steps
+            .into_iter()
+            .filter(|s| s.backend.as_deref() == Some(backend) && s.step == step && !s.rollback)
+            .collect();
+        assert_eq!(found.len(), 1, "one {step} step on {backend}: {found:#?}");
+        found[0].detail.clone()
+    }
+
+    /// Waits until the `n`th call shown as `action` (from 1) has been made; returns when.
+    async fn call(&self, action: &str, n: usize) -> Duration {
+        match timeout(STUCK, self.log.wait_for_nth(action, n)).await {
+            Ok(at) => at,
+            Err(_) => panic!(
+                "no call {n} of {action:?} in a day of virtual time; calls: {:#?}",
+                self.log.timed_actions()
+            ),
+        }
+    }
+
+    /// The acting calls made from `from` on, with their times.
+    fn actions_from(&self, from: Duration) -> Vec<(Duration, String)> {
+        self.log
+            .timed_actions()
+            .into_iter()
+            .filter(|(at, _)| *at >= from)
+            .collect()
+    }
+
+    /// What the runtime runs on each backend, and what HAProxy's node reports for it.
+    fn fleet(&self) -> Vec<(String, String)> {
+        self.service
+            .backends
+            .iter()
+            .map(|b| {
+                let name = b.name.as_str();
+                (
+                    self.runtime.version_of(name).unwrap_or_default(),
+                    self.lb.status("n1", name).status,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The step rows of one backend's successful replacement.
+fn steps_ok(backend: &str) -> Vec<String> {
+    [
+        "check_capacity",
+        "drain",
+        "wait_sessions",
+        "maint",
+        "stop",
+        "start",
+        "wait_healthy",
+        "lb_check",
+        "enable",
+        "confirm_up",
+    ]
+    .iter()
+    .map(|step| format!("{backend} {step} ok"))
+    .collect()
+}
+
+fn owned(pairs: &[(u64, &str)]) -> Vec<(Duration, String)> {
+    pairs
+        .iter()
+        .map(|(at, what)| (ms(*at), (*what).to_owned()))
+        .collect()
+}
+
+fn serving(version: &str, count: usize) -> Vec<(String, String)> {
+    vec![(version.to_owned(), "UP".to_owned()); count]
+}
+
+/// The running worker of a test.
+struct Worker {
+    task: Option<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// Stops the worker, as Baton's shutdown does, and waits until it has.
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("running");
+        timeout(STUCK, task)
+            .await
+            .expect("the worker stops at shutdown")
+            .expect("the worker did not panic");
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_replaces_one_backend_at_a_time_waiting_for_baton_then_haproxy() {
+    let rig = Rig::new(Setup::default()).await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: ms(300) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, "succeeded", "{:#?}", rig.steps(id).await);
+    assert_eq!(done.from_version.as_deref(), Some("v1"));
+    // Per backend: the new process answers at 300 ms, Baton's second passing probe comes one
+    // interval (50 ms) later; HAProxy's first fresh check, `inter` (100 ms) after the drain
+    // that ends maint. Nothing else takes time.
+    assert_eq!(
+        rig.log.timed_actions(),
+        owned(&[
+            (0, "prepare v2"),
+            (0, "web1 drain"),
+            (0, "web1 maint"),
+            (0, "stop web1"),
+            (0, "start web1 v2"),
+            (350, "web1 drain"),
+            (450, "web1 ready"),
+            (450, "web2 drain"),
+            (450, "web2 maint"),
+            (450, "stop web2"),
+            (450, "start web2 v2"),
+            (800, "web2 drain"),
+            (900, "web2 ready"),
+            (900, "web3 drain"),
+            (900, "web3 maint"),
+            (900, "stop web3"),
+            (900, "start web3 v2"),
+            (1250, "web3 drain"),
+            (1350, "web3 ready"),
+        ])
+    );
+    let mut expected = vec!["- prepare ok".to_owned()];
+    for backend in ["web1", "web2", "web3"] {
+        expected.extend(steps_ok(backend));
+    }
+    assert_eq!(rig.steps(id).await, expected);
+    assert_eq!(rig.fleet(), serving("v2", 3));
+    let store = rig.store.clone();
+    let recorded = db(async move { store.backend_versions("web").await })
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        ["web1", "web2", "web3"].map(|b| (b.to_owned(), "v2".to_owned()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_still_open_at_the_drain_timeout_are_cut_and_counted() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        drain_timeout: "10s",
+        ..Setup::default()
+    })
+    .await;
+    // Two sessions on web1 that would never end; one on web2 that ends at 12 s.
+    rig.lb.open_session("n1", "web1", None);
+    rig.lb.open_session("n1", "web1", None);
+    rig.lb.open_session("n1", "web2", Some(secs(12)));
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, "succeeded", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        rig.detail(id, "web1", "wait_sessions").await.as_deref(),
+        Some("drain timed out after 10s with 2 session(s) still open")
+    );
+    assert_eq!(
+        rig.detail(id, "web1", "cut_sessions").await.as_deref(),
+        Some("cut 2 session(s) still open after the drain timeout of 10s")
+    );
+    let steps = rig.steps(id).await;
+    assert!(
+        steps.contains(&"web1 wait_sessions timed_out".to_owned()),
+        "{steps:#?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.starts_with("web2 cut_sessions")),
+        "web2's session ended by itself: {steps:#?}"
+    );
+    // web1 is cut exactly at the timeout; web2 (drained at 10.15 s) waits for its session to
+    // end at 12 s, and not a poll longer.
+    let timed = rig.log.timed_actions();
+    assert_eq!(
+        timed[..4],
+        owned(&[
+            (0, "prepare v2"),
+            (0, "web1 drain"),
+            (10_000, "web1 shutdown sessions"),
+            (10_000, "web1 maint"),
+        ])
+    );
+    assert_eq!(rig.log.first("web2 maint"), Some(secs(12)));
+    assert_eq!(rig.lb.status("n1", "web1").sessions, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_version_that_never_listens_fails_at_the_start_timeout_and_is_rolled_back() {
+    let rig = Rig::new(Setup {
+        start_timeout: "5s",
+        ..Setup::default()
+    })
+    .await;
+    rig.runtime.script(
+        "v2",
+        Behaviour::Answers {
+            after: Duration::from_secs(3600),
+        },
+    );
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, "rolled_back", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        done.reason.as_deref(),
+        Some(
+            "wait_healthy failed on web1: not healthy within the start timeout of 5s (0/2 \
+             passes; last: http://127.0.0.1:18001/alive: connection refused); every changed \
+             backend was rolled back"
+        )
+    );
+    // The start at 0 s, given up at exactly 5 s; web1 back on v1 by the same procedure, the
+    // others never touched.
+    assert_eq!(rig.log.first("start web1 v2"), Some(Duration::ZERO));
+    assert_eq!(
+        rig.actions_from(ms(1)),
+        owned(&[
+            (5000, "web1 drain"),
+            (5000, "web1 maint"),
+            (5000, "stop web1"),
+            (5000, "start web1 v1"),
+            (5050, "web1 drain"),
+            (5150, "web1 ready"),
+        ])
+    );
+    assert_eq!(rig.fleet(), serving("v1", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_version_that_crashes_fails_when_it_exits_not_at_the_start_timeout() {
+    let rig = Rig::new(Setup::default()).await;
+    rig.runtime.script(
+        "v2",
+        Behaviour::Crashes {
+            after: ms(1500),
+            exit: "exit status 3".into(),
+        },
+    );
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, "rolled_back");
+    assert_eq!(
+        rig.detail(id, "web1", "wait_healthy").await.as_deref(),
+        Some("the new process stopped before it became healthy: it exited (exit status 3)")
+    );
+    assert_eq!(rig.log.first("stop web1"), Some(Duration::ZERO));
+    // The probe loop sees the exit at its first look after 1.5 s.
+    assert_eq!(
+        rig.actions_from(ms(1)),
+        owned(&[
+            (1500, "web1 drain"),
+            (1500, "web1 maint"),
+            (1500, "stop web1"),
+            (1500, "start web1 v1"),
+            (1550, "web1 drain"),
+            (1650, "web1 ready"),
+        ])
+    );
+    assert_eq!(rig.fleet(), serving("v1", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn haproxys_check_must_pass_afresh_the_stale_result_from_before_maint_does_not_count() {
+    let rig = Rig::new(Setup::default()).await;
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    // From web1's start on, HAProxy's checks cannot reach it (they time out) while Baton's
+    // probe can.
+    rig.call("start web1 v2", 1).await;
+    rig.lb.set_reachable("web1", false);
+    let lb_check = rig.call("web1 drain", 2).await;
+    assert_eq!(lb_check, ms(50), "Baton's probe passed twice, 50 ms apart");
+    let stale = rig.lb.status("n1", "web1");
+    assert_eq!(
+        (stale.status.as_str(), stale.check.as_deref()),
+        ("DRAIN 1/2", Some("L7OK")),
+        "what HAProxy shows until its first check after maint"
+    );
+    // Reachable again after the step has failed, so the rollback can finish.
+    sleep(secs(6)).await;
+    rig.lb.set_reachable("web1", true);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, "rolled_back", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        rig.detail(id, "web1", "lb_check").await.as_deref(),
+        Some("HAProxy's health check did not pass on n1 within 5s (status DOWN, check L4TOUT)")
+    );
+    // Failed exactly 5 s after the drain; web1 went back into rotation only on v1, after two
+    // fresh passing checks once HAProxy reached it again (at 6.1 s and 6.2 s).
+    assert_eq!(
+        rig.actions_from(ms(51)),
+        owned(&[
+            (5050, "web1 drain"),
+            (5050, "web1 maint"),
+            (5050, "stop web1"),
+            (5050, "start web1 v1"),
+            (5100, "web1 drain"),
+            (6200, "web1 ready"),
+        ])
+    );
+    assert_eq!(rig.fleet(), serving("v1", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_haproxy_fails_the_step_after_the_drivers_attempts_and_the_rollback_waits_for_it()
+{
+    let rig = Rig::new(Setup::default()).await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: secs(1) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    // Silent from web1's start on, until 30 s.
+    rig.call("start web1 v2", 1).await;
+    rig.lb.set_fault("n1", Some(Fault::Silent));
+    sleep(secs(29)).await;
+    assert_eq!(
+        rig.deployment(id).await.status,
+        "running",
+        "the rollback still waits for HAProxy at 29 s: {:#?}",
+        rig.steps(id).await
+    );
+    sleep(secs(1)).await;
+    rig.lb.set_fault("n1", None);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, "rolled_back", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        rig.detail(id, "web1", "lb_check").await.as_deref(),
+        Some("HAProxy node n1 did not answer after 4 attempts: no answer within 2s")
+    );
+    // lb_check asks at 1.05 s and fails after four attempts of 2 s with backoffs of 0.1, 0.2
+    // and 0.4 s between them: at 9.75 s. The rollback asks again one second after each such
+    // failure (9.7 s apart), and goes on at 31.25 s: the first attempt begun after HAProxy
+    // answers again at 30 s.
+    assert_eq!(
+        rig.actions_from(ms(1)),
+        owned(&[
+            (1050, "web1 drain"),
+            (9750, "web1 drain"),
+            (19_450, "web1 drain"),
+            (29_150, "web1 drain"),
+            (31_250, "web1 maint"),
+            (31_250, "stop web1"),
+            (31_250, "start web1 v1"),
+            (31_300, "web1 drain"),
+            (31_400, "web1 ready"),
+        ])
+    );
+    assert_eq!(rig.fleet(), serving("v1", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_rollout_finishes_the_backend_in_progress_then_does_nothing_until_resumed() {
+    let rig = Rig::new(Setup::default()).await;
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    rig.call("web1 drain", 1).await;
+    rig.control(id, ControlAction::Pause);
+    rig.status(id, |s| s == "paused").await;
+    let paused_at = rig.log.elapsed();
+    let calls_when_paused = rig.log.calls().len();
+    assert_eq!(
+        rig.log.actions().last().map(String::as_str),
+        Some("web1 ready"),
+        "web1 was finished first"
+    );
+    assert_eq!(
+        rig.fleet(),
+        [("v2", "UP"), ("v1", "UP"), ("v1", "UP")].map(|(v, s)| (v.to_owned(), s.to_owned())),
+        "while paused every backend serves"
+    );
+
+    sleep(secs(3600)).await;
+    assert_eq!(
+        rig.log.calls().len(),
+        calls_when_paused,
+        "nothing asked of HAProxy or the runtime in an hour paused"
+    );
+    assert_eq!(rig.deployment(id).await.status, "paused");
+
+    rig.control(id, ControlAction::Resume);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+    assert_eq!(done.status, "succeeded");
+    assert_eq!(rig.log.first("web2 drain"), Some(paused_at + secs(3600)));
+    assert_eq!(rig.fleet(), serving("v2", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_puts_the_backend_in_progress_back_and_leaves_the_rest_serving() {
+    let rig = Rig::new(Setup::default()).await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: secs(3) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    // While web2's new version is starting (Baton probes it): the abort applies once that
+    // step ends.
+    let aborted_at = rig.call("probe web2", 1).await;
+    rig.control(id, ControlAction::Abort);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, "cancelled", "{:#?}", rig.steps(id).await);
+    // Asked during wait_healthy, the abort applies when that step ends, before lb_check.
+    assert_eq!(
+        done.reason.as_deref(),
+        Some(
+            "aborted by an operator at lb_check; backends already done keep the new version, \
+             and every backend is serving"
+        )
+    );
+    // web2's new process answers at 6.15 s and passes Baton's probe at 6.2 s; then web2 goes
+    // back to v1 by the whole procedure.
+    assert_eq!(aborted_at, ms(3150));
+    assert_eq!(
+        rig.actions_from(aborted_at + ms(1)),
+        owned(&[
+            (6200, "web2 drain"),
+            (6200, "web2 maint"),
+            (6200, "stop web2"),
+            (6200, "start web2 v1"),
+            (6250, "web2 drain"),
+            (6350, "web2 ready"),
+        ])
+    );
+    assert!(
+        rig.log.first("web3 drain").is_none(),
+        "web3 was never touched"
+    );
+    assert_eq!(
+        rig.fleet(),
+        [("v2", "UP"), ("v1", "UP"), ("v1", "UP")].map(|(v, s)| (v.to_owned(), s.to_owned()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_cancelled_while_queued_never_runs() {
+    let rig = Rig::new(Setup::default()).await;
+    let first = rig.queue("v2").await;
+    let second = rig.queue("v3").await;
+    let store = rig.store.clone();
+    let cancelled = db(async move { store.cancel_queued(second, "cancelled by a test").await })
+        .await
+        .unwrap();
+    assert!(cancelled);
+    let worker = rig.start_worker();
+    assert_eq!(rig.ended(first).await.status, "succeeded");
+    sleep(secs(3600)).await;
+    worker.stop().await;
+
+    assert_eq!(rig.deployment(second).await.status, "cancelled");
+    assert!(rig.steps(second).await.is_empty());
+    assert!(
+        !rig.log.actions().iter().any(|a| a.contains("v3")),
+        "{:#?}",
+        rig.log.actions()
+    );
+    assert_eq!(rig.fleet(), serving("v2", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_the_worker_even_while_haproxy_hangs_and_leaves_the_step_open() {
+    let rig = Rig::new(Setup::default()).await;
+    rig.lb.set_fault("n1", Some(Fault::Hangs));
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    rig.status(id, |s| s == "running").await;
+    sleep(secs(60)).await;
+    let stopping = rig.log.elapsed();
+    worker.stop().await;
+
+    assert_eq!(rig.log.elapsed(), stopping, "the worker stopped at once");
+    assert_eq!(
+        rig.steps(id).await,
+        ["- prepare ok", "web1 check_capacity running"],
+        "the step a restart runs again"
+    );
+    assert_eq!(rig.deployment(id).await.status, "running");
+}
+
+#[test]
+fn the_next_rollout_drops_what_was_asked_of_an_ended_one() {
+    let controls = Controls::default();
+    controls.push(7, ControlAction::Abort);
+    controls.push(8, ControlAction::Pause);
+    assert_eq!(controls.take(8), [ControlAction::Pause]);
+    assert!(controls.take(7).is_empty(), "dropped, not kept for later");
+}
