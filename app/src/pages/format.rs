@@ -5,90 +5,76 @@
 
 use leptos::prelude::ServerFnError;
 
+use crate::model::{RolloutStatus, StepKind, StepOutcome, Trigger};
+
 /// A rollout's status in words.
-pub fn status_label(status: &str) -> String {
+pub fn status_label(status: RolloutStatus) -> &'static str {
     match status {
-        "queued" => "Queued".into(),
-        "running" => "Running".into(),
-        "paused" => "Paused".into(),
-        "succeeded" => "Succeeded".into(),
-        "failed" => "Failed".into(),
-        "rolled_back" => "Rolled back".into(),
-        "cancelled" => "Cancelled".into(),
-        other => other.replace('_', " "),
+        RolloutStatus::Queued => "Queued",
+        RolloutStatus::Running => "Running",
+        RolloutStatus::Paused => "Paused",
+        RolloutStatus::Succeeded => "Succeeded",
+        RolloutStatus::Failed => "Failed",
+        RolloutStatus::RolledBack => "Rolled back",
+        RolloutStatus::Cancelled => "Cancelled",
     }
 }
 
-/// The statuses the history can be filtered by, with their labels.
-pub const STATUSES: [&str; 7] = [
-    "queued",
-    "running",
-    "paused",
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "cancelled",
-];
-
 /// A step of the replacement procedure in words.
-pub fn step_label(step: &str) -> String {
+pub fn step_label(step: StepKind) -> &'static str {
     match step {
-        "prepare" => "Prepare".into(),
-        "check_capacity" => "Capacity check".into(),
-        "drain" => "Drain".into(),
-        "wait_sessions" => "Wait for sessions".into(),
-        "cut_sessions" => "Cut sessions".into(),
-        "maint" => "Maintenance".into(),
-        "stop" => "Stop".into(),
-        "start" => "Start".into(),
-        "wait_healthy" => "Healthy".into(),
-        "lb_check" => "LB check".into(),
-        "enable" => "Enabled".into(),
-        "confirm_up" => "Confirmed UP".into(),
-        other => other.replace('_', " "),
+        StepKind::Prepare => "Prepare",
+        StepKind::CheckCapacity => "Capacity check",
+        StepKind::Drain => "Drain",
+        StepKind::WaitSessions => "Wait for sessions",
+        StepKind::CutSessions => "Cut sessions",
+        StepKind::Maint => "Maintenance",
+        StepKind::Stop => "Stop",
+        StepKind::Start => "Start",
+        StepKind::WaitHealthy => "Healthy",
+        StepKind::LbCheck => "LB check",
+        StepKind::Enable => "Enabled",
+        StepKind::ConfirmUp => "Confirmed UP",
     }
 }
 
 /// A step in progress, in words ("Draining", "Waiting until healthy").
-pub fn step_doing(step: &str) -> String {
+pub fn step_doing(step: StepKind) -> &'static str {
     match step {
-        "prepare" => "Preparing".into(),
-        "check_capacity" => "Checking capacity".into(),
-        "drain" => "Draining".into(),
-        "wait_sessions" => "Waiting for sessions to finish".into(),
-        "cut_sessions" => "Cutting sessions".into(),
-        "maint" => "Entering maintenance".into(),
-        "stop" => "Stopping".into(),
-        "start" => "Starting".into(),
-        "wait_healthy" => "Waiting until healthy".into(),
-        "lb_check" => "Waiting for the LB check".into(),
-        "enable" => "Enabling".into(),
-        "confirm_up" => "Confirming UP".into(),
-        other => other.replace('_', " "),
+        StepKind::Prepare => "Preparing",
+        StepKind::CheckCapacity => "Checking capacity",
+        StepKind::Drain => "Draining",
+        StepKind::WaitSessions => "Waiting for sessions to finish",
+        StepKind::CutSessions => "Cutting sessions",
+        StepKind::Maint => "Entering maintenance",
+        StepKind::Stop => "Stopping",
+        StepKind::Start => "Starting",
+        StepKind::WaitHealthy => "Waiting until healthy",
+        StepKind::LbCheck => "Waiting for the LB check",
+        StepKind::Enable => "Enabling",
+        StepKind::ConfirmUp => "Confirming UP",
     }
 }
 
 /// What started a rollout, in words.
-pub fn trigger_label(trigger: &str) -> String {
+pub fn trigger_label(trigger: Trigger) -> &'static str {
     match trigger {
-        "ui" => "UI".into(),
-        "api" => "API".into(),
-        "cli" => "CLI".into(),
-        "webhook" => "Webhook".into(),
-        "rollback" => "Rollback".into(),
-        other => other.to_owned(),
+        Trigger::Ui => "UI",
+        Trigger::Api => "API",
+        Trigger::Cli => "CLI",
+        Trigger::Webhook => "Webhook",
+        Trigger::Rollback => "Rollback",
     }
 }
 
 /// How a step ended, in words; `None` while it runs.
-pub fn outcome_label(outcome: Option<&str>) -> String {
+pub fn outcome_label(outcome: Option<StepOutcome>) -> &'static str {
     match outcome {
-        None => "Running".into(),
-        Some("ok") => "Done".into(),
-        Some("failed") => "Failed".into(),
-        Some("timed_out") => "Timed out".into(),
-        Some("interrupted") => "Interrupted".into(),
-        Some(other) => other.replace('_', " "),
+        None => "Running",
+        Some(StepOutcome::Ok) => "Done",
+        Some(StepOutcome::Failed) => "Failed",
+        Some(StepOutcome::TimedOut) => "Timed out",
+        Some(StepOutcome::Interrupted) => "Interrupted",
     }
 }
 
@@ -234,27 +220,17 @@ mod tests {
 
     #[test]
     fn every_status_and_step_has_a_label() {
-        assert_eq!(status_label("rolled_back"), "Rolled back");
-        assert!(STATUSES.iter().all(|s| !status_label(s).contains('_')));
-        for step in [
-            "prepare",
-            "check_capacity",
-            "drain",
-            "wait_sessions",
-            "cut_sessions",
-            "maint",
-            "stop",
-            "start",
-            "wait_healthy",
-            "lb_check",
-            "enable",
-            "confirm_up",
-        ] {
-            assert!(!step_label(step).contains('_'), "{step}");
-            assert!(!step_doing(step).contains('_'), "{step}");
+        use strum::VariantArray;
+        assert_eq!(status_label(RolloutStatus::RolledBack), "Rolled back");
+        for status in RolloutStatus::VARIANTS {
+            assert!(!status_label(*status).contains('_'), "{status}");
         }
-        assert_eq!(step_label("wait_sessions"), "Wait for sessions");
-        assert_eq!(step_label("lb_check"), "LB check");
+        for step in StepKind::VARIANTS {
+            assert!(!step_label(*step).contains('_'), "{step}");
+            assert!(!step_doing(*step).contains('_'), "{step}");
+        }
+        assert_eq!(step_label(StepKind::WaitSessions), "Wait for sessions");
+        assert_eq!(step_label(StepKind::LbCheck), "LB check");
     }
 
     #[test]

@@ -9,33 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BackendName, Version};
 
-/// One step of the safe procedure that replaces the version on a backend, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    /// Run the runtime's per-rollout preparation (once, before any backend).
-    Prepare,
-    /// Enough other backends are UP on every node to carry the traffic.
-    CheckCapacity,
-    /// Stop sending new traffic to the backend.
-    Drain,
-    /// Wait until the backend's open sessions finish (or the drain timeout).
-    WaitSessions,
-    /// The drain timed out: close the remaining sessions, and record how many.
-    CutSessions,
-    /// Take the backend out entirely (no traffic, no checks).
-    Maint,
-    Stop,
-    Start,
-    /// Baton's own probe of the health path passes `healthy_threshold` times in a row.
-    WaitHealthy,
-    /// The load balancer's own check passes (the server is drained, so checks run without traffic).
-    LbCheck,
-    /// Back into rotation.
-    Enable,
-    /// Every node reports the backend UP.
-    ConfirmUp,
-}
+/// One step of the safe procedure that replaces the version on a backend: the vocabulary the
+/// API, the database and the UI share, declared in the order the procedure runs the steps.
+pub use app::model::StepKind as Step;
 
 /// Why a rollout is being put back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -48,47 +24,27 @@ pub enum Undo {
     Abort,
 }
 
-impl Step {
-    /// The step after this one in the replacement procedure.
-    fn next(self) -> Option<Step> {
-        use Step::*;
-        match self {
-            Prepare => Some(CheckCapacity),
-            CheckCapacity => Some(Drain),
-            Drain => Some(WaitSessions),
-            WaitSessions | CutSessions => Some(Maint),
-            Maint => Some(Stop),
-            Stop => Some(Start),
-            Start => Some(WaitHealthy),
-            WaitHealthy => Some(LbCheck),
-            LbCheck => Some(Enable),
-            Enable => Some(ConfirmUp),
-            ConfirmUp => None,
-        }
+/// The step after `step` in the replacement procedure.
+fn next_step(step: Step) -> Option<Step> {
+    use Step::*;
+    match step {
+        Prepare => Some(CheckCapacity),
+        CheckCapacity => Some(Drain),
+        Drain => Some(WaitSessions),
+        WaitSessions | CutSessions => Some(Maint),
+        Maint => Some(Stop),
+        Stop => Some(Start),
+        Start => Some(WaitHealthy),
+        WaitHealthy => Some(LbCheck),
+        LbCheck => Some(Enable),
+        Enable => Some(ConfirmUp),
+        ConfirmUp => None,
     }
+}
 
-    /// Whether the old version has possibly been stopped once this step was attempted.
-    fn touches_the_process(self) -> bool {
-        self >= Step::Stop
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use Step::*;
-        match self {
-            Prepare => "prepare",
-            CheckCapacity => "check_capacity",
-            Drain => "drain",
-            WaitSessions => "wait_sessions",
-            CutSessions => "cut_sessions",
-            Maint => "maint",
-            Stop => "stop",
-            Start => "start",
-            WaitHealthy => "wait_healthy",
-            LbCheck => "lb_check",
-            Enable => "enable",
-            ConfirmUp => "confirm_up",
-        }
-    }
+/// Whether the old version has possibly been stopped once `step` was attempted.
+fn touches_the_process(step: Step) -> bool {
+    step >= Step::Stop
 }
 
 /// A backend in a rollout, with the version it ran before.
@@ -353,7 +309,7 @@ impl Rollout {
                     undo,
                 },
                 Event::Done,
-            ) => match step.next() {
+            ) => match next_step(step) {
                 Some(next) => Phase::RollingBack {
                     queue,
                     step: next,
@@ -395,7 +351,7 @@ impl Rollout {
                     backend,
                     reason,
                 });
-                if step.touches_the_process() {
+                if touches_the_process(step) {
                     // The old version is not serving on this backend: it stays out of
                     // rotation, and the outcome says it needs an operator.
                     self.next_restore(queue, cause, problems, undo)
@@ -477,7 +433,7 @@ impl Rollout {
     }
 
     fn forward_after(&self, batch: usize, step: Step) -> Phase {
-        match step.next() {
+        match next_step(step) {
             Some(next) => Phase::Forward { batch, step: next },
             None if self.abort_requested => Phase::Finished {
                 outcome: Outcome::Cancelled {
@@ -558,7 +514,7 @@ impl Rollout {
             },
             None => {
                 let changed_any = self.auto_rollback
-                    && (cause.step.touches_the_process() || self.batch_index_of(&cause) > 0);
+                    && (touches_the_process(cause.step) || self.batch_index_of(&cause) > 0);
                 let outcome = if problems.is_empty() && self.auto_rollback && changed_any {
                     Outcome::RolledBack { failure: cause }
                 } else {

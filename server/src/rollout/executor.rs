@@ -14,9 +14,9 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
-use app::model::ControlAction;
 #[cfg(doc)]
 use app::model::PendingControl;
+use app::model::{ControlAction, RolloutStatus, StepOutcome};
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
@@ -91,24 +91,24 @@ pub async fn recorded_targets(
         .collect())
 }
 
-/// The status word the API and the database use for a rollout's state.
-pub fn status_of(rollout: &Rollout) -> &'static str {
+/// The status the API and the database show for a rollout's state.
+pub fn status_of(rollout: &Rollout) -> RolloutStatus {
     match &rollout.phase {
-        Phase::Pending => "queued",
-        Phase::Paused { .. } => "paused",
-        Phase::Forward { .. } | Phase::RollingBack { .. } => "running",
+        Phase::Pending => RolloutStatus::Queued,
+        Phase::Paused { .. } => RolloutStatus::Paused,
+        Phase::Forward { .. } | Phase::RollingBack { .. } => RolloutStatus::Running,
         Phase::Finished {
             outcome: Outcome::Succeeded,
-        } => "succeeded",
+        } => RolloutStatus::Succeeded,
         Phase::Finished {
             outcome: Outcome::RolledBack { .. },
-        } => "rolled_back",
+        } => RolloutStatus::RolledBack,
         Phase::Finished {
             outcome: Outcome::Failed { .. },
-        } => "failed",
+        } => RolloutStatus::Failed,
         Phase::Finished {
             outcome: Outcome::Cancelled { .. },
-        } => "cancelled",
+        } => RolloutStatus::Cancelled,
     }
 }
 
@@ -180,7 +180,7 @@ impl ServiceRunner {
         row: DeploymentRow,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let state = if row.status == "queued" {
+        let state = if row.status == RolloutStatus::Queued {
             match self.store.claim(row.id).await? {
                 Some(state) => state,
                 // Cancelled between the read and the claim.
@@ -197,7 +197,7 @@ impl ServiceRunner {
             self.store
                 .save_state(
                     row.id,
-                    "failed",
+                    RolloutStatus::Failed,
                     "null",
                     Some("the saved rollout state could not be read"),
                 )
@@ -223,7 +223,7 @@ impl ServiceRunner {
             // A pause, resume or abort asked for just before Baton stopped may not have reached
             // the saved state; applying it again is harmless if it had.
             if let Some(asked) = self.store.newest_control(row.id).await?
-                && !asked.fulfilled_by(&row.status)
+                && !asked.fulfilled_by(row.status)
             {
                 tracing::info!(action = ?asked.action, "applying what was asked before the restart");
                 self.controls.push(row.id, asked.action);
@@ -275,13 +275,13 @@ impl ServiceRunner {
         self.store
             .save_state(row.id, status, &state, reason_of(&rollout).as_deref())
             .await?;
-        tracing::info!(status, "rollout finished");
+        tracing::info!(status = status.as_str(), "rollout finished");
         Ok(())
     }
 
     /// Carries out one action, recording a step row per backend around it.
     async fn perform(&self, deployment: i64, action: &Action) -> Result<Event, StoreError> {
-        let step = action.step.as_str();
+        let step = action.step;
         let mut rows = Vec::new();
         if action.backends.is_empty() {
             rows.push(
@@ -311,9 +311,11 @@ impl ServiceRunner {
         }
         let (event, detail) = self.carry_out(action).await;
         let outcome = match &event {
-            Event::Begin | Event::Done | Event::Pause | Event::Resume | Event::Abort => "ok",
-            Event::DrainTimedOut { .. } => "timed_out",
-            Event::Failed { .. } => "failed",
+            Event::Begin | Event::Done | Event::Pause | Event::Resume | Event::Abort => {
+                StepOutcome::Ok
+            }
+            Event::DrainTimedOut { .. } => StepOutcome::TimedOut,
+            Event::Failed { .. } => StepOutcome::Failed,
         };
         let detail = match &event {
             Event::Failed { reason, .. } => Some(reason.clone()),
