@@ -1,8 +1,8 @@
 //! The shapes the UI shows, shared by the server (which fills them) and the browser.
 //!
 //! These are views, already validated on the server, so plain strings are enough for names and
-//! versions. Baton's own vocabulary (a rollout's status, a step, how it ended, what started it)
-//! is a closed enum instead, so adding a word is a compile
+//! versions. Baton's own vocabulary (a rollout's status, a step, how it ended, what started it,
+//! how a load balancer sees a server) is a closed enum instead, so adding a word is a compile
 //! error wherever it must be handled. The JSON API answers with the same shapes, so the UI and
 //! the API cannot drift apart. Times are Unix milliseconds; the browser shows them in its own
 //! time zone.
@@ -58,18 +58,221 @@ pub struct BackendStatus {
 }
 
 /// How one load-balancer node sees one backend.
+///
+/// On the wire `status` and `check` stay the load balancer's own words (`"UP 1/2"`, `"L7OK"`), as
+/// the API has always answered; `state` and `check_passed` carry the parsed form the UI reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "NodeStatusWire", from = "NodeStatusWire")]
 pub struct NodeStatus {
     /// The node's runtime API address, as configured.
     pub node: String,
-    /// HAProxy's word: `UP`, `DRAIN`, `MAINT`, `DOWN`, `UP 1/2`, `no check`, …
-    pub status: String,
-    /// The last health-check result, such as `L7OK` or `L4CON`.
-    pub check: Option<String>,
+    /// Whether it routes traffic to the backend, as the driver parsed it.
+    pub status: ServerState,
+    /// The last health-check result; `None` in maintenance or without checks.
+    pub check: Option<CheckResult>,
     /// Open sessions.
     pub sessions: u64,
     /// A backup server (never counted as capacity).
     pub backup: bool,
+}
+
+/// [`NodeStatus`] as JSON: the words for people and scripts beside the parsed form.
+#[derive(Serialize, Deserialize)]
+struct NodeStatusWire {
+    node: String,
+    /// What the load balancer said (`UP`, `DRAIN 1/2`, `no check`…); read back from `state`.
+    #[serde(default, skip_deserializing)]
+    status: String,
+    state: ServerState,
+    /// The check result's code (`L7OK`, `L4CON`…).
+    check: Option<String>,
+    #[serde(default)]
+    check_passed: Option<bool>,
+    sessions: u64,
+    backup: bool,
+}
+
+impl From<NodeStatus> for NodeStatusWire {
+    fn from(node: NodeStatus) -> Self {
+        Self {
+            status: node.status.to_string(),
+            state: node.status,
+            check_passed: node.check.as_ref().map(CheckResult::passed),
+            check: node.check.map(CheckResult::into_code),
+            node: node.node,
+            sessions: node.sessions,
+            backup: node.backup,
+        }
+    }
+}
+
+impl From<NodeStatusWire> for NodeStatus {
+    fn from(wire: NodeStatusWire) -> Self {
+        Self {
+            node: wire.node,
+            status: wire.state,
+            check: wire.check.map(|code| match wire.check_passed {
+                Some(true) => CheckResult::Passed(code),
+                Some(false) | None => CheckResult::Failed(code),
+            }),
+            sessions: wire.sessions,
+            backup: wire.backup,
+        }
+    }
+}
+
+/// Where a load-balancer node's health check of a server stands on its way between two states:
+/// HAProxy's `n/m` (`UP 1/2`: one failed check more and it goes down; `DOWN 1/2`: one passed
+/// check more and it comes up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub current: u32,
+    pub of: u32,
+}
+
+/// Why a server is in maintenance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaintCause {
+    /// Someone set it (`MAINT`): what Baton's `maint` step does.
+    Admin,
+    /// Its address could not be resolved (`MAINT (resolution)`).
+    Resolution,
+    /// It tracks another server, `backend/server`, which is in maintenance (`MAINT (via …)`).
+    Via(String),
+}
+
+/// How a load-balancer node sees a server: whether it sends it traffic, and whether that is
+/// settled. Only the driver reads the load balancer's words into this; everything else matches
+/// variants.
+///
+/// `changing` is `Some` while the check health is between two states. Right after a server
+/// leaves maintenance it is `Some` *with the check result from before maintenance*, which
+/// proves nothing about what listens now (see `drivers/haproxy.rs`): only the settled `Up` and
+/// `Drain` are fresh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ServerState {
+    /// In rotation (`UP`, or `UP n/m` while `changing`).
+    Up { changing: Option<Health> },
+    /// In rotation, and the load balancer runs no check on it (`no check`).
+    NoCheck,
+    /// Stopping: no new traffic, though its checks pass (`NOLB`, `NOLB n/m`).
+    Nolb { changing: Option<Health> },
+    /// Drained: no new traffic, open sessions go on, checks pass (`DRAIN`, `DRAIN n/m`).
+    Drain { changing: Option<Health> },
+    /// Drained by an agent check (`DRAIN (agent)`); says nothing about the health check.
+    AgentDrain,
+    /// No traffic and no checks (`MAINT…`).
+    Maint { cause: MaintCause },
+    /// Its checks fail (`DOWN`, or `DOWN n/m` while passing checks bring it back).
+    Down { changing: Option<Health> },
+    /// An agent check took it down (`DOWN (agent)`).
+    AgentDown,
+    /// A status this version of Baton does not know, as the load balancer wrote it: counts as
+    /// neither up nor drained.
+    Other { word: String },
+}
+
+impl ServerState {
+    /// Whether the node routes new requests to the server, settled or not.
+    pub fn in_rotation(&self) -> bool {
+        match self {
+            Self::Up { .. } | Self::NoCheck => true,
+            Self::Nolb { .. }
+            | Self::Drain { .. }
+            | Self::AgentDrain
+            | Self::Maint { .. }
+            | Self::Down { .. }
+            | Self::AgentDown
+            | Self::Other { .. } => false,
+        }
+    }
+
+    /// How far its check health is between two states, if it is.
+    pub fn changing(&self) -> Option<Health> {
+        match self {
+            Self::Up { changing }
+            | Self::Nolb { changing }
+            | Self::Drain { changing }
+            | Self::Down { changing } => *changing,
+            Self::NoCheck
+            | Self::AgentDrain
+            | Self::Maint { .. }
+            | Self::AgentDown
+            | Self::Other { .. } => None,
+        }
+    }
+}
+
+/// In HAProxy's own words (`UP 1/2`, `MAINT (via api/s1)`, `no check`), which is what an operator
+/// compares with `show stat`.
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let with =
+            |f: &mut fmt::Formatter<'_>, word: &str, changing: &Option<Health>| match changing {
+                Some(Health { current, of }) => write!(f, "{word} {current}/{of}"),
+                None => f.write_str(word),
+            };
+        match self {
+            Self::Up { changing } => with(f, "UP", changing),
+            Self::NoCheck => f.write_str("no check"),
+            Self::Nolb { changing } => with(f, "NOLB", changing),
+            Self::Drain { changing } => with(f, "DRAIN", changing),
+            Self::AgentDrain => f.write_str("DRAIN (agent)"),
+            Self::Maint {
+                cause: MaintCause::Admin,
+            } => f.write_str("MAINT"),
+            Self::Maint {
+                cause: MaintCause::Resolution,
+            } => f.write_str("MAINT (resolution)"),
+            Self::Maint {
+                cause: MaintCause::Via(server),
+            } => write!(f, "MAINT (via {server})"),
+            Self::Down { changing } => with(f, "DOWN", changing),
+            Self::AgentDown => f.write_str("DOWN (agent)"),
+            Self::Other { word } => f.write_str(word),
+        }
+    }
+}
+
+/// A load balancer's last health-check result for a server, with its code (`L7OK`, `L4CON`, …)
+/// as the load balancer wrote it, for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "code", rename_all = "snake_case")]
+pub enum CheckResult {
+    /// The check passed (at layer 4, 6 or 7, or an external check).
+    Passed(String),
+    /// It failed, timed out, or has not run yet.
+    Failed(String),
+}
+
+impl CheckResult {
+    pub fn passed(&self) -> bool {
+        match self {
+            Self::Passed(_) => true,
+            Self::Failed(_) => false,
+        }
+    }
+
+    /// The load balancer's code for it.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Passed(code) | Self::Failed(code) => code,
+        }
+    }
+
+    fn into_code(self) -> String {
+        match self {
+            Self::Passed(code) | Self::Failed(code) => code,
+        }
+    }
+}
+
+impl fmt::Display for CheckResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
 }
 
 /// Where a rollout in progress is.
@@ -608,6 +811,43 @@ mod tests {
             back,
             serde_json::from_str::<serde_json::Value>(json).unwrap()
         );
+    }
+
+    #[test]
+    fn a_node_status_answers_in_the_load_balancer_s_words_and_reads_back_its_state() {
+        let node = NodeStatus {
+            node: "unix:/run/haproxy.sock".into(),
+            status: ServerState::Up {
+                changing: Some(Health { current: 1, of: 2 }),
+            },
+            check: Some(CheckResult::Passed("L7OK".into())),
+            sessions: 3,
+            backup: false,
+        };
+        let json = serde_json::to_value(&node).unwrap();
+        // What the API has always said, unchanged.
+        assert_eq!(json["status"], "UP 1/2");
+        assert_eq!(json["check"], "L7OK");
+        assert_eq!(json["sessions"], 3);
+        // What the browser reads the state back from.
+        assert_eq!(
+            json["state"],
+            serde_json::json!({ "kind": "up", "changing": { "current": 1, "of": 2 } })
+        );
+        assert_eq!(json["check_passed"], true);
+        assert_eq!(serde_json::from_value::<NodeStatus>(json).unwrap(), node);
+
+        let maint = NodeStatus {
+            status: ServerState::Maint {
+                cause: MaintCause::Via("web/s1".into()),
+            },
+            check: None,
+            ..node
+        };
+        let json = serde_json::to_value(&maint).unwrap();
+        assert_eq!(json["status"], "MAINT (via web/s1)");
+        assert_eq!(json["check"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<NodeStatus>(json).unwrap(), maint);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use leptos::prelude::ServerFnError;
 
-use crate::model::{RolloutStatus, StepKind, StepOutcome, Trigger};
+use crate::model::{CheckResult, RolloutStatus, ServerState, StepKind, StepOutcome, Trigger};
 
 /// A rollout's status in words.
 pub fn status_label(status: RolloutStatus) -> &'static str {
@@ -78,23 +78,29 @@ pub fn outcome_label(outcome: Option<StepOutcome>) -> &'static str {
     }
 }
 
-/// The CSS class of a load-balancer status (`UP`, `DRAIN`, `MAINT`, `DOWN`, `UP 1/2`, …). The
-/// word itself is always shown too: colour is never the only signal.
-pub fn lb_class(status: &str) -> &'static str {
-    match status.split_whitespace().next().unwrap_or("") {
-        _ if status.contains('/') => "lb-changing",
-        "UP" => "lb-up",
-        "DRAIN" | "NOLB" => "lb-drain",
-        "MAINT" => "lb-maint",
-        "DOWN" => "lb-down",
-        _ => "lb-other",
+/// The CSS class of a load-balancer status. The status itself is always shown too (in HAProxy's
+/// words, see [`ServerState`]'s `Display`): colour is never the only signal.
+pub fn lb_class(status: &ServerState) -> &'static str {
+    if status.changing().is_some() {
+        return "lb-changing";
+    }
+    match status {
+        ServerState::Up { .. } => "lb-up",
+        ServerState::Drain { .. } | ServerState::AgentDrain | ServerState::Nolb { .. } => {
+            "lb-drain"
+        }
+        ServerState::Maint { .. } => "lb-maint",
+        ServerState::Down { .. } | ServerState::AgentDown => "lb-down",
+        ServerState::NoCheck | ServerState::Other { .. } => "lb-other",
     }
 }
 
-/// Whether a health-check result (`L7OK`, `L4CON`, `L7STS`, …) is a pass.
-pub fn check_passes(check: &str) -> bool {
-    let check = check.trim_start_matches("* ");
-    check.ends_with("OK") || check.ends_with("OKC")
+/// A health-check result as the dashboard shows it: its CSS class and the word for it.
+pub fn check_label(check: &CheckResult) -> (&'static str, &'static str) {
+    match check {
+        CheckResult::Passed(_) => ("check check-ok", "passing"),
+        CheckResult::Failed(_) => ("check check-bad", "failing"),
+    }
 }
 
 /// A length of time for people: `350 ms`, `4.2 s`, `1 min 05 s`, `2 h 03 min`.
@@ -198,24 +204,41 @@ mod tests {
     }
 
     #[test]
-    fn load_balancer_words_get_a_class_each() {
-        assert_eq!(lb_class("UP"), "lb-up");
-        assert_eq!(lb_class("DRAIN"), "lb-drain");
-        assert_eq!(lb_class("MAINT"), "lb-maint");
-        assert_eq!(lb_class("DOWN"), "lb-down");
-        assert_eq!(lb_class("UP 1/2"), "lb-changing");
-        assert_eq!(lb_class("DOWN 1/2"), "lb-changing");
-        assert_eq!(lb_class("no check"), "lb-other");
+    fn load_balancer_states_get_a_class_each() {
+        use crate::model::{Health, MaintCause};
+        let settling = Some(Health { current: 1, of: 2 });
+        for (state, class) in [
+            (ServerState::Up { changing: None }, "lb-up"),
+            (ServerState::Drain { changing: None }, "lb-drain"),
+            (ServerState::Nolb { changing: None }, "lb-drain"),
+            (ServerState::AgentDrain, "lb-drain"),
+            (
+                ServerState::Maint {
+                    cause: MaintCause::Admin,
+                },
+                "lb-maint",
+            ),
+            (ServerState::Down { changing: None }, "lb-down"),
+            (ServerState::AgentDown, "lb-down"),
+            (ServerState::Up { changing: settling }, "lb-changing"),
+            (ServerState::Drain { changing: settling }, "lb-changing"),
+            (ServerState::Down { changing: settling }, "lb-changing"),
+            (ServerState::NoCheck, "lb-other"),
+        ] {
+            assert_eq!(lb_class(&state), class, "{state}");
+        }
     }
 
     #[test]
     fn check_results_pass_or_fail() {
-        assert!(check_passes("L7OK"));
-        assert!(check_passes("L4OK"));
-        assert!(check_passes("L7OKC"));
-        assert!(!check_passes("L4CON"));
-        assert!(!check_passes("L7STS"));
-        assert!(!check_passes("L4TOUT"));
+        assert_eq!(
+            check_label(&CheckResult::Passed("L7OK".into())),
+            ("check check-ok", "passing")
+        );
+        assert_eq!(
+            check_label(&CheckResult::Failed("L4CON".into())),
+            ("check check-bad", "failing")
+        );
     }
 
     #[test]

@@ -6,12 +6,14 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
-use super::format::{check_passes, lb_class, status_label, step_doing};
+use super::format::{check_label, lb_class, status_label, step_doing};
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::redeploy::Redeploy;
 use crate::auth::{allows, use_caller};
 use crate::fleet::fleet_status;
-use crate::model::{ActiveRollout, BackendStatus, Role, RolloutStatus, ServiceStatus, StepKind};
+use crate::model::{
+    ActiveRollout, BackendStatus, CheckResult, Role, RolloutStatus, ServiceStatus, StepKind,
+};
 
 #[component]
 pub fn ServicesPage() -> impl IntoView {
@@ -265,7 +267,7 @@ fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView
                 let label = if nodes > 1 {
                     format!("{}: {}", node.node, node.status)
                 } else {
-                    node.status.clone()
+                    node.status.to_string()
                 };
                 let backup = node
                     .backup
@@ -273,7 +275,7 @@ fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView
                 view! {
                     <span
                         class=format!("lb {}", lb_class(&node.status))
-                        data-lb-status=node.status.clone()
+                        data-lb-status=node.status.to_string()
                         title=format!("HAProxy node {}", node.node)
                     >
                         {label}
@@ -285,7 +287,7 @@ fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView
             .into_any()
     };
     let sessions: u64 = backend.load_balancer.iter().map(|n| n.sessions).sum();
-    let checks: Vec<String> = backend
+    let checks: Vec<CheckResult> = backend
         .load_balancer
         .iter()
         .filter_map(|n| n.check.clone())
@@ -300,11 +302,7 @@ fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView
     let health = checks
         .into_iter()
         .map(|check| {
-            let (class, word) = if check_passes(&check) {
-                ("check check-ok", "passing")
-            } else {
-                ("check check-bad", "failing")
-            };
+            let (class, word) = check_label(&check);
             view! {
                 <span class=class title=format!("HAProxy check result {check}")>
                     {format!("{word} ({check})")}

@@ -20,7 +20,7 @@ use app::model::{ControlAction, RolloutStatus, StepOutcome};
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
-    AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, Runtime, ServerStatus,
+    AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, Runtime, ServerState, ServerStatus,
 };
 use crate::rollout::engine::{
     Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
@@ -647,7 +647,7 @@ impl ServiceRunner {
                         first.node,
                         self.service.health.start_timeout,
                         first.status,
-                        first.check.as_deref().unwrap_or("none")
+                        first.check.as_ref().map_or("none", |check| check.code())
                     ),
                 ));
             }
@@ -728,17 +728,63 @@ impl LoadBalancer for Patient {
     }
 }
 
-/// A drained server whose fresh HAProxy check passes shows exactly `DRAIN`. Right after maint it
-/// shows `DRAIN 1/2` with the check result from before maint, which proves nothing; with
-/// `fall >= 2` the suffix goes only after a new check. Without checks HAProxy says `no check`
-/// and Baton's own probe is what counted.
+/// A drained server whose fresh HAProxy check passes is the settled `Drain` (HAProxy's bare
+/// `DRAIN`). Right after maint it is `Drain` while `changing` (`DRAIN 1/2`) with the check result
+/// from before maint, which proves nothing; with `fall >= 2` that ends only after a new check.
+/// Without checks HAProxy says `no check` and Baton's own probe is what counted. A drain by an
+/// agent check hides the health check's state, so it never counts.
 fn lb_check_passed(server: &ServerStatus) -> bool {
-    server.status == "DRAIN" || server.status == "no check"
+    match &server.status {
+        ServerState::Drain { changing: None } | ServerState::NoCheck => true,
+        ServerState::Drain { changing: Some(_) }
+        | ServerState::Up { .. }
+        | ServerState::Nolb { .. }
+        | ServerState::AgentDrain
+        | ServerState::Maint { .. }
+        | ServerState::Down { .. }
+        | ServerState::AgentDown
+        | ServerState::Other { .. } => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_fresh_passing_check_of_a_drained_server_passes_the_lb_check() {
+        use crate::drivers::{CheckResult, Health, MaintCause};
+        let server = |status| ServerStatus {
+            node: "n".into(),
+            server: "s1".into(),
+            status,
+            check: Some(CheckResult::Passed("L7OK".into())),
+            sessions: 0,
+            backup: false,
+            fall: Some(2),
+        };
+        let stale = Some(Health { current: 1, of: 2 });
+        assert!(lb_check_passed(&server(ServerState::Drain {
+            changing: None
+        })));
+        assert!(lb_check_passed(&server(ServerState::NoCheck)));
+        for status in [
+            // Just out of maint: the L7OK is from before.
+            ServerState::Drain { changing: stale },
+            ServerState::AgentDrain,
+            ServerState::Up { changing: None },
+            ServerState::Up { changing: stale },
+            ServerState::Maint {
+                cause: MaintCause::Admin,
+            },
+            ServerState::Down { changing: None },
+            ServerState::Other {
+                word: "STARTING".into(),
+            },
+        ] {
+            assert!(!lb_check_passed(&server(status.clone())), "{status}");
+        }
+    }
 
     #[test]
     fn the_next_rollout_drops_what_was_asked_of_an_ended_one() {
