@@ -138,7 +138,13 @@ fn reason_of(rollout: &Rollout) -> Option<String> {
             "aborted by an operator at {}; backends already done keep the new version, and every backend is serving",
             step.as_str()
         )),
-        _ => None,
+        Phase::Pending
+        | Phase::Forward { .. }
+        | Phase::Paused { .. }
+        | Phase::RollingBack { .. }
+        | Phase::Finished {
+            outcome: Outcome::Succeeded,
+        } => None,
     }
 }
 
