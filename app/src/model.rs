@@ -1,10 +1,17 @@
 //! The shapes the UI shows, shared by the server (which fills them) and the browser.
 //!
-//! These are views, already validated on the server, so plain strings are enough here. The JSON
-//! API answers with the same shapes, so the UI and the API cannot drift apart. Times are Unix
-//! milliseconds; the browser shows them in its own time zone.
+//! These are views, already validated on the server, so plain strings are enough for names and
+//! versions. Baton's own vocabulary (a rollout's status, a step, how it ended, what started it,
+//! how a load balancer sees a server) is a closed enum instead, so adding a word is a compile
+//! error wherever it must be handled. The JSON API answers with the same shapes, so the UI and
+//! the API cannot drift apart. Times are Unix milliseconds; the browser shows them in its own
+//! time zone.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use strum::{IntoStaticStr, VariantArray, VariantNames};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSummary {
@@ -51,29 +58,232 @@ pub struct BackendStatus {
 }
 
 /// How one load-balancer node sees one backend.
+///
+/// On the wire `status` and `check` stay the load balancer's own words (`"UP 1/2"`, `"L7OK"`), as
+/// the API has always answered; `state` and `check_passed` carry the parsed form the UI reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "NodeStatusWire", from = "NodeStatusWire")]
 pub struct NodeStatus {
     /// The node's runtime API address, as configured.
     pub node: String,
-    /// HAProxy's word: `UP`, `DRAIN`, `MAINT`, `DOWN`, `UP 1/2`, `no check`, …
-    pub status: String,
-    /// The last health-check result, such as `L7OK` or `L4CON`.
-    pub check: Option<String>,
+    /// Whether it routes traffic to the backend, as the driver parsed it.
+    pub status: ServerState,
+    /// The last health-check result; `None` in maintenance or without checks.
+    pub check: Option<CheckResult>,
     /// Open sessions.
     pub sessions: u64,
     /// A backup server (never counted as capacity).
     pub backup: bool,
 }
 
+/// [`NodeStatus`] as JSON: the words for people and scripts beside the parsed form.
+#[derive(Serialize, Deserialize)]
+struct NodeStatusWire {
+    node: String,
+    /// What the load balancer said (`UP`, `DRAIN 1/2`, `no check`…); read back from `state`.
+    #[serde(default, skip_deserializing)]
+    status: String,
+    state: ServerState,
+    /// The check result's code (`L7OK`, `L4CON`…).
+    check: Option<String>,
+    #[serde(default)]
+    check_passed: Option<bool>,
+    sessions: u64,
+    backup: bool,
+}
+
+impl From<NodeStatus> for NodeStatusWire {
+    fn from(node: NodeStatus) -> Self {
+        Self {
+            status: node.status.to_string(),
+            state: node.status,
+            check_passed: node.check.as_ref().map(CheckResult::passed),
+            check: node.check.map(CheckResult::into_code),
+            node: node.node,
+            sessions: node.sessions,
+            backup: node.backup,
+        }
+    }
+}
+
+impl From<NodeStatusWire> for NodeStatus {
+    fn from(wire: NodeStatusWire) -> Self {
+        Self {
+            node: wire.node,
+            status: wire.state,
+            check: wire.check.map(|code| match wire.check_passed {
+                Some(true) => CheckResult::Passed(code),
+                Some(false) | None => CheckResult::Failed(code),
+            }),
+            sessions: wire.sessions,
+            backup: wire.backup,
+        }
+    }
+}
+
+/// Where a load-balancer node's health check of a server stands on its way between two states:
+/// HAProxy's `n/m` (`UP 1/2`: one failed check more and it goes down; `DOWN 1/2`: one passed
+/// check more and it comes up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub current: u32,
+    pub of: u32,
+}
+
+/// Why a server is in maintenance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaintCause {
+    /// Someone set it (`MAINT`): what Baton's `maint` step does.
+    Admin,
+    /// Its address could not be resolved (`MAINT (resolution)`).
+    Resolution,
+    /// It tracks another server, `backend/server`, which is in maintenance (`MAINT (via …)`).
+    Via(String),
+}
+
+/// How a load-balancer node sees a server: whether it sends it traffic, and whether that is
+/// settled. Only the driver reads the load balancer's words into this; everything else matches
+/// variants.
+///
+/// `changing` is `Some` while the check health is between two states. Right after a server
+/// leaves maintenance it is `Some` *with the check result from before maintenance*, which
+/// proves nothing about what listens now (see `drivers/haproxy.rs`): only the settled `Up` and
+/// `Drain` are fresh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ServerState {
+    /// In rotation (`UP`, or `UP n/m` while `changing`).
+    Up { changing: Option<Health> },
+    /// In rotation, and the load balancer runs no check on it (`no check`).
+    NoCheck,
+    /// Stopping: no new traffic, though its checks pass (`NOLB`, `NOLB n/m`).
+    Nolb { changing: Option<Health> },
+    /// Drained: no new traffic, open sessions go on, checks pass (`DRAIN`, `DRAIN n/m`).
+    Drain { changing: Option<Health> },
+    /// Drained by an agent check (`DRAIN (agent)`); says nothing about the health check.
+    AgentDrain,
+    /// No traffic and no checks (`MAINT…`).
+    Maint { cause: MaintCause },
+    /// Its checks fail (`DOWN`, or `DOWN n/m` while passing checks bring it back).
+    Down { changing: Option<Health> },
+    /// An agent check took it down (`DOWN (agent)`).
+    AgentDown,
+    /// A status this version of Baton does not know, as the load balancer wrote it: counts as
+    /// neither up nor drained.
+    Other { word: String },
+}
+
+impl ServerState {
+    /// Whether the node routes new requests to the server, settled or not.
+    pub fn in_rotation(&self) -> bool {
+        match self {
+            Self::Up { .. } | Self::NoCheck => true,
+            Self::Nolb { .. }
+            | Self::Drain { .. }
+            | Self::AgentDrain
+            | Self::Maint { .. }
+            | Self::Down { .. }
+            | Self::AgentDown
+            | Self::Other { .. } => false,
+        }
+    }
+
+    /// How far its check health is between two states, if it is.
+    pub fn changing(&self) -> Option<Health> {
+        match self {
+            Self::Up { changing }
+            | Self::Nolb { changing }
+            | Self::Drain { changing }
+            | Self::Down { changing } => *changing,
+            Self::NoCheck
+            | Self::AgentDrain
+            | Self::Maint { .. }
+            | Self::AgentDown
+            | Self::Other { .. } => None,
+        }
+    }
+}
+
+/// In HAProxy's own words (`UP 1/2`, `MAINT (via api/s1)`, `no check`), which is what an operator
+/// compares with `show stat`.
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let with =
+            |f: &mut fmt::Formatter<'_>, word: &str, changing: &Option<Health>| match changing {
+                Some(Health { current, of }) => write!(f, "{word} {current}/{of}"),
+                None => f.write_str(word),
+            };
+        match self {
+            Self::Up { changing } => with(f, "UP", changing),
+            Self::NoCheck => f.write_str("no check"),
+            Self::Nolb { changing } => with(f, "NOLB", changing),
+            Self::Drain { changing } => with(f, "DRAIN", changing),
+            Self::AgentDrain => f.write_str("DRAIN (agent)"),
+            Self::Maint {
+                cause: MaintCause::Admin,
+            } => f.write_str("MAINT"),
+            Self::Maint {
+                cause: MaintCause::Resolution,
+            } => f.write_str("MAINT (resolution)"),
+            Self::Maint {
+                cause: MaintCause::Via(server),
+            } => write!(f, "MAINT (via {server})"),
+            Self::Down { changing } => with(f, "DOWN", changing),
+            Self::AgentDown => f.write_str("DOWN (agent)"),
+            Self::Other { word } => f.write_str(word),
+        }
+    }
+}
+
+/// A load balancer's last health-check result for a server, with its code (`L7OK`, `L4CON`, …)
+/// as the load balancer wrote it, for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "code", rename_all = "snake_case")]
+pub enum CheckResult {
+    /// The check passed (at layer 4, 6 or 7, or an external check).
+    Passed(String),
+    /// It failed, timed out, or has not run yet.
+    Failed(String),
+}
+
+impl CheckResult {
+    pub fn passed(&self) -> bool {
+        match self {
+            Self::Passed(_) => true,
+            Self::Failed(_) => false,
+        }
+    }
+
+    /// The load balancer's code for it.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Passed(code) | Self::Failed(code) => code,
+        }
+    }
+
+    fn into_code(self) -> String {
+        match self {
+            Self::Passed(code) | Self::Failed(code) => code,
+        }
+    }
+}
+
+impl fmt::Display for CheckResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
 /// Where a rollout in progress is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActiveRollout {
     pub id: i64,
-    pub status: String,
+    pub status: RolloutStatus,
     pub to_version: String,
     /// The backends the current step acts on (empty for `prepare` or while queued).
     pub backends: Vec<String>,
-    pub step: Option<String>,
+    pub step: Option<StepKind>,
     pub rolling_back: bool,
     /// Backends finished so far, out of `total`.
     pub done: u32,
@@ -85,13 +295,11 @@ pub struct ActiveRollout {
 pub struct DeploymentSummary {
     pub id: i64,
     pub service: String,
-    /// `queued`, `running`, `paused`, `succeeded`, `failed`, `rolled_back` or `cancelled`.
-    pub status: String,
+    pub status: RolloutStatus,
     /// The version every backend ran before, when they agreed.
     pub from_version: Option<String>,
     pub to_version: String,
-    /// `ui`, `api`, `cli`, `webhook` or `rollback`.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// Who asked: a user, a token's name, or a webhook delivery.
     pub requested_by: Option<String>,
     /// Why it failed, was rolled back or was cancelled, in words.
@@ -106,16 +314,14 @@ pub struct DeploymentSummary {
 pub struct StepSummary {
     pub id: i64,
     pub backend: Option<String>,
-    /// `prepare`, `check_capacity`, `drain`, `wait_sessions`, `cut_sessions`, `maint`, `stop`,
-    /// `start`, `wait_healthy`, `lb_check`, `enable` or `confirm_up`.
-    pub step: String,
+    pub step: StepKind,
     /// Part of putting a backend back on its previous version.
     pub rollback: bool,
     pub version: String,
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    /// `ok`, `failed`, `timed_out` or `interrupted`; `None` while it runs.
-    pub outcome: Option<String>,
+    /// `None` while it runs.
+    pub outcome: Option<StepOutcome>,
     pub detail: Option<String>,
 }
 
@@ -146,19 +352,14 @@ pub struct PendingControl {
 
 impl PendingControl {
     /// Whether a rollout now in `status` has done what was asked (or can no longer do it).
-    pub fn fulfilled_by(&self, status: &str) -> bool {
-        is_finished(status)
+    pub fn fulfilled_by(&self, status: RolloutStatus) -> bool {
+        status.is_finished()
             || match self.action {
-                ControlAction::Pause => status == "paused",
-                ControlAction::Resume => status == "running",
+                ControlAction::Pause => status == RolloutStatus::Paused,
+                ControlAction::Resume => status == RolloutStatus::Running,
                 ControlAction::Abort => false,
             }
     }
-}
-
-/// Whether a rollout with this status has ended (nothing will change it any more).
-pub fn is_finished(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled")
 }
 
 /// One page of the history, newest first.
@@ -176,7 +377,7 @@ pub struct DeploymentPage {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentFilter {
     pub service: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<RolloutStatus>,
     /// Only rollouts with a smaller id (the next, older page).
     pub before: Option<i64>,
     /// Only rollouts with a larger id, the page nearest to it (the previous, newer page).
@@ -209,6 +410,235 @@ pub enum Change {
         action: ControlAction,
         by: Option<String>,
     },
+}
+
+/// Where a rollout is. Stored and sent as its snake_case word (`rolled_back`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    IntoStaticStr,
+    VariantArray,
+    VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum RolloutStatus {
+    /// Waiting for its turn (rollouts of one service run one at a time, in order).
+    Queued,
+    Running,
+    /// Stopped between backends by an operator.
+    Paused,
+    /// Every backend runs the new version.
+    Succeeded,
+    /// A step failed; see the reason for what was left.
+    Failed,
+    /// A step failed and every changed backend is back on its previous version.
+    RolledBack,
+    /// Aborted by an operator, or cancelled before it started.
+    Cancelled,
+}
+
+impl RolloutStatus {
+    /// Every status, in the order the history's filter lists them.
+    pub const ALL: &'static [Self] = <Self as VariantArray>::VARIANTS;
+
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether a rollout with this status has ended (nothing will change it any more).
+    pub fn is_finished(self) -> bool {
+        match self {
+            Self::Queued | Self::Running | Self::Paused => false,
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled => true,
+        }
+    }
+}
+
+/// One step of the safe procedure that replaces the version on a backend, declared in the order
+/// the procedure runs them (the rollout engine compares steps by it). Stored and sent as its
+/// snake_case word (`wait_sessions`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    IntoStaticStr,
+    VariantArray,
+    VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum StepKind {
+    /// Run the runtime's per-rollout preparation (once, before any backend).
+    Prepare,
+    /// Enough other backends are UP on every node to carry the traffic.
+    CheckCapacity,
+    /// Stop sending new traffic to the backend.
+    Drain,
+    /// Wait until the backend's open sessions finish (or the drain timeout).
+    WaitSessions,
+    /// The drain timed out: close the remaining sessions, and record how many.
+    CutSessions,
+    /// Take the backend out entirely (no traffic, no checks).
+    Maint,
+    Stop,
+    Start,
+    /// Baton's own probe of the health path passes `healthy_threshold` times in a row.
+    WaitHealthy,
+    /// The load balancer's own check passes (the server is drained, so checks run without traffic).
+    LbCheck,
+    /// Back into rotation.
+    Enable,
+    /// Every node reports the backend UP.
+    ConfirmUp,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// How a step ended. Stored and sent as its snake_case word (`timed_out`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    IntoStaticStr,
+    VariantArray,
+    VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum StepOutcome {
+    Ok,
+    Failed,
+    /// The wait for open sessions reached the drain timeout (the sessions are cut next).
+    TimedOut,
+    /// Baton stopped during the step; it ran again after the restart.
+    Interrupted,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// What started a rollout. Stored and sent as its lowercase word.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    IntoStaticStr,
+    VariantArray,
+    VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Trigger {
+    /// The Redeploy or Roll back form of the web UI.
+    Ui,
+    Api,
+    /// `baton deploy`.
+    Cli,
+    /// A git host's push.
+    Webhook,
+    /// `POST /api/services/{service}/rollback`.
+    Rollback,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// A word that is not one of a vocabulary's, such as an unknown `?status=`; says which words are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownWord {
+    /// What the word was meant to be: "rollout status".
+    pub what: &'static str,
+    pub word: String,
+    pub expected: &'static [&'static str],
+}
+
+impl fmt::Display for UnknownWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown {} {:?}: expected one of {}",
+            self.what,
+            self.word,
+            self.expected.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownWord {}
+
+/// The variant whose word is `text`.
+fn parse_word<T>(what: &'static str, text: &str) -> Result<T, UnknownWord>
+where
+    T: VariantArray + VariantNames + Copy + Into<&'static str>,
+{
+    <T as VariantArray>::VARIANTS
+        .iter()
+        .copied()
+        .find(|variant| Into::<&'static str>::into(*variant) == text)
+        .ok_or_else(|| UnknownWord {
+            what,
+            word: text.to_owned(),
+            expected: <T as VariantNames>::VARIANTS,
+        })
+}
+
+/// `FromStr` and `Display` by the word each variant is stored and sent as.
+macro_rules! words {
+    ($($name:ident: $what:literal),* $(,)?) => {$(
+        impl FromStr for $name {
+            type Err = UnknownWord;
+            fn from_str(text: &str) -> Result<Self, UnknownWord> {
+                parse_word($what, text)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+
+words! {
+    RolloutStatus: "rollout status",
+    StepKind: "step",
+    StepOutcome: "step outcome",
+    Trigger: "trigger",
 }
 
 /// What an operator can ask of a running rollout.
@@ -287,4 +717,154 @@ impl std::fmt::Display for Role {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each variant against the word the API and the database have always used for it.
+    fn assert_words<T>(old: &[&str])
+    where
+        T: VariantArray + Serialize + for<'de> Deserialize<'de> + FromStr<Err = UnknownWord>,
+        T: Copy + fmt::Debug + fmt::Display + PartialEq + Into<&'static str>,
+    {
+        let variants = <T as VariantArray>::VARIANTS;
+        assert_eq!(variants.len(), old.len(), "{variants:?} against {old:?}");
+        for (variant, word) in variants.iter().zip(old) {
+            let json = serde_json::to_value(variant).unwrap();
+            assert_eq!(json, serde_json::json!(word), "{variant:?} on the wire");
+            assert_eq!(
+                serde_json::from_value::<T>(json).unwrap(),
+                *variant,
+                "{word} read back"
+            );
+            assert_eq!(
+                Into::<&'static str>::into(*variant),
+                *word,
+                "{variant:?} stored"
+            );
+            assert_eq!(variant.to_string(), *word);
+            assert_eq!(word.parse::<T>(), Ok(*variant));
+        }
+    }
+
+    #[test]
+    fn the_vocabulary_keeps_its_words_on_the_wire_and_in_the_database() {
+        assert_words::<RolloutStatus>(&[
+            "queued",
+            "running",
+            "paused",
+            "succeeded",
+            "failed",
+            "rolled_back",
+            "cancelled",
+        ]);
+        assert_words::<StepKind>(&[
+            "prepare",
+            "check_capacity",
+            "drain",
+            "wait_sessions",
+            "cut_sessions",
+            "maint",
+            "stop",
+            "start",
+            "wait_healthy",
+            "lb_check",
+            "enable",
+            "confirm_up",
+        ]);
+        assert_words::<StepOutcome>(&["ok", "failed", "timed_out", "interrupted"]);
+        assert_words::<Trigger>(&["ui", "api", "cli", "webhook", "rollback"]);
+    }
+
+    #[test]
+    fn an_unknown_word_names_what_it_should_have_been() {
+        assert_eq!(
+            "rolledback"
+                .parse::<RolloutStatus>()
+                .unwrap_err()
+                .to_string(),
+            "unknown rollout status \"rolledback\": expected one of queued, running, paused, \
+             succeeded, failed, rolled_back, cancelled"
+        );
+        assert!(
+            "Running".parse::<RolloutStatus>().is_err(),
+            "words are exact"
+        );
+        assert!("".parse::<Trigger>().is_err());
+        assert!(serde_json::from_str::<StepKind>("\"warm_up\"").is_err());
+    }
+
+    #[test]
+    fn a_summary_reads_as_it_always_has() {
+        let json = r#"{"id":3,"service":"web","status":"rolled_back","from_version":"v1",
+            "to_version":"v2","trigger":"webhook","requested_by":null,"reason":"boom",
+            "created_at":1,"started_at":2,"finished_at":3}"#;
+        let summary: DeploymentSummary = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (summary.status, summary.trigger),
+            (RolloutStatus::RolledBack, Trigger::Webhook)
+        );
+        let back = serde_json::to_value(&summary).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_node_status_answers_in_the_load_balancer_s_words_and_reads_back_its_state() {
+        let node = NodeStatus {
+            node: "unix:/run/haproxy.sock".into(),
+            status: ServerState::Up {
+                changing: Some(Health { current: 1, of: 2 }),
+            },
+            check: Some(CheckResult::Passed("L7OK".into())),
+            sessions: 3,
+            backup: false,
+        };
+        let json = serde_json::to_value(&node).unwrap();
+        // What the API has always said, unchanged.
+        assert_eq!(json["status"], "UP 1/2");
+        assert_eq!(json["check"], "L7OK");
+        assert_eq!(json["sessions"], 3);
+        // What the browser reads the state back from.
+        assert_eq!(
+            json["state"],
+            serde_json::json!({ "kind": "up", "changing": { "current": 1, "of": 2 } })
+        );
+        assert_eq!(json["check_passed"], true);
+        assert_eq!(serde_json::from_value::<NodeStatus>(json).unwrap(), node);
+
+        let maint = NodeStatus {
+            status: ServerState::Maint {
+                cause: MaintCause::Via("web/s1".into()),
+            },
+            check: None,
+            ..node
+        };
+        let json = serde_json::to_value(&maint).unwrap();
+        assert_eq!(json["status"], "MAINT (via web/s1)");
+        assert_eq!(json["check"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<NodeStatus>(json).unwrap(), maint);
+    }
+
+    #[test]
+    fn only_an_ended_rollout_is_finished() {
+        let finished: Vec<RolloutStatus> = RolloutStatus::ALL
+            .iter()
+            .copied()
+            .filter(|status| status.is_finished())
+            .collect();
+        assert_eq!(
+            finished,
+            [
+                RolloutStatus::Succeeded,
+                RolloutStatus::Failed,
+                RolloutStatus::RolledBack,
+                RolloutStatus::Cancelled
+            ]
+        );
+    }
 }

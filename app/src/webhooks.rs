@@ -7,6 +7,7 @@
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::model::RolloutStatus;
 use crate::pages::LocalTime;
 
 /// One delivery as the log shows it. Times are Unix milliseconds.
@@ -82,7 +83,7 @@ pub struct DeliveryOutcome {
     pub rollout: Option<i64>,
     /// `running` or `queued`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout_status: Option<String>,
+    pub rollout_status: Option<RolloutStatus>,
     /// A rollout already queued took this newer version instead of a second rollout queueing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use baton_server::auth::{Actor, Role, accounts};
 use baton_server::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
-use baton_server::drivers::{AdminState, LoadBalancer};
+use baton_server::drivers::{AdminState, CheckResult, LoadBalancer, ServerState};
 use baton_server::settings::{EnvOverrides, RuntimeApiAddr, Settings};
 use baton_server::store::Store;
 use nix::sys::signal::{Signal, kill};
@@ -341,7 +341,9 @@ async fn measure_lb_check(lb: &HaproxyDriver) -> Result<(Duration, Duration), St
         set(AdminState::Drain).await?;
         loop {
             let status = web1_status().await?;
-            if status.status == "DRAIN" && status.check.as_deref() == Some("L7OK") {
+            if status.status == (ServerState::Drain { changing: None })
+                && status.check == Some(CheckResult::Passed("L7OK".into()))
+            {
                 break;
             }
             if began.elapsed() > Duration::from_secs(10) {

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 
-use app::model::{ControlAction, DeploymentFilter};
+use app::model::{ControlAction, DeploymentFilter, RolloutStatus};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -239,11 +239,17 @@ async fn list_deployments(
             ),
         )
     })?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<RolloutStatus>)
+        .transpose()
+        .map_err(|unknown| ApiError::new(StatusCode::BAD_REQUEST, unknown.to_string()))?;
     let page = state
         .fleet
         .deployments(&DeploymentFilter {
             service: query.service,
-            status: query.status,
+            status,
             before: query.before,
             after: query.after,
             limit: query.limit,

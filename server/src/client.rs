@@ -8,7 +8,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use app::model::{Change, DeploymentEvent, DeploymentSummary, StepSummary, is_finished};
+use app::model::{
+    Change, DeploymentEvent, DeploymentSummary, RolloutStatus, StepOutcome, StepSummary,
+};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
@@ -41,7 +43,7 @@ pub enum ClientError {
 #[derive(Debug, Deserialize)]
 pub struct Queued {
     pub id: i64,
-    pub status: String,
+    pub status: RolloutStatus,
 }
 
 pub struct Client {
@@ -128,7 +130,7 @@ impl Client {
                                         }
                                     }
                                     Change::Status { deployment }
-                                        if is_finished(&deployment.status) =>
+                                        if deployment.status.is_finished() =>
                                     {
                                         return Ok(deployment);
                                     }
@@ -200,8 +202,8 @@ pub fn step_line(step: &StepSummary) -> String {
         "  {}{:<8} {:<15} {:<10} {:>6} ms{}",
         if step.rollback { "rollback " } else { "" },
         step.backend.as_deref().unwrap_or("-"),
-        step.step,
-        step.outcome.as_deref().unwrap_or("?"),
+        step.step.as_str(),
+        step.outcome.map_or("?", StepOutcome::as_str),
         took,
         step.detail
             .as_deref()

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use app::model::Trigger;
 use app::model::{
     ActiveRollout, BackendStatus, ControlAction, DeploymentDetail, DeploymentFilter,
-    DeploymentPage, NodeStatus, ServiceStatus,
+    DeploymentPage, NodeStatus, RolloutStatus, ServiceStatus,
 };
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -88,7 +89,7 @@ pub enum DeployError {
 #[derive(Debug, Clone, Serialize)]
 pub struct Queued {
     pub id: i64,
-    pub status: &'static str,
+    pub status: RolloutStatus,
     /// A queued rollout took the new version instead of a new rollout being queued.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,
@@ -106,28 +107,6 @@ pub struct DeployRequest<'a> {
     /// Replace the version of a rollout still queued for the service rather than queue
     /// another one (pushes do this: only the newest commit matters).
     pub coalesce: bool,
-}
-
-/// What started a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Ui,
-    Api,
-    Cli,
-    Webhook,
-    Rollback,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ui => "ui",
-            Self::Api => "api",
-            Self::Cli => "cli",
-            Self::Webhook => "webhook",
-            Self::Rollback => "rollback",
-        }
-    }
 }
 
 impl Fleet {
@@ -296,8 +275,8 @@ impl Fleet {
             .await?
             .ok_or(DeployError::UnknownDeployment(id))?;
         let conflict = |why: String| Err(DeployError::Conflict(why));
-        match (row.status.as_str(), action) {
-            ("queued", ControlAction::Abort) => {
+        match (row.status, action) {
+            (RolloutStatus::Queued, ControlAction::Abort) => {
                 let reason = format!(
                     "cancelled before it started{}",
                     by.map(|by| format!(" by {by}")).unwrap_or_default()
@@ -308,19 +287,26 @@ impl Fleet {
                 }
                 // The worker claimed it meanwhile: abort it like a running one.
             }
-            ("queued", _) => {
+            (RolloutStatus::Queued, ControlAction::Pause | ControlAction::Resume) => {
                 return conflict(format!(
                     "rollout {id} has not started yet; a queued rollout can only be aborted"
                 ));
             }
-            ("running", ControlAction::Resume) => {
+            (RolloutStatus::Running, ControlAction::Resume) => {
                 return conflict(format!("rollout {id} is running, not paused"));
             }
-            ("paused", ControlAction::Pause) => {
+            (RolloutStatus::Paused, ControlAction::Pause) => {
                 return conflict(format!("rollout {id} is already paused"));
             }
-            ("running" | "paused", _) => {}
-            (status, _) => {
+            (RolloutStatus::Running, ControlAction::Pause | ControlAction::Abort)
+            | (RolloutStatus::Paused, ControlAction::Resume | ControlAction::Abort) => {}
+            (
+                status @ (RolloutStatus::Succeeded
+                | RolloutStatus::Failed
+                | RolloutStatus::RolledBack
+                | RolloutStatus::Cancelled),
+                _,
+            ) => {
                 return conflict(format!("rollout {id} has already ended ({status})"));
             }
         }
@@ -354,7 +340,7 @@ impl Fleet {
             settings.auto_rollback,
         );
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
-        let trigger = request.trigger.as_str();
+        let trigger = request.trigger;
         let new = NewDeployment {
             service,
             from_version: from.as_deref(),
@@ -366,20 +352,24 @@ impl Fleet {
         if request.coalesce
             && let Some(id) = self.store.replace_queued(&new).await?
         {
-            tracing::info!(rollout_id = id, service, version = %version, trigger, "a newer request replaced the queued rollout's version");
+            tracing::info!(rollout_id = id, service, version = %version, %trigger, "a newer request replaced the queued rollout's version");
             return Ok(Queued {
                 id,
-                status: "queued",
+                status: RolloutStatus::Queued,
                 coalesced: true,
             });
         }
         let id = self.store.insert_deployment(&new).await?;
         handle.wake.notify_one();
-        tracing::info!(rollout_id = id, service, version = %version, trigger, "rollout queued");
+        tracing::info!(rollout_id = id, service, version = %version, %trigger, "rollout queued");
         // With nothing ahead of it, the worker takes it at once.
         Ok(Queued {
             id,
-            status: if ahead == 0 { "running" } else { "queued" },
+            status: if ahead == 0 {
+                RolloutStatus::Running
+            } else {
+                RolloutStatus::Queued
+            },
             coalesced: false,
         })
     }
@@ -463,7 +453,7 @@ impl Fleet {
             .store
             .deployments(&DeploymentQuery {
                 service: Some(handle.settings.name.as_str()),
-                status: Some("succeeded"),
+                status: Some(RolloutStatus::Succeeded),
                 limit: 50,
                 ..DeploymentQuery::default()
             })
@@ -509,7 +499,7 @@ impl Fleet {
         let limit = filter.limit.unwrap_or(50).clamp(1, 200) as usize;
         let query = |before, after, limit: usize| DeploymentQuery {
             service: filter.service.as_deref(),
-            status: filter.status.as_deref(),
+            status: filter.status,
             before,
             after,
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
@@ -581,7 +571,7 @@ impl Fleet {
             .store
             .newest_control(id)
             .await?
-            .filter(|pending| !pending.fulfilled_by(&row.status));
+            .filter(|pending| !pending.fulfilled_by(row.status));
         for step in &steps {
             if let Some(backend) = &step.backend
                 && !backends.contains(backend)
@@ -608,13 +598,13 @@ fn active_rollout(row: &DeploymentRow) -> ActiveRollout {
     let action = rollout.as_ref().and_then(Rollout::action);
     ActiveRollout {
         id: row.id,
-        status: row.status.clone(),
+        status: row.status,
         to_version: row.to_version.clone(),
         backends: action
             .as_ref()
             .map(|a| a.backends.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
-        step: action.as_ref().map(|a| a.step.as_str().to_owned()),
+        step: action.as_ref().map(|a| a.step),
         rolling_back: action.as_ref().is_some_and(|a| a.rollback),
         done: rollout.as_ref().map_or(0, |r| r.backends_done() as u32),
         total: rollout.as_ref().map_or(0, |r| r.targets.len() as u32),
@@ -645,7 +635,7 @@ async fn bring_up(runner: &ServiceRunner, store: &Store) -> Result<(), StoreErro
     if store
         .next_deployment(service.name.as_str())
         .await?
-        .is_some_and(|row| row.status != "queued")
+        .is_some_and(|row| row.status != RolloutStatus::Queued)
     {
         return Ok(());
     }

@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use app::model::RolloutStatus;
 use baton_server::auth::accounts::{self, TokenRef};
 use baton_server::auth::{Actor, Password, Role};
 use baton_server::client::{self, Client};
@@ -196,7 +197,7 @@ fn deploy(
                 let _ = out.flush();
             })
             .await?;
-        if ended.status == "succeeded" {
+        if ended.status == RolloutStatus::Succeeded {
             say!("rollout {id} succeeded: {service} runs {version}");
             return Ok(());
         }

@@ -7,11 +7,13 @@ use leptos_router::components::{A, Form};
 use leptos_router::hooks::use_query_map;
 
 use super::address;
-use super::format::{STATUSES, error_message, status_label, trigger_label};
+use super::format::{error_message, status_label, trigger_label};
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
 use crate::fleet::{list_deployments, list_services};
-use crate::model::{Change, DeploymentEvent, DeploymentFilter, DeploymentPage, DeploymentSummary};
+use crate::model::{
+    Change, DeploymentEvent, DeploymentFilter, DeploymentPage, DeploymentSummary, RolloutStatus,
+};
 
 /// Rollouts per page unless the address says otherwise.
 const PAGE_SIZE: u32 = 25;
@@ -20,7 +22,7 @@ const PAGE_SIZE: u32 = 25;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Query {
     service: Option<String>,
-    status: Option<String>,
+    status: Option<RolloutStatus>,
     before: Option<i64>,
     after: Option<i64>,
     limit: Option<u32>,
@@ -40,7 +42,7 @@ impl Query {
     fn filter(&self) -> DeploymentFilter {
         DeploymentFilter {
             service: self.service.clone(),
-            status: self.status.clone(),
+            status: self.status,
             before: self.before,
             after: self.after,
             limit: Some(self.limit.unwrap_or(PAGE_SIZE)),
@@ -62,7 +64,10 @@ impl Query {
             "/deployments",
             &[
                 ("service", self.service.clone()),
-                ("status", self.status.clone()),
+                (
+                    "status",
+                    self.status.map(|status| status.as_str().to_owned()),
+                ),
                 ("limit", self.limit.map(|limit| limit.to_string())),
                 ("before", before),
                 ("after", after),
@@ -77,7 +82,8 @@ pub fn DeploymentsPage() -> impl IntoView {
     let query = Memo::new(move |_| {
         query_map.with(|q| Query {
             service: address::text(q, "service"),
-            status: address::text(q, "status"),
+            // An unknown status filters nothing, as if none were given.
+            status: address::text(q, "status").and_then(|status| status.parse().ok()),
             before: address::number(q, "before"),
             after: address::number(q, "after"),
             limit: address::number(q, "limit"),
@@ -150,12 +156,12 @@ fn filter_form(services: Vec<String>, current: &Query) -> impl IntoView + use<> 
             }
         })
         .collect_view();
-    let status_options = STATUSES
+    let status_options = RolloutStatus::ALL
         .iter()
-        .map(|status| {
-            let selected = current.status.as_deref() == Some(*status);
+        .map(|&status| {
+            let selected = current.status == Some(status);
             view! {
-                <option value=*status selected=selected>
+                <option value=status.as_str() selected=selected>
                     {status_label(status)}
                 </option>
             }
@@ -297,7 +303,7 @@ fn HistoryRow(deployment: DeploymentSummary) -> impl IntoView {
         None => view! { <span class="muted">"not started"</span> }.into_any(),
     };
     let duration = d.started_at.map(|start| elapsed(start, d.finished_at, now));
-    let status = d.status.clone();
+    let status = d.status;
     view! {
         <tr data-deployment-id=d.id.to_string()>
             <td data-label="Rollout">
@@ -307,7 +313,7 @@ fn HistoryRow(deployment: DeploymentSummary) -> impl IntoView {
             <td data-label="Version">
                 <code>{versions}</code>
             </td>
-            <td data-label="Trigger">{trigger_label(&d.trigger)}</td>
+            <td data-label="Trigger">{trigger_label(d.trigger)}</td>
             <td data-label="Who">{d.requested_by.clone().unwrap_or_else(|| "—".into())}</td>
             <td data-label="Started">{started}</td>
             <td data-label="Duration">{duration}</td>
@@ -327,7 +333,7 @@ mod tests {
     fn page_links_keep_the_filters() {
         let query = Query {
             service: Some("web".into()),
-            status: Some("rolled_back".into()),
+            status: Some(RolloutStatus::RolledBack),
             before: Some(40),
             after: None,
             limit: Some(10),

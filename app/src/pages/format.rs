@@ -5,110 +5,102 @@
 
 use leptos::prelude::ServerFnError;
 
+use crate::model::{CheckResult, RolloutStatus, ServerState, StepKind, StepOutcome, Trigger};
+
 /// A rollout's status in words.
-pub fn status_label(status: &str) -> String {
+pub fn status_label(status: RolloutStatus) -> &'static str {
     match status {
-        "queued" => "Queued".into(),
-        "running" => "Running".into(),
-        "paused" => "Paused".into(),
-        "succeeded" => "Succeeded".into(),
-        "failed" => "Failed".into(),
-        "rolled_back" => "Rolled back".into(),
-        "cancelled" => "Cancelled".into(),
-        other => other.replace('_', " "),
+        RolloutStatus::Queued => "Queued",
+        RolloutStatus::Running => "Running",
+        RolloutStatus::Paused => "Paused",
+        RolloutStatus::Succeeded => "Succeeded",
+        RolloutStatus::Failed => "Failed",
+        RolloutStatus::RolledBack => "Rolled back",
+        RolloutStatus::Cancelled => "Cancelled",
     }
 }
 
-/// The statuses the history can be filtered by, with their labels.
-pub const STATUSES: [&str; 7] = [
-    "queued",
-    "running",
-    "paused",
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "cancelled",
-];
-
 /// A step of the replacement procedure in words.
-pub fn step_label(step: &str) -> String {
+pub fn step_label(step: StepKind) -> &'static str {
     match step {
-        "prepare" => "Prepare".into(),
-        "check_capacity" => "Capacity check".into(),
-        "drain" => "Drain".into(),
-        "wait_sessions" => "Wait for sessions".into(),
-        "cut_sessions" => "Cut sessions".into(),
-        "maint" => "Maintenance".into(),
-        "stop" => "Stop".into(),
-        "start" => "Start".into(),
-        "wait_healthy" => "Healthy".into(),
-        "lb_check" => "LB check".into(),
-        "enable" => "Enabled".into(),
-        "confirm_up" => "Confirmed UP".into(),
-        other => other.replace('_', " "),
+        StepKind::Prepare => "Prepare",
+        StepKind::CheckCapacity => "Capacity check",
+        StepKind::Drain => "Drain",
+        StepKind::WaitSessions => "Wait for sessions",
+        StepKind::CutSessions => "Cut sessions",
+        StepKind::Maint => "Maintenance",
+        StepKind::Stop => "Stop",
+        StepKind::Start => "Start",
+        StepKind::WaitHealthy => "Healthy",
+        StepKind::LbCheck => "LB check",
+        StepKind::Enable => "Enabled",
+        StepKind::ConfirmUp => "Confirmed UP",
     }
 }
 
 /// A step in progress, in words ("Draining", "Waiting until healthy").
-pub fn step_doing(step: &str) -> String {
+pub fn step_doing(step: StepKind) -> &'static str {
     match step {
-        "prepare" => "Preparing".into(),
-        "check_capacity" => "Checking capacity".into(),
-        "drain" => "Draining".into(),
-        "wait_sessions" => "Waiting for sessions to finish".into(),
-        "cut_sessions" => "Cutting sessions".into(),
-        "maint" => "Entering maintenance".into(),
-        "stop" => "Stopping".into(),
-        "start" => "Starting".into(),
-        "wait_healthy" => "Waiting until healthy".into(),
-        "lb_check" => "Waiting for the LB check".into(),
-        "enable" => "Enabling".into(),
-        "confirm_up" => "Confirming UP".into(),
-        other => other.replace('_', " "),
+        StepKind::Prepare => "Preparing",
+        StepKind::CheckCapacity => "Checking capacity",
+        StepKind::Drain => "Draining",
+        StepKind::WaitSessions => "Waiting for sessions to finish",
+        StepKind::CutSessions => "Cutting sessions",
+        StepKind::Maint => "Entering maintenance",
+        StepKind::Stop => "Stopping",
+        StepKind::Start => "Starting",
+        StepKind::WaitHealthy => "Waiting until healthy",
+        StepKind::LbCheck => "Waiting for the LB check",
+        StepKind::Enable => "Enabling",
+        StepKind::ConfirmUp => "Confirming UP",
     }
 }
 
 /// What started a rollout, in words.
-pub fn trigger_label(trigger: &str) -> String {
+pub fn trigger_label(trigger: Trigger) -> &'static str {
     match trigger {
-        "ui" => "UI".into(),
-        "api" => "API".into(),
-        "cli" => "CLI".into(),
-        "webhook" => "Webhook".into(),
-        "rollback" => "Rollback".into(),
-        other => other.to_owned(),
+        Trigger::Ui => "UI",
+        Trigger::Api => "API",
+        Trigger::Cli => "CLI",
+        Trigger::Webhook => "Webhook",
+        Trigger::Rollback => "Rollback",
     }
 }
 
 /// How a step ended, in words; `None` while it runs.
-pub fn outcome_label(outcome: Option<&str>) -> String {
+pub fn outcome_label(outcome: Option<StepOutcome>) -> &'static str {
     match outcome {
-        None => "Running".into(),
-        Some("ok") => "Done".into(),
-        Some("failed") => "Failed".into(),
-        Some("timed_out") => "Timed out".into(),
-        Some("interrupted") => "Interrupted".into(),
-        Some(other) => other.replace('_', " "),
+        None => "Running",
+        Some(StepOutcome::Ok) => "Done",
+        Some(StepOutcome::Failed) => "Failed",
+        Some(StepOutcome::TimedOut) => "Timed out",
+        Some(StepOutcome::Interrupted) => "Interrupted",
     }
 }
 
-/// The CSS class of a load-balancer status (`UP`, `DRAIN`, `MAINT`, `DOWN`, `UP 1/2`, …). The
-/// word itself is always shown too: colour is never the only signal.
-pub fn lb_class(status: &str) -> &'static str {
-    match status.split_whitespace().next().unwrap_or("") {
-        _ if status.contains('/') => "lb-changing",
-        "UP" => "lb-up",
-        "DRAIN" | "NOLB" => "lb-drain",
-        "MAINT" => "lb-maint",
-        "DOWN" => "lb-down",
-        _ => "lb-other",
+/// The CSS class of a load-balancer status. The status itself is always shown too (in HAProxy's
+/// words, see [`ServerState`]'s `Display`): colour is never the only signal.
+pub fn lb_class(status: &ServerState) -> &'static str {
+    if status.changing().is_some() {
+        return "lb-changing";
+    }
+    match status {
+        ServerState::Up { .. } => "lb-up",
+        ServerState::Drain { .. } | ServerState::AgentDrain | ServerState::Nolb { .. } => {
+            "lb-drain"
+        }
+        ServerState::Maint { .. } => "lb-maint",
+        ServerState::Down { .. } | ServerState::AgentDown => "lb-down",
+        ServerState::NoCheck | ServerState::Other { .. } => "lb-other",
     }
 }
 
-/// Whether a health-check result (`L7OK`, `L4CON`, `L7STS`, …) is a pass.
-pub fn check_passes(check: &str) -> bool {
-    let check = check.trim_start_matches("* ");
-    check.ends_with("OK") || check.ends_with("OKC")
+/// A health-check result as the dashboard shows it: its CSS class and the word for it.
+pub fn check_label(check: &CheckResult) -> (&'static str, &'static str) {
+    match check {
+        CheckResult::Passed(_) => ("check check-ok", "passing"),
+        CheckResult::Failed(_) => ("check check-bad", "failing"),
+    }
 }
 
 /// A length of time for people: `350 ms`, `4.2 s`, `1 min 05 s`, `2 h 03 min`.
@@ -212,49 +204,56 @@ mod tests {
     }
 
     #[test]
-    fn load_balancer_words_get_a_class_each() {
-        assert_eq!(lb_class("UP"), "lb-up");
-        assert_eq!(lb_class("DRAIN"), "lb-drain");
-        assert_eq!(lb_class("MAINT"), "lb-maint");
-        assert_eq!(lb_class("DOWN"), "lb-down");
-        assert_eq!(lb_class("UP 1/2"), "lb-changing");
-        assert_eq!(lb_class("DOWN 1/2"), "lb-changing");
-        assert_eq!(lb_class("no check"), "lb-other");
+    fn load_balancer_states_get_a_class_each() {
+        use crate::model::{Health, MaintCause};
+        let settling = Some(Health { current: 1, of: 2 });
+        for (state, class) in [
+            (ServerState::Up { changing: None }, "lb-up"),
+            (ServerState::Drain { changing: None }, "lb-drain"),
+            (ServerState::Nolb { changing: None }, "lb-drain"),
+            (ServerState::AgentDrain, "lb-drain"),
+            (
+                ServerState::Maint {
+                    cause: MaintCause::Admin,
+                },
+                "lb-maint",
+            ),
+            (ServerState::Down { changing: None }, "lb-down"),
+            (ServerState::AgentDown, "lb-down"),
+            (ServerState::Up { changing: settling }, "lb-changing"),
+            (ServerState::Drain { changing: settling }, "lb-changing"),
+            (ServerState::Down { changing: settling }, "lb-changing"),
+            (ServerState::NoCheck, "lb-other"),
+        ] {
+            assert_eq!(lb_class(&state), class, "{state}");
+        }
     }
 
     #[test]
     fn check_results_pass_or_fail() {
-        assert!(check_passes("L7OK"));
-        assert!(check_passes("L4OK"));
-        assert!(check_passes("L7OKC"));
-        assert!(!check_passes("L4CON"));
-        assert!(!check_passes("L7STS"));
-        assert!(!check_passes("L4TOUT"));
+        assert_eq!(
+            check_label(&CheckResult::Passed("L7OK".into())),
+            ("check check-ok", "passing")
+        );
+        assert_eq!(
+            check_label(&CheckResult::Failed("L4CON".into())),
+            ("check check-bad", "failing")
+        );
     }
 
     #[test]
     fn every_status_and_step_has_a_label() {
-        assert_eq!(status_label("rolled_back"), "Rolled back");
-        assert!(STATUSES.iter().all(|s| !status_label(s).contains('_')));
-        for step in [
-            "prepare",
-            "check_capacity",
-            "drain",
-            "wait_sessions",
-            "cut_sessions",
-            "maint",
-            "stop",
-            "start",
-            "wait_healthy",
-            "lb_check",
-            "enable",
-            "confirm_up",
-        ] {
-            assert!(!step_label(step).contains('_'), "{step}");
-            assert!(!step_doing(step).contains('_'), "{step}");
+        use strum::VariantArray;
+        assert_eq!(status_label(RolloutStatus::RolledBack), "Rolled back");
+        for status in RolloutStatus::VARIANTS {
+            assert!(!status_label(*status).contains('_'), "{status}");
         }
-        assert_eq!(step_label("wait_sessions"), "Wait for sessions");
-        assert_eq!(step_label("lb_check"), "LB check");
+        for step in StepKind::VARIANTS {
+            assert!(!step_label(*step).contains('_'), "{step}");
+            assert!(!step_doing(*step).contains('_'), "{step}");
+        }
+        assert_eq!(step_label(StepKind::WaitSessions), "Wait for sessions");
+        assert_eq!(step_label(StepKind::LbCheck), "LB check");
     }
 
     #[test]

@@ -19,8 +19,8 @@ use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
 use crate::auth::{allows, use_caller};
 use crate::fleet::{control_deployment, fleet_status, get_deployment, rollback_service};
 use crate::model::{
-    ControlAction, DeploymentDetail, DeploymentEvent, PendingControl, Role, StepSummary,
-    is_finished,
+    ControlAction, DeploymentDetail, DeploymentEvent, PendingControl, Role, RolloutStatus,
+    StepKind, StepOutcome, StepSummary,
 };
 
 #[component]
@@ -98,7 +98,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
         }
     });
     // A rollout that has ended changes no more: only one still going is followed.
-    let ended_at_load = timeline.with_untracked(|t| is_finished(&t.deployment.status));
+    let ended_at_load = timeline.with_untracked(|t| t.deployment.status.is_finished());
     if !ended_at_load {
         follow(
             &format!("/api/deployments/{id}/events?after={after}"),
@@ -109,7 +109,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
 
     let deployment = Memo::new(move |_| timeline.with(|t| t.deployment.clone()));
     let pending = Memo::new(move |_| timeline.with(|t| t.pending.clone()));
-    let status = Signal::derive(move || deployment.with(|d| d.status.clone()));
+    let status = Signal::derive(move || deployment.with(|d| d.status));
     let rows = Memo::new(move |_| {
         timeline.with(|t| {
             let mut rows: Vec<Option<String>> = Vec::new();
@@ -170,7 +170,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
                 </div>
                 <div>
                     <dt>"Trigger"</dt>
-                    <dd>{trigger_label(&d.trigger)}</dd>
+                    <dd>{trigger_label(d.trigger)}</dd>
                 </div>
                 <div>
                     <dt>"Requested by"</dt>
@@ -189,17 +189,17 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
     };
     let result = move || {
         let d = deployment.get();
-        if !is_finished(&d.status) {
-            return None;
-        }
-        let text = match d.status.as_str() {
-            "succeeded" => format!("Succeeded: every backend runs {}.", d.to_version),
-            other => {
+        let text = match d.status {
+            RolloutStatus::Queued | RolloutStatus::Running | RolloutStatus::Paused => return None,
+            RolloutStatus::Succeeded => format!("Succeeded: every backend runs {}.", d.to_version),
+            ended @ (RolloutStatus::Failed
+            | RolloutStatus::RolledBack
+            | RolloutStatus::Cancelled) => {
                 let reason = d
                     .reason
                     .clone()
                     .unwrap_or_else(|| "no reason recorded".into());
-                format!("{}: {reason}", status_label(other))
+                format!("{}: {reason}", status_label(ended))
             }
         };
         Some(view! {
@@ -210,7 +210,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
     };
     let reason = move || {
         let d = deployment.get();
-        (!is_finished(&d.status))
+        (!d.status.is_finished())
             .then_some(d.reason)
             .flatten()
             .map(|reason| view! { <p class="muted">{reason}</p> })
@@ -255,7 +255,7 @@ fn BackendRow(row: Option<String>, timeline: RwSignal<Timeline>) -> impl IntoVie
     };
     let to_version = Memo::new(move |_| timeline.with(|t| t.deployment.to_version.clone()));
     let name = row.clone().unwrap_or_else(|| "Whole rollout".into());
-    let finished = Memo::new(move |_| timeline.with(|t| is_finished(&t.deployment.status)));
+    let finished = Memo::new(move |_| timeline.with(|t| t.deployment.status.is_finished()));
     let whole = row.is_none();
     let state =
         move || steps.with(|steps| row_state(steps, &to_version.get(), finished.get(), whole));
@@ -303,7 +303,7 @@ fn row_state(steps: &[StepSummary], to_version: &str, finished: bool, whole: boo
     let Some(last) = steps.last() else {
         return if finished { "Not changed" } else { "Waiting" }.into();
     };
-    if whole && last.outcome.as_deref() == Some("ok") {
+    if whole && last.outcome == Some(StepOutcome::Ok) {
         return "Done".into();
     }
     let doing = if last.rollback {
@@ -311,18 +311,22 @@ fn row_state(steps: &[StepSummary], to_version: &str, finished: bool, whole: boo
     } else {
         "In progress"
     };
-    match last.outcome.as_deref() {
-        None if last.rollback => format!("Rolling back: {}", step_doing(&last.step)),
-        None => step_doing(&last.step),
-        Some("ok") if last.step == "confirm_up" && last.rollback => {
+    match last.outcome {
+        None if last.rollback => format!("Rolling back: {}", step_doing(last.step)),
+        None => step_doing(last.step).to_owned(),
+        Some(StepOutcome::Ok) if last.step == StepKind::ConfirmUp && last.rollback => {
             format!("Rolled back: runs {}", last.version)
         }
-        Some("ok") if last.step == "confirm_up" => format!("Done: runs {to_version}"),
-        Some("ok") | Some("timed_out") => format!("{doing}: {} done", step_label(&last.step)),
-        Some(other) => format!(
+        Some(StepOutcome::Ok) if last.step == StepKind::ConfirmUp => {
+            format!("Done: runs {to_version}")
+        }
+        Some(StepOutcome::Ok | StepOutcome::TimedOut) => {
+            format!("{doing}: {} done", step_label(last.step))
+        }
+        Some(ended @ (StepOutcome::Failed | StepOutcome::Interrupted)) => format!(
             "{} at {}",
-            super::format::outcome_label(Some(other)),
-            step_label(&last.step)
+            outcome_label(Some(ended)),
+            step_label(last.step)
         ),
     }
 }
@@ -330,15 +334,15 @@ fn row_state(steps: &[StepSummary], to_version: &str, finished: bool, whole: boo
 #[component]
 fn StepItem(step: StepSummary) -> impl IntoView {
     let now = use_now();
-    let outcome = step.outcome.clone().unwrap_or_else(|| "running".into());
+    let outcome = step.outcome.map_or("running", StepOutcome::as_str);
     let time = elapsed(step.started_at, step.finished_at, now);
-    let mark = match step.outcome.as_deref() {
+    let mark = match step.outcome {
         None => "…",
-        Some("ok") => "✓",
-        Some("timed_out") => "⏱",
-        _ => "✗",
+        Some(StepOutcome::Ok) => "✓",
+        Some(StepOutcome::TimedOut) => "⏱",
+        Some(StepOutcome::Failed | StepOutcome::Interrupted) => "✗",
     };
-    let outcome_class = if step.outcome.as_deref() == Some("ok") {
+    let outcome_class = if step.outcome == Some(StepOutcome::Ok) {
         "step-outcome visually-hidden"
     } else {
         "step-outcome"
@@ -351,16 +355,16 @@ fn StepItem(step: StepSummary) -> impl IntoView {
             class=format!("step outcome-{outcome}")
             class:rollback=step.rollback
             data-step-id=step.id.to_string()
-            data-step=step.step.clone()
-            data-outcome=outcome.clone()
+            data-step=step.step.as_str()
+            data-outcome=outcome
         >
             <span class="step-mark" aria-hidden="true">
                 {mark}
             </span>
-            <span class="step-label">{step_label(&step.step)}</span>
+            <span class="step-label">{step_label(step.step)}</span>
             // "Done" is what the tick says; other outcomes are spelled out.
             <span class=outcome_class>
-                {outcome_label(step.outcome.as_deref())}
+                {outcome_label(step.outcome)}
             </span>
             <span class="step-time">{time}</span>
             {detail}
@@ -376,7 +380,7 @@ fn Controls(
     id: i64,
     service: String,
     pending: Memo<Option<PendingControl>>,
-    status: Signal<String>,
+    status: Signal<RolloutStatus>,
     may_control: bool,
 ) -> impl IntoView {
     let pending_note = move || {
@@ -400,7 +404,7 @@ fn Controls(
     let error = RwSignal::new(None::<String>);
     let confirming = RwSignal::new(None::<Confirm>);
     let navigate = use_navigate();
-    let finished = Memo::new(move |_| is_finished(&status.get()));
+    let finished = Memo::new(move |_| status.get().is_finished());
     // The service's rollback target, fetched again when this rollout ends.
     let fleet = Resource::new(move || finished.get(), |_| fleet_status());
     let rollback_version = {
@@ -450,12 +454,9 @@ fn Controls(
     let asked = move |action: ControlAction| {
         pending.with(|p| p.as_ref().is_some_and(|p| p.action == action))
     };
-    let can_pause = move || status.get() == "running" && !asked(ControlAction::Pause);
-    let can_resume = move || status.get() == "paused" && !asked(ControlAction::Resume);
-    let can_abort = move || {
-        matches!(status.get().as_str(), "queued" | "running" | "paused")
-            && !asked(ControlAction::Abort)
-    };
+    let can_pause = move || status.get() == RolloutStatus::Running && !asked(ControlAction::Pause);
+    let can_resume = move || status.get() == RolloutStatus::Paused && !asked(ControlAction::Resume);
+    let can_abort = move || !status.get().is_finished() && !asked(ControlAction::Abort);
 
     let error_note = move || {
         error.get().map(|message| {

@@ -6,12 +6,14 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
-use super::format::{check_passes, lb_class, step_doing};
+use super::format::{check_label, lb_class, status_label, step_doing};
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::redeploy::Redeploy;
 use crate::auth::{allows, use_caller};
 use crate::fleet::fleet_status;
-use crate::model::{ActiveRollout, BackendStatus, Role, ServiceStatus};
+use crate::model::{
+    ActiveRollout, BackendStatus, CheckResult, Role, RolloutStatus, ServiceStatus, StepKind,
+};
 
 #[component]
 pub fn ServicesPage() -> impl IntoView {
@@ -182,12 +184,12 @@ fn ServiceCard(
                         .as_ref()
                         .map(|a| a.backends.clone())
                         .unwrap_or_default();
-                    let step = s.active.as_ref().and_then(|a| a.step.clone());
+                    let step = s.active.as_ref().and_then(|a| a.step);
                     s.backends
                         .iter()
                         .map(|backend| {
                             let here = acting.contains(&backend.name);
-                            backend_row(backend, here.then(|| step.clone()).flatten())
+                            backend_row(backend, here.then_some(step).flatten())
                         })
                         .collect_view()
                 })
@@ -253,7 +255,7 @@ fn version_summary(status: &ServiceStatus) -> String {
     }
 }
 
-fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView + use<> {
+fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView + use<> {
     let nodes = backend.load_balancer.len();
     let status_cell = if backend.load_balancer.is_empty() {
         view! { <span class="lb lb-unknown">"unknown"</span> }.into_any()
@@ -265,7 +267,7 @@ fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView +
                 let label = if nodes > 1 {
                     format!("{}: {}", node.node, node.status)
                 } else {
-                    node.status.clone()
+                    node.status.to_string()
                 };
                 let backup = node
                     .backup
@@ -273,7 +275,7 @@ fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView +
                 view! {
                     <span
                         class=format!("lb {}", lb_class(&node.status))
-                        data-lb-status=node.status.clone()
+                        data-lb-status=node.status.to_string()
                         title=format!("HAProxy node {}", node.node)
                     >
                         {label}
@@ -285,7 +287,7 @@ fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView +
             .into_any()
     };
     let sessions: u64 = backend.load_balancer.iter().map(|n| n.sessions).sum();
-    let checks: Vec<String> = backend
+    let checks: Vec<CheckResult> = backend
         .load_balancer
         .iter()
         .filter_map(|n| n.check.clone())
@@ -300,11 +302,7 @@ fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView +
     let health = checks
         .into_iter()
         .map(|check| {
-            let (class, word) = if check_passes(&check) {
-                ("check check-ok", "passing")
-            } else {
-                ("check check-bad", "failing")
-            };
+            let (class, word) = check_label(&check);
             view! {
                 <span class=class title=format!("HAProxy check result {check}")>
                     {format!("{word} ({check})")}
@@ -316,7 +314,7 @@ fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView +
     let step = step.map(|step| {
         view! {
             <span class="acting" data-testid="acting">
-                {format!("↻ {}", step_doing(&step))}
+                {format!("↻ {}", step_doing(step))}
             </span>
         }
     });
@@ -343,15 +341,20 @@ fn backend_row(backend: &BackendStatus, step: Option<String>) -> impl IntoView +
 #[component]
 fn ActiveBox(active: ActiveRollout, queued: u32) -> impl IntoView {
     let href = format!("/deployments/{}", active.id);
-    let verb = match active.status.as_str() {
-        "queued" => "Queued",
-        "paused" => "Paused",
-        _ if active.rolling_back => "Rolling back",
-        _ => "Rolling out",
+    let verb = match active.status {
+        RolloutStatus::Queued => "Queued",
+        RolloutStatus::Paused => "Paused",
+        RolloutStatus::Running if active.rolling_back => "Rolling back",
+        RolloutStatus::Running => "Rolling out",
+        // Not active any more: the next snapshot drops it.
+        status @ (RolloutStatus::Succeeded
+        | RolloutStatus::Failed
+        | RolloutStatus::RolledBack
+        | RolloutStatus::Cancelled) => status_label(status),
     };
     let headline = format!("{verb}: {} (rollout #{})", active.to_version, active.id);
-    let now = match (&active.step, active.backends.as_slice()) {
-        (Some(step), []) => step_doing(step),
+    let now = match (active.step, active.backends.as_slice()) {
+        (Some(step), []) => step_doing(step).to_owned(),
         (Some(step), backends) => format!("{}: {}", backends.join(", "), step_doing(step)),
         (None, _) => "waiting for its turn".into(),
     };

@@ -7,7 +7,7 @@
 
 use crate::model::{
     Change, ControlAction, DeploymentDetail, DeploymentEvent, DeploymentSummary, PendingControl,
-    StepSummary, is_finished,
+    StepSummary,
 };
 
 impl PendingControl {
@@ -49,7 +49,7 @@ impl Timeline {
         // The server leaves out what has taken effect; an ended rollout never shows one anyway.
         let pending = detail
             .pending
-            .filter(|pending| !pending.fulfilled_by(&detail.deployment.status));
+            .filter(|pending| !pending.fulfilled_by(detail.deployment.status));
         let mut timeline = Self {
             deployment: detail.deployment,
             backends: detail.backends,
@@ -72,7 +72,7 @@ impl Timeline {
                 if self
                     .pending
                     .as_ref()
-                    .is_some_and(|pending| pending.fulfilled_by(&deployment.status))
+                    .is_some_and(|pending| pending.fulfilled_by(deployment.status))
                 {
                     self.pending = None;
                 }
@@ -93,7 +93,7 @@ impl Timeline {
                 }
             }
             Change::Control { action, by } => {
-                if !is_finished(&self.deployment.status) {
+                if !self.deployment.status.is_finished() {
                     self.pending = Some(PendingControl { action, by });
                 }
             }
@@ -118,15 +118,16 @@ impl Timeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{RolloutStatus, StepKind, StepOutcome, Trigger};
 
-    fn summary(status: &str) -> DeploymentSummary {
+    fn summary(status: RolloutStatus) -> DeploymentSummary {
         DeploymentSummary {
             id: 7,
             service: "web".into(),
-            status: status.into(),
+            status,
             from_version: Some("v1".into()),
             to_version: "v2".into(),
-            trigger: "ui".into(),
+            trigger: Trigger::Ui,
             requested_by: None,
             reason: None,
             created_at: 1_000,
@@ -135,36 +136,36 @@ mod tests {
         }
     }
 
-    fn step(id: i64, backend: &str, name: &str, finished: bool) -> StepSummary {
+    fn step(id: i64, backend: &str, name: StepKind, finished: bool) -> StepSummary {
         StepSummary {
             id,
             backend: Some(backend.into()),
-            step: name.into(),
+            step: name,
             rollback: false,
             version: "v2".into(),
             started_at: 1_000 + id,
             finished_at: finished.then_some(2_000 + id),
-            outcome: finished.then(|| "ok".into()),
+            outcome: finished.then_some(StepOutcome::Ok),
             detail: None,
         }
     }
 
     fn timeline() -> Timeline {
         Timeline::new(DeploymentDetail {
-            deployment: summary("running"),
+            deployment: summary(RolloutStatus::Running),
             backends: vec!["web1".into(), "web2".into()],
-            steps: vec![step(2, "web1", "drain", true)],
+            steps: vec![step(2, "web1", StepKind::Drain, true)],
             last_event_id: 10,
             pending: None,
         })
     }
 
     /// The rollout as a reload finds it: `status`, with `pending` still queued on the server.
-    fn reloaded(status: &str, pending: Option<PendingControl>) -> Timeline {
+    fn reloaded(status: RolloutStatus, pending: Option<PendingControl>) -> Timeline {
         Timeline::new(DeploymentDetail {
             deployment: summary(status),
             backends: vec!["web1".into(), "web2".into()],
-            steps: vec![step(2, "web1", "drain", true)],
+            steps: vec![step(2, "web1", StepKind::Drain, true)],
             last_event_id: 10,
             pending,
         })
@@ -186,25 +187,25 @@ mod tests {
         assert!(timeline.apply(event(
             11,
             Change::Step {
-                step: step(3, "web1", "wait_sessions", false)
+                step: step(3, "web1", StepKind::WaitSessions, false)
             }
         )));
         assert!(timeline.apply(event(
             12,
             Change::Step {
-                step: step(3, "web1", "wait_sessions", true)
+                step: step(3, "web1", StepKind::WaitSessions, true)
             }
         )));
         let steps = timeline.steps_of(Some("web1"));
         assert_eq!(steps.len(), 2);
-        assert_eq!(steps[1].outcome.as_deref(), Some("ok"));
+        assert_eq!(steps[1].outcome, Some(StepOutcome::Ok));
     }
 
     #[test]
     fn events_already_applied_are_ignored() {
         let mut timeline = timeline();
         let begun = Change::Step {
-            step: step(3, "web1", "maint", false),
+            step: step(3, "web1", StepKind::Maint, false),
         };
         assert!(
             !timeline.apply(event(10, begun.clone())),
@@ -223,7 +224,7 @@ mod tests {
         let mut other = event(
             11,
             Change::Step {
-                step: step(3, "web1", "maint", false),
+                step: step(3, "web1", StepKind::Maint, false),
             },
         );
         other.deployment_id = 8;
@@ -252,7 +253,7 @@ mod tests {
         timeline.apply(event(
             12,
             Change::Step {
-                step: step(3, "web1", "enable", true),
+                step: step(3, "web1", StepKind::Enable, true),
             },
         ));
         assert!(
@@ -262,11 +263,11 @@ mod tests {
         timeline.apply(event(
             13,
             Change::Status {
-                deployment: summary("paused"),
+                deployment: summary(RolloutStatus::Paused),
             },
         ));
         assert_eq!(timeline.pending, None);
-        assert_eq!(timeline.deployment.status, "paused");
+        assert_eq!(timeline.deployment.status, RolloutStatus::Paused);
     }
 
     #[test]
@@ -282,14 +283,14 @@ mod tests {
         timeline.apply(event(
             12,
             Change::Status {
-                deployment: summary("paused"),
+                deployment: summary(RolloutStatus::Paused),
             },
         ));
         assert!(timeline.pending.is_some());
         timeline.apply(event(
             13,
             Change::Status {
-                deployment: summary("cancelled"),
+                deployment: summary(RolloutStatus::Cancelled),
             },
         ));
         assert_eq!(timeline.pending, None);
@@ -298,7 +299,7 @@ mod tests {
     #[test]
     fn a_request_made_before_a_reload_still_shows_until_it_takes_effect() {
         let mut timeline = reloaded(
-            "running",
+            RolloutStatus::Running,
             Some(PendingControl {
                 action: ControlAction::Pause,
                 by: Some("alice".into()),
@@ -315,7 +316,7 @@ mod tests {
         timeline.apply(event(
             11,
             Change::Status {
-                deployment: summary("paused"),
+                deployment: summary(RolloutStatus::Paused),
             },
         ));
         assert_eq!(timeline.pending, None);
@@ -331,13 +332,21 @@ mod tests {
             action: ControlAction::Abort,
             by: None,
         };
-        assert_eq!(reloaded("paused", Some(pause.clone())).pending, None);
         assert_eq!(
-            reloaded("paused", Some(abort.clone())).pending,
+            reloaded(RolloutStatus::Paused, Some(pause.clone())).pending,
+            None
+        );
+        assert_eq!(
+            reloaded(RolloutStatus::Paused, Some(abort.clone())).pending,
             Some(abort.clone()),
             "an abort of a paused rollout is still to come"
         );
-        for ended in ["succeeded", "failed", "rolled_back", "cancelled"] {
+        for ended in [
+            RolloutStatus::Succeeded,
+            RolloutStatus::Failed,
+            RolloutStatus::RolledBack,
+            RolloutStatus::Cancelled,
+        ] {
             assert_eq!(
                 reloaded(ended, Some(pause.clone())).pending,
                 None,
@@ -354,7 +363,7 @@ mod tests {
     #[test]
     fn a_rollout_from_a_server_that_sends_no_pending_field_reads_as_nothing_pending() {
         let mut json = serde_json::to_value(DeploymentDetail {
-            deployment: summary("running"),
+            deployment: summary(RolloutStatus::Running),
             backends: vec!["web1".into()],
             steps: Vec::new(),
             last_event_id: 3,
@@ -364,7 +373,7 @@ mod tests {
         json.as_object_mut().unwrap().remove("pending");
         let detail: DeploymentDetail = serde_json::from_value(json).unwrap();
         assert_eq!(detail.pending, None);
-        assert_eq!(detail.deployment.status, "running");
+        assert_eq!(detail.deployment.status, RolloutStatus::Running);
     }
 
     #[test]
@@ -373,7 +382,7 @@ mod tests {
         timeline.apply(event(
             11,
             Change::Step {
-                step: step(3, "web9", "drain", false),
+                step: step(3, "web9", StepKind::Drain, false),
             },
         ));
         assert_eq!(timeline.backends, ["web1", "web2", "web9"]);

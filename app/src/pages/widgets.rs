@@ -4,6 +4,7 @@
 use leptos::prelude::*;
 
 use super::format::{format_duration, status_label, utc_timestamp};
+use crate::model::RolloutStatus;
 
 /// The current time in Unix milliseconds, ticking every second in the browser (on the server
 /// it is the time of rendering). Provided once by [`provide_clock`].
@@ -129,13 +130,13 @@ pub fn elapsed(start: i64, end: Option<i64>, now: Signal<i64>) -> impl Fn() -> S
 
 /// A rollout's status as a coloured badge that also says it in words.
 #[component]
-pub fn StatusBadge(#[prop(into)] status: Signal<String>) -> impl IntoView {
+pub fn StatusBadge(#[prop(into)] status: Signal<RolloutStatus>) -> impl IntoView {
     view! {
         <span
             class=move || format!("badge status-{}", status.get())
-            data-status=move || status.get()
+            data-status=move || status.get().as_str()
         >
-            {move || status_label(&status.get())}
+            {move || status_label(status.get())}
         </span>
     }
 }

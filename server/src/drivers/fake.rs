@@ -27,8 +27,8 @@ use tokio::time::{Instant, sleep};
 
 use super::haproxy::HaproxyOptions;
 use super::{
-    AdminState, BackendRun, BackendSpec, HealthProbe, LbError, LoadBalancer, ProbeFailure, Runtime,
-    RuntimeError, ServerStatus,
+    AdminState, BackendRun, BackendSpec, CheckResult, Health, HealthProbe, LbError, LoadBalancer,
+    MaintCause, ProbeFailure, Runtime, RuntimeError, ServerState, ServerStatus,
 };
 use crate::domain::{BackendAddr, Version};
 
@@ -809,29 +809,42 @@ impl Server {
 
     fn status(&self, node: &str, now: Instant) -> ServerStatus {
         let (status, check) = match (self.admin, self.checks) {
-            (AdminState::Maint, _) => ("MAINT".to_owned(), None),
-            (AdminState::Ready, None) => ("no check".to_owned(), None),
-            (AdminState::Drain, None) => ("DRAIN".to_owned(), None),
+            (AdminState::Maint, _) => (
+                ServerState::Maint {
+                    cause: MaintCause::Admin,
+                },
+                None,
+            ),
+            (AdminState::Ready, None) => (ServerState::NoCheck, None),
+            (AdminState::Drain, None) => (ServerState::Drain { changing: None }, None),
             (admin @ (AdminState::Ready | AdminState::Drain), Some(checks)) => {
                 let max = checks.rise + checks.fall - 1;
                 let status = if self.health < checks.rise {
-                    match self.health {
-                        0 => "DOWN".to_owned(),
-                        health => format!("DOWN {health}/{}", checks.rise),
+                    ServerState::Down {
+                        changing: (self.health > 0).then_some(Health {
+                            current: self.health,
+                            of: checks.rise,
+                        }),
                     }
                 } else {
-                    let word = if admin == AdminState::Ready {
-                        "UP"
+                    let changing = (self.health < max).then_some(Health {
+                        current: self.health - checks.rise + 1,
+                        of: checks.fall,
+                    });
+                    if admin == AdminState::Ready {
+                        ServerState::Up { changing }
                     } else {
-                        "DRAIN"
-                    };
-                    if self.health < max {
-                        format!("{word} {}/{}", self.health - checks.rise + 1, checks.fall)
-                    } else {
-                        word.to_owned()
+                        ServerState::Drain { changing }
                     }
                 };
-                (status, self.last_check.map(str::to_owned))
+                let check = self.last_check.map(|code| {
+                    if code.ends_with("OK") {
+                        CheckResult::Passed(code.to_owned())
+                    } else {
+                        CheckResult::Failed(code.to_owned())
+                    }
+                });
+                (status, check)
             }
         };
         ServerStatus {
@@ -948,9 +961,14 @@ mod tests {
         (runtime, lb)
     }
 
+    /// What the fake shows, in HAProxy's words (the model's `Display`), to compare with the
+    /// table measured on HAProxy.
     fn shown(lb: &FakeLb, server: &str) -> (String, Option<String>) {
         let status = lb.status("n1", server);
-        (status.status, status.check)
+        (
+            status.status.to_string(),
+            status.check.map(|check| check.to_string()),
+        )
     }
 
     fn says(status: &str, check: Option<&str>) -> (String, Option<String>) {
@@ -987,10 +1005,7 @@ mod tests {
         runtime.stop(&spec("s1", 18001)).await.unwrap();
         lb.set_state("app", "s1", AdminState::Ready).await.unwrap();
         let trap = lb.status("n1", "s1");
-        assert_eq!(
-            (trap.status.as_str(), trap.check.as_deref()),
-            ("UP 1/2", Some("L7OK"))
-        );
+        assert_eq!(shown(&lb, "s1"), says("UP 1/2", Some("L7OK")));
         assert!(!trap.is_up());
         sleep(inter).await;
         assert_eq!(shown(&lb, "s1"), says("DOWN", Some("L4CON")));
@@ -1084,8 +1099,14 @@ mod tests {
             Err(LbError::Refused { node, .. }) => assert_eq!(node, "n2"),
             other => panic!("expected Refused by n2, got {other:?}"),
         }
-        assert_eq!(lb.status("n1", "s1").status, "DRAIN");
-        assert_eq!(lb.status("n2", "s1").status, "UP");
+        assert_eq!(
+            lb.status("n1", "s1").status,
+            ServerState::Drain { changing: None }
+        );
+        assert_eq!(
+            lb.status("n2", "s1").status,
+            ServerState::Up { changing: None }
+        );
         assert!(matches!(
             lb.servers("nope").await,
             Err(LbError::NoSuchServer { .. })

@@ -1,8 +1,11 @@
 //! The HAProxy driver: the runtime API over unix or TCP sockets, on every node.
 //!
-//! This is the only file that knows the runtime-API syntax. Every command uses one short
-//! connection: connect, write `"<command>\n"`, read until HAProxy closes (it does so after each
-//! answer unless the client asked for interactive mode), all under a per-command timeout.
+//! This is the only file that knows the runtime-API syntax, and the only code that reads
+//! HAProxy's status words: `show stat`'s `status` and `check_status` become a [`ServerState`]
+//! and a [`CheckResult`] here, and everything else matches their variants. Every command uses
+//! one short connection: connect, write `"<command>\n"`, read until HAProxy closes (it does so
+//! after each answer unless the client asked for interactive mode), all under a per-command
+//! timeout.
 //!
 //! # What HAProxy 2.6 (Debian 2.6.12) reports, measured by the tests below
 //!
@@ -47,7 +50,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinSet;
 
-use super::{AdminState, LbError, LoadBalancer, ServerStatus};
+use super::{
+    AdminState, CheckResult, Health, LbError, LoadBalancer, MaintCause, ServerState, ServerStatus,
+};
 use crate::settings::RuntimeApiAddr;
 
 /// The largest answer read from the runtime API; a longer one is a protocol error.
@@ -173,8 +178,8 @@ impl LoadBalancer for HaproxyDriver {
     }
 
     /// `show stat <backend> 4 -1` on every node, one entry per node and server, in node order
-    /// then HAProxy's server order. `check` has HAProxy's "check in progress" `* ` prefix
-    /// removed. A node without that backend gives `NoSuchServer` with server `*`.
+    /// then HAProxy's server order, with `status` and `check` parsed (a check in progress reads
+    /// as its last result). A node without that backend gives `NoSuchServer` with server `*`.
     ///
     /// Cancellation-safe: it only reads.
     async fn servers(&self, backend: &str) -> Result<Vec<ServerStatus>, LbError> {
@@ -374,11 +379,11 @@ fn valid_name(name: &str) -> bool {
 /// Parses `show stat` CSV by header names. Keeps only the server rows of `backend`.
 ///
 /// How to read the result (HAProxy 2.6, see the module docs for the full table): a drained
-/// server whose checks pass shows `status` "DRAIN" and `check` "L7OK"; a drained server whose
-/// checks fail shows "DOWN" (with "L4CON", "L7STS", …); maint shows "MAINT" and no check
-/// result. Right after leaving maint the status carries an `n/m` suffix ("DRAIN 1/2",
-/// "UP 1/2") and the check result is the one from before maint, so wait for the bare "DRAIN"
-/// plus "L7OK", then `ready`, then the bare "UP".
+/// server whose checks pass is `Drain` with a passed check ("DRAIN", "L7OK"); a drained server
+/// whose checks fail is `Down` ("L4CON", "L7STS", …); maint is `Maint` with no check result.
+/// Right after leaving maint the state is still `changing` ("DRAIN 1/2", "UP 1/2") and the check
+/// result is the one from before maint, so wait for the settled `Drain` with a passed check,
+/// then `ready`, then the settled `Up`.
 fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerStatus>, String> {
     let mut lines = reply.lines();
     let header = lines.next().unwrap_or_default();
@@ -441,18 +446,81 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
                 format!("`check_fall` of {} is {value:?}, not a number", row[svname])
             })?),
         };
-        let check = row[check_status].trim_start_matches("* ").trim();
         servers.push(ServerStatus {
             node: node.to_owned(),
             server: row[svname].clone(),
-            status: row[status].clone(),
-            check: (!check.is_empty()).then(|| check.to_owned()),
+            status: parse_status(&row[status]),
+            check: parse_check(&row[check_status]),
             sessions,
             backup,
             fall,
         });
     }
     Ok(servers)
+}
+
+/// Reads a server's `status` column. The words are HAProxy 2.6's (`stats_fill_sv_line`):
+/// `MAINT`, `MAINT (resolution)` or `MAINT (via <backend>/<server>)` when in maintenance, else
+/// `UP`, `NOLB`, `DRAIN` or `DOWN`, with `n/m` while the check health is between two states
+/// (`UP 1/2` right after maint), `DRAIN (agent)` and `DOWN (agent)` when an agent check decides,
+/// and `no check` for a server in rotation without checks. A word not among them is kept as
+/// `Other`, which counts as neither up nor drained.
+fn parse_status(word: &str) -> ServerState {
+    match word {
+        "UP" => ServerState::Up { changing: None },
+        "no check" => ServerState::NoCheck,
+        "NOLB" => ServerState::Nolb { changing: None },
+        "DRAIN" => ServerState::Drain { changing: None },
+        "DRAIN (agent)" => ServerState::AgentDrain,
+        "MAINT" => ServerState::Maint {
+            cause: MaintCause::Admin,
+        },
+        "MAINT (resolution)" => ServerState::Maint {
+            cause: MaintCause::Resolution,
+        },
+        "DOWN" => ServerState::Down { changing: None },
+        "DOWN (agent)" => ServerState::AgentDown,
+        other => parse_changing(other)
+            .or_else(|| {
+                let tracked = other.strip_prefix("MAINT (via ")?.strip_suffix(')')?;
+                Some(ServerState::Maint {
+                    cause: MaintCause::Via(tracked.to_owned()),
+                })
+            })
+            .unwrap_or_else(|| ServerState::Other {
+                word: other.to_owned(),
+            }),
+    }
+}
+
+/// `UP n/m`, `NOLB n/m`, `DRAIN n/m`, `DOWN n/m`.
+fn parse_changing(word: &str) -> Option<ServerState> {
+    let (state, health) = word.split_once(' ')?;
+    let (current, of) = health.split_once('/')?;
+    let changing = Some(Health {
+        current: current.parse().ok()?,
+        of: of.parse().ok()?,
+    });
+    match state {
+        "UP" => Some(ServerState::Up { changing }),
+        "NOLB" => Some(ServerState::Nolb { changing }),
+        "DRAIN" => Some(ServerState::Drain { changing }),
+        "DOWN" => Some(ServerState::Down { changing }),
+        _ => None,
+    }
+}
+
+/// Reads `check_status`: empty in maint or without checks, `* ` before it while a check runs.
+/// `L4OK`, `L6OK`, `L7OK`, `L7OKC` (the check passed, with `disable-on-404` applying) and
+/// `PROCOK` (an external check) are passes; everything else (`L4CON`, `L7STS`, `L4TOUT`, `INI`
+/// before the first check…) is not.
+fn parse_check(column: &str) -> Option<CheckResult> {
+    let code = column.trim_start_matches("* ").trim();
+    match code {
+        "" => None,
+        "L4OK" | "L6OK" | "L7OK" | "L7OKC" | "PROCOK" => Some(CheckResult::Passed(code.to_owned())),
+        _ => Some(CheckResult::Failed(code.to_owned())),
+    }
 }
 
 /// Splits one CSV line; HAProxy quotes fields holding `,` or `"` and doubles inner quotes.
@@ -705,10 +773,10 @@ mod tests {
         eventually(&format!("{servers:?} show {status} {check:?}"), || async {
             let all = driver.servers("app").await.unwrap();
             servers.iter().all(|name| {
-                all.iter()
-                    .filter(|s| s.server == *name)
-                    .all(|s| s.status == status && s.check.as_deref() == check)
-                    && all.iter().any(|s| s.server == *name)
+                all.iter().filter(|s| s.server == *name).all(|s| {
+                    s.status.to_string() == status
+                        && s.check.as_ref().map(CheckResult::code) == check
+                }) && all.iter().any(|s| s.server == *name)
             })
         })
         .await;
@@ -780,8 +848,8 @@ mod tests {
                 ServerStatus {
                     node: "unix:/s".into(),
                     server: "s1".into(),
-                    status: "UP".into(),
-                    check: Some("L7OK".into()),
+                    status: ServerState::Up { changing: None },
+                    check: Some(CheckResult::Passed("L7OK".into())),
                     sessions: 3,
                     backup: false,
                     fall: Some(2),
@@ -789,7 +857,9 @@ mod tests {
                 ServerStatus {
                     node: "unix:/s".into(),
                     server: "b1".into(),
-                    status: "MAINT".into(),
+                    status: ServerState::Maint {
+                        cause: MaintCause::Admin,
+                    },
                     check: None,
                     sessions: 0,
                     backup: true,
@@ -797,6 +867,128 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn every_status_word_is_read_into_its_state_and_shown_as_haproxy_wrote_it() {
+        let changing = |current, of| Some(Health { current, of });
+        for (word, state) in [
+            ("UP", ServerState::Up { changing: None }),
+            // Just out of maint (with the stale check result), or checks started failing.
+            (
+                "UP 1/2",
+                ServerState::Up {
+                    changing: changing(1, 2),
+                },
+            ),
+            (
+                "UP 2/3",
+                ServerState::Up {
+                    changing: changing(2, 3),
+                },
+            ),
+            ("no check", ServerState::NoCheck),
+            ("NOLB", ServerState::Nolb { changing: None }),
+            (
+                "NOLB 1/2",
+                ServerState::Nolb {
+                    changing: changing(1, 2),
+                },
+            ),
+            ("DRAIN", ServerState::Drain { changing: None }),
+            (
+                "DRAIN 1/2",
+                ServerState::Drain {
+                    changing: changing(1, 2),
+                },
+            ),
+            ("DRAIN (agent)", ServerState::AgentDrain),
+            (
+                "MAINT",
+                ServerState::Maint {
+                    cause: MaintCause::Admin,
+                },
+            ),
+            (
+                "MAINT (resolution)",
+                ServerState::Maint {
+                    cause: MaintCause::Resolution,
+                },
+            ),
+            (
+                "MAINT (via app/s2)",
+                ServerState::Maint {
+                    cause: MaintCause::Via("app/s2".into()),
+                },
+            ),
+            ("DOWN", ServerState::Down { changing: None }),
+            // Checks have started passing again.
+            (
+                "DOWN 1/2",
+                ServerState::Down {
+                    changing: changing(1, 2),
+                },
+            ),
+            ("DOWN (agent)", ServerState::AgentDown),
+        ] {
+            let parsed = parse_status(word);
+            assert_eq!(parsed, state, "{word}");
+            assert_eq!(parsed.to_string(), word, "shown as HAProxy wrote it");
+        }
+        // A word from a HAProxy this driver does not know is kept, and is never up.
+        for word in ["UP 1/x", "STARTING", "DRAIN 1/2/3", "up", ""] {
+            let parsed = parse_status(word);
+            assert_eq!(parsed, ServerState::Other { word: word.into() }, "{word:?}");
+            assert_eq!(parsed.to_string(), word);
+            assert!(!parsed.in_rotation());
+        }
+    }
+
+    #[test]
+    fn only_a_settled_up_or_an_unchecked_server_is_up() {
+        let server = |status: &str| ServerStatus {
+            node: "n".into(),
+            server: "s1".into(),
+            status: parse_status(status),
+            check: parse_check("L7OK"),
+            sessions: 0,
+            backup: false,
+            fall: Some(2),
+        };
+        for word in ["UP", "no check"] {
+            assert!(server(word).is_up(), "{word}");
+        }
+        for word in [
+            "UP 1/2",
+            "NOLB",
+            "DRAIN",
+            "DRAIN 1/2",
+            "DRAIN (agent)",
+            "MAINT",
+            "MAINT (via app/s2)",
+            "DOWN",
+            "DOWN 1/2",
+            "DOWN (agent)",
+            "STARTING",
+        ] {
+            assert!(!server(word).is_up(), "{word}");
+        }
+    }
+
+    #[test]
+    fn check_results_pass_only_on_an_ok_code() {
+        for code in ["L4OK", "L6OK", "L7OK", "L7OKC", "PROCOK", "* L7OK"] {
+            let check = parse_check(code).unwrap();
+            assert!(check.passed(), "{code}");
+            assert_eq!(check.code(), code.trim_start_matches("* "));
+        }
+        for code in [
+            "L4CON", "L4TOUT", "L6TOUT", "L6RSP", "L7TOUT", "L7RSP", "L7STS", "SOCKERR", "INI",
+            "UNK", "PROCERR", "* L4CON",
+        ] {
+            assert!(!parse_check(code).unwrap().passed(), "{code}");
+        }
+        assert_eq!(parse_check(""), None, "maint, or no check configured");
     }
 
     #[test]
@@ -824,9 +1016,9 @@ mod tests {
         let node = format!("unix:{}", haproxy.socket.display());
         for server in &servers {
             assert_eq!(server.node, node);
-            assert_eq!(server.status, "UP");
+            assert_eq!(server.status, ServerState::Up { changing: None });
             assert!(server.is_up());
-            assert_eq!(server.check.as_deref(), Some("L7OK"));
+            assert_eq!(server.check, Some(CheckResult::Passed("L7OK".into())));
             assert_eq!(server.sessions, 0);
             assert_eq!(server.backup, server.server == "b1", "{server:?}");
         }
@@ -855,8 +1047,8 @@ mod tests {
             .await
             .unwrap();
         let s1_status = status_of(&driver, "s1").await;
-        assert_eq!(s1_status.status, "DRAIN");
-        assert_eq!(s1_status.check.as_deref(), Some("L7OK"));
+        assert_eq!(s1_status.status, ServerState::Drain { changing: None });
+        assert_eq!(s1_status.check, Some(CheckResult::Passed("L7OK".into())));
         assert!(!s1_status.is_up());
         let before = s1.hits.load(Ordering::SeqCst);
         let answers = spread(&haproxy.frontend, 20).await;
@@ -872,8 +1064,13 @@ mod tests {
             .unwrap();
         let s1_status = status_of(&driver, "s1").await;
         assert_eq!(
-            (s1_status.status.as_str(), s1_status.check),
-            ("MAINT", None)
+            (s1_status.status, s1_status.check),
+            (
+                ServerState::Maint {
+                    cause: MaintCause::Admin
+                },
+                None
+            )
         );
 
         driver
@@ -911,7 +1108,15 @@ mod tests {
             .await
             .unwrap();
         let st = status_of(&driver, "s1").await;
-        assert_eq!((st.status.as_str(), st.check.as_deref()), ("MAINT", None));
+        assert_eq!(
+            (st.status, st.check),
+            (
+                ServerState::Maint {
+                    cause: MaintCause::Admin
+                },
+                None
+            )
+        );
 
         // maint -> drain: at first "DRAIN 1/2" with the stale pre-maint "L7OK" (or, if the
         // first check already ran, the bare "DRAIN"); never in rotation.
@@ -920,8 +1125,16 @@ mod tests {
             .await
             .unwrap();
         let st = status_of(&driver, "s1").await;
-        assert!(st.status == "DRAIN 1/2" || st.status == "DRAIN", "{st:?}");
-        assert_eq!(st.check.as_deref(), Some("L7OK"));
+        assert!(
+            matches!(
+                st.status,
+                ServerState::Drain {
+                    changing: None | Some(Health { current: 1, of: 2 })
+                }
+            ),
+            "{st:?}"
+        );
+        assert_eq!(st.check, Some(CheckResult::Passed("L7OK".into())));
         assert!(!st.is_up());
         // A fresh passing check turns it into the bare "DRAIN" + "L7OK".
         wait_for(&driver, &["s1"], "DRAIN", Some("L7OK")).await;
@@ -935,8 +1148,11 @@ mod tests {
             .unwrap();
         let st = status_of(&driver, "s1").await;
         assert_eq!(
-            (st.status.as_str(), st.check.as_deref()),
-            ("UP", Some("L7OK"))
+            (st.status, st.check),
+            (
+                ServerState::Up { changing: None },
+                Some(CheckResult::Passed("L7OK".into()))
+            )
         );
 
         // The trap, as in a rollout: maint, the old process stops, nothing listens yet,
@@ -956,8 +1172,16 @@ mod tests {
         // Unless the machine is so loaded that the next check already ran (then: DOWN).
         assert!(
             matches!(
-                (st.status.as_str(), st.check.as_deref()),
-                ("UP 1/2", Some("L7OK")) | ("DOWN", Some("L4CON"))
+                (&st.status, st.check.as_ref()),
+                (
+                    ServerState::Up {
+                        changing: Some(Health { current: 1, of: 2 })
+                    },
+                    Some(CheckResult::Passed(code))
+                ) if code == "L7OK"
+            ) || matches!(
+                (&st.status, st.check.as_ref()),
+                (ServerState::Down { .. }, Some(CheckResult::Failed(code))) if code == "L4CON"
             ),
             "{st:?}"
         );
@@ -980,8 +1204,13 @@ mod tests {
         // On a loaded machine the next check may already have run: then it says DOWN.
         assert!(
             matches!(
-                (st.status.as_str(), st.check.as_deref()),
-                ("UP 1/2" | "DOWN", Some("L4CON"))
+                (&st.status, st.check.as_ref()),
+                (
+                    ServerState::Up {
+                        changing: Some(Health { current: 1, of: 2 })
+                    } | ServerState::Down { .. },
+                    Some(CheckResult::Failed(code))
+                ) if code == "L4CON"
             ),
             "{st:?}"
         );
@@ -1026,7 +1255,10 @@ mod tests {
             .await
             .unwrap();
         let st = status_of(&driver, "s1").await;
-        assert_eq!((st.status.as_str(), st.sessions), ("DRAIN", 1));
+        assert_eq!(
+            (st.status, st.sessions),
+            (ServerState::Drain { changing: None }, 1)
+        );
         driver
             .set_state("app", "s1", AdminState::Maint)
             .await
@@ -1034,8 +1266,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let st = status_of(&driver, "s1").await;
         assert_eq!(
-            (st.status.as_str(), st.sessions),
-            ("MAINT", 1),
+            (st.status, st.sessions),
+            (
+                ServerState::Maint {
+                    cause: MaintCause::Admin
+                },
+                1
+            ),
             "maint keeps sessions"
         );
         assert!(!slow.is_finished());
@@ -1098,10 +1335,10 @@ mod tests {
             "app",
             "s1;shutdown",
         );
-        assert_eq!(
-            status_of(&driver, "s1").await.status.split(' ').next(),
-            Some("UP")
-        );
+        assert!(matches!(
+            status_of(&driver, "s1").await.status,
+            ServerState::Up { .. }
+        ));
     }
 
     /// Test 5b: nothing listening, or a listener that never answers → `Unreachable` after the
@@ -1185,13 +1422,24 @@ mod tests {
             let on_node: Vec<_> = all[index * 3..index * 3 + 3].iter().collect();
             assert!(on_node.iter().all(|s| &s.node == node), "{all:?}");
             let s1_status = on_node.iter().find(|s| s.server == "s1").unwrap();
-            assert_eq!(s1_status.status, "DRAIN", "{node}");
+            assert_eq!(
+                s1_status.status,
+                ServerState::Drain { changing: None },
+                "{node}"
+            );
             let s2_status = on_node.iter().find(|s| s.server == "s2").unwrap();
-            assert_eq!(s2_status.status, "UP", "{node}");
+            assert_eq!(
+                s2_status.status,
+                ServerState::Up { changing: None },
+                "{node}"
+            );
         }
         // Each process on its own agrees.
         for haproxy in [&first, &second] {
-            assert_eq!(status_of(&haproxy.driver(), "s1").await.status, "DRAIN");
+            assert_eq!(
+                status_of(&haproxy.driver(), "s1").await.status,
+                ServerState::Drain { changing: None }
+            );
         }
         let answers = spread(&second.frontend, 10).await;
         assert!(answers.iter().all(|a| a == "s2"), "{answers:?}");
@@ -1210,6 +1458,9 @@ mod tests {
             Err(LbError::Unreachable { node, .. }) => assert_eq!(node, nodes[1]),
             other => panic!("expected Unreachable, got {other:?}"),
         }
-        assert_eq!(status_of(&first.driver(), "s1").await.status, "DRAIN");
+        assert_eq!(
+            status_of(&first.driver(), "s1").await.status,
+            ServerState::Drain { changing: None }
+        );
     }
 }

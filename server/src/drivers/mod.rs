@@ -20,6 +20,9 @@ use serde::Serialize;
 
 use crate::domain::{BackendAddr, BackendName, ServiceName, Version};
 
+/// A load balancer's view of a server, parsed by its driver (shared with the UI, which shows it).
+pub use app::model::{CheckResult, Health, MaintCause, ServerState};
+
 /// What an operator set for a server: HAProxy's admin state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,10 +52,11 @@ pub struct ServerStatus {
     pub node: String,
     /// The HAProxy server name.
     pub server: String,
-    /// The `status` column of `show stat`: "UP", "DOWN", "DRAIN", "MAINT", "no check", "UP 1/2"…
-    pub status: String,
-    /// The last health check's result (`check_status`), e.g. "L7OK"; `None` without checks.
-    pub check: Option<String>,
+    /// Whether it routes traffic to the server, and whether that is settled (`show stat`'s
+    /// `status` column).
+    pub status: ServerState,
+    /// The last health check's result (`check_status`); `None` in maint or without checks.
+    pub check: Option<CheckResult>,
     /// Open sessions (`scur`).
     pub sessions: u64,
     /// HAProxy `backup` servers carry traffic only when no active server is up.
@@ -64,10 +68,21 @@ pub struct ServerStatus {
 impl ServerStatus {
     /// Whether this node sends traffic to the server and its last check is fresh and passing.
     ///
-    /// Exactly "UP": right after leaving maint HAProxy shows "UP 1/2" with the check result from
-    /// before maint, even when nothing listens any more (measured on HAProxy 2.6).
+    /// Only the settled `Up`: right after leaving maint HAProxy shows `UP 1/2` (`Up` while
+    /// `changing`) with the check result from before maint, even when nothing listens any more
+    /// (measured on HAProxy 2.6). Without checks, being in rotation is all there is to know.
     pub fn is_up(&self) -> bool {
-        self.status == "UP" || self.status == "no check"
+        match &self.status {
+            ServerState::Up { changing: None } | ServerState::NoCheck => true,
+            ServerState::Up { changing: Some(_) }
+            | ServerState::Nolb { .. }
+            | ServerState::Drain { .. }
+            | ServerState::AgentDrain
+            | ServerState::Maint { .. }
+            | ServerState::Down { .. }
+            | ServerState::AgentDown
+            | ServerState::Other { .. } => false,
+        }
     }
 }
 

@@ -9,33 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BackendName, Version};
 
-/// One step of the safe procedure that replaces the version on a backend, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    /// Run the runtime's per-rollout preparation (once, before any backend).
-    Prepare,
-    /// Enough other backends are UP on every node to carry the traffic.
-    CheckCapacity,
-    /// Stop sending new traffic to the backend.
-    Drain,
-    /// Wait until the backend's open sessions finish (or the drain timeout).
-    WaitSessions,
-    /// The drain timed out: close the remaining sessions, and record how many.
-    CutSessions,
-    /// Take the backend out entirely (no traffic, no checks).
-    Maint,
-    Stop,
-    Start,
-    /// Baton's own probe of the health path passes `healthy_threshold` times in a row.
-    WaitHealthy,
-    /// The load balancer's own check passes (the server is drained, so checks run without traffic).
-    LbCheck,
-    /// Back into rotation.
-    Enable,
-    /// Every node reports the backend UP.
-    ConfirmUp,
-}
+/// One step of the safe procedure that replaces the version on a backend: the vocabulary the
+/// API, the database and the UI share, declared in the order the procedure runs the steps.
+pub use app::model::StepKind as Step;
 
 /// Why a rollout is being put back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -48,47 +24,27 @@ pub enum Undo {
     Abort,
 }
 
-impl Step {
-    /// The step after this one in the replacement procedure.
-    fn next(self) -> Option<Step> {
-        use Step::*;
-        match self {
-            Prepare => Some(CheckCapacity),
-            CheckCapacity => Some(Drain),
-            Drain => Some(WaitSessions),
-            WaitSessions | CutSessions => Some(Maint),
-            Maint => Some(Stop),
-            Stop => Some(Start),
-            Start => Some(WaitHealthy),
-            WaitHealthy => Some(LbCheck),
-            LbCheck => Some(Enable),
-            Enable => Some(ConfirmUp),
-            ConfirmUp => None,
-        }
+/// The step after `step` in the replacement procedure.
+fn next_step(step: Step) -> Option<Step> {
+    use Step::*;
+    match step {
+        Prepare => Some(CheckCapacity),
+        CheckCapacity => Some(Drain),
+        Drain => Some(WaitSessions),
+        WaitSessions | CutSessions => Some(Maint),
+        Maint => Some(Stop),
+        Stop => Some(Start),
+        Start => Some(WaitHealthy),
+        WaitHealthy => Some(LbCheck),
+        LbCheck => Some(Enable),
+        Enable => Some(ConfirmUp),
+        ConfirmUp => None,
     }
+}
 
-    /// Whether the old version has possibly been stopped once this step was attempted.
-    fn touches_the_process(self) -> bool {
-        self >= Step::Stop
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use Step::*;
-        match self {
-            Prepare => "prepare",
-            CheckCapacity => "check_capacity",
-            Drain => "drain",
-            WaitSessions => "wait_sessions",
-            CutSessions => "cut_sessions",
-            Maint => "maint",
-            Stop => "stop",
-            Start => "start",
-            WaitHealthy => "wait_healthy",
-            LbCheck => "lb_check",
-            Enable => "enable",
-            ConfirmUp => "confirm_up",
-        }
-    }
+/// Whether the old version has possibly been stopped once `step` was attempted.
+fn touches_the_process(step: Step) -> bool {
+    step >= Step::Stop
 }
 
 /// A backend in a rollout, with the version it ran before.
@@ -263,7 +219,12 @@ impl Rollout {
             Phase::Finished {
                 outcome: Outcome::Succeeded,
             } => self.targets.len(),
-            _ => 0,
+            Phase::Pending
+            | Phase::RollingBack { .. }
+            | Phase::Finished {
+                outcome:
+                    Outcome::RolledBack { .. } | Outcome::Failed { .. } | Outcome::Cancelled { .. },
+            } => 0,
         }
     }
 
@@ -284,7 +245,17 @@ impl Rollout {
                 step: *step,
                 backends: match step {
                     Step::Prepare => Vec::new(),
-                    _ => self.targets[self.batch(*batch)]
+                    Step::CheckCapacity
+                    | Step::Drain
+                    | Step::WaitSessions
+                    | Step::CutSessions
+                    | Step::Maint
+                    | Step::Stop
+                    | Step::Start
+                    | Step::WaitHealthy
+                    | Step::LbCheck
+                    | Step::Enable
+                    | Step::ConfirmUp => self.targets[self.batch(*batch)]
                         .iter()
                         .map(|t| t.name.clone())
                         .collect(),
@@ -304,26 +275,25 @@ impl Rollout {
         }
     }
 
-    /// Advances the rollout by one event. Events that do not fit the phase leave it unchanged.
+    /// Advances the rollout by one event. Every pair of phase and event is decided here, so a
+    /// new event or phase does not compile until someone says what it does in each case; the
+    /// pairs that change nothing are listed too, with why.
     pub fn step(mut self, event: Event) -> (Self, Option<Action>) {
         let phase = std::mem::replace(&mut self.phase, Phase::Pending);
         self.phase = match (phase, event) {
-            (phase, Event::Pause) => self.pause(phase),
-            (phase, Event::Resume) => {
-                self.pause_requested = false;
-                match phase {
-                    Phase::Paused { batch } => Phase::Forward {
-                        batch,
-                        step: Step::CheckCapacity,
-                    },
-                    phase => phase,
-                }
-            }
-            (phase, Event::Abort) => self.abort(phase),
             (Phase::Pending, Event::Begin) => Phase::Forward {
                 batch: 0,
                 step: Step::Prepare,
             },
+            // Already begun (a restarted Baton resumes the saved state instead).
+            (
+                phase @ (Phase::Forward { .. }
+                | Phase::Paused { .. }
+                | Phase::RollingBack { .. }
+                | Phase::Finished { .. }),
+                Event::Begin,
+            ) => phase,
+
             (Phase::Forward { batch, step }, Event::Done) => self.forward_after(batch, step),
             (
                 Phase::Forward {
@@ -335,6 +305,8 @@ impl Rollout {
                 batch,
                 step: Step::CutSessions,
             },
+            // Only waiting for sessions has a drain deadline.
+            (phase @ Phase::Forward { .. }, Event::DrainTimedOut { .. }) => phase,
             (Phase::Forward { batch, step }, Event::Failed { backend, reason }) => self
                 .fail_forward(
                     batch,
@@ -344,6 +316,7 @@ impl Rollout {
                         reason,
                     },
                 ),
+
             (
                 Phase::RollingBack {
                     queue,
@@ -353,7 +326,7 @@ impl Rollout {
                     undo,
                 },
                 Event::Done,
-            ) => match step.next() {
+            ) => match next_step(step) {
                 Some(next) => Phase::RollingBack {
                     queue,
                     step: next,
@@ -379,6 +352,8 @@ impl Rollout {
                 problems,
                 undo,
             },
+            // Only waiting for sessions has a drain deadline.
+            (phase @ Phase::RollingBack { .. }, Event::DrainTimedOut { .. }) => phase,
             (
                 Phase::RollingBack {
                     queue,
@@ -395,7 +370,7 @@ impl Rollout {
                     backend,
                     reason,
                 });
-                if step.touches_the_process() {
+                if touches_the_process(step) {
                     // The old version is not serving on this backend: it stays out of
                     // rotation, and the outcome says it needs an operator.
                     self.next_restore(queue, cause, problems, undo)
@@ -413,71 +388,107 @@ impl Rollout {
                     self.next_restore(queue, cause, problems, undo)
                 }
             }
-            (phase, _) => phase,
+
+            // No action is out while queued, paused or finished, so no result can come back.
+            (
+                phase @ (Phase::Pending | Phase::Paused { .. } | Phase::Finished { .. }),
+                Event::Done | Event::DrainTimedOut { .. } | Event::Failed { .. },
+            ) => phase,
+
+            // A pause takes effect between batches: at once if the next batch has not begun,
+            // else once the current one is back in rotation.
+            (
+                Phase::Forward {
+                    batch,
+                    step: Step::CheckCapacity,
+                },
+                Event::Pause,
+            ) => Phase::Paused { batch },
+            (phase @ Phase::Forward { .. }, Event::Pause) => {
+                self.pause_requested = true;
+                phase
+            }
+            // Nothing to pause: not started (only an abort stops a queued rollout), already
+            // paused, putting backends back (which must finish), or over.
+            (
+                phase @ (Phase::Pending
+                | Phase::Paused { .. }
+                | Phase::RollingBack { .. }
+                | Phase::Finished { .. }),
+                Event::Pause,
+            ) => phase,
+
+            (Phase::Paused { batch }, Event::Resume) => {
+                self.pause_requested = false;
+                Phase::Forward {
+                    batch,
+                    step: Step::CheckCapacity,
+                }
+            }
+            // Not paused: withdraws a pause asked for and not yet taken, if any.
+            (
+                phase @ (Phase::Pending
+                | Phase::Forward { .. }
+                | Phase::RollingBack { .. }
+                | Phase::Finished { .. }),
+                Event::Resume,
+            ) => {
+                self.pause_requested = false;
+                phase
+            }
+
+            (Phase::Pending, Event::Abort) => Phase::Finished {
+                outcome: Outcome::Cancelled { at: None },
+            },
+            // Between batches: the next one had not begun.
+            (Phase::Paused { .. }, Event::Abort) => Phase::Finished {
+                outcome: Outcome::Cancelled {
+                    at: Some(Step::CheckCapacity),
+                },
+            },
+            (Phase::Forward { batch, step }, Event::Abort) => self.abort_forward(batch, step),
+            // A rollback already under way carries on: it is what leaves the backends serving.
+            (phase @ (Phase::RollingBack { .. } | Phase::Finished { .. }), Event::Abort) => phase,
         };
         let action = self.action();
         (self, action)
     }
 
-    /// A pause takes effect between batches: at once if the next batch has not begun, else
-    /// once the current one is back in rotation.
-    fn pause(&mut self, phase: Phase) -> Phase {
-        match phase {
-            Phase::Forward {
-                batch,
-                step: Step::CheckCapacity,
-            } => Phase::Paused { batch },
-            phase @ Phase::Forward { .. } => {
-                self.pause_requested = true;
-                phase
+    /// Stops a rollout going forward at the next safe point, leaving every backend serving: a
+    /// batch whose old process still runs goes back into rotation; one whose new process has
+    /// passed both health checks is finished; one in between goes back to its previous version.
+    fn abort_forward(&mut self, batch: usize, step: Step) -> Phase {
+        let from = match step {
+            Step::Prepare | Step::CheckCapacity => {
+                return Phase::Finished {
+                    outcome: Outcome::Cancelled { at: Some(step) },
+                };
             }
-            phase => phase,
-        }
-    }
-
-    /// Stops the rollout at the next safe point, leaving every backend serving: a batch whose
-    /// old process still runs goes back into rotation; one whose new process has passed both
-    /// health checks is finished; one in between goes back to its previous version. A rollback
-    /// already under way carries on (it is what leaves the backends serving).
-    fn abort(&mut self, phase: Phase) -> Phase {
-        let cancelled = |at| Phase::Finished {
-            outcome: Outcome::Cancelled { at },
+            Step::Enable | Step::ConfirmUp => {
+                self.abort_requested = true;
+                return Phase::Forward { batch, step };
+            }
+            // The old process has not been stopped yet (the step is about to run).
+            Step::Drain | Step::WaitSessions | Step::CutSessions | Step::Maint | Step::Stop => {
+                Step::Enable
+            }
+            Step::Start | Step::WaitHealthy | Step::LbCheck => Step::Drain,
         };
-        match phase {
-            Phase::Pending => cancelled(None),
-            // Between batches: the next one had not begun.
-            Phase::Paused { .. } => cancelled(Some(Step::CheckCapacity)),
-            Phase::Forward { batch, step } => match step {
-                Step::Prepare | Step::CheckCapacity => cancelled(Some(step)),
-                Step::Enable | Step::ConfirmUp => {
-                    self.abort_requested = true;
-                    Phase::Forward { batch, step }
-                }
-                _ => {
-                    let from = if step <= Step::Stop {
-                        Step::Enable
-                    } else {
-                        Step::Drain
-                    };
-                    let queue = self
-                        .batch(batch)
-                        .rev()
-                        .map(|index| Restore { index, from })
-                        .collect();
-                    let cause = Failure {
-                        step,
-                        backend: None,
-                        reason: "aborted by an operator".to_owned(),
-                    };
-                    self.next_restore_from(queue, cause, Vec::new(), Undo::Abort)
-                }
-            },
-            phase => phase,
-        }
+        let queue = self
+            .batch(batch)
+            .rev()
+            .map(|index| Restore { index, from })
+            .collect();
+        let cause = Failure {
+            step,
+            backend: None,
+            reason: "aborted by an operator".to_owned(),
+        };
+        self.next_restore_from(queue, cause, Vec::new(), Undo::Abort)
     }
 
     fn forward_after(&self, batch: usize, step: Step) -> Phase {
-        match step.next() {
+        match next_step(step) {
             Some(next) => Phase::Forward { batch, step: next },
             None if self.abort_requested => Phase::Finished {
                 outcome: Outcome::Cancelled {
@@ -506,7 +517,12 @@ impl Rollout {
             Step::Drain | Step::WaitSessions | Step::CutSessions | Step::Maint => {
                 Some(Step::Enable)
             }
-            _ => Some(Step::Drain),
+            Step::Stop
+            | Step::Start
+            | Step::WaitHealthy
+            | Step::LbCheck
+            | Step::Enable
+            | Step::ConfirmUp => Some(Step::Drain),
         };
         let mut queue: Vec<Restore> = match from {
             Some(from) => self
@@ -558,7 +574,7 @@ impl Rollout {
             },
             None => {
                 let changed_any = self.auto_rollback
-                    && (cause.step.touches_the_process() || self.batch_index_of(&cause) > 0);
+                    && (touches_the_process(cause.step) || self.batch_index_of(&cause) > 0);
                 let outcome = if problems.is_empty() && self.auto_rollback && changed_any {
                     Outcome::RolledBack { failure: cause }
                 } else {
@@ -842,6 +858,88 @@ mod tests {
             .clone()
             .step(Event::DrainTimedOut { open_sessions: 1 });
         assert_eq!(same, started);
+    }
+
+    #[test]
+    fn every_event_that_does_not_fit_its_phase_changes_nothing() {
+        let pending = rollout(&["s1", "s2"], 1, true);
+        let (forward, _) = run(pending.clone(), done(2)); // s1 at drain
+        let (paused, _) = run(pending.clone(), [done(1 + 10), vec![Event::Pause]].concat());
+        let (rolling_back, _) = run(
+            pending.clone(),
+            [done(1 + 6), vec![fail("s1", "unhealthy")]].concat(),
+        );
+        let (finished, _) = run(rollout(&["s1"], 1, true), done(1 + 10));
+        assert!(matches!(forward.phase, Phase::Forward { step: Drain, .. }));
+        assert!(matches!(paused.phase, Phase::Paused { .. }));
+        assert!(matches!(
+            rolling_back.phase,
+            Phase::RollingBack { step: Drain, .. }
+        ));
+        assert!(finished.is_finished());
+
+        let timed_out = || Event::DrainTimedOut { open_sessions: 2 };
+        let cases: [(&str, &Rollout, Vec<Event>); 5] = [
+            (
+                "queued",
+                &pending,
+                vec![
+                    Event::Done,
+                    timed_out(),
+                    fail("s1", "x"),
+                    Event::Pause,
+                    Event::Resume,
+                ],
+            ),
+            // Drain has no deadline; only wait_sessions times out.
+            (
+                "forward",
+                &forward,
+                vec![Event::Begin, timed_out(), Event::Resume],
+            ),
+            (
+                "paused",
+                &paused,
+                vec![
+                    Event::Begin,
+                    Event::Done,
+                    timed_out(),
+                    fail("s2", "x"),
+                    Event::Pause,
+                ],
+            ),
+            (
+                "rolling back",
+                &rolling_back,
+                vec![
+                    Event::Begin,
+                    timed_out(),
+                    Event::Pause,
+                    Event::Resume,
+                    Event::Abort,
+                ],
+            ),
+            (
+                "finished",
+                &finished,
+                vec![
+                    Event::Begin,
+                    Event::Done,
+                    timed_out(),
+                    fail("s1", "x"),
+                    Event::Pause,
+                    Event::Resume,
+                    Event::Abort,
+                ],
+            ),
+        ];
+        for (phase, before, events) in cases {
+            for event in events {
+                let (after, action) = before.clone().step(event.clone());
+                assert_eq!(&after, before, "{event:?} while {phase}");
+                assert_eq!(action, before.action(), "{event:?} while {phase}");
+            }
+        }
     }
 
     #[test]

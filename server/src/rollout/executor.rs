@@ -14,14 +14,14 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
-use app::model::ControlAction;
 #[cfg(doc)]
 use app::model::PendingControl;
+use app::model::{ControlAction, RolloutStatus, StepOutcome};
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
     AdminState, BackendRun, BackendSpec, HealthProbe, LbError, LoadBalancer, ProbeFailure, Runtime,
-    ServerStatus,
+    ServerState, ServerStatus,
 };
 use crate::rollout::engine::{
     Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
@@ -95,24 +95,24 @@ pub async fn recorded_targets(
         .collect())
 }
 
-/// The status word the API and the database use for a rollout's state.
-pub fn status_of(rollout: &Rollout) -> &'static str {
+/// The status the API and the database show for a rollout's state.
+pub fn status_of(rollout: &Rollout) -> RolloutStatus {
     match &rollout.phase {
-        Phase::Pending => "queued",
-        Phase::Paused { .. } => "paused",
-        Phase::Forward { .. } | Phase::RollingBack { .. } => "running",
+        Phase::Pending => RolloutStatus::Queued,
+        Phase::Paused { .. } => RolloutStatus::Paused,
+        Phase::Forward { .. } | Phase::RollingBack { .. } => RolloutStatus::Running,
         Phase::Finished {
             outcome: Outcome::Succeeded,
-        } => "succeeded",
+        } => RolloutStatus::Succeeded,
         Phase::Finished {
             outcome: Outcome::RolledBack { .. },
-        } => "rolled_back",
+        } => RolloutStatus::RolledBack,
         Phase::Finished {
             outcome: Outcome::Failed { .. },
-        } => "failed",
+        } => RolloutStatus::Failed,
         Phase::Finished {
             outcome: Outcome::Cancelled { .. },
-        } => "cancelled",
+        } => RolloutStatus::Cancelled,
     }
 }
 
@@ -142,7 +142,13 @@ fn reason_of(rollout: &Rollout) -> Option<String> {
             "aborted by an operator at {}; backends already done keep the new version, and every backend is serving",
             step.as_str()
         )),
-        _ => None,
+        Phase::Pending
+        | Phase::Forward { .. }
+        | Phase::Paused { .. }
+        | Phase::RollingBack { .. }
+        | Phase::Finished {
+            outcome: Outcome::Succeeded,
+        } => None,
     }
 }
 
@@ -184,7 +190,7 @@ impl ServiceRunner {
         row: DeploymentRow,
         shutdown: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let state = if row.status == "queued" {
+        let state = if row.status == RolloutStatus::Queued {
             match self.store.claim(row.id).await? {
                 Some(state) => state,
                 // Cancelled between the read and the claim.
@@ -201,7 +207,7 @@ impl ServiceRunner {
             self.store
                 .save_state(
                     row.id,
-                    "failed",
+                    RolloutStatus::Failed,
                     "null",
                     Some("the saved rollout state could not be read"),
                 )
@@ -227,7 +233,7 @@ impl ServiceRunner {
             // A pause, resume or abort asked for just before Baton stopped may not have reached
             // the saved state; applying it again is harmless if it had.
             if let Some(asked) = self.store.newest_control(row.id).await?
-                && !asked.fulfilled_by(&row.status)
+                && !asked.fulfilled_by(row.status)
             {
                 tracing::info!(action = ?asked.action, "applying what was asked before the restart");
                 self.controls.push(row.id, asked.action);
@@ -279,13 +285,13 @@ impl ServiceRunner {
         self.store
             .save_state(row.id, status, &state, reason_of(&rollout).as_deref())
             .await?;
-        tracing::info!(status, "rollout finished");
+        tracing::info!(status = status.as_str(), "rollout finished");
         Ok(())
     }
 
     /// Carries out one action, recording a step row per backend around it.
     async fn perform(&self, deployment: i64, action: &Action) -> Result<Event, StoreError> {
-        let step = action.step.as_str();
+        let step = action.step;
         let mut rows = Vec::new();
         if action.backends.is_empty() {
             rows.push(
@@ -315,9 +321,11 @@ impl ServiceRunner {
         }
         let (event, detail) = self.carry_out(action).await;
         let outcome = match &event {
-            Event::Begin | Event::Done | Event::Pause | Event::Resume | Event::Abort => "ok",
-            Event::DrainTimedOut { .. } => "timed_out",
-            Event::Failed { .. } => "failed",
+            Event::Begin | Event::Done | Event::Pause | Event::Resume | Event::Abort => {
+                StepOutcome::Ok
+            }
+            Event::DrainTimedOut { .. } => StepOutcome::TimedOut,
+            Event::Failed { .. } => StepOutcome::Failed,
         };
         let detail = match &event {
             Event::Failed { reason, .. } => Some(reason.clone()),
@@ -640,7 +648,7 @@ impl ServiceRunner {
                         first.node,
                         self.service.health.start_timeout,
                         first.status,
-                        first.check.as_deref().unwrap_or("none")
+                        first.check.as_ref().map_or("none", |check| check.code())
                     ),
                 ));
             }
@@ -721,12 +729,23 @@ impl LoadBalancer for Patient {
     }
 }
 
-/// A drained server whose fresh HAProxy check passes shows exactly `DRAIN`. Right after maint it
-/// shows `DRAIN 1/2` with the check result from before maint, which proves nothing; with
-/// `fall >= 2` the suffix goes only after a new check. Without checks HAProxy says `no check`
-/// and Baton's own probe is what counted.
+/// A drained server whose fresh HAProxy check passes is the settled `Drain` (HAProxy's bare
+/// `DRAIN`). Right after maint it is `Drain` while `changing` (`DRAIN 1/2`) with the check result
+/// from before maint, which proves nothing; with `fall >= 2` that ends only after a new check.
+/// Without checks HAProxy says `no check` and Baton's own probe is what counted. A drain by an
+/// agent check hides the health check's state, so it never counts.
 fn lb_check_passed(server: &ServerStatus) -> bool {
-    server.status == "DRAIN" || server.status == "no check"
+    match &server.status {
+        ServerState::Drain { changing: None } | ServerState::NoCheck => true,
+        ServerState::Drain { changing: Some(_) }
+        | ServerState::Up { .. }
+        | ServerState::Nolb { .. }
+        | ServerState::AgentDrain
+        | ServerState::Maint { .. }
+        | ServerState::Down { .. }
+        | ServerState::AgentDown
+        | ServerState::Other { .. } => false,
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 
-use app::model::PendingControl;
+use app::model::{PendingControl, RolloutStatus, StepKind, StepOutcome};
 
 use crate::store::{DeploymentRow, Store, StoreError};
 
@@ -31,7 +31,7 @@ pub trait Journal: Send + Sync {
     async fn save_state(
         &self,
         id: i64,
-        status: &str,
+        status: RolloutStatus,
         state: &str,
         reason: Option<&str>,
     ) -> Result<(), StoreError>;
@@ -42,14 +42,14 @@ pub trait Journal: Send + Sync {
         &self,
         deployment: i64,
         backend: Option<&str>,
-        step: &str,
+        step: StepKind,
         rollback: bool,
         version: &str,
     ) -> Result<i64, StoreError>;
     async fn finish_step(
         &self,
         step: i64,
-        outcome: &str,
+        outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError>;
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError>;
@@ -83,7 +83,7 @@ impl Journal for Store {
     async fn save_state(
         &self,
         id: i64,
-        status: &str,
+        status: RolloutStatus,
         state: &str,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -102,7 +102,7 @@ impl Journal for Store {
         &self,
         deployment: i64,
         backend: Option<&str>,
-        step: &str,
+        step: StepKind,
         rollback: bool,
         version: &str,
     ) -> Result<i64, StoreError> {
@@ -112,7 +112,7 @@ impl Journal for Store {
     async fn finish_step(
         &self,
         step: i64,
-        outcome: &str,
+        outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         Store::finish_step(self, step, outcome, detail).await

@@ -2,7 +2,9 @@
 //!
 //! Invariant: nothing outside `store` names sqlx or writes SQL, so another database (PostgreSQL
 //! for two replicas) changes this module only. Every change to a rollout writes its event in
-//! the same transaction (see [`events`]).
+//! the same transaction (see [`events`]). Statuses, steps, outcomes and triggers are stored as
+//! their words (`rolled_back`) and read back through [`word`], so a word the enum does not know
+//! is an error, never a panic.
 
 pub mod auth;
 pub mod deliveries;
@@ -13,9 +15,14 @@ pub use events::{LIVE_BUFFER, Published};
 use std::str::FromStr;
 use std::time::Duration;
 
-use app::model::{Change, ControlAction, DeploymentEvent, DeploymentSummary, StepSummary};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use app::model::{
+    Change, ControlAction, DeploymentEvent, DeploymentSummary, RolloutStatus, StepKind,
+    StepOutcome, StepSummary, Trigger, UnknownWord,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -106,7 +113,7 @@ impl Store {
         .bind(new.service)
         .bind(new.from_version)
         .bind(new.to_version)
-        .bind(new.trigger)
+        .bind(new.trigger.as_str())
         .bind(new.requested_by)
         .bind(new.state)
         .bind(now_millis())
@@ -131,11 +138,11 @@ impl Store {
         )
         .bind(new.from_version)
         .bind(new.to_version)
-        .bind(new.trigger)
+        .bind(new.trigger.as_str())
         .bind(new.requested_by)
         .bind(new.state)
         .bind(new.service)
-        .bind(new.trigger)
+        .bind(new.trigger.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(id) = id else { return Ok(None) };
@@ -257,12 +264,12 @@ impl Store {
     pub async fn save_state(
         &self,
         id: i64,
-        status: &str,
+        status: RolloutStatus,
         state: &str,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_millis();
-        let finished = matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled");
+        let finished = status.is_finished();
         // Read before the transaction: a transaction that reads first and writes later fails
         // at once (SQLITE_BUSY, no retry) if another connection wrote meanwhile. Only the
         // service's worker changes a started rollout's status, so this read cannot go stale.
@@ -277,7 +284,7 @@ impl Store {
                 started_at = COALESCE(started_at, ?), finished_at = CASE WHEN ? THEN ? ELSE NULL END
              WHERE id = ?",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(state)
         .bind(reason)
         .bind(now)
@@ -287,7 +294,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let changed = before.is_none_or(|(old_status, old_reason)| {
-            old_status != status || (reason.is_some() && old_reason.as_deref() != reason)
+            old_status != status.as_str() || (reason.is_some() && old_reason.as_deref() != reason)
         });
         let event = if changed {
             Some(status_event(&mut tx, id).await?)
@@ -329,8 +336,8 @@ impl Store {
         let mut rows = sqlx::query_as::<_, DeploymentRow>(sql)
             .bind(query.service)
             .bind(query.service)
-            .bind(query.status)
-            .bind(query.status)
+            .bind(query.status.map(RolloutStatus::as_str))
+            .bind(query.status.map(RolloutStatus::as_str))
             .bind(query.before)
             .bind(query.before)
             .bind(query.after)
@@ -349,7 +356,7 @@ impl Store {
         &self,
         deployment: i64,
         backend: Option<&str>,
-        step: &str,
+        step: StepKind,
         rollback: bool,
         version: &str,
     ) -> Result<i64, StoreError> {
@@ -360,7 +367,7 @@ impl Store {
         )
         .bind(deployment)
         .bind(backend)
-        .bind(step)
+        .bind(step.as_str())
         .bind(rollback)
         .bind(version)
         .bind(now_millis())
@@ -375,7 +382,7 @@ impl Store {
     pub async fn finish_step(
         &self,
         step: i64,
-        outcome: &str,
+        outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -383,7 +390,7 @@ impl Store {
             "UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ? RETURNING *",
         )
         .bind(now_millis())
-        .bind(outcome)
+        .bind(outcome.as_str())
         .bind(detail)
         .bind(step)
         .fetch_one(&mut *tx)
@@ -398,11 +405,12 @@ impl Store {
     pub async fn interrupt_open_steps(&self, deployment: i64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query_as::<_, StepRow>(
-            "UPDATE deployment_steps SET finished_at = ?, outcome = 'interrupted',
+            "UPDATE deployment_steps SET finished_at = ?, outcome = ?,
                 detail = 'Baton stopped during this step; it ran again after the restart'
              WHERE deployment_id = ? AND finished_at IS NULL RETURNING *",
         )
         .bind(now_millis())
+        .bind(StepOutcome::Interrupted.as_str())
         .bind(deployment)
         .fetch_all(&mut *tx)
         .await?;
@@ -467,7 +475,7 @@ impl Store {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DeploymentQuery<'a> {
     pub service: Option<&'a str>,
-    pub status: Option<&'a str>,
+    pub status: Option<RolloutStatus>,
     /// Only ids below this one (the next, older page).
     pub before: Option<i64>,
     /// Only ids above this one, the nearest first (the previous, newer page); the rows still
@@ -481,19 +489,19 @@ pub struct NewDeployment<'a> {
     pub service: &'a str,
     pub from_version: Option<&'a str>,
     pub to_version: &'a str,
-    pub trigger: &'a str,
+    pub trigger: Trigger,
     pub requested_by: Option<&'a str>,
     pub state: &'a str,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct DeploymentRow {
     pub id: i64,
     pub service: String,
     pub from_version: Option<String>,
     pub to_version: String,
-    pub status: String,
-    pub trigger: String,
+    pub status: RolloutStatus,
+    pub trigger: Trigger,
     pub requested_by: Option<String>,
     pub reason: Option<String>,
     pub state: Option<String>,
@@ -502,18 +510,84 @@ pub struct DeploymentRow {
     pub finished_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+impl sqlx::FromRow<'_, SqliteRow> for DeploymentRow {
+    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            service: row.try_get("service")?,
+            from_version: row.try_get("from_version")?,
+            to_version: row.try_get("to_version")?,
+            status: word(row, "status")?,
+            trigger: word(row, "trigger")?,
+            requested_by: row.try_get("requested_by")?,
+            reason: row.try_get("reason")?,
+            state: row.try_get("state")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct StepRow {
     pub id: i64,
     pub deployment_id: i64,
     pub backend: Option<String>,
-    pub step: String,
+    pub step: StepKind,
     pub rollback: bool,
     pub version: String,
     pub started_at: i64,
     pub finished_at: Option<i64>,
-    pub outcome: Option<String>,
+    pub outcome: Option<StepOutcome>,
     pub detail: Option<String>,
+}
+
+impl sqlx::FromRow<'_, SqliteRow> for StepRow {
+    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            deployment_id: row.try_get("deployment_id")?,
+            backend: row.try_get("backend")?,
+            step: word(row, "step")?,
+            rollback: row.try_get("rollback")?,
+            version: row.try_get("version")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            outcome: optional_word(row, "outcome")?,
+            detail: row.try_get("detail")?,
+        })
+    }
+}
+
+/// A vocabulary column read back as its enum (each is written with the enum's `as_str`). A word
+/// the enum does not know is a decode error naming the column and the word.
+fn word<T>(row: &SqliteRow, column: &str) -> Result<T, sqlx::Error>
+where
+    T: FromStr<Err = UnknownWord>,
+{
+    let text: String = row.try_get(column)?;
+    parse_column(column, &text)
+}
+
+/// Like [`word`], for a column that may be NULL.
+fn optional_word<T>(row: &SqliteRow, column: &str) -> Result<Option<T>, sqlx::Error>
+where
+    T: FromStr<Err = UnknownWord>,
+{
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| parse_column(column, &text)).transpose()
+}
+
+fn parse_column<T>(column: &str, text: &str) -> Result<T, sqlx::Error>
+where
+    T: FromStr<Err = UnknownWord>,
+{
+    text.parse()
+        .map_err(|error: UnknownWord| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(error),
+        })
 }
 
 /// The rollout's summary as an event, inside the transaction that changed it.
@@ -614,7 +688,7 @@ mod tests {
             service: "api",
             from_version: Some("v1"),
             to_version: to,
-            trigger: "api",
+            trigger: Trigger::Api,
             requested_by: None,
             state: "{}",
         };
@@ -625,7 +699,7 @@ mod tests {
             first
         );
         store
-            .save_state(second, "running", "{}", None)
+            .save_state(second, RolloutStatus::Running, "{}", None)
             .await
             .unwrap();
         assert_eq!(
@@ -646,7 +720,12 @@ mod tests {
             .collect();
         assert_eq!(listed, [second, first]);
         store
-            .save_state(second, "failed", "{}", Some("start failed on s1: boom"))
+            .save_state(
+                second,
+                RolloutStatus::Failed,
+                "{}",
+                Some("start failed on s1: boom"),
+            )
             .await
             .unwrap();
         let row = store.deployment(second).await.unwrap().unwrap();
@@ -668,7 +747,7 @@ mod tests {
                     service,
                     from_version: Some("v1"),
                     to_version: "v2",
-                    trigger: "api",
+                    trigger: Trigger::Api,
                     requested_by: None,
                     state: "{}",
                 })
@@ -707,6 +786,68 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(between, [api[2], api[1]], "both bounds hold");
+    }
+
+    #[tokio::test]
+    async fn a_word_the_enums_do_not_know_is_an_error_naming_it_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("w.db").display()))
+            .await
+            .unwrap();
+        let id = store
+            .insert_deployment(&NewDeployment {
+                service: "api",
+                from_version: Some("v1"),
+                to_version: "v2",
+                trigger: Trigger::Webhook,
+                requested_by: None,
+                state: "{}",
+            })
+            .await
+            .unwrap();
+        let step = store
+            .begin_step(id, Some("s1"), StepKind::WaitSessions, false, "v2")
+            .await
+            .unwrap();
+        store
+            .finish_step(step, StepOutcome::TimedOut, None)
+            .await
+            .unwrap();
+        // What was written reads back as the same words.
+        let row = store.deployment(id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.trigger),
+            (RolloutStatus::Queued, Trigger::Webhook)
+        );
+        let steps = store.steps(id).await.unwrap();
+        assert_eq!(
+            (steps[0].step, steps[0].outcome),
+            (StepKind::WaitSessions, Some(StepOutcome::TimedOut))
+        );
+
+        // A word written by something else (a newer Baton, a hand edit) is refused on reading.
+        sqlx::query("UPDATE deployments SET status = 'paused_forever' WHERE id = ?")
+            .bind(id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let error = store.deployment(id).await.unwrap_err().to_string();
+        assert!(
+            error.contains("column status")
+                && error.contains("unknown rollout status \"paused_forever\"")
+                && error.contains("rolled_back"),
+            "{error}"
+        );
+        sqlx::query("UPDATE deployment_steps SET outcome = 'skipped' WHERE id = ?")
+            .bind(step)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let error = store.steps(id).await.unwrap_err().to_string();
+        assert!(
+            error.contains("unknown step outcome \"skipped\": expected one of ok, failed, timed_out, interrupted"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -588,7 +588,7 @@ async fn process(
     if let Some(queued) = queued {
         outcome.version = Some(version.to_string());
         outcome.rollout = Some(queued.id);
-        outcome.rollout_status = Some(queued.status.to_owned());
+        outcome.rollout_status = Some(queued.status);
         outcome.coalesced = queued.coalesced;
     }
     Ok(outcome)

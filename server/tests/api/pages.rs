@@ -805,6 +805,30 @@ async fn the_history_goes_older_then_newer_back_to_the_same_rows_keeping_the_fil
 }
 
 #[tokio::test]
+async fn the_history_filters_by_a_status_word_and_refuses_one_it_does_not_know() {
+    let app = spawn_app().await;
+    let id = deploy(&app, "api", "v2").await;
+    let ended = finished(&app, id).await;
+    let status = ended["status"].as_str().unwrap();
+    let page = json(&app, &format!("/api/deployments?status={status}")).await;
+    assert_eq!(page["deployments"][0]["id"], id);
+    assert_eq!(page["deployments"][0]["status"], status);
+    assert_eq!(page["deployments"][0]["trigger"], "api");
+    let page = json(&app, "/api/deployments?status=queued").await;
+    assert_eq!(page["deployments"], serde_json::json!([]));
+
+    let response = app.get("/api/deployments?status=rolledback").await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "unknown rollout status \"rolledback\": expected one of queued, running, paused, \
+         succeeded, failed, rolled_back, cancelled"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_tokens_page_says_who_created_each_token_and_what_deleting_them_does() {
     let app = spawn_app().await;
     let created = app

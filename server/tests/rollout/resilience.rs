@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_server::drivers::AdminState;
 use baton_server::drivers::haproxy::HaproxyOptions;
+use baton_server::drivers::{AdminState, ServerState};
 use serde_json::Value;
 
 use crate::fleet::{Fleet, FleetOptions, load, process_alive, spawn_fleet, steps_of};
@@ -108,7 +108,11 @@ async fn slow_request_on_web1(fleet: &Fleet, ms: u64) -> tokio::task::JoinHandle
 /// `version` as Baton reports it.
 async fn assert_all_serving(fleet: &Fleet, version: &str) {
     for server in fleet.haproxy_servers().await {
-        assert_eq!(server.status, "UP", "left out of rotation: {server:?}");
+        assert_eq!(
+            server.status,
+            ServerState::Up { changing: None },
+            "left out of rotation: {server:?}"
+        );
     }
     let services = fleet.get("/api/services").await.unwrap();
     for backend in services[0]["backends"].as_array().unwrap() {

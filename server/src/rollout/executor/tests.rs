@@ -19,6 +19,7 @@ use super::*;
 use crate::drivers::fake::{Behaviour, CallLog, Checks, FakeLb, FakeRuntime, Fault};
 use crate::settings::{EnvOverrides, Settings};
 use crate::store::{NewDeployment, Store};
+use app::model::{StepKind, Trigger};
 
 fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
@@ -90,19 +91,19 @@ impl Journal for OffClock {
     async fn save_state(
         &self,
         id: i64,
-        status: &str,
+        status: RolloutStatus,
         state: &str,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let (store, status, state, reason) = (
             self.0.clone(),
-            status.to_owned(),
+            status,
             state.to_owned(),
             reason.map(str::to_owned),
         );
         db(async move {
             store
-                .save_state(id, &status, &state, reason.as_deref())
+                .save_state(id, status, &state, reason.as_deref())
                 .await
         })
         .await
@@ -125,19 +126,19 @@ impl Journal for OffClock {
         &self,
         deployment: i64,
         backend: Option<&str>,
-        step: &str,
+        step: StepKind,
         rollback: bool,
         version: &str,
     ) -> Result<i64, StoreError> {
         let (store, backend, step, version) = (
             self.0.clone(),
             backend.map(str::to_owned),
-            step.to_owned(),
+            step,
             version.to_owned(),
         );
         db(async move {
             store
-                .begin_step(deployment, backend.as_deref(), &step, rollback, &version)
+                .begin_step(deployment, backend.as_deref(), step, rollback, &version)
                 .await
         })
         .await
@@ -146,15 +147,11 @@ impl Journal for OffClock {
     async fn finish_step(
         &self,
         step: i64,
-        outcome: &str,
+        outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        let (store, outcome, detail) = (
-            self.0.clone(),
-            outcome.to_owned(),
-            detail.map(str::to_owned),
-        );
-        db(async move { store.finish_step(step, &outcome, detail.as_deref()).await }).await
+        let (store, outcome, detail) = (self.0.clone(), outcome, detail.map(str::to_owned));
+        db(async move { store.finish_step(step, outcome, detail.as_deref()).await }).await
     }
 
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {
@@ -339,7 +336,7 @@ initial_version = "v1"
                     service: "web",
                     from_version: None,
                     to_version: &version,
-                    trigger: "api",
+                    trigger: Trigger::Api,
                     requested_by: None,
                     state: &state,
                 })
@@ -366,12 +363,12 @@ initial_version = "v1"
     }
 
     /// Waits until rollout `id` has a status for which `wanted` holds, and returns it.
-    async fn status(&self, id: i64, wanted: impl Fn(&str) -> bool) -> DeploymentRow {
+    async fn status(&self, id: i64, wanted: impl Fn(RolloutStatus) -> bool) -> DeploymentRow {
         let mut feed = self.store.subscribe();
         let waited = timeout(STUCK, async {
             loop {
                 let row = self.deployment(id).await;
-                if wanted(&row.status) {
+                if wanted(row.status) {
                     return row;
                 }
                 // Every status change is published on the feed.
@@ -391,10 +388,7 @@ initial_version = "v1"
 
     /// Waits until rollout `id` has ended, and returns it.
     async fn ended(&self, id: i64) -> DeploymentRow {
-        self.status(id, |status| {
-            !matches!(status, "queued" | "running" | "paused")
-        })
-        .await
+        self.status(id, RolloutStatus::is_finished).await
     }
 
     /// Every step of the rollout as "backend step outcome", rollback steps marked "(rollback)".
@@ -409,7 +403,7 @@ initial_version = "v1"
                     "{} {} {}{}",
                     step.backend.as_deref().unwrap_or("-"),
                     step.step,
-                    step.outcome.as_deref().unwrap_or("running"),
+                    step.outcome.map_or("running", StepOutcome::as_str),
                     if step.rollback { " (rollback)" } else { "" }
                 )
             })
@@ -422,7 +416,9 @@ initial_version = "v1"
         let steps = db(async move { store.steps(id).await }).await.unwrap();
         let found: Vec<_> = steps
             .into_iter()
-            .filter(|s| s.backend.as_deref() == Some(backend) && s.step == step && !s.rollback)
+            .filter(|s| {
+                s.backend.as_deref() == Some(backend) && s.step.as_str() == step && !s.rollback
+            })
             .collect();
         assert_eq!(found.len(), 1, "one {step} step on {backend}: {found:#?}");
         found[0].detail.clone()
@@ -457,7 +453,7 @@ initial_version = "v1"
                 let name = b.name.as_str();
                 (
                     self.runtime.version_of(name).unwrap_or_default(),
-                    self.lb.status("n1", name).status,
+                    self.lb.status("n1", name).status.to_string(),
                 )
             })
             .collect()
@@ -528,7 +524,12 @@ async fn a_rollout_replaces_one_backend_at_a_time_waiting_for_baton_then_haproxy
     let done = rig.ended(id).await;
     worker.stop().await;
 
-    assert_eq!(done.status, "succeeded", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        done.status,
+        RolloutStatus::Succeeded,
+        "{:#?}",
+        rig.steps(id).await
+    );
     assert_eq!(done.from_version.as_deref(), Some("v1"));
     // Per backend: the new process answers at 300 ms, Baton's second passing probe comes one
     // interval (50 ms) later; HAProxy's first fresh check, `inter` (100 ms) after the drain
@@ -590,7 +591,12 @@ async fn sessions_still_open_at_the_drain_timeout_are_cut_and_counted() {
     let done = rig.ended(id).await;
     worker.stop().await;
 
-    assert_eq!(done.status, "succeeded", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        done.status,
+        RolloutStatus::Succeeded,
+        "{:#?}",
+        rig.steps(id).await
+    );
     assert_eq!(
         rig.detail(id, "web1", "wait_sessions").await.as_deref(),
         Some("drain timed out after 10s with 2 session(s) still open")
@@ -642,7 +648,12 @@ async fn a_new_version_that_never_listens_fails_at_the_start_timeout_and_is_roll
     let done = rig.ended(id).await;
     worker.stop().await;
 
-    assert_eq!(done.status, "rolled_back", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        done.status,
+        RolloutStatus::RolledBack,
+        "{:#?}",
+        rig.steps(id).await
+    );
     assert_eq!(
         done.reason.as_deref(),
         Some(
@@ -683,7 +694,7 @@ async fn a_new_version_that_crashes_fails_when_it_exits_not_at_the_start_timeout
     let done = rig.ended(id).await;
     worker.stop().await;
 
-    assert_eq!(done.status, "rolled_back");
+    assert_eq!(done.status, RolloutStatus::RolledBack);
     assert_eq!(
         rig.detail(id, "web1", "wait_healthy").await.as_deref(),
         Some("the new process stopped before it became healthy: it exited (exit status 3)")
@@ -717,8 +728,11 @@ async fn haproxys_check_must_pass_afresh_the_stale_result_from_before_maint_does
     assert_eq!(lb_check, ms(50), "Baton's probe passed twice, 50 ms apart");
     let stale = rig.lb.status("n1", "web1");
     assert_eq!(
-        (stale.status.as_str(), stale.check.as_deref()),
-        ("DRAIN 1/2", Some("L7OK")),
+        (
+            stale.status.to_string(),
+            stale.check.map(|check| check.to_string())
+        ),
+        ("DRAIN 1/2".to_owned(), Some("L7OK".to_owned())),
         "what HAProxy shows until its first check after maint"
     );
     // Reachable again after the step has failed, so the rollback can finish.
@@ -727,7 +741,12 @@ async fn haproxys_check_must_pass_afresh_the_stale_result_from_before_maint_does
     let done = rig.ended(id).await;
     worker.stop().await;
 
-    assert_eq!(done.status, "rolled_back", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        done.status,
+        RolloutStatus::RolledBack,
+        "{:#?}",
+        rig.steps(id).await
+    );
     assert_eq!(
         rig.detail(id, "web1", "lb_check").await.as_deref(),
         Some("HAProxy's health check did not pass on n1 within 5s (status DOWN, check L4TOUT)")
@@ -762,7 +781,7 @@ async fn a_silent_haproxy_fails_the_step_after_the_drivers_attempts_and_the_roll
     sleep(secs(29)).await;
     assert_eq!(
         rig.deployment(id).await.status,
-        "running",
+        RolloutStatus::Running,
         "the rollback still waits for HAProxy at 29 s: {:#?}",
         rig.steps(id).await
     );
@@ -771,7 +790,12 @@ async fn a_silent_haproxy_fails_the_step_after_the_drivers_attempts_and_the_roll
     let done = rig.ended(id).await;
     worker.stop().await;
 
-    assert_eq!(done.status, "rolled_back", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        done.status,
+        RolloutStatus::RolledBack,
+        "{:#?}",
+        rig.steps(id).await
+    );
     assert_eq!(
         rig.detail(id, "web1", "lb_check").await.as_deref(),
         Some("HAProxy node n1 did not answer after 4 attempts: no answer within 2s")
@@ -804,7 +828,7 @@ async fn a_paused_rollout_finishes_the_backend_in_progress_then_does_nothing_unt
     let id = rig.queue("v2").await;
     rig.call("web1 drain", 1).await;
     rig.control(id, ControlAction::Pause);
-    rig.status(id, |s| s == "paused").await;
+    rig.status(id, |s| s == RolloutStatus::Paused).await;
     let paused_at = rig.log.elapsed();
     let calls_when_paused = rig.log.calls().len();
     assert_eq!(
@@ -824,12 +848,12 @@ async fn a_paused_rollout_finishes_the_backend_in_progress_then_does_nothing_unt
         calls_when_paused,
         "nothing asked of HAProxy or the runtime in an hour paused"
     );
-    assert_eq!(rig.deployment(id).await.status, "paused");
+    assert_eq!(rig.deployment(id).await.status, RolloutStatus::Paused);
 
     rig.control(id, ControlAction::Resume);
     let done = rig.ended(id).await;
     worker.stop().await;
-    assert_eq!(done.status, "succeeded");
+    assert_eq!(done.status, RolloutStatus::Succeeded);
     assert_eq!(rig.log.first("web2 drain"), Some(paused_at + secs(3600)));
     assert_eq!(rig.fleet(), serving("v2", 3));
 }
@@ -848,7 +872,12 @@ async fn an_abort_puts_the_backend_in_progress_back_and_leaves_the_rest_serving(
     let done = rig.ended(id).await;
     worker.stop().await;
 
-    assert_eq!(done.status, "cancelled", "{:#?}", rig.steps(id).await);
+    assert_eq!(
+        done.status,
+        RolloutStatus::Cancelled,
+        "{:#?}",
+        rig.steps(id).await
+    );
     // Asked during wait_healthy, the abort applies when that step ends, before lb_check.
     assert_eq!(
         done.reason.as_deref(),
@@ -892,11 +921,14 @@ async fn a_rollout_cancelled_while_queued_never_runs() {
         .unwrap();
     assert!(cancelled);
     let worker = rig.start_worker();
-    assert_eq!(rig.ended(first).await.status, "succeeded");
+    assert_eq!(rig.ended(first).await.status, RolloutStatus::Succeeded);
     sleep(secs(3600)).await;
     worker.stop().await;
 
-    assert_eq!(rig.deployment(second).await.status, "cancelled");
+    assert_eq!(
+        rig.deployment(second).await.status,
+        RolloutStatus::Cancelled
+    );
     assert!(rig.steps(second).await.is_empty());
     assert!(
         !rig.log.actions().iter().any(|a| a.contains("v3")),
@@ -912,7 +944,7 @@ async fn shutdown_ends_the_worker_even_while_haproxy_hangs_and_leaves_the_step_o
     rig.lb.set_fault("n1", Some(Fault::Hangs));
     let worker = rig.start_worker();
     let id = rig.queue("v2").await;
-    rig.status(id, |s| s == "running").await;
+    rig.status(id, |s| s == RolloutStatus::Running).await;
     sleep(secs(60)).await;
     let stopping = rig.log.elapsed();
     worker.stop().await;
@@ -923,7 +955,7 @@ async fn shutdown_ends_the_worker_even_while_haproxy_hangs_and_leaves_the_step_o
         ["- prepare ok", "web1 check_capacity running"],
         "the step a restart runs again"
     );
-    assert_eq!(rig.deployment(id).await.status, "running");
+    assert_eq!(rig.deployment(id).await.status, RolloutStatus::Running);
 }
 
 #[test]
@@ -933,4 +965,39 @@ fn the_next_rollout_drops_what_was_asked_of_an_ended_one() {
     controls.push(8, ControlAction::Pause);
     assert_eq!(controls.take(8), [ControlAction::Pause]);
     assert!(controls.take(7).is_empty(), "dropped, not kept for later");
+}
+
+#[test]
+fn only_a_fresh_passing_check_of_a_drained_server_passes_the_lb_check() {
+    use crate::drivers::{CheckResult, Health, MaintCause};
+    let server = |status| ServerStatus {
+        node: "n".into(),
+        server: "s1".into(),
+        status,
+        check: Some(CheckResult::Passed("L7OK".into())),
+        sessions: 0,
+        backup: false,
+        fall: Some(2),
+    };
+    let stale = Some(Health { current: 1, of: 2 });
+    assert!(lb_check_passed(&server(ServerState::Drain {
+        changing: None
+    })));
+    assert!(lb_check_passed(&server(ServerState::NoCheck)));
+    for status in [
+        // Just out of maint: the L7OK is from before.
+        ServerState::Drain { changing: stale },
+        ServerState::AgentDrain,
+        ServerState::Up { changing: None },
+        ServerState::Up { changing: stale },
+        ServerState::Maint {
+            cause: MaintCause::Admin,
+        },
+        ServerState::Down { changing: None },
+        ServerState::Other {
+            word: "STARTING".into(),
+        },
+    ] {
+        assert!(!lb_check_passed(&server(status.clone())), "{status}");
+    }
 }
