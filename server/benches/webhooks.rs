@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::startup::Application;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 

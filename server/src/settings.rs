@@ -443,17 +443,23 @@ impl Settings {
             key,
             message,
         };
-        let raw: RawSettings = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|error| {
-                let key = error.path().to_string();
-                let inner = error.into_inner();
-                ConfigError::Invalid {
-                    path: path.to_owned(),
-                    location: inner.span().map(|span| line_and_column(text, span.start)),
-                    key: (key != ".").then_some(key),
-                    message: inner.message().trim_end().to_owned(),
-                }
-            })?;
+        let syntax_error = |inner: toml::de::Error| ConfigError::Invalid {
+            path: path.to_owned(),
+            location: inner.span().map(|span| line_and_column(text, span.start)),
+            key: None,
+            message: inner.message().trim_end().to_owned(),
+        };
+        let document = toml::Deserializer::parse(text).map_err(syntax_error)?;
+        let raw: RawSettings = serde_path_to_error::deserialize(document).map_err(|error| {
+            let key = error.path().to_string();
+            let inner = error.into_inner();
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                location: inner.span().map(|span| line_and_column(text, span.start)),
+                key: (key != ".").then_some(key),
+                message: inner.message().trim_end().to_owned(),
+            }
+        })?;
 
         let config_dir = path
             .parent()

@@ -8,7 +8,8 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
@@ -89,7 +90,7 @@ impl SecretToken {
     /// What the database stores and looks up: the hex SHA-256 of the value. A plain hash is
     /// enough (no salt, no work factor) because the value carries 256 random bits.
     pub fn hash(&self) -> String {
-        format!("{:x}", Sha256::digest(self.0.as_bytes()))
+        hex::encode(Sha256::digest(self.0.as_bytes()))
     }
 }
 
@@ -110,10 +111,9 @@ pub struct HashError(String);
 pub fn hash_password(password: &Password) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|error| HashError(error.to_string()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|error| HashError(error.to_string()))?;
     Argon2::default()
-        .hash_password(password.expose().as_bytes(), &salt)
-        .map(|hash| hash.to_string())
+        .hash_password_with_salt(password.expose().as_bytes(), &salt)
+        .map(|hash: PasswordHash| hash.to_string())
         .map_err(|error| HashError(error.to_string()))
 }
 

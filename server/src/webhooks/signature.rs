@@ -5,7 +5,7 @@
 //! whatever the bytes (`hmac`'s `verify_slice` and `subtle`); nothing here logs or returns the
 //! secret.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -25,7 +25,10 @@ pub fn hmac_sha256_matches(secret: &[u8], body: &[u8], signature_hex: &str) -> b
 /// Whether `token` is the secret itself. Both are hashed first, so the comparison does not
 /// even reveal the secret's length.
 pub fn token_matches(secret: &[u8], token: &[u8]) -> bool {
-    Sha256::digest(secret).ct_eq(&Sha256::digest(token)).into()
+    Sha256::digest(secret)
+        .as_slice()
+        .ct_eq(Sha256::digest(token).as_slice())
+        .into()
 }
 
 /// The lowercase hex HMAC-SHA256 a git host sends for `body` (tests and benchmarks sign with it).
