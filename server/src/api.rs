@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::auth::{self, Audit, AuthError, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
 use crate::live;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::StoreError;
 
 pub fn routes() -> Guarded<AppState> {

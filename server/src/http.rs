@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use crate::auth::{Access, Guarded};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Guarded<AppState> {
     Guarded::new().get("/alive", Access::Public, alive)

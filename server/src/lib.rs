@@ -12,6 +12,7 @@ pub mod live;
 pub mod rollout;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod ui;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::fleet::Fleet;
-use axum::extract::{ConnectInfo, FromRef};
+use axum::extract::ConnectInfo;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -24,6 +24,7 @@ use crate::auth::{self, Access, Auth, Policy, Role};
 use crate::fleet::Fleet as ServiceFleet;
 use crate::listener::{CappedListener, ClientAddr, connection_cap};
 use crate::settings::Settings;
+use crate::state::AppState;
 use crate::store::Store;
 use crate::ui::UiFleet;
 use crate::{api, http};
@@ -33,24 +34,6 @@ const BODY_LIMIT: usize = 1024 * 1024;
 /// How long a request may take before Baton answers 408 (streams are not cut: this covers the
 /// wait for the response head only).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: Store,
-    pub fleet: Arc<ServiceFleet>,
-    pub leptos_options: LeptosOptions,
-    /// Cancelled when Baton begins to stop: live streams end then, so they do not hold the
-    /// graceful shutdown open.
-    pub stopping: CancellationToken,
-}
-
-impl FromRef<AppState> for LeptosOptions {
-    fn from_ref(state: &AppState) -> Self {
-        state.leptos_options.clone()
-    }
-}
 
 /// A bound, ready-to-run Baton.
 pub struct Application {

@@ -37,7 +37,7 @@ use serde_json::json;
 use crate::auth::{Access, Actor, Audit, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Trigger};
 use crate::settings::{ServiceSettings, WebhookSettings};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::deliveries::{Claim, DeliveryRow, NewDelivery};
 use policy::Decision;

@@ -4,7 +4,7 @@ use app::webhooks::{
     DeliveryOutcome, DeliveryPage, WebhookConfigView, WebhookSetup, WebhookSource,
 };
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Answers the UI's webhook server functions (provided as `app::webhooks::Webhooks`).
 pub struct UiWebhooks(pub AppState);
