@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::auth::{AuthConfig, Https, Throttle};
+mod auth;
+
 use crate::domain::{BackendAddr, BackendName, Duration, LoadBalancerName, ServiceName, Version};
+use auth::RawAuth;
+pub use auth::{AuthConfig, Https, PasswordChecks, Throttle};
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -717,121 +720,6 @@ struct RawServer {
     site_root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    session_ttl: Option<Duration>,
-    https: Option<RawHttps>,
-    trust_forwarded_for: Option<bool>,
-    public_origin: Option<String>,
-    #[serde(default)]
-    login_throttle: RawThrottle,
-    streams_per_caller: Option<u32>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "kebab-case")]
-enum RawHttps {
-    ForwardedProto,
-    Always,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawThrottle {
-    per_name: Option<u32>,
-    per_address: Option<u32>,
-    window: Option<Duration>,
-}
-
-impl RawAuth {
-    /// The auth configuration; an error is `(key, message)`.
-    fn validate(self) -> Result<AuthConfig, (String, String)> {
-        let defaults = AuthConfig::default();
-        let session_ttl = match self.session_ttl {
-            Some(ttl) if ttl.get() < std::time::Duration::from_secs(60) => {
-                return Err((
-                    "session_ttl".into(),
-                    format!("{ttl} is too short: expected at least \"1m\", such as \"12h\""),
-                ));
-            }
-            Some(ttl) => ttl.get(),
-            None => defaults.session_ttl,
-        };
-        let public_origin = self
-            .public_origin
-            .map(|origin| {
-                parse_origin(&origin).ok_or_else(|| {
-                    (
-                        "public_origin".to_owned(),
-                        format!("{origin:?} is not an origin: expected the scheme and host browsers use to reach Baton, with no path, such as \"https://baton.example.com\""),
-                    )
-                })
-            })
-            .transpose()?;
-        let at_least_one = |value: Option<u32>, key: &str, default: u32| match value {
-            Some(0) => Err((
-                format!("login_throttle.{key}"),
-                "0 would refuse every login: expected 1 or more failed logins to allow".to_owned(),
-            )),
-            Some(n) => Ok(n),
-            None => Ok(default),
-        };
-        let throttle = Throttle {
-            per_name: at_least_one(
-                self.login_throttle.per_name,
-                "per_name",
-                defaults.throttle.per_name,
-            )?,
-            per_address: at_least_one(
-                self.login_throttle.per_address,
-                "per_address",
-                defaults.throttle.per_address,
-            )?,
-            window: self
-                .login_throttle
-                .window
-                .map_or(defaults.throttle.window, Duration::get),
-        };
-        let streams_per_caller = match self.streams_per_caller {
-            Some(0) => {
-                return Err((
-                    "streams_per_caller".into(),
-                    "0 would refuse every live page: expected 1 or more open event streams per user or token".into(),
-                ));
-            }
-            Some(n) => n,
-            None => defaults.streams_per_caller,
-        };
-        Ok(AuthConfig {
-            session_ttl,
-            throttle,
-            streams_per_caller,
-            https: match self.https {
-                Some(RawHttps::Always) => Https::Always,
-                Some(RawHttps::ForwardedProto) => Https::FromForwardedProto,
-                None => defaults.https,
-            },
-            trust_forwarded_for: self
-                .trust_forwarded_for
-                .unwrap_or(defaults.trust_forwarded_for),
-            public_origin,
-            ..defaults
-        })
-    }
-}
-
-/// `scheme://host[:port]`, lower-case, for `http` and `https`; `None` for anything else.
-fn parse_origin(text: &str) -> Option<String> {
-    let text = text.trim_end_matches('/').to_ascii_lowercase();
-    let (scheme, authority) = text.split_once("://")?;
-    let valid_authority = !authority.is_empty()
-        && authority
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    (matches!(scheme, "http" | "https") && valid_authority).then_some(text)
 }
 
 #[derive(Deserialize)]

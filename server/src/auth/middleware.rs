@@ -22,11 +22,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 
+use super::Auth;
 use super::error::AuthError;
 use super::policy::{Access, Kind, Lookup, Policy, Rule, is_safe};
 use super::principal::{ClientAddress, Credential, Principal, Role, Via};
 use super::secret::SecretToken;
-use super::{Auth, AuthConfig, Https};
+use crate::settings::{AuthConfig, Https};
 
 /// The session cookie's name over plain HTTP.
 pub const SESSION_COOKIE: &str = "baton_session";

@@ -21,7 +21,7 @@
 //!   command belong to no user.
 //! - **Event streams** ([`StreamPass`]) end as soon as their session or token stops granting
 //!   access, and each caller may hold [`AuthConfig::streams_per_caller`] at once.
-//! - **Password checks** run at most two at once ([`PasswordChecks`]); more wait in a short line,
+//! - **Password checks** run at most two at once ([`PasswordChecks`](crate::settings::PasswordChecks)); more wait in a short line,
 //!   beyond it a login gets 503 with `Retry-After` (argon2 takes 19 MiB per check).
 //! - **CSRF**: unsafe requests authenticated by the cookie must carry `Sec-Fetch-Site:
 //!   same-origin` or an `Origin` equal to Baton's own (see
@@ -50,7 +50,6 @@ mod secret;
 mod streams;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 
@@ -58,7 +57,6 @@ pub use error::AuthError;
 pub use headers::{SecurityHeaders, content_security_policy, security_headers};
 pub use middleware::{SECURE_SESSION_COOKIE, SESSION_COOKIE};
 pub use page_context::{client_address, principal, provide_request_context};
-pub use password_gate::PasswordChecks;
 pub use policy::{Access, Guarded, Kind, Lookup, Policy, Rule, is_safe};
 pub use principal::{
     Actor, ActorKind, ClientAddress, Credential, Principal, Role, Via, check_name,
@@ -68,6 +66,7 @@ pub use secret::{
 };
 pub use streams::StreamPass;
 
+use crate::settings::AuthConfig;
 use crate::store::Store;
 use crate::store::auth::{NewAudit, ThrottleLimits};
 
@@ -104,71 +103,6 @@ pub fn server_function_access(path: &str) -> Option<Access> {
         .iter()
         .find(|(known, _)| *known == path)
         .map(|(_, access)| *access)
-}
-
-/// How Baton learns that a request came over HTTPS (for the cookie's `Secure` and the origin
-/// the CSRF check expects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Https {
-    /// When a TLS-ending proxy says `X-Forwarded-Proto: https`.
-    #[default]
-    FromForwardedProto,
-    /// Always (Baton is only ever reached over HTTPS).
-    Always,
-}
-
-/// Failed logins allowed inside the window before further attempts are refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttle {
-    pub per_name: u32,
-    pub per_address: u32,
-    pub window: Duration,
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Self {
-            per_name: 5,
-            per_address: 20,
-            window: Duration::from_secs(15 * 60),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub session_ttl: Duration,
-    pub throttle: Throttle,
-    pub https: Https,
-    /// Take the client's address from the last entry of `X-Forwarded-For`. Only behind a proxy
-    /// that sets it: otherwise any client could pick the address the throttle and audit see.
-    pub trust_forwarded_for: bool,
-    /// The origin browsers use to reach Baton (`https://baton.example.com`), when a proxy
-    /// rewrites `Host`; by default the request's own `Host` and scheme.
-    pub public_origin: Option<String>,
-    /// How many argon2 password checks run at once, and how many may wait.
-    pub password_checks: PasswordChecks,
-    /// How many event streams one user (all its sessions) or one API token may hold open.
-    pub streams_per_caller: u32,
-    /// How often an open event stream checks its caller on its own. Changes made through this
-    /// Baton end streams at once; this is for changes the `baton` command makes from another
-    /// process.
-    pub stream_recheck: Duration,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            session_ttl: Duration::from_secs(12 * 60 * 60),
-            throttle: Throttle::default(),
-            https: Https::default(),
-            trust_forwarded_for: false,
-            public_origin: None,
-            password_checks: PasswordChecks::default(),
-            streams_per_caller: 16,
-            stream_recheck: Duration::from_secs(10),
-        }
-    }
 }
 
 /// Auth's shared state; cheap to clone.

@@ -16,25 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How many password checks run at once, how many may wait, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PasswordChecks {
-    pub at_once: u32,
-    pub queue: u32,
-    pub wait: Duration,
-}
-
-impl Default for PasswordChecks {
-    /// Two at once (38 MiB of argon2 memory); 32 waiting, about a second and a half of work
-    /// on a small machine; ten seconds at most in line.
-    fn default() -> Self {
-        Self {
-            at_once: 2,
-            queue: 32,
-            wait: Duration::from_secs(10),
-        }
-    }
-}
+use crate::settings::PasswordChecks;
 
 /// Too many password checks are running or waiting; try again in a second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -5,7 +5,7 @@
 //! opened is not enough. A stream taken through [`StreamPass::follow`] checks its caller's
 //! session or token again whenever the store announces that access was taken away (a sign-out,
 //! a password change, a revoked token, a deleted user: [`crate::store::Store::auth_changes`]),
-//! when the session expires, and every [`AuthConfig::stream_recheck`](super::AuthConfig) for
+//! when the session expires, and every [`AuthConfig::stream_recheck`](crate::settings::AuthConfig) for
 //! changes the `baton` command made from another process. It ends when the check fails; the
 //! browser's reconnect then gets 401.
 //!
@@ -54,7 +54,7 @@ impl OpenStreams {
 }
 
 /// One of a caller's places among its open streams, taken when a stream route is called (as an
-/// extractor: 429 when the caller already has [`AuthConfig::streams_per_caller`](super::AuthConfig)
+/// extractor: 429 when the caller already has [`AuthConfig::streams_per_caller`](crate::settings::AuthConfig)
 /// open) and given back when the stream is dropped.
 pub struct StreamPass {
     auth: Auth,

@@ -1,6 +1,7 @@
 //! The route policy and the auth layer: who gets in where, CSRF, pages, security headers.
 
-use baton_server::auth::{self, Access, Auth, AuthConfig, Guarded, Kind, Role};
+use baton_server::auth::{self, Access, Auth, Guarded, Kind, Role};
+use baton_server::settings::AuthConfig;
 use reqwest::Method;
 
 use crate::helpers::{Server, error_of, spawn};

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
 use axum::routing::{get, post};
-use baton_server::auth::{self, Access, Auth, AuthConfig, Guarded, Policy, Role};
+use baton_server::auth::{self, Access, Auth, Guarded, Policy, Role};
+use baton_server::settings::AuthConfig;
 use baton_server::store::Store;
 use reqwest::header::{HeaderMap, HeaderValue};
 use tokio_util::sync::CancellationToken;

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use baton_server::auth::{AuthConfig, PasswordChecks, Role, Throttle};
+use baton_server::auth::Role;
+use baton_server::settings::{AuthConfig, PasswordChecks, Throttle};
 
 use crate::helpers::{error_of, session_cookie, set_cookie, spawn, spawn_with};
 

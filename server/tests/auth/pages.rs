@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use app::fleet::Fleet;
 use axum::Router;
-use baton_server::auth::{self, Access, Auth, AuthConfig, Role};
+use baton_server::auth::{self, Access, Auth, Role};
 use baton_server::fleet::Fleet as ServiceFleet;
+use baton_server::settings::AuthConfig;
 use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::store::Store;
 use baton_server::ui::UiFleet;
