@@ -99,7 +99,8 @@ pub struct WebhookSetup {
     pub service: String,
     /// `/hooks/{service}`.
     pub path: String,
-    /// The full URL as this browser reached Baton (behind a proxy, use the public address).
+    /// The full URL: on `[auth] public_origin` when the configuration sets it, else on the host
+    /// and scheme this browser reached Baton at.
     pub url: String,
     /// `None` when the service has no `[service.webhook]`: deliveries are refused with 403.
     pub config: Option<WebhookConfigView>,
@@ -125,7 +126,7 @@ pub struct Webhooks(pub std::sync::Arc<dyn WebhookSource>);
 #[cfg(feature = "ssr")]
 #[async_trait::async_trait]
 pub trait WebhookSource: Send + Sync + 'static {
-    /// The service's webhook set-up; `url` is left for the caller to fill in.
+    /// The service's webhook set-up, its `url` on Baton's own origin as the server sees it.
     fn setup(&self, service: &str) -> Result<WebhookSetup, String>;
     /// The service's delivery log, newest first.
     async fn deliveries(
@@ -147,34 +148,10 @@ fn source() -> Result<std::sync::Arc<dyn WebhookSource>, ServerFnError> {
         .ok_or_else(|| ServerFnError::new("webhooks are not available on this server"))
 }
 
-/// The address this request reached Baton at, from `X-Forwarded-*` or `Host`.
-#[cfg(feature = "ssr")]
-fn base_url() -> String {
-    let Some(parts) = use_context::<http::request::Parts>() else {
-        return String::new();
-    };
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
-            .map(|value| value.trim().to_owned())
-            .filter(|value| !value.is_empty())
-    };
-    let scheme = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
-    match header("x-forwarded-host").or_else(|| header("host")) {
-        Some(host) => format!("{scheme}://{host}"),
-        None => String::new(),
-    }
-}
-
 /// The service's webhook URL and settings.
 #[server(prefix = "/rpc", endpoint = "webhook_setup")]
 pub async fn get_webhook_setup(service: String) -> Result<WebhookSetup, ServerFnError> {
-    let mut setup = source()?.setup(&service).map_err(ServerFnError::new)?;
-    setup.url = format!("{}{}", base_url(), setup.path);
-    Ok(setup)
+    source()?.setup(&service).map_err(ServerFnError::new)
 }
 
 /// The newest deliveries of a service (50 unless `limit` says otherwise), newest first.

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod http;
 pub mod listener;
 pub mod live;
+pub mod origin;
 pub mod rollout;
 pub mod settings;
 pub mod startup;

@@ -1099,7 +1099,7 @@ streams_per_caller = 4
         assert_eq!(auth.https, Https::Always);
         assert!(auth.trust_forwarded_for);
         assert_eq!(
-            auth.public_origin.as_deref(),
+            auth.public_origin.as_ref().map(|origin| origin.as_str()),
             Some("https://baton.example.com")
         );
         assert_eq!(

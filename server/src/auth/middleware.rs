@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
@@ -27,6 +27,7 @@ use super::error::AuthError;
 use super::policy::{Access, Kind, Lookup, Policy, Rule, is_safe};
 use super::principal::{ClientAddress, Credential, Principal, Role, Via};
 use super::secret::SecretToken;
+use crate::origin::Origin;
 use crate::settings::{AuthConfig, Https};
 
 /// The session cookie's name over plain HTTP.
@@ -226,14 +227,15 @@ pub fn check_same_origin(request: &Request, config: &AuthConfig) -> Result<(), S
         );
     };
     let origin = String::from_utf8_lossy(origin.as_bytes()).to_ascii_lowercase();
-    let Some(own) = own_origin(request, config) else {
-        return Err("the request names no Host, so its origin cannot be checked".into());
+    let Some(own) = own_origin(request.headers(), request.uri(), config) else {
+        return Err("the request names no valid Host, so its origin cannot be checked".into());
     };
-    if normalize_origin(&origin) == own {
+    if Origin::parse(&origin).is_ok_and(|origin| origin == own) {
         Ok(())
     } else {
         Err(format!(
-            "Origin {origin:?} is not this server's origin {own:?}"
+            "Origin {origin:?} is not this server's origin {:?}",
+            own.as_str()
         ))
     }
 }
@@ -249,47 +251,24 @@ pub(super) fn check_login_origin(request: &Request, config: &AuthConfig) -> Resu
     }
 }
 
-/// `scheme://host[:port]` of this request as the browser saw it, lower-case, default port
-/// dropped.
-fn own_origin(request: &Request, config: &AuthConfig) -> Option<String> {
+/// Baton's own origin as the browser sees it: `[auth] public_origin` when set, else the
+/// request's `Host` (or its URI's authority) over HTTPS or not (see [`is_https`]). `None` when
+/// the request names no host, or one that is not a host.
+pub fn own_origin(headers: &HeaderMap, uri: &Uri, config: &AuthConfig) -> Option<Origin> {
     if let Some(origin) = &config.public_origin {
-        return Some(normalize_origin(&origin.to_ascii_lowercase()));
+        return Some(origin.clone());
     }
-    let host = request
-        .headers()
+    let host = headers
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))?;
-    let scheme = if is_https(request.headers(), config) {
-        "https"
-    } else {
-        "http"
-    };
-    Some(normalize_origin(&format!(
-        "{scheme}://{}",
-        host.to_ascii_lowercase()
-    )))
-}
-
-fn normalize_origin(origin: &str) -> String {
-    let origin = origin.trim_end_matches('/');
-    origin
-        .strip_suffix(":80")
-        .filter(|_| origin.starts_with("http://"))
-        .or_else(|| {
-            origin
-                .strip_suffix(":443")
-                .filter(|_| origin.starts_with("https://"))
-        })
-        .unwrap_or(origin)
-        .to_owned()
+        .or_else(|| uri.authority().map(|authority| authority.as_str()))?;
+    Origin::of_host(is_https(headers, config), host).ok()
 }
 
 /// Whether the client reached Baton over HTTPS: always, by configuration, or as a TLS-ending
 /// proxy says in `X-Forwarded-Proto`. (A client faking the header only makes its own cookie
 /// `Secure`.)
-pub(super) fn is_https(headers: &HeaderMap, config: &AuthConfig) -> bool {
+pub fn is_https(headers: &HeaderMap, config: &AuthConfig) -> bool {
     match config.https {
         Https::Always => true,
         Https::FromForwardedProto => headers
@@ -464,6 +443,28 @@ mod tests {
                 .unwrap_err()
                 .contains("neither an Origin")
         );
+        // IPv6 hosts, and the configured public origin however the browser spells it.
+        assert!(ok(&[("host", "[::1]:8080"), ("origin", "http://[::1]:8080")]).is_ok());
+        let behind_proxy = AuthConfig {
+            public_origin: Some(Origin::parse("https://baton.example.com").unwrap()),
+            ..AuthConfig::default()
+        };
+        let public = |headers: &[(&str, &str)]| check_same_origin(&request(headers), &behind_proxy);
+        assert!(
+            public(&[
+                ("host", "10.0.0.5:8080"),
+                ("origin", "HTTPS://Baton.Example.com:443")
+            ])
+            .is_ok()
+        );
+        assert!(
+            public(&[
+                ("host", "10.0.0.5:8080"),
+                ("origin", "http://10.0.0.5:8080")
+            ])
+            .is_err()
+        );
+        assert!(public(&[("host", "baton.example.com"), ("origin", "null")]).is_err());
         // The login form is only refused when a browser says it is cross-origin.
         assert!(check_login_origin(&request(&[("host", "baton.example")]), &config).is_ok());
         assert!(

@@ -55,7 +55,7 @@ use axum::Router;
 
 pub use error::AuthError;
 pub use headers::{SecurityHeaders, content_security_policy, security_headers};
-pub use middleware::{SECURE_SESSION_COOKIE, SESSION_COOKIE};
+pub use middleware::{SECURE_SESSION_COOKIE, SESSION_COOKIE, own_origin};
 pub use page_context::{client_address, principal, provide_request_context};
 pub use policy::{Access, Guarded, Kind, Lookup, Policy, Rule, is_safe};
 pub use principal::{

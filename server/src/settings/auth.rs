@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain;
+use crate::origin::Origin;
 
 /// How Baton learns that a request came over HTTPS (for the cookie's `Secure` and the origin
 /// the CSRF check expects).
@@ -46,8 +47,9 @@ pub struct AuthConfig {
     /// that sets it: otherwise any client could pick the address the throttle and audit see.
     pub trust_forwarded_for: bool,
     /// The origin browsers use to reach Baton (`https://baton.example.com`), when a proxy
-    /// rewrites `Host`; by default the request's own `Host` and scheme.
-    pub public_origin: Option<String>,
+    /// rewrites `Host`; by default the request's own `Host` and scheme. The CSRF check expects
+    /// it, and the UI shows webhook URLs on it.
+    pub public_origin: Option<Origin>,
     /// How many argon2 password checks run at once, and how many may wait.
     pub password_checks: PasswordChecks,
     /// How many event streams one user (all its sessions) or one API token may hold open.
@@ -137,10 +139,10 @@ impl RawAuth {
         let public_origin = self
             .public_origin
             .map(|origin| {
-                parse_origin(&origin).ok_or_else(|| {
+                Origin::parse(&origin).map_err(|why| {
                     (
                         "public_origin".to_owned(),
-                        format!("{origin:?} is not an origin: expected the scheme and host browsers use to reach Baton, with no path, such as \"https://baton.example.com\""),
+                        format!("{origin:?} is not an origin ({why}): expected the scheme and host browsers use to reach Baton, with no path, such as \"https://baton.example.com\""),
                     )
                 })
             })
@@ -195,15 +197,4 @@ impl RawAuth {
             ..defaults
         })
     }
-}
-
-/// `scheme://host[:port]`, lower-case, for `http` and `https`; `None` for anything else.
-fn parse_origin(text: &str) -> Option<String> {
-    let text = text.trim_end_matches('/').to_ascii_lowercase();
-    let (scheme, authority) = text.split_once("://")?;
-    let valid_authority = !authority.is_empty()
-        && authority
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    (matches!(scheme, "http" | "https") && valid_authority).then_some(text)
 }

@@ -9,6 +9,20 @@ use crate::state::AppState;
 /// Answers the UI's webhook server functions (provided as `app::webhooks::Webhooks`).
 pub struct UiWebhooks(pub AppState);
 
+impl UiWebhooks {
+    /// `path` on Baton's own origin as the auth layer sees it (`[auth] public_origin`, else the
+    /// request's host and scheme): the same origin the CSRF check expects. Only the path when
+    /// there is no request to tell (the page is not being served).
+    fn url(&self, path: &str) -> String {
+        let config = &self.0.settings.auth;
+        let origin = match leptos::prelude::use_context::<axum::http::request::Parts>() {
+            Some(request) => crate::auth::own_origin(&request.headers, &request.uri, config),
+            None => config.public_origin.clone(),
+        };
+        origin.map_or_else(|| path.to_owned(), |origin| origin.url(path))
+    }
+}
+
 /// A message for the operator; internal errors are logged and reported without detail.
 fn message(error: impl Into<crate::api::ApiError>) -> String {
     error.into().message().to_owned()
@@ -22,10 +36,11 @@ impl WebhookSource for UiWebhooks {
             .settings
             .service(service)
             .ok_or_else(|| format!("no service is named {service:?}"))?;
+        let path = format!("/hooks/{service}");
         Ok(WebhookSetup {
             service: service.to_owned(),
-            path: format!("/hooks/{service}"),
-            url: String::new(),
+            url: self.url(&path),
+            path,
             config: settings.webhook.as_ref().map(|webhook| WebhookConfigView {
                 secret_env: webhook.secret_env.clone(),
                 branch: webhook.branch.clone(),

@@ -695,6 +695,43 @@ async fn only_admins_get_a_replay_button_in_the_server_rendered_delivery_log() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn the_webhook_url_in_the_setup_panel_is_on_the_public_origin_when_one_is_set() {
+    let url = |html: &str| {
+        let start = html
+            .find("data-testid=\"webhook-url\">")
+            .expect("the page shows a webhook URL");
+        let rest = &html[start + "data-testid=\"webhook-url\">".len()..];
+        rest[..rest.find('<').unwrap()].to_owned()
+    };
+    // Behind a proxy that rewrites Host, the public origin is the one git hosts can reach.
+    let config = format!("{HELD_CONFIG}\n[auth]\npublic_origin = \"HTTPS://Baton.Example.com/\"\n");
+    let app = spawn_app_with(&config, &[("API_WEBHOOK_SECRET", WEBHOOK_SECRET)]).await;
+    let html = page_as(&app, Role::Viewer, "/").await;
+    assert_eq!(url(&html), "https://baton.example.com/hooks/api");
+    app.stop().await;
+
+    // Without one, the request's own host, and https as the auth layer sees it.
+    let app = spawn_held().await;
+    let html = page_as(&app, Role::Viewer, "/").await;
+    assert_eq!(url(&html), format!("{}/hooks/api", app.address));
+    let token = app.token("forwarded", Role::Viewer).await;
+    let html = app
+        .anonymous
+        .get(format!("{}/", app.address))
+        .bearer_auth(token)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let host = app.address.trim_start_matches("http://");
+    assert_eq!(url(&html), format!("https://{host}/hooks/api"));
+    app.stop().await;
+}
+
 /// The history's rows, in the order the page shows them.
 fn shown_ids(html: &str) -> Vec<i64> {
     html.split("data-deployment-id=\"")
