@@ -1,7 +1,5 @@
-//! The JSON API: services, rollouts, and the errors they answer with.
-//!
-//! Invariant: this is the one place that maps errors to HTTP status codes. A 500's body says
-//! nothing internal; the log says all.
+//! The JSON API: services and rollouts. Handlers return typed errors; `http_error.rs` decides
+//! the status and body each one gets.
 
 use std::convert::Infallible;
 
@@ -10,17 +8,17 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::response::sse::{KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{self, Audit, AuthError, ClientAddress, Guarded, Principal, Role};
+use crate::auth::{self, Audit, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
+use crate::http_error::{ApiError, RequestError};
 use crate::live;
 use crate::state::AppState;
-use crate::store::StoreError;
 
 pub fn routes() -> Guarded<AppState> {
     Guarded::new()
@@ -64,79 +62,6 @@ pub async fn audit(
     .await;
 }
 
-/// An error answer: `{"error": "..."}` with its status.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    /// What the caller is told.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        tracing::error!(%error, "database error while answering the API");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error; the server log has the details",
-        )
-    }
-}
-
-impl From<DeployError> for ApiError {
-    fn from(error: DeployError) -> Self {
-        match error {
-            DeployError::UnknownService(_) => Self::new(StatusCode::NOT_FOUND, error.to_string()),
-            DeployError::UnknownDeployment(_) => {
-                Self::new(StatusCode::NOT_FOUND, error.to_string())
-            }
-            DeployError::InvalidVersion(_) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
-            }
-            DeployError::Conflict(_) | DeployError::NothingToRollBackTo(_) => {
-                Self::new(StatusCode::CONFLICT, error.to_string())
-            }
-            DeployError::Store(error) => error.into(),
-        }
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(error: AuthError) -> Self {
-        Self::new(error.status(), error.public_message())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        Self::new(
-            rejection.status(),
-            format!(
-                "{}; expected a JSON body such as {{\"version\": \"v2\"}}",
-                rejection.body_text()
-            ),
-        )
-    }
-}
-
 async fn list_services(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.fleet.status().await?))
 }
@@ -166,7 +91,10 @@ async fn create_deployment(
     Path(service): Path<String>,
     body: Result<Json<DeployBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Json(body) = body?;
+    let Json(body) = body.map_err(|rejection| RequestError::Json {
+        rejection,
+        example: r#"{"version": "v2"}"#,
+    })?;
     let queued = state
         .fleet
         .request(DeployRequest {
@@ -230,21 +158,16 @@ async fn list_deployments(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{}; expected ?service=NAME&status=STATUS&limit=N&before=ID (or &after=ID)",
-                rejection.body_text()
-            ),
-        )
+    let Query(query) = query.map_err(|rejection| RequestError::Query {
+        rejection: rejection.body_text(),
+        expected: "?service=NAME&status=STATUS&limit=N&before=ID (or &after=ID)",
     })?;
     let status = query
         .status
         .as_deref()
         .map(str::parse::<RolloutStatus>)
         .transpose()
-        .map_err(|unknown| ApiError::new(StatusCode::BAD_REQUEST, unknown.to_string()))?;
+        .map_err(RequestError::UnknownWord)?;
     let page = state
         .fleet
         .deployments(&DeploymentFilter {
@@ -258,12 +181,10 @@ async fn list_deployments(
     Ok(Json(page))
 }
 
-fn parse_id(id: &str) -> Result<i64, ApiError> {
-    id.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("invalid deployment id {id:?}: expected a number"),
-        )
+fn parse_id(id: &str) -> Result<i64, RequestError> {
+    id.parse().map_err(|_| RequestError::Id {
+        what: "deployment",
+        text: id.to_owned(),
     })
 }
 
@@ -272,9 +193,11 @@ async fn get_deployment(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let detail = state.fleet.deployment(id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("no deployment has id {id}"))
-    })?;
+    let detail = state
+        .fleet
+        .deployment(id)
+        .await?
+        .ok_or(DeployError::UnknownDeployment(id))?;
     Ok(Json(detail))
 }
 
@@ -289,12 +212,7 @@ async fn control(
         "pause" => ControlAction::Pause,
         "resume" => ControlAction::Resume,
         "abort" => ControlAction::Abort,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}: expected pause, resume or abort"),
-            ));
-        }
+        other => return Err(RequestError::UnknownAction(other.to_owned()).into()),
     };
     state
         .fleet
@@ -317,18 +235,17 @@ struct StreamQuery {
 }
 
 /// The event id to continue after: `Last-Event-ID`, else `?after=`, else `default`.
-fn resume_point(headers: &HeaderMap, query: &StreamQuery, default: i64) -> Result<i64, ApiError> {
+fn resume_point(
+    headers: &HeaderMap,
+    query: &StreamQuery,
+    default: i64,
+) -> Result<i64, RequestError> {
     match headers.get("last-event-id") {
         Some(value) => value
             .to_str()
             .ok()
             .and_then(|value| value.trim().parse().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "Last-Event-ID must be an event id (a number)",
-                )
-            }),
+            .ok_or(RequestError::LastEventId),
         None => Ok(query.after.unwrap_or(default)),
     }
 }
@@ -341,9 +258,11 @@ async fn deployment_events(
     Query(query): Query<StreamQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    state.store.deployment(id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("no deployment has id {id}"))
-    })?;
+    state
+        .store
+        .deployment(id)
+        .await?
+        .ok_or(DeployError::UnknownDeployment(id))?;
     let after = resume_point(&headers, &query, 0)?;
     let events = live::events(state.store.clone(), Some(id), after).await?;
     let stream = pass

@@ -1,9 +1,9 @@
-//! Baton's own HTTP endpoints (beside the pages): health, and later the JSON API.
+//! Baton's own HTTP endpoints (beside the pages and the JSON API): health.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 
 use crate::auth::{Access, Guarded};
+use crate::http_error::DatabaseUnavailable;
 use crate::state::AppState;
 
 pub fn routes() -> Guarded<AppState> {
@@ -11,12 +11,7 @@ pub fn routes() -> Guarded<AppState> {
 }
 
 /// 200 while the database answers, 503 otherwise, so Baton itself can sit behind a balancer.
-async fn alive(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ok\n"),
-        Err(error) => {
-            tracing::error!(%error, "health check: the database does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
-        }
-    }
+async fn alive(State(state): State<AppState>) -> Result<&'static str, DatabaseUnavailable> {
+    state.store.ping().await.map_err(DatabaseUnavailable)?;
+    Ok("ok\n")
 }

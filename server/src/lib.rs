@@ -7,6 +7,7 @@ pub mod domain;
 pub mod drivers;
 pub mod fleet;
 pub mod http;
+pub mod http_error;
 pub mod listener;
 pub mod live;
 pub mod origin;

@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app::fleet::Fleet;
+use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::net::TcpListener;
@@ -27,7 +25,7 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::ui::UiFleet;
-use crate::{api, http};
+use crate::{api, http, http_error};
 
 /// The largest request body Baton reads (API calls and webhooks are small).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -207,11 +205,13 @@ fn router(state: AppState) -> (Router, Policy) {
         .layer(auth::security_headers())
         .layer(CatchPanicLayer::new())
         .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
+            http_error::TIMED_OUT,
             REQUEST_TIMEOUT,
         ))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-        .layer(axum::middleware::map_response(explain_too_large))
+        .layer(axum::middleware::map_response(|response| async move {
+            http_error::explain_too_large(response, BODY_LIMIT)
+        }))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
     (router, policy)
@@ -225,23 +225,4 @@ fn page_access(path: &str) -> Access {
         "/audit" | "/users" | "/tokens" => Role::Admin.into(),
         _ => Role::Viewer.into(),
     }
-}
-
-/// The body-limit layer answers a bare `413`; say what the limit is, as JSON like every error.
-async fn explain_too_large(response: Response) -> Response {
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE
-        || response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|t| t.as_bytes().starts_with(b"application/json"))
-    {
-        return response;
-    }
-    (
-        StatusCode::PAYLOAD_TOO_LARGE,
-        Json(serde_json::json!({
-            "error": format!("the request body is over the limit of {BODY_LIMIT} bytes (1 MiB)")
-        })),
-    )
-        .into_response()
 }

@@ -14,6 +14,7 @@ use app::model::Role;
 use crate::auth::accounts::{self, TokenRef};
 use crate::auth::{self, Audit, AuthError, Password, Principal};
 use crate::fleet::{DeployRequest, Fleet, Trigger};
+use crate::http_error::ApiError;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::store::auth::{AuditQuery, TokenRow, UserRow};
@@ -48,8 +49,8 @@ impl UiFleet {
 }
 
 /// A message for the operator; internal errors are logged and reported without detail.
-fn message(error: impl Into<crate::api::ApiError>) -> String {
-    error.into().message().to_owned()
+fn message(error: impl Into<ApiError>) -> String {
+    error.into().message()
 }
 
 #[async_trait::async_trait]
@@ -147,7 +148,7 @@ fn account_error(error: impl Into<AuthError>) -> String {
     if matches!(error, AuthError::Store(_) | AuthError::Internal(_)) {
         tracing::error!(%error, "user management failed");
     }
-    error.public_message()
+    ApiError::from(error).message()
 }
 
 fn stored_role(text: &str) -> Result<Role, String> {

@@ -1,13 +1,6 @@
-//! Why a request was refused, and the answer each refusal gets.
-//!
-//! This maps auth's own errors to statuses (the JSON body has the API's `{"error": "..."}`
-//! shape); `api.rs` remains the place for everything else. No message here ever includes a
-//! password or token: the variants carry no secret to print.
-
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+//! Why a request was refused. The answer each refusal gets (status, headers, a body that hides
+//! internal errors) is decided in `http_error.rs`, with every other error's. No message here
+//! ever includes a password or token: the variants carry no secret to print.
 
 use super::principal::Role;
 use crate::store::StoreError;
@@ -63,75 +56,4 @@ pub enum AuthError {
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-impl AuthError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            AuthError::SignInRequired
-            | AuthError::InvalidToken
-            | AuthError::MalformedAuthorization
-            | AuthError::WrongCredentials => StatusCode::UNAUTHORIZED,
-            AuthError::Forbidden { .. }
-            | AuthError::CrossOrigin { .. }
-            | AuthError::NoRule { .. } => StatusCode::FORBIDDEN,
-            AuthError::Throttled { .. } | AuthError::TooManyStreams { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            AuthError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            AuthError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            AuthError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AuthError::NotFound(_) => StatusCode::NOT_FOUND,
-            AuthError::Conflict(_) => StatusCode::CONFLICT,
-            AuthError::Store(_) | AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// What the caller is told: the message, except that a 500 says nothing internal.
-    pub fn public_message(&self) -> String {
-        match self {
-            AuthError::Store(_) | AuthError::Internal(_) => {
-                "internal error; the server log has the details".into()
-            }
-            other => other.to_string(),
-        }
-    }
-}
-
-impl IntoResponse for AuthError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
-            AuthError::Store(_) | AuthError::Internal(_) => {
-                tracing::error!(error = %self, "auth failed on the server's side");
-            }
-            AuthError::NoRule { .. } => {
-                tracing::error!(error = %self, "refused a request to a route without an access rule");
-            }
-            _ => {}
-        }
-        let mut response =
-            (status, Json(json!({ "error": self.public_message() }))).into_response();
-        let headers = response.headers_mut();
-        match &self {
-            AuthError::SignInRequired
-            | AuthError::InvalidToken
-            | AuthError::MalformedAuthorization => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"baton\""),
-                );
-            }
-            AuthError::Throttled { retry_after_secs } | AuthError::Busy { retry_after_secs } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
-            AuthError::MethodNotAllowed { allowed, .. } => {
-                if let Ok(value) = HeaderValue::from_str(allowed) {
-                    headers.insert(header::ALLOW, value);
-                }
-            }
-            _ => {}
-        }
-        response
-    }
 }

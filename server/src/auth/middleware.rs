@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
@@ -27,6 +27,7 @@ use super::error::AuthError;
 use super::policy::{Access, Kind, Lookup, Policy, Rule, is_safe};
 use super::principal::{ClientAddress, Credential, Principal, Role, Via};
 use super::secret::SecretToken;
+use crate::http_error::RefusedPage;
 use crate::origin::Origin;
 use crate::settings::{AuthConfig, Https};
 
@@ -142,7 +143,7 @@ pub(super) fn refusal(rule: &Rule, request: &Request) -> Option<Response> {
         role: principal.role,
     };
     Some(match rule.kind {
-        Kind::Page => forbidden_page(&error),
+        Kind::Page => RefusedPage(error).into_response(),
         Kind::Api => error.into_response(),
     })
 }
@@ -352,38 +353,6 @@ pub(super) fn safe_next(next: Option<&str>) -> &str {
         }
         _ => "/",
     }
-}
-
-fn forbidden_page(error: &AuthError) -> Response {
-    let message = escape_html(&error.to_string());
-    let body = format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Forbidden · Baton</title></head>\
-         <body><main><h1>Forbidden</h1><p>{message}</p><p><a href=\"/\">Back to Baton</a></p></main></body></html>"
-    );
-    (
-        StatusCode::FORBIDDEN,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
-fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

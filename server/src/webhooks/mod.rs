@@ -32,10 +32,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::auth::{Access, Actor, Audit, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Trigger};
+use crate::http_error::{ApiError, RequestError};
 use crate::settings::{ServiceSettings, WebhookSettings};
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -739,27 +739,13 @@ async fn replay_delivery(
     principal: Principal,
     address: ClientAddress,
     Path(id): Path<String>,
-) -> Response {
-    let Ok(id) = id.parse::<i64>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid delivery id {id:?}: expected a number"),
-        );
-    };
-    match replay_by(&state, id, &principal.actor(), &address).await {
-        Ok(outcome) => answer(outcome),
-        Err(failure @ ReplayError::UnknownDelivery(_)) => {
-            error(StatusCode::NOT_FOUND, failure.to_string())
-        }
-        Err(failure @ ReplayError::NotReplayable(_)) => {
-            error(StatusCode::CONFLICT, failure.to_string())
-        }
-        Err(ReplayError::Store(failure)) => crate::api::ApiError::from(failure).into_response(),
-    }
-}
-
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+) -> Result<Response, ApiError> {
+    let id = id.parse::<i64>().map_err(|_| RequestError::Id {
+        what: "delivery",
+        text: id,
+    })?;
+    let outcome = replay_by(&state, id, &principal.actor(), &address).await?;
+    Ok(answer(outcome))
 }
 
 #[derive(Deserialize)]
@@ -798,18 +784,12 @@ async fn list_deliveries(
     State(state): State<AppState>,
     Path(service): Path<String>,
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
-) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("{}; expected ?before=ID&limit=N", rejection.body_text()),
-            );
-        }
-    };
-    match delivery_page(&state, &service, query.before, query.limit).await {
-        Ok(page) => Json(page).into_response(),
-        Err(failure) => crate::api::ApiError::from(failure).into_response(),
-    }
+) -> Result<Json<DeliveryPage>, ApiError> {
+    let Query(query) = query.map_err(|rejection| RequestError::Query {
+        rejection: rejection.body_text(),
+        expected: "?before=ID&limit=N",
+    })?;
+    Ok(Json(
+        delivery_page(&state, &service, query.before, query.limit).await?,
+    ))
 }

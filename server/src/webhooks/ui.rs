@@ -24,8 +24,8 @@ impl UiWebhooks {
 }
 
 /// A message for the operator; internal errors are logged and reported without detail.
-fn message(error: impl Into<crate::api::ApiError>) -> String {
-    error.into().message().to_owned()
+fn message(error: impl Into<crate::http_error::ApiError>) -> String {
+    error.into().message()
 }
 
 #[async_trait::async_trait]
@@ -66,9 +66,6 @@ impl WebhookSource for UiWebhooks {
         let caller = crate::auth::principal().ok_or_else(|| "sign in first".to_owned())?;
         super::replay_by(&self.0, id, &caller.actor(), &crate::auth::client_address())
             .await
-            .map_err(|error| match error {
-                super::ReplayError::Store(error) => message(error),
-                other => other.to_string(),
-            })
+            .map_err(message)
     }
 }
