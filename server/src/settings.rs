@@ -440,224 +440,25 @@ impl Settings {
         env: &EnvOverrides,
         secret: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let invalid = |key: Option<String>, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            location: None,
-            key,
-            message,
-        };
-        let syntax_error = |inner: toml::de::Error| ConfigError::Invalid {
-            path: path.to_owned(),
-            location: inner.span().map(|span| line_and_column(text, span.start)),
-            key: None,
-            message: inner.message().trim_end().to_owned(),
-        };
-        let document = toml::Deserializer::parse(text).map_err(syntax_error)?;
-        let raw: RawSettings = serde_path_to_error::deserialize(document).map_err(|error| {
-            let key = error.path().to_string();
-            let inner = error.into_inner();
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                location: inner.span().map(|span| line_and_column(text, span.start)),
-                key: (key != ".").then_some(key),
-                message: inner.message().trim_end().to_owned(),
-            }
-        })?;
-
+        let source = Source { text, path };
+        let raw = source.deserialize()?;
         let config_dir = path
             .parent()
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let listen_text = env
-            .listen
-            .clone()
-            .or(raw.server.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen_text.parse().map_err(|_| {
-            invalid(
-                Some("server.listen".into()),
-                format!("invalid address {listen_text:?}: expected an IP address and port such as \"127.0.0.1:8080\""),
-            )
-        })?;
-        let database_url = env
-            .database_url
-            .clone()
-            .or(raw.server.database_url)
-            .unwrap_or_else(|| format!("sqlite://{}", config_dir.join("baton.db").display()));
-        if !database_url.starts_with("sqlite:") {
-            return Err(invalid(
-                Some("server.database_url".into()),
-                format!(
-                    "unsupported database URL {database_url:?}: expected \"sqlite://path/to/baton.db\""
-                ),
-            ));
-        }
-        let max_connections = raw
+        let server = raw
             .server
-            .max_connections
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(invalid(
-                Some("server.max_connections".into()),
-                "0 connections would serve nobody: expected a number of at least 1 (default 4096)"
-                    .into(),
-            ));
-        }
-        let site_root = env
-            .site_root
-            .clone()
-            .map(PathBuf::from)
-            .or(raw.server.site_root.map(|root| config_dir.join(root)))
-            .unwrap_or_else(default_site_root);
-
+            .validate(env, config_dir)
+            .map_err(|(key, message)| source.invalid(format!("server.{key}"), message))?;
         let auth = raw
             .auth
             .validate()
-            .map_err(|(key, message)| invalid(Some(format!("auth.{key}")), message))?;
-
-        let mut load_balancers = raw.load_balancers;
-        for lb in &mut load_balancers {
-            for addr in &mut lb.runtime_api {
-                if let RuntimeApiAddr::Unix(socket) = addr {
-                    *socket = config_dir.join(&*socket);
-                }
-            }
-        }
-        let mut lb_names = HashSet::new();
-        for (index, lb) in load_balancers.iter().enumerate() {
-            if !lb_names.insert(lb.name.clone()) {
-                return Err(invalid(
-                    Some(format!("load_balancer[{index}].name")),
-                    format!(
-                        "duplicate load balancer name {:?}: each must be unique",
-                        lb.name.as_str()
-                    ),
-                ));
-            }
-            if lb.runtime_api.is_empty() {
-                return Err(invalid(
-                    Some(format!("load_balancer[{index}].runtime_api")),
-                    "expected at least one runtime API address, one per HAProxy node".into(),
-                ));
-            }
-            if lb
-                .command_timeout
-                .is_some_and(|timeout| timeout.get().is_zero())
-            {
-                return Err(invalid(
-                    Some(format!("load_balancer[{index}].command_timeout")),
-                    "0s leaves HAProxy no time to answer: expected a duration such as \"2s\" (the default)".into(),
-                ));
-            }
-            if lb.attempts == Some(0) {
-                return Err(invalid(
-                    Some(format!("load_balancer[{index}].attempts")),
-                    "0 attempts would never send a command: expected 1 or more (default 4)".into(),
-                ));
-            }
-        }
-
-        let mut service_names = HashSet::new();
-        let mut services = Vec::with_capacity(raw.services.len());
-        for (index, service) in raw.services.into_iter().enumerate() {
-            let at = |key: &str| Some(format!("service[{index}].{key}"));
-            if !service_names.insert(service.name.clone()) {
-                return Err(invalid(
-                    at("name"),
-                    format!(
-                        "duplicate service name {:?}: each must be unique",
-                        service.name.as_str()
-                    ),
-                ));
-            }
-            if !lb_names.contains(&service.load_balancer) {
-                return Err(invalid(
-                    at("load_balancer"),
-                    format!(
-                        "no [[load_balancer]] is named {:?}: expected one of {}",
-                        service.load_balancer.as_str(),
-                        one_of(load_balancers.iter().map(|lb| lb.name.as_str()))
-                    ),
-                ));
-            }
-            if service.batch_size == 0 {
-                return Err(invalid(at("batch_size"), "expected at least 1".into()));
-            }
-            if service.health.healthy_threshold == 0 {
-                return Err(invalid(
-                    at("health.healthy_threshold"),
-                    "expected at least 1".into(),
-                ));
-            }
-            if !service.health.path.starts_with('/') {
-                return Err(invalid(
-                    at("health.path"),
-                    format!(
-                        "invalid path {:?}: expected it to start with '/'",
-                        service.health.path
-                    ),
-                ));
-            }
-            if service.backends.is_empty() {
-                return Err(invalid(
-                    at("backend"),
-                    "expected at least one [[service.backend]]".into(),
-                ));
-            }
-            let mut backend_names = HashSet::new();
-            for (b, backend) in service.backends.iter().enumerate() {
-                if !backend_names.insert(&backend.name) {
-                    return Err(invalid(
-                        at(&format!("backend[{b}].name")),
-                        format!(
-                            "duplicate backend name {:?}: each must be unique in its service",
-                            backend.name.as_str()
-                        ),
-                    ));
-                }
-            }
-            let runtime = service
-                .runtime
-                .validate(secret)
-                .map_err(|(key, message)| invalid(at(&format!("runtime.{key}")), message))?;
-            let webhook = service
-                .webhook
-                .map(|webhook| webhook.validate(service.name.as_str(), secret))
-                .transpose()
-                .map_err(|(key, span, message)| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    location: span.map(|span| line_and_column(text, span.start)),
-                    key: at(&format!("webhook{key}")),
-                    message,
-                })?;
-            services.push(ServiceSettings {
-                haproxy_backend: service
-                    .haproxy_backend
-                    .unwrap_or_else(|| service.name.to_string()),
-                name: service.name,
-                load_balancer: service.load_balancer,
-                batch_size: service.batch_size,
-                auto_rollback: service.auto_rollback,
-                health: service.health,
-                drain: service.drain,
-                runtime,
-                backends: service.backends,
-                webhook,
-            });
-        }
-
+            .map_err(|(key, message)| source.invalid(format!("auth.{key}"), message))?;
+        let load_balancers = validate_load_balancers(raw.load_balancers, config_dir)
+            .map_err(|(key, message)| source.invalid(format!("load_balancer{key}"), message))?;
+        let services = validate_services(&source, raw.services, &load_balancers, secret)?;
         Ok(Self {
-            server: ServerSettings {
-                listen,
-                database_url,
-                site_root,
-                state_dir: config_dir.join(
-                    raw.server
-                        .state_dir
-                        .unwrap_or_else(|| PathBuf::from("state")),
-                ),
-                max_connections,
-            },
+            server,
             auth,
             load_balancers,
             services,
@@ -668,6 +469,286 @@ impl Settings {
         self.services
             .iter()
             .find(|service| service.name.as_str() == name)
+    }
+}
+
+/// The text of a configuration and the file it came from: what every error names.
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Source<'_> {
+    /// Reads the TOML into the file's shape; an error names the line, column and key.
+    fn deserialize(&self) -> Result<RawSettings, ConfigError> {
+        let syntax_error = |inner: toml::de::Error| ConfigError::Invalid {
+            path: self.path.to_owned(),
+            location: inner
+                .span()
+                .map(|span| line_and_column(self.text, span.start)),
+            key: None,
+            message: inner.message().trim_end().to_owned(),
+        };
+        let document = toml::Deserializer::parse(self.text).map_err(syntax_error)?;
+        serde_path_to_error::deserialize(document).map_err(|error| {
+            let key = error.path().to_string();
+            let inner = error.into_inner();
+            ConfigError::Invalid {
+                path: self.path.to_owned(),
+                location: inner
+                    .span()
+                    .map(|span| line_and_column(self.text, span.start)),
+                key: (key != ".").then_some(key),
+                message: inner.message().trim_end().to_owned(),
+            }
+        })
+    }
+
+    /// A value that parsed but cannot be used, at `key`.
+    fn invalid(&self, key: String, message: String) -> ConfigError {
+        self.invalid_at(key, None, message)
+    }
+
+    /// Like [`Source::invalid`], with where in the text the value is, when known.
+    fn invalid_at(
+        &self,
+        key: String,
+        span: Option<std::ops::Range<usize>>,
+        message: String,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            location: span.map(|span| line_and_column(self.text, span.start)),
+            key: Some(key),
+            message,
+        }
+    }
+}
+
+impl RawServer {
+    /// `[server]` with the environment's overrides; an error is `(key, message)`.
+    fn validate(
+        self,
+        env: &EnvOverrides,
+        config_dir: &Path,
+    ) -> Result<ServerSettings, (String, String)> {
+        let listen_text = env
+            .listen
+            .clone()
+            .or(self.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text.parse().map_err(|_| {
+            (
+                "listen".to_owned(),
+                format!("invalid address {listen_text:?}: expected an IP address and port such as \"127.0.0.1:8080\""),
+            )
+        })?;
+        let database_url = env
+            .database_url
+            .clone()
+            .or(self.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", config_dir.join("baton.db").display()));
+        if !database_url.starts_with("sqlite:") {
+            return Err((
+                "database_url".to_owned(),
+                format!(
+                    "unsupported database URL {database_url:?}: expected \"sqlite://path/to/baton.db\""
+                ),
+            ));
+        }
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err((
+                "max_connections".to_owned(),
+                "0 connections would serve nobody: expected a number of at least 1 (default 4096)"
+                    .into(),
+            ));
+        }
+        let site_root = env
+            .site_root
+            .clone()
+            .map(PathBuf::from)
+            .or(self.site_root.map(|root| config_dir.join(root)))
+            .unwrap_or_else(default_site_root);
+        Ok(ServerSettings {
+            listen,
+            database_url,
+            site_root,
+            state_dir: config_dir.join(self.state_dir.unwrap_or_else(|| PathBuf::from("state"))),
+            max_connections,
+        })
+    }
+}
+
+/// `[[load_balancer]]`s, with socket paths taken from the file's folder; an error is
+/// `([index].key, message)`.
+fn validate_load_balancers(
+    mut load_balancers: Vec<LoadBalancerSettings>,
+    config_dir: &Path,
+) -> Result<Vec<LoadBalancerSettings>, (String, String)> {
+    for lb in &mut load_balancers {
+        for addr in &mut lb.runtime_api {
+            if let RuntimeApiAddr::Unix(socket) = addr {
+                *socket = config_dir.join(&*socket);
+            }
+        }
+    }
+    let mut lb_names = HashSet::new();
+    for (index, lb) in load_balancers.iter().enumerate() {
+        if !lb_names.insert(lb.name.clone()) {
+            return Err((
+                format!("[{index}].name"),
+                format!(
+                    "duplicate load balancer name {:?}: each must be unique",
+                    lb.name.as_str()
+                ),
+            ));
+        }
+        if lb.runtime_api.is_empty() {
+            return Err((
+                format!("[{index}].runtime_api"),
+                "expected at least one runtime API address, one per HAProxy node".into(),
+            ));
+        }
+        if lb
+            .command_timeout
+            .is_some_and(|timeout| timeout.get().is_zero())
+        {
+            return Err((
+                format!("[{index}].command_timeout"),
+                "0s leaves HAProxy no time to answer: expected a duration such as \"2s\" (the default)".into(),
+            ));
+        }
+        if lb.attempts == Some(0) {
+            return Err((
+                format!("[{index}].attempts"),
+                "0 attempts would never send a command: expected 1 or more (default 4)".into(),
+            ));
+        }
+    }
+    Ok(load_balancers)
+}
+
+/// `[[service]]`s: unique names, each checked against the load balancers defined.
+fn validate_services(
+    source: &Source,
+    raw: Vec<RawService>,
+    load_balancers: &[LoadBalancerSettings],
+    secret: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<ServiceSettings>, ConfigError> {
+    let mut service_names = HashSet::new();
+    let mut services = Vec::with_capacity(raw.len());
+    for (index, service) in raw.into_iter().enumerate() {
+        if !service_names.insert(service.name.clone()) {
+            return Err(source.invalid(
+                format!("service[{index}].name"),
+                format!(
+                    "duplicate service name {:?}: each must be unique",
+                    service.name.as_str()
+                ),
+            ));
+        }
+        services.push(service.validate(source, index, load_balancers, secret)?);
+    }
+    Ok(services)
+}
+
+impl RawService {
+    /// The service at `[[service]]` number `index`, its runtime and webhook resolved with
+    /// `secret`.
+    fn validate(
+        self,
+        source: &Source,
+        index: usize,
+        load_balancers: &[LoadBalancerSettings],
+        secret: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ServiceSettings, ConfigError> {
+        let at = |key: &str| format!("service[{index}].{key}");
+        if !load_balancers
+            .iter()
+            .any(|lb| lb.name == self.load_balancer)
+        {
+            return Err(source.invalid(
+                at("load_balancer"),
+                format!(
+                    "no [[load_balancer]] is named {:?}: expected one of {}",
+                    self.load_balancer.as_str(),
+                    one_of(load_balancers.iter().map(|lb| lb.name.as_str()))
+                ),
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(source.invalid(at("batch_size"), "expected at least 1".into()));
+        }
+        self.check_health()
+            .map_err(|(key, message)| source.invalid(at(&format!("health.{key}")), message))?;
+        self.check_backends()
+            .map_err(|(key, message)| source.invalid(at(&key), message))?;
+        let runtime = self
+            .runtime
+            .validate(secret)
+            .map_err(|(key, message)| source.invalid(at(&format!("runtime.{key}")), message))?;
+        let webhook = self
+            .webhook
+            .map(|webhook| webhook.validate(self.name.as_str(), secret))
+            .transpose()
+            .map_err(|(key, span, message)| {
+                source.invalid_at(at(&format!("webhook{key}")), span, message)
+            })?;
+        Ok(ServiceSettings {
+            haproxy_backend: self
+                .haproxy_backend
+                .unwrap_or_else(|| self.name.to_string()),
+            name: self.name,
+            load_balancer: self.load_balancer,
+            batch_size: self.batch_size,
+            auto_rollback: self.auto_rollback,
+            health: self.health,
+            drain: self.drain,
+            runtime,
+            backends: self.backends,
+            webhook,
+        })
+    }
+
+    /// `[service.health]`; an error is `(key, message)`.
+    fn check_health(&self) -> Result<(), (String, String)> {
+        if self.health.healthy_threshold == 0 {
+            return Err(("healthy_threshold".into(), "expected at least 1".into()));
+        }
+        if !self.health.path.starts_with('/') {
+            return Err((
+                "path".into(),
+                format!(
+                    "invalid path {:?}: expected it to start with '/'",
+                    self.health.path
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// At least one `[[service.backend]]`, each named once; an error is `(key, message)`.
+    fn check_backends(&self) -> Result<(), (String, String)> {
+        if self.backends.is_empty() {
+            return Err((
+                "backend".into(),
+                "expected at least one [[service.backend]]".into(),
+            ));
+        }
+        let mut backend_names = HashSet::new();
+        for (b, backend) in self.backends.iter().enumerate() {
+            if !backend_names.insert(&backend.name) {
+                return Err((
+                    format!("backend[{b}].name"),
+                    format!(
+                        "duplicate backend name {:?}: each must be unique in its service",
+                        backend.name.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1353,6 +1434,62 @@ streams_per_caller = 4
             message.contains("key `server.listen`: invalid address \"everywhere\""),
             "{message}"
         );
+    }
+
+    #[test]
+    fn every_refusal_names_its_key_and_what_was_expected() {
+        let second_lb = "[[load_balancer]]\nname = \"edge\"\nkind = \"haproxy\"\nruntime_api = [\"unix:b.sock\"]\n";
+        let second_service = FULL
+            .split("[[service]]")
+            .nth(1)
+            .map(|service| format!("{FULL}\n[[service]]{service}"))
+            .unwrap();
+        for (text, expected) in [
+            (
+                FULL.replace(
+                    "listen = \"127.0.0.1:9090\"",
+                    "database_url = \"postgres://db\"",
+                ),
+                "key `server.database_url`: unsupported database URL \"postgres://db\": expected \"sqlite://path/to/baton.db\"",
+            ),
+            (
+                FULL.replace("listen = \"127.0.0.1:9090\"", "max_connections = 0"),
+                "key `server.max_connections`: 0 connections would serve nobody",
+            ),
+            (
+                FULL.replace("[[service]]", &format!("{second_lb}\n[[service]]")),
+                "key `load_balancer[1].name`: duplicate load balancer name \"edge\": each must be unique",
+            ),
+            (
+                FULL.replace(
+                    "runtime_api = [\"unix:/run/haproxy/admin.sock\", \"tcp:127.0.0.1:9999\"]",
+                    "runtime_api = []",
+                ),
+                "key `load_balancer[0].runtime_api`: expected at least one runtime API address",
+            ),
+            (
+                second_service,
+                "key `service[1].name`: duplicate service name \"api\": each must be unique",
+            ),
+            (
+                FULL.replace("healthy_threshold = 3", "healthy_threshold = 0"),
+                "key `service[0].health.healthy_threshold`: expected at least 1",
+            ),
+            (
+                FULL.replace("path = \"/alive\"", "path = \"alive\""),
+                "key `service[0].health.path`: invalid path \"alive\": expected it to start with '/'",
+            ),
+            (
+                FULL.split("[[service.backend]]").next().unwrap().to_owned(),
+                "key `service[0].backend`: expected at least one [[service.backend]]",
+            ),
+        ] {
+            let message = error(&text);
+            assert!(
+                message.starts_with("/etc/baton/baton.toml: ") && message.contains(expected),
+                "expected {expected:?}, got {message:?}"
+            );
+        }
     }
 
     #[test]
