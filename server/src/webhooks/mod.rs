@@ -2,12 +2,17 @@
 //! (Cloud and Data Center) starts a rollout of the pushed commit, and the delivery log with its
 //! replay for operators.
 //!
-//! A delivery goes: service known (404) → webhook configured (403) → host recognised (400) →
-//! body within [`BODY_LIMIT`] (413) → signature over the raw body holds (401) → event and
-//! payload read (400) → [`policy`] decides (another repository, branch or tag: "ignored") →
-//! neither its delivery id nor its body seen before for the service (else "duplicate", 202) →
-//! the fleet queues (or coalesces) the rollout (202). Every step's answer is JSON that says why,
-//! and every delivery past the service lookup is logged.
+//! A delivery goes through five stages, each a function here:
+//! 1. [`verify`]: service known (404) → webhook configured (403) → host recognised (400) → body
+//!    within [`BODY_LIMIT`] (413) → signature over the raw body holds (401);
+//! 2. and 3. [`decide`]: event and payload read (400) → [`policy`] decides (another repository,
+//!    branch or tag: "ignored");
+//! 4. [`record`]: neither its delivery id nor its body seen before for the service (else
+//!    "duplicate", 202), logged before anything is done;
+//! 5. [`act`]: the fleet queues (or coalesces) the rollout (202), and the log row says so.
+//!
+//! Every stage's answer is JSON that says why, and every delivery past the service lookup is
+//! logged.
 //!
 //! Invariants: secrets never reach the log, the database or an answer (no header of a delivery
 //! is stored; GitLab's token is the secret and is only compared). Only verified deliveries claim
@@ -15,8 +20,10 @@
 //! at most one rollout, however often and under whichever host's headers it is sent again. Only
 //! an admin's replay processes a body again, and each replay is in the audit log. Nothing but a
 //! validated [`Version`](crate::domain::Version) reaches the fleet. These answers are the
-//! webhook protocol, so their statuses are decided here rather than in `api.rs`.
+//! webhook protocol, so their statuses are one table in [`answer`] rather than in
+//! `http_error.rs`; the admin endpoints over the log return the API's errors.
 
+mod answer;
 mod policy;
 pub mod providers;
 pub mod signature;
@@ -29,17 +36,18 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
 use serde::Deserialize;
 
 use crate::auth::{Access, Actor, Audit, ClientAddress, Guarded, Principal, Role};
-use crate::fleet::{DeployError, DeployRequest, Trigger};
+use crate::fleet::{DeployError, DeployRequest, Queued, Trigger};
 use crate::http_error::{ApiError, RequestError};
 use crate::settings::{ServiceSettings, WebhookSettings};
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::deliveries::{Claim, DeliveryRow, NewDelivery};
+use answer::{Answer, Refusal, Verdict};
 use policy::Decision;
 use providers::{Credential, Envelope, EventKind, Provider};
 
@@ -59,32 +67,6 @@ pub fn routes() -> Guarded<AppState> {
             list_deliveries,
         )
         .post("/api/deliveries/{id}/replay", Role::Admin, replay_delivery)
-}
-
-/// What Baton decided about a delivery (stored as text in the log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Verified and deploying: the rollout is being queued.
-    Processing,
-    Deployed,
-    Ignored,
-    Ping,
-    /// A redelivery of a delivery id, or a body, already processed.
-    Duplicate,
-    Rejected,
-}
-
-impl Verdict {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Processing => "processing",
-            Self::Deployed => "deployed",
-            Self::Ignored => "ignored",
-            Self::Ping => "ping",
-            Self::Duplicate => "duplicate",
-            Self::Rejected => "rejected",
-        }
-    }
 }
 
 /// What is known about a delivery so far: what its log row and its answer say.
@@ -123,8 +105,7 @@ impl<'a> Delivery<'a> {
 
     fn row<'b>(
         &'b self,
-        verdict: Verdict,
-        status: StatusCode,
+        answer: Answer,
         reason: &'b str,
         payload: Option<&'b [u8]>,
     ) -> NewDelivery<'b> {
@@ -135,8 +116,8 @@ impl<'a> Delivery<'a> {
             delivery_id: self.delivery_id.as_deref(),
             git_ref: self.git_ref.as_deref(),
             sha: self.sha.as_deref(),
-            verdict: verdict.as_str(),
-            status: status.as_u16(),
+            verdict: answer.verdict().as_str(),
+            status: answer.status().as_u16(),
             reason,
             deployment_id: None,
             replay_of: self.replay_of,
@@ -145,7 +126,8 @@ impl<'a> Delivery<'a> {
         }
     }
 
-    fn outcome(&self, status: StatusCode, verdict: Verdict, reason: String) -> DeliveryOutcome {
+    fn outcome(&self, answer: Answer, reason: String) -> DeliveryOutcome {
+        let (status, verdict) = (answer.status(), answer.verdict());
         let failed = status.is_client_error() || status.is_server_error();
         tracing::info!(
             service = self.service,
@@ -179,19 +161,30 @@ impl<'a> Delivery<'a> {
         }
     }
 
-    /// Logs a refusal (unverified: it claims no delivery id) and answers it.
-    async fn refuse(
+    /// Logs a delivery whose signature did not hold (it claims no delivery id and keeps no
+    /// body) and answers it.
+    async fn log_unverified(
         mut self,
         state: &AppState,
-        status: StatusCode,
+        answer: Answer,
         reason: String,
     ) -> Result<DeliveryOutcome, StoreError> {
         let id = state
             .store
-            .log_delivery(&self.row(Verdict::Rejected, status, &reason, None))
+            .log_delivery(&self.row(answer, &reason, None))
             .await?;
         self.logged = Some(id);
-        Ok(self.outcome(status, Verdict::Rejected, reason))
+        Ok(self.outcome(answer, reason))
+    }
+
+    /// Who asked for the rollout, as its history and the audit log name it.
+    fn requested_by(&self, logged: i64) -> String {
+        let label = self.provider.map_or("unknown", Provider::label);
+        match (&self.delivery_id, self.replay_of) {
+            (Some(delivery_id), None) => format!("{label} delivery {delivery_id}"),
+            (None, None) => format!("{label} webhook (delivery #{logged})"),
+            (_, Some(first)) => format!("replay of {label} delivery #{first}"),
+        }
     }
 }
 
@@ -201,13 +194,7 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    answer(receive_delivery(&state, &service, &headers, body).await)
-}
-
-/// The HTTP answer for an outcome: its status, and the outcome as JSON.
-fn answer(outcome: DeliveryOutcome) -> Response {
-    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(outcome)).into_response()
+    answer::response(receive_delivery(&state, &service, &headers, body).await)
 }
 
 /// Handles one delivery from a git host, from its headers and raw body.
@@ -226,12 +213,12 @@ pub async fn receive_delivery(
 fn internal_error(service: &str, error: StoreError) -> DeliveryOutcome {
     tracing::error!(service, %error, "database error while handling a webhook delivery");
     Delivery::new(service).outcome(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Verdict::Rejected,
+        Answer::Rejected(Refusal::Internal),
         "internal error; the server log has the details (the host may retry)".into(),
     )
 }
 
+/// The pipeline: verify, then (in [`process`]) parse, decide, record and act.
 async fn receive_checked(
     state: &AppState,
     service: &str,
@@ -241,14 +228,30 @@ async fn receive_checked(
     let Some(settings) = state.settings.service(service) else {
         // Not logged: the log is per service, and anyone can make up names.
         return Ok(Delivery::new(service).outcome(
-            StatusCode::NOT_FOUND,
-            Verdict::Rejected,
+            Answer::Rejected(Refusal::UnknownService),
             format!(
                 "no service is named {service:?}: expected /hooks/SERVICE for a service in Baton's configuration"
             ),
         ));
     };
     let mut delivery = Delivery::new(settings.name.as_str());
+    let (webhook, body) = match verify(settings, &mut delivery, headers, body).await {
+        Ok(verified) => verified,
+        Err((answer, reason)) => return delivery.log_unverified(state, answer, reason).await,
+    };
+    process(state, settings, webhook, delivery, &body, is_form(headers)).await
+}
+
+/// Stage 1, verify: the service takes webhooks, the headers are a known git host's, the body is
+/// within [`BODY_LIMIT`], and its signature holds. Notes on `delivery` what the headers say.
+/// Otherwise the answer to log: a refusal, or a ping whose host never signs them.
+async fn verify<'s>(
+    settings: &'s ServiceSettings,
+    delivery: &mut Delivery<'_>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'s WebhookSettings, Bytes), (Answer, String)> {
+    let refused = |refusal, why| (Answer::Rejected(refusal), why);
     let envelope = providers::identify(headers);
     if let Ok(envelope) = &envelope {
         delivery.provider = Some(envelope.provider);
@@ -257,22 +260,19 @@ async fn receive_checked(
     }
     let Some(webhook) = &settings.webhook else {
         let reason = format!(
-            "service {service} takes no webhooks: it has no webhook secret. Add to its [[service]] in \
+            "service {} takes no webhooks: it has no webhook secret. Add to its [[service]] in \
              Baton's configuration a [service.webhook] table with secret_env = \"NAME\" (an environment \
              variable holding the secret you also give the git host) and branch = \"main\", set the \
-             variable, and restart Baton"
+             variable, and restart Baton",
+            settings.name
         );
-        return delivery.refuse(state, StatusCode::FORBIDDEN, reason).await;
+        return Err(refused(Refusal::WebhooksOff, reason));
     };
-    let envelope = match envelope {
-        Ok(envelope) => envelope,
-        Err(why) => return delivery.refuse(state, StatusCode::BAD_REQUEST, why).await,
-    };
-    let body = match read_body(headers, body).await {
-        Ok(body) => body,
-        Err((status, why)) => return delivery.refuse(state, status, why).await,
-    };
-    if let Err(why) = verify(webhook, &envelope, &body) {
+    let envelope = envelope.map_err(|why| refused(Refusal::UnknownHost, why))?;
+    let body = read_body(headers, body)
+        .await
+        .map_err(|(refusal, why)| refused(refusal, why))?;
+    if let Err(why) = check_signature(webhook, &envelope, &body) {
         // Bitbucket Data Center's "Test connection" is never signed. Answering its ping costs
         // nothing and shows the URL is right; a push still needs its signature.
         if envelope.provider.classify(&envelope.event) == EventKind::Ping
@@ -282,29 +282,27 @@ async fn receive_checked(
                 "{} ping received without a signature (its connection test is not signed): the URL is right, and pushes must be signed",
                 envelope.provider.label()
             );
-            let id = state
-                .store
-                .log_delivery(&delivery.row(Verdict::Ping, StatusCode::OK, &reason, None))
-                .await?;
-            delivery.logged = Some(id);
-            return Ok(delivery.outcome(StatusCode::OK, Verdict::Ping, reason));
+            return Err((Answer::Ping, reason));
         }
-        return delivery.refuse(state, StatusCode::UNAUTHORIZED, why).await;
+        return Err(refused(Refusal::NotSigned, why));
     }
     delivery.verified = true;
-    let form = headers
+    Ok((webhook, body))
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
-    process(state, settings, webhook, delivery, &body, form).await
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"))
 }
 
 /// Reads the whole body, refusing (413) one over [`BODY_LIMIT`] before reading it when the
 /// sender said its length, and as soon as it grows past the limit otherwise.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, (StatusCode, String)> {
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, (Refusal, String)> {
     let too_large = |size: String| {
         (
-            StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooLarge,
             format!(
                 "the body is {size} bytes: expected at most {BODY_LIMIT} bytes (1 MiB) for a webhook delivery"
             ),
@@ -325,7 +323,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, (StatusCode
                 too_large(format!("more than {BODY_LIMIT}"))
             } else {
                 (
-                    StatusCode::BAD_REQUEST,
+                    Refusal::Malformed,
                     format!("cannot read the request body: {error}"),
                 )
             }
@@ -345,7 +343,11 @@ fn is_length_limit(error: &axum::Error) -> bool {
 
 /// Whether the delivery proves it knows the service's secret; the error says what was wrong
 /// (never what the secret is, nor which variable holds it: the caller is not trusted yet).
-fn verify(webhook: &WebhookSettings, envelope: &Envelope, body: &[u8]) -> Result<(), String> {
+fn check_signature(
+    webhook: &WebhookSettings,
+    envelope: &Envelope,
+    body: &[u8],
+) -> Result<(), String> {
     let label = envelope.provider.label();
     let secret = webhook.secret.expose();
     match &envelope.credential {
@@ -380,15 +382,24 @@ fn verify(webhook: &WebhookSettings, envelope: &Envelope, body: &[u8]) -> Result
 
 /// What a verified delivery leads to, before the delivery is logged.
 enum Step {
-    Answer(StatusCode, Verdict, String),
+    Answer(Answer, String),
     Deploy {
         version: crate::domain::Version,
         reason: String,
     },
 }
 
-/// Decides about a verified delivery, logs it (claiming its delivery id and body unless it is a
-/// replay), and queues the rollout it asks for.
+impl Step {
+    /// What the log says about the delivery when it is first recorded.
+    fn answer(&self) -> (Answer, &str) {
+        match self {
+            Step::Answer(answer, reason) => (*answer, reason),
+            Step::Deploy { reason, .. } => (Answer::Processing, reason),
+        }
+    }
+}
+
+/// Stages 2 to 5 for a verified delivery (a replay starts here): parse and decide, record, act.
 async fn process(
     state: &AppState,
     settings: &ServiceSettings,
@@ -397,28 +408,42 @@ async fn process(
     body: &[u8],
     form: bool,
 ) -> Result<DeliveryOutcome, StoreError> {
+    let step = decide(&mut delivery, webhook, body, form);
+    shorten(&mut delivery);
+    let logged = match record(state, &mut delivery, &step, body).await? {
+        Recorded::Logged(id) => id,
+        Recorded::Duplicate(outcome) => return Ok(*outcome),
+    };
+    match step {
+        Step::Answer(answer, reason) => Ok(delivery.outcome(answer, reason)),
+        Step::Deploy { version, reason } => {
+            act(state, settings, delivery, logged, version, reason).await
+        }
+    }
+}
+
+/// Stages 2 and 3, parse and decide: what kind of event it is, what its payload says, and what
+/// the service's webhook makes of it. No IO. Notes on `delivery` the ref and commit pushed.
+fn decide(delivery: &mut Delivery<'_>, webhook: &WebhookSettings, body: &[u8], form: bool) -> Step {
     let provider = delivery
         .provider
         .expect("a verified delivery has a provider");
     let label = provider.label();
     let event = delivery.event.clone().unwrap_or_default();
-    let step = match provider.classify(&event) {
+    match provider.classify(&event) {
         EventKind::Ping => Step::Answer(
-            StatusCode::OK,
-            Verdict::Ping,
+            Answer::Ping,
             format!("{label} ping received: the webhook reaches Baton and its signature holds"),
         ),
         EventKind::Other => Step::Answer(
-            StatusCode::ACCEPTED,
-            Verdict::Ignored,
+            Answer::Ignored,
             format!(
                 "{label} event {event:?} does not deploy: only push events do (the webhook may send push events only)"
             ),
         ),
         EventKind::Push => match provider.push(body) {
             Err(error) => Step::Answer(
-                StatusCode::BAD_REQUEST,
-                Verdict::Rejected,
+                Answer::Rejected(Refusal::Malformed),
                 format!(
                     "malformed {label} push payload: {error}; expected the JSON body of a {label} push event{}",
                     if form {
@@ -428,39 +453,47 @@ async fn process(
                     }
                 ),
             ),
-            Ok(push) => match policy::decide(&push, webhook) {
-                Decision::Deploy {
-                    version,
-                    git_ref,
-                    sha,
-                    reason,
-                } => {
-                    delivery.git_ref = Some(git_ref);
-                    delivery.sha = sha;
-                    Step::Deploy { version, reason }
-                }
-                Decision::Ignore {
-                    git_ref,
-                    sha,
-                    reason,
-                } => {
-                    delivery.git_ref = git_ref;
-                    delivery.sha = sha;
-                    Step::Answer(StatusCode::ACCEPTED, Verdict::Ignored, reason)
-                }
-                Decision::Malformed {
-                    git_ref,
-                    sha,
-                    reason,
-                } => {
-                    delivery.git_ref = Some(git_ref);
-                    delivery.sha = sha;
-                    Step::Answer(StatusCode::BAD_REQUEST, Verdict::Rejected, reason)
-                }
-            },
+            Ok(push) => follow(delivery, policy::decide(&push, webhook)),
         },
-    };
-    // Keep only short values from the payload in the log (a ref can be long; the body is kept).
+    }
+}
+
+/// The step the policy's decision leads to, noting on `delivery` the ref and commit it names.
+fn follow(delivery: &mut Delivery<'_>, decision: Decision) -> Step {
+    match decision {
+        Decision::Deploy {
+            version,
+            git_ref,
+            sha,
+            reason,
+        } => {
+            delivery.git_ref = Some(git_ref);
+            delivery.sha = sha;
+            Step::Deploy { version, reason }
+        }
+        Decision::Ignore {
+            git_ref,
+            sha,
+            reason,
+        } => {
+            delivery.git_ref = git_ref;
+            delivery.sha = sha;
+            Step::Answer(Answer::Ignored, reason)
+        }
+        Decision::Malformed {
+            git_ref,
+            sha,
+            reason,
+        } => {
+            delivery.git_ref = Some(git_ref);
+            delivery.sha = sha;
+            Step::Answer(Answer::Rejected(Refusal::Malformed), reason)
+        }
+    }
+}
+
+/// Keeps only short values from the payload in the log (a ref can be long; the body is kept).
+fn shorten(delivery: &mut Delivery<'_>) {
     for value in [&mut delivery.git_ref, &mut delivery.sha]
         .into_iter()
         .flatten()
@@ -469,36 +502,57 @@ async fn process(
             *value = value.chars().take(256).collect();
         }
     }
+}
 
-    let (status, verdict, reason) = match &step {
-        Step::Answer(status, verdict, reason) => (*status, *verdict, reason.clone()),
-        Step::Deploy { reason, .. } => (StatusCode::ACCEPTED, Verdict::Processing, reason.clone()),
-    };
+/// Whether a delivery was logged as new, or answered as a repeat.
+enum Recorded {
+    Logged(i64),
+    Duplicate(Box<DeliveryOutcome>),
+}
+
+/// Stage 4, record: logs the delivery before anything is acted on. A first delivery claims its
+/// delivery id and body, so a repeat of either is answered as a duplicate; a replay is only
+/// logged.
+async fn record(
+    state: &AppState,
+    delivery: &mut Delivery<'_>,
+    step: &Step,
+    body: &[u8],
+) -> Result<Recorded, StoreError> {
+    let (answer, reason) = step.answer();
     let first = delivery.replay_of.is_none();
-    let row = delivery.row(verdict, status, &reason, first.then_some(body));
+    let row = delivery.row(answer, reason, first.then_some(body));
     let id = if first {
-        match state.store.claim_delivery(&row).await? {
-            Claim::First(id) => id,
-            Claim::Redelivery(earlier) => {
-                return duplicate(state, delivery, Repeat::DeliveryId, *earlier).await;
-            }
-            Claim::SameBody(earlier) => {
-                return duplicate(state, delivery, Repeat::Body, *earlier).await;
+        let repeat = match state.store.claim_delivery(&row).await? {
+            Claim::First(id) => Ok(id),
+            Claim::Redelivery(earlier) => Err((Repeat::DeliveryId, *earlier)),
+            Claim::SameBody(earlier) => Err((Repeat::Body, *earlier)),
+        };
+        match repeat {
+            Ok(id) => id,
+            Err((repeat, earlier)) => {
+                let outcome = duplicate(state, delivery, repeat, earlier).await?;
+                return Ok(Recorded::Duplicate(Box::new(outcome)));
             }
         }
     } else {
         state.store.log_delivery(&row).await?
     };
     delivery.logged = Some(id);
+    Ok(Recorded::Logged(id))
+}
 
-    let Step::Deploy { version, reason } = step else {
-        return Ok(delivery.outcome(status, verdict, reason));
-    };
-    let requested_by = match (&delivery.delivery_id, delivery.replay_of) {
-        (Some(delivery_id), None) => format!("{label} delivery {delivery_id}"),
-        (None, None) => format!("{label} webhook (delivery #{id})"),
-        (_, Some(first)) => format!("replay of {label} delivery #{first}"),
-    };
+/// Stage 5, act: asks the fleet for the rollout (coalescing with one still queued), audits it,
+/// and finishes the delivery's log row (`logged`) with what happened.
+async fn act(
+    state: &AppState,
+    settings: &ServiceSettings,
+    delivery: Delivery<'_>,
+    logged: i64,
+    version: crate::domain::Version,
+    reason: String,
+) -> Result<DeliveryOutcome, StoreError> {
+    let requested_by = delivery.requested_by(logged);
     let requested = state
         .fleet
         .request(DeployRequest {
@@ -510,19 +564,84 @@ async fn process(
         })
         .await;
     if let Ok(queued) = &requested {
-        crate::auth::record(
-            &state.store,
-            Audit {
-                actor: &Actor::webhook(requested_by.clone()),
-                action: "deploy",
-                target: Some(settings.name.as_str()),
-                address: None,
-                detail: Some(&format!("version {version}, rollout {}", queued.id)),
-            },
-        )
-        .await;
+        audit_rollout(state, settings, requested_by, &version, queued).await;
     }
-    let (status, verdict, reason, queued) = match requested {
+    let (answer, reason, queued) = match requested_answer(requested, &version, reason) {
+        Ok(answered) => answered,
+        Err(error) => {
+            release(state, logged).await;
+            return Err(error);
+        }
+    };
+    state
+        .store
+        .finish_delivery(
+            logged,
+            answer.verdict().as_str(),
+            answer.status().as_u16(),
+            &reason,
+            queued.as_ref().map(|q| q.id),
+        )
+        .await?;
+    let mut outcome = delivery.outcome(answer, reason);
+    if let Some(queued) = queued {
+        outcome.version = Some(version.to_string());
+        outcome.rollout = Some(queued.id);
+        outcome.rollout_status = Some(queued.status);
+        outcome.coalesced = queued.coalesced;
+    }
+    Ok(outcome)
+}
+
+/// Writes the webhook's rollout to the audit log, naming the delivery that asked for it.
+async fn audit_rollout(
+    state: &AppState,
+    settings: &ServiceSettings,
+    requested_by: String,
+    version: &crate::domain::Version,
+    queued: &Queued,
+) {
+    crate::auth::record(
+        &state.store,
+        Audit {
+            actor: &Actor::webhook(requested_by),
+            action: "deploy",
+            target: Some(settings.name.as_str()),
+            address: None,
+            detail: Some(&format!("version {version}, rollout {}", queued.id)),
+        },
+    )
+    .await;
+}
+
+/// Finishes the log row `logged` as an internal error (status 500), which releases its delivery
+/// id and body, so the host's retry is processed.
+async fn release(state: &AppState, logged: i64) {
+    let failed = Answer::Rejected(Refusal::Internal);
+    let reason = "internal error; the server log has the details (the host may retry)";
+    if let Err(second) = state
+        .store
+        .finish_delivery(
+            logged,
+            failed.verdict().as_str(),
+            failed.status().as_u16(),
+            reason,
+            None,
+        )
+        .await
+    {
+        tracing::error!(%second, delivery = logged, "cannot record the failed delivery");
+    }
+}
+
+/// The answer to a delivery whose rollout the fleet was asked for (`reason` says why it
+/// deploys); a database error is returned for the caller to release the delivery.
+fn requested_answer(
+    requested: Result<Queued, DeployError>,
+    version: &crate::domain::Version,
+    reason: String,
+) -> Result<(Answer, String, Option<Queued>), StoreError> {
+    Ok(match requested {
         Ok(queued) => {
             let reason = if queued.coalesced {
                 format!(
@@ -532,22 +651,15 @@ async fn process(
             } else {
                 format!("{reason} (rollout #{}, {})", queued.id, queued.status)
             };
-            (
-                StatusCode::ACCEPTED,
-                Verdict::Deployed,
-                reason,
-                Some(queued),
-            )
+            (Answer::Deployed, reason, Some(queued))
         }
         Err(DeployError::InvalidVersion(error)) => (
-            StatusCode::ACCEPTED,
-            Verdict::Ignored,
+            Answer::Ignored,
             format!("{version} cannot be a version: {error}"),
             None,
         ),
         Err(error @ DeployError::UnknownService(_)) => (
-            StatusCode::NOT_FOUND,
-            Verdict::Rejected,
+            Answer::Rejected(Refusal::UnknownService),
             error.to_string(),
             None,
         ),
@@ -555,43 +667,9 @@ async fn process(
             error @ (DeployError::Conflict(_)
             | DeployError::NothingToRollBackTo(_)
             | DeployError::UnknownDeployment(_)),
-        ) => (
-            StatusCode::CONFLICT,
-            Verdict::Rejected,
-            error.to_string(),
-            None,
-        ),
-        Err(DeployError::Store(error)) => {
-            // Releases the delivery id (status 500), so the host's retry is processed.
-            let reason = "internal error; the server log has the details (the host may retry)";
-            if let Err(second) = state
-                .store
-                .finish_delivery(id, Verdict::Rejected.as_str(), 500, reason, None)
-                .await
-            {
-                tracing::error!(%second, delivery = id, "cannot record the failed delivery");
-            }
-            return Err(error);
-        }
-    };
-    state
-        .store
-        .finish_delivery(
-            id,
-            verdict.as_str(),
-            status.as_u16(),
-            &reason,
-            queued.as_ref().map(|q| q.id),
-        )
-        .await?;
-    let mut outcome = delivery.outcome(status, verdict, reason);
-    if let Some(queued) = queued {
-        outcome.version = Some(version.to_string());
-        outcome.rollout = Some(queued.id);
-        outcome.rollout_status = Some(queued.status);
-        outcome.coalesced = queued.coalesced;
-    }
-    Ok(outcome)
+        ) => (Answer::Rejected(Refusal::Conflict), error.to_string(), None),
+        Err(DeployError::Store(error)) => return Err(error),
+    })
 }
 
 /// What a duplicate delivery repeats of an earlier one.
@@ -608,7 +686,7 @@ enum Repeat {
 /// decision.
 async fn duplicate(
     state: &AppState,
-    mut delivery: Delivery<'_>,
+    delivery: &mut Delivery<'_>,
     repeat: Repeat,
     earlier: DeliveryRow,
 ) -> Result<DeliveryOutcome, StoreError> {
@@ -637,11 +715,11 @@ async fn duplicate(
             earlier.id
         ),
     };
-    let mut row = delivery.row(Verdict::Duplicate, StatusCode::ACCEPTED, &reason, None);
+    let mut row = delivery.row(Answer::Duplicate, &reason, None);
     row.deployment_id = earlier.deployment_id;
     let id = state.store.log_delivery(&row).await?;
     delivery.logged = Some(id);
-    let mut outcome = delivery.outcome(StatusCode::ACCEPTED, Verdict::Duplicate, reason);
+    let mut outcome = delivery.outcome(Answer::Duplicate, reason);
     outcome.rollout = earlier.deployment_id;
     outcome.earlier = Some(Box::new(earlier.into()));
     Ok(outcome)
@@ -745,7 +823,7 @@ async fn replay_delivery(
         text: id,
     })?;
     let outcome = replay_by(&state, id, &principal.actor(), &address).await?;
-    Ok(answer(outcome))
+    Ok(answer::response(outcome))
 }
 
 #[derive(Deserialize)]
@@ -792,4 +870,67 @@ async fn list_deliveries(
     Ok(Json(
         delivery_page(&state, &service, query.before, query.limit).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::WebhookSecret;
+
+    const PUSH: &[u8] =
+        include_bytes!("../../tests/fixtures/webhooks/github/push__with-new-branch.payload.json");
+
+    fn webhook(branch: &str) -> WebhookSettings {
+        WebhookSettings {
+            secret_env: "S".into(),
+            secret: WebhookSecret::new("x"),
+            branch: Some(branch.into()),
+            tags: None,
+            repository: None,
+        }
+    }
+
+    /// Decides about a verified GitHub delivery of `event` with `body`: the answer it would be
+    /// logged with, and the ref it notes.
+    fn decided(
+        event: &str,
+        body: &[u8],
+        form: bool,
+        branch: &str,
+    ) -> (Answer, String, Option<String>) {
+        let mut delivery = Delivery::new("api");
+        delivery.provider = Some(Provider::GitHub);
+        delivery.event = Some(event.into());
+        let step = decide(&mut delivery, &webhook(branch), body, form);
+        let (answer, reason) = step.answer();
+        (answer, reason.to_owned(), delivery.git_ref)
+    }
+
+    #[test]
+    fn the_decide_stage_needs_no_io_and_says_why() {
+        let (answer, reason, _) = decided("ping", b"{}", false, "master");
+        assert_eq!(answer, Answer::Ping);
+        assert!(reason.contains("signature holds"), "{reason}");
+
+        let (answer, reason, _) = decided("issues", b"{}", false, "master");
+        assert_eq!(answer, Answer::Ignored);
+        assert!(reason.contains("only push events do"), "{reason}");
+
+        // A push to the configured branch is recorded as being processed until the fleet answers.
+        let (answer, _, git_ref) = decided("push", PUSH, false, "master");
+        assert_eq!(answer, Answer::Processing);
+        assert_eq!(git_ref.as_deref(), Some("refs/heads/master"));
+        let (answer, _, git_ref) = decided("push", PUSH, false, "main");
+        assert_eq!(answer, Answer::Ignored);
+        assert_eq!(git_ref.as_deref(), Some("refs/heads/master"));
+
+        // A form-encoded body is malformed, and the answer says which setting to change.
+        let (answer, reason, _) = decided("push", b"payload=%7B%7D", true, "master");
+        assert_eq!(answer, Answer::Rejected(Refusal::Malformed));
+        assert_eq!(answer.status().as_u16(), 400);
+        assert!(
+            reason.contains("set its content type to application/json"),
+            "{reason}"
+        );
+    }
 }
