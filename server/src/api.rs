@@ -1,15 +1,16 @@
-//! The JSON API: services and rollouts. Handlers return typed errors; `http_error.rs` decides
-//! the status and body each one gets.
+//! The JSON API: services, rollouts and the webhook delivery log. Handlers return typed errors;
+//! `http_error.rs` decides the status and body each one gets.
 
 use std::convert::Infallible;
 
 use app::model::{ControlAction, DeploymentFilter, RolloutStatus};
+use app::webhooks::DeliveryPage;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -19,6 +20,7 @@ use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
 use crate::http_error::{ApiError, RequestError};
 use crate::live;
 use crate::state::AppState;
+use crate::webhooks;
 
 pub fn routes() -> Guarded<AppState> {
     Guarded::new()
@@ -38,6 +40,12 @@ pub fn routes() -> Guarded<AppState> {
         )
         .post("/api/deployments/{id}/{action}", Role::Deployer, control)
         .get("/api/events", Role::Viewer, fleet_events)
+        .get(
+            "/api/services/{service}/deliveries",
+            Role::Viewer,
+            list_deliveries,
+        )
+        .post("/api/deliveries/{id}/replay", Role::Admin, replay_delivery)
 }
 
 /// Appends a mutation to the audit log.
@@ -287,4 +295,39 @@ async fn fleet_events(
         .follow(live::fleet_stream(now, events, changes))
         .take_until(state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn list_deliveries(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    query: Result<Query<DeliveriesQuery>, QueryRejection>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    let Query(query) = query.map_err(|rejection| RequestError::Query {
+        rejection: rejection.body_text(),
+        expected: "?before=ID&limit=N",
+    })?;
+    Ok(Json(
+        webhooks::delivery_page(&state, &service, query.before, query.limit).await?,
+    ))
+}
+
+async fn replay_delivery(
+    State(state): State<AppState>,
+    principal: Principal,
+    address: ClientAddress,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = id.parse::<i64>().map_err(|_| RequestError::Id {
+        what: "delivery",
+        text: id,
+    })?;
+    let outcome = webhooks::replay_by(&state, id, &principal.actor(), &address).await?;
+    Ok(webhooks::response(outcome))
 }

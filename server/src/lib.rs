@@ -19,3 +19,6 @@ pub mod store;
 pub mod telemetry;
 pub mod ui;
 pub mod webhooks;
+
+#[cfg(test)]
+mod tidy;

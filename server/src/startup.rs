@@ -168,7 +168,7 @@ fn router(state: AppState) -> (Router, Policy) {
         fleet: state.fleet.clone(),
         store: state.store.clone(),
     }));
-    let webhooks = app::webhooks::Webhooks(Arc::new(crate::webhooks::UiWebhooks(state.clone())));
+    let webhooks = app::webhooks::Webhooks(Arc::new(crate::ui::UiWebhooks(state.clone())));
     let accounts = app::auth::Accounts(Arc::new(crate::ui::UiAccounts {
         store: state.store.clone(),
     }));

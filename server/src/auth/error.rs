@@ -57,3 +57,8 @@ pub enum AuthError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// A refusal a browser gets as a small HTML page (it asked for a page), where an API caller
+/// gets JSON.
+#[derive(Debug)]
+pub struct PageRefusal(pub AuthError);

@@ -23,11 +23,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 
 use super::Auth;
-use super::error::AuthError;
+use super::error::{AuthError, PageRefusal};
 use super::policy::{Access, Kind, Lookup, Policy, Rule, is_safe};
 use super::principal::{ClientAddress, Credential, Principal, Role, Via};
 use super::secret::SecretToken;
-use crate::http_error::RefusedPage;
 use crate::origin::Origin;
 use crate::settings::{AuthConfig, Https};
 
@@ -143,7 +142,7 @@ pub(super) fn refusal(rule: &Rule, request: &Request) -> Option<Response> {
         role: principal.role,
     };
     Some(match rule.kind {
-        Kind::Page => RefusedPage(error).into_response(),
+        Kind::Page => PageRefusal(error).into_response(),
         Kind::Api => error.into_response(),
     })
 }

@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 use axum::Router;
 
-pub use error::AuthError;
+pub use error::{AuthError, PageRefusal};
 pub use headers::{SecurityHeaders, content_security_policy, security_headers};
 pub use middleware::{SECURE_SESSION_COOKIE, SESSION_COOKIE, own_origin};
 pub use page_context::{client_address, principal, provide_request_context};

@@ -105,7 +105,7 @@ impl Answer {
 }
 
 /// The HTTP answer for an outcome: its status, and the outcome as JSON.
-pub(super) fn response(outcome: DeliveryOutcome) -> Response {
+pub fn response(outcome: DeliveryOutcome) -> Response {
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(outcome)).into_response()
 }

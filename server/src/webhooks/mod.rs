@@ -27,26 +27,20 @@ mod answer;
 mod policy;
 pub mod providers;
 pub mod signature;
-mod ui;
-
-pub use ui::UiWebhooks;
 
 use app::webhooks::{DeliveryOutcome, DeliveryPage, DeliveryView};
-use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
-use serde::Deserialize;
 
-use crate::auth::{Access, Actor, Audit, ClientAddress, Guarded, Principal, Role};
+use crate::auth::{Access, Actor, Audit, ClientAddress, Guarded};
 use crate::fleet::{DeployError, DeployRequest, Queued, Trigger};
-use crate::http_error::{ApiError, RequestError};
 use crate::settings::{ServiceSettings, WebhookSettings};
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::deliveries::{Claim, DeliveryRow, NewDelivery};
+pub use answer::response;
 use answer::{Answer, Refusal, Verdict};
 use policy::Decision;
 use providers::{Credential, Envelope, EventKind, Provider};
@@ -56,17 +50,10 @@ use providers::{Credential, Envelope, EventKind, Provider};
 /// send more for a push of thousands of commits, which is then refused with a 413 that says so.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// The routes: deliveries from git hosts, and the admin endpoints over their log.
-/// `/hooks/*` is public: each delivery proves itself with its signature instead.
+/// The route deliveries from git hosts reach (the JSON API's routes over their log are in
+/// `api.rs`). `/hooks/*` is public: each delivery proves itself with its signature instead.
 pub fn routes() -> Guarded<AppState> {
-    Guarded::new()
-        .post("/hooks/{service}", Access::Public, receive)
-        .get(
-            "/api/services/{service}/deliveries",
-            Role::Viewer,
-            list_deliveries,
-        )
-        .post("/api/deliveries/{id}/replay", Role::Admin, replay_delivery)
+    Guarded::new().post("/hooks/{service}", Access::Public, receive)
 }
 
 /// What is known about a delivery so far: what its log row and its answer say.
@@ -194,7 +181,7 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    answer::response(receive_delivery(&state, &service, &headers, body).await)
+    response(receive_delivery(&state, &service, &headers, body).await)
 }
 
 /// Handles one delivery from a git host, from its headers and raw body.
@@ -812,27 +799,6 @@ async fn replay(state: &AppState, id: i64) -> Result<DeliveryOutcome, ReplayErro
     Ok(process(state, settings, webhook, delivery, &payload, false).await?)
 }
 
-async fn replay_delivery(
-    State(state): State<AppState>,
-    principal: Principal,
-    address: ClientAddress,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = id.parse::<i64>().map_err(|_| RequestError::Id {
-        what: "delivery",
-        text: id,
-    })?;
-    let outcome = replay_by(&state, id, &principal.actor(), &address).await?;
-    Ok(answer::response(outcome))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeliveriesQuery {
-    before: Option<i64>,
-    limit: Option<u32>,
-}
-
 /// One page of a service's delivery log.
 pub async fn delivery_page(
     state: &AppState,
@@ -856,20 +822,6 @@ pub async fn delivery_page(
         deliveries: rows.into_iter().map(DeliveryView::from).collect(),
         next_before,
     })
-}
-
-async fn list_deliveries(
-    State(state): State<AppState>,
-    Path(service): Path<String>,
-    query: Result<Query<DeliveriesQuery>, QueryRejection>,
-) -> Result<Json<DeliveryPage>, ApiError> {
-    let Query(query) = query.map_err(|rejection| RequestError::Query {
-        rejection: rejection.body_text(),
-        expected: "?before=ID&limit=N",
-    })?;
-    Ok(Json(
-        delivery_page(&state, &service, query.before, query.limit).await?,
-    ))
 }
 
 #[cfg(test)]
