@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::baton::{
     BatonProcess, InProcess, ProcessOptions, authorized_client, create_token, settings,
 };
-use super::config::{Config, Health, LoadBalancer, Runtime, Service};
+use super::config::{Auth, Config, Health, LoadBalancer, Runtime, Service};
 use super::haproxy::{self, Checks, Haproxy};
 use super::process::{RecordedBackends, free_port, recorded_process};
 use super::socket_proxy::SocketProxy;
@@ -47,6 +47,8 @@ pub struct FleetOptions {
     /// `[[load_balancer]]` `command_timeout`, `attempts` and `backoff`; `None` leaves them out
     /// (the driver's defaults).
     pub haproxy: Option<HaproxyOptions>,
+    /// `[auth]`; `None` keeps Baton's defaults.
+    pub auth: Option<Auth>,
 }
 
 impl Default for FleetOptions {
@@ -64,6 +66,7 @@ impl Default for FleetOptions {
             nofile_limit: None,
             log_filter: None,
             haproxy: None,
+            auth: None,
         }
     }
 }
@@ -118,7 +121,11 @@ fn config(options: &FleetOptions, runtime_api: &str, ports: &[u16]) -> Config {
     for (i, port) in ports.iter().enumerate() {
         web = web.backend(&format!("web{}", i + 1), *port);
     }
-    Config::new().load_balancer(load_balancer).service(web)
+    let config = Config::new().load_balancer(load_balancer).service(web);
+    match options.auth.clone() {
+        Some(auth) => config.auth(auth),
+        None => config,
+    }
 }
 
 pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
