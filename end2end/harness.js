@@ -42,6 +42,44 @@ process.on('exit', () => {
   for (const dir of stateDirs) killRecordedBackends(dir);
 });
 
+/** A TOML value: strings quoted (JSON's escapes are TOML's), arrays of them, numbers and booleans. */
+function tomlValue(value) {
+  if (Array.isArray(value)) return `[${value.map(tomlValue).join(', ')}]`;
+  return typeof value === 'string' ? JSON.stringify(value) : String(value);
+}
+
+/** One table's `key = value` lines, leaving out keys whose value is undefined. */
+function tomlKeys(keys) {
+  return Object.entries(keys)
+    .filter(([, value]) => value !== undefined)
+    .map(([key, value]) => `${key} = ${tomlValue(value)}`)
+    .join('\n');
+}
+
+/**
+ * Baton's configuration: the `edge` HAProxy load balancer (its runtime API on `haproxy.sock`
+ * beside the file) and `services`, each `{ name, settings, health, drain, runtime, backends }`:
+ * `settings` holds more keys of `[[service]]` itself, `health`, `drain` and `runtime` the keys
+ * of those tables (`initial_version` is "v1" unless given), and `backends` maps each backend's
+ * name to its port on 127.0.0.1.
+ */
+export function batonConfig(services) {
+  const service = ({ name, settings = {}, health, drain, runtime, backends }) => [
+    '[[service]]',
+    tomlKeys({ name, load_balancer: 'edge', ...settings }),
+    ...(health ? ['[service.health]', tomlKeys(health)] : []),
+    ...(drain ? ['[service.drain]', tomlKeys(drain)] : []),
+    '[service.runtime]',
+    tomlKeys({ initial_version: 'v1', ...runtime }),
+    ...Object.entries(backends).flatMap(([backend, port]) => [
+      '[[service.backend]]',
+      tomlKeys({ name: backend, address: `127.0.0.1:${port}` }),
+    ]),
+  ].join('\n');
+  const edge = ['[[load_balancer]]', tomlKeys({ name: 'edge', kind: 'haproxy', runtime_api: ['unix:haproxy.sock'] })].join('\n');
+  return `${[edge, ...services.map(service)].join('\n\n')}\n`;
+}
+
 /** A TCP port nobody listens on right now. */
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -240,39 +278,14 @@ export async function startFleet({
     '',
   ].join('\n'));
 
-  writeFileSync(join(dir, 'baton.toml'), `
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "web"
-load_balancer = "edge"
-haproxy_backend = "web"
-batch_size = 1
-auto_rollback = true
-
-[service.health]
-path = "/alive"
-interval = "${healthInterval}"
-timeout = "1s"
-healthy_threshold = 2
-start_timeout = "${startTimeout}"
-
-[service.drain]
-timeout = "${drainTimeout}"
-
-[service.runtime]
-kind = "process"
-command = [${JSON.stringify(demoApp)}]
-initial_version = "${initialVersion}"
-stop_timeout = "5s"
-${names.map((name, i) => `
-[[service.backend]]
-name = "${name}"
-address = "127.0.0.1:${ports[i]}"
-`).join('')}`);
+  writeFileSync(join(dir, 'baton.toml'), batonConfig([{
+    name: 'web',
+    settings: { haproxy_backend: 'web', batch_size: 1, auto_rollback: true },
+    health: { path: '/alive', interval: healthInterval, timeout: '1s', healthy_threshold: 2, start_timeout: startTimeout },
+    drain: { timeout: drainTimeout },
+    runtime: { kind: 'process', command: [demoApp], initial_version: initialVersion, stop_timeout: '5s' },
+    backends: Object.fromEntries(names.map((name, i) => [name, ports[i]])),
+  }]));
 
   const haproxy = spawn('/usr/sbin/haproxy', ['-db', '-f', join(dir, 'haproxy.cfg')], {
     stdio: ['ignore', 'ignore', 'pipe'],

@@ -2,36 +2,13 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startBaton, launchBrowser, openHydrated, screenshotPath, signedInContext } from './harness.js';
+import { batonConfig, startBaton, launchBrowser, openHydrated, screenshotPath, signedInContext } from './harness.js';
 
-const CONFIG = `
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "api"
-load_balancer = "edge"
-[service.runtime]
-kind = "process"
-command = ["true"]
-initial_version = "v1"
-[[service.backend]]
-name = "s1"
-address = "127.0.0.1:18001"
-
-[[service]]
-name = "worker"
-load_balancer = "edge"
-[service.runtime]
-kind = "process"
-command = ["true"]
-initial_version = "v1"
-[[service.backend]]
-name = "w1"
-address = "127.0.0.1:18011"
-`;
+const idle = { kind: 'process', command: ['true'] };
+const CONFIG = batonConfig([
+  { name: 'api', runtime: idle, backends: { s1: 18001 } },
+  { name: 'worker', runtime: idle, backends: { w1: 18011 } },
+]);
 
 let baton;
 let browser;

@@ -10,36 +10,20 @@
 //! Run: `scripts/dev bench fanout` (or `cargo bench -p server --bench fanout`).
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde_json::Value;
+use support::baton::bearer;
+use support::config::Auth;
+use support::fleet::{FleetOptions, spawn_fleet};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const SUBSCRIBERS: usize = 1_000;
 const BACKENDS: usize = 3;
-
-/// Kills what the benchmark started, even when it panics.
-struct Started(Vec<Child>);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -62,82 +46,6 @@ fn memory_mib(pid: u32, field: &str) -> f64 {
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn write_configs(dir: &Path, frontend: u16, baton: u16) -> std::path::PathBuf {
-    let ports: Vec<u16> = (0..BACKENDS).map(|_| free_port()).collect();
-    let servers: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| format!("    server web{} 127.0.0.1:{port} check\n", i + 1))
-        .collect();
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!(
-            "global\n    stats socket {socket} mode 600 level admin\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
-             frontend fe\n    bind 127.0.0.1:{frontend}\n    default_backend web\n\
-             backend web\n    option httpchk GET /alive\n    default-server inter 100ms fastinter 50ms downinter 100ms rise 2 fall 2\n{servers}",
-            socket = dir.join("haproxy.sock").display()
-        ),
-    )
-    .unwrap();
-    let backends: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            format!(
-                "[[service.backend]]\nname = \"web{}\"\naddress = \"127.0.0.1:{port}\"\n",
-                i + 1
-            )
-        })
-        .collect();
-    let config = dir.join("baton.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{baton}"
-
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "web"
-load_balancer = "edge"
-haproxy_backend = "web"
-[service.health]
-interval = "50ms"
-healthy_threshold = 2
-start_timeout = "20s"
-[service.runtime]
-kind = "process"
-command = ["{app}"]
-initial_version = "v1"
-{backends}"#,
-            app = env!("CARGO_BIN_EXE_baton-demo-app"),
-        ),
-    )
-    .unwrap();
-    config
-}
-
-/// Creates the database (as Baton would) with a deployer token for the benchmark's calls.
-async fn deployer_token(config: &Path) -> String {
-    use baton_server::auth::{Actor, Role, accounts};
-    use baton_server::settings::{EnvOverrides, Settings};
-    let text = std::fs::read_to_string(config).unwrap();
-    let settings = Settings::parse(&text, config, &EnvOverrides::default()).unwrap();
-    let store = baton_server::store::Store::connect(&settings.server.database_url)
-        .await
-        .unwrap();
-    let (_, token) = accounts::create_token(&store, &Actor::cli(), None, "bench", Role::Deployer)
-        .await
-        .unwrap();
-    store.close().await;
-    token.expose().to_owned()
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Value {
@@ -180,57 +88,25 @@ async fn subscriber(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let (frontend, baton_port) = (free_port(), free_port());
-    let config = write_configs(dir.path(), frontend, baton_port);
-    let mut started = Started(Vec::new());
-    started.0.push(
-        Command::new("/usr/sbin/haproxy")
-            .args(["-db", "-f"])
-            .arg(dir.path().join("haproxy.cfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("HAProxy starts (apt-get install haproxy)"),
-    );
-    let token = deployer_token(&config).await;
-    let log = std::fs::File::create(dir.path().join("baton.log")).unwrap();
-    started.0.push(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("baton starts"),
-    );
-    let baton_pid = started.0[1].id();
-    let base = format!("http://127.0.0.1:{baton_port}");
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
+    // Every process it starts (HAProxy, Baton, the backends) is killed when `fleet` is dropped.
+    let fleet = spawn_fleet(FleetOptions {
+        backends: BACKENDS,
+        start_timeout: Duration::from_secs(20),
+        baton_process: true,
+        log_filter: Some("warn"),
+        // Every subscriber holds a stream on the benchmark's one token.
+        auth: Some(Auth::new().streams_per_caller(SUBSCRIBERS as u32)),
+        ..FleetOptions::default()
+    })
+    .await;
+    let baton_pid = fleet.baton_pid();
+    let base = fleet.baton.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(SUBSCRIBERS)
-        .default_headers(headers)
+        .default_headers(bearer(&fleet.token))
         .build()
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "the fleet did not come up");
-        if let Ok(response) = client.get(format!("{base}/api/services")).send().await
-            && let Ok(services) = response.json::<Value>().await
-            && services[0]["backends"]
-                .as_array()
-                .is_some_and(|b| b.iter().all(|b| b["load_balancer"][0]["status"] == "UP"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let idle_rss = memory_mib(baton_pid, "VmRSS:");
 
     let queued: Value = client
@@ -340,5 +216,5 @@ async fn main() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("fanout.txt"), report).unwrap();
-    drop(started);
+    drop(fleet);
 }

@@ -11,21 +11,23 @@
 //! when it ends, also when it fails. Network traffic stays on loopback; ports come from the OS.
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_server::auth::{Actor, Role, accounts};
-use baton_server::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
+use baton_server::drivers::haproxy::HaproxyDriver;
 use baton_server::drivers::{AdminState, CheckResult, LoadBalancer, ServerState};
-use baton_server::settings::{EnvOverrides, RuntimeApiAddr, Settings};
-use baton_server::store::Store;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use support::fleet::{FleetOptions, spawn_fleet};
+use support::haproxy::Checks;
+use support::process::free_port;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const BACKENDS: usize = 4;
 const ROLLOUTS: usize = 5;
@@ -33,12 +35,21 @@ const ROLLOUTS: usize = 5;
 // HAProxy's check settings: the README's recommendation.
 const INTER_MS: u64 = 200;
 const FASTINTER_MS: u64 = 100;
-const DOWNINTER: &str = "500ms";
-const RISE: u64 = 2;
-const FALL: u64 = 2;
+const DOWNINTER_MS: u64 = 500;
+const RISE: u32 = 2;
+const FALL: u32 = 2;
+const CHECKS: Checks = Checks {
+    inter: Duration::from_millis(INTER_MS),
+    fastinter: Duration::from_millis(FASTINTER_MS),
+    downinter: Some(Duration::from_millis(DOWNINTER_MS)),
+    rise: RISE,
+    fall: FALL,
+    timeout: Some(Duration::from_secs(1)),
+    expect_status: Some(200),
+};
 
 // Baton's own probe of the new version.
-const HEALTH_INTERVAL: &str = "50ms";
+const HEALTH_INTERVAL: Duration = Duration::from_millis(50);
 const HEALTHY_THRESHOLD: u32 = 2;
 
 /// Keep-alive connections of the load generator, each sending one request after the other.
@@ -95,47 +106,6 @@ fn target_dir() -> PathBuf {
         })
 }
 
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
-/// Kills what the benchmark started, by PID, when dropped.
-struct Started {
-    children: Vec<Child>,
-    /// Where Baton records the backends' PIDs (`<service>/<backend>.json`).
-    state_dir: PathBuf,
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The backends run detached from Baton: end their process groups by recorded PID.
-        let services = std::fs::read_dir(&self.state_dir).into_iter().flatten();
-        for service in services.flatten() {
-            for record in std::fs::read_dir(service.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if record.path().extension().is_some_and(|ext| ext == "json")
-                    && let Some(pid) = std::fs::read_to_string(record.path())
-                        .ok()
-                        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                        .and_then(|value| value["pid"].as_i64())
-                {
-                    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
 /// What one rollout measured.
 struct RolloutFigures {
     version: String,
@@ -177,116 +147,27 @@ impl Needs {
 }
 
 /// What HAProxy's configuration demands by the issue's rule: `rise x fastinter`.
-const RULE_CHECKS: Duration = Duration::from_millis(RISE * FASTINTER_MS);
+const RULE_CHECKS: Duration = Duration::from_millis(RISE as u64 * FASTINTER_MS);
 
 async fn run() -> Result<String, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
     let app = env!("CARGO_BIN_EXE_baton-demo-app");
     let (app_start, app_stop) = measure_app(app).await?;
 
-    let frontend_port = free_port()?;
-    let ports: Vec<u16> = (0..BACKENDS)
-        .map(|_| free_port())
-        .collect::<Result<_, _>>()?;
-    let socket = dir.path().join("haproxy.sock");
-    let servers: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| format!("    server web{} 127.0.0.1:{port} check\n", i + 1))
-        .collect();
-    let haproxy_cfg = format!(
-        "global\n    stats socket {socket} mode 600 level admin\n\
-         defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout check 1s\n    retries 0\n\
-         frontend fe\n    bind 127.0.0.1:{frontend_port}\n    default_backend web\n\
-         backend web\n    option httpchk GET /alive\n    http-check expect status 200\n\
-         \x20   default-server inter {INTER_MS}ms fastinter {FASTINTER_MS}ms downinter {DOWNINTER} rise {RISE} fall {FALL}\n{servers}",
-        socket = socket.display()
-    );
-    std::fs::write(dir.path().join("haproxy.cfg"), &haproxy_cfg)
-        .map_err(|e| format!("cannot write haproxy.cfg: {e}"))?;
-    let backends: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            format!(
-                "[[service.backend]]\nname = \"web{}\"\naddress = \"127.0.0.1:{port}\"\n",
-                i + 1
-            )
-        })
-        .collect();
-    let config = format!(
-        r#"[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "web"
-load_balancer = "edge"
-haproxy_backend = "web"
-batch_size = 1
-[service.health]
-interval = "{HEALTH_INTERVAL}"
-timeout = "1s"
-healthy_threshold = {HEALTHY_THRESHOLD}
-start_timeout = "20s"
-[service.drain]
-timeout = "10s"
-[service.runtime]
-kind = "process"
-command = ["{app}"]
-initial_version = "v1"
-stop_timeout = "5s"
-{backends}"#
-    );
-    let config_path = dir.path().join("baton.toml");
-    std::fs::write(&config_path, &config).map_err(|e| format!("cannot write baton.toml: {e}"))?;
-    let token = deployer_token(&config, &config_path).await?;
-
-    let mut started = Started {
-        children: Vec::new(),
-        state_dir: dir.path().join("state"),
-    };
-    started.children.push(
-        Command::new("/usr/sbin/haproxy")
-            .args(["-db", "-f"])
-            .arg(dir.path().join("haproxy.cfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start /usr/sbin/haproxy (apt-get install haproxy): {e}")
-            })?,
-    );
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let log = std::fs::File::create(dir.path().join("baton.log"))
-        .map_err(|e| format!("cannot create baton.log: {e}"))?;
-    started.children.push(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("BATON_LISTEN", &listen)
-            .env("RUST_LOG", "info")
-            .env_remove("BATON_DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start baton: {e}"))?,
-    );
-    let baton = format!("http://{listen}");
-    let frontend = format!("http://127.0.0.1:{frontend_port}/");
-    let client = authorized_client(&token)?;
-    wait_all_up(&client, &baton).await.map_err(|e| {
-        let log = std::fs::read_to_string(dir.path().join("baton.log")).unwrap_or_default();
-        format!("{e}\nBaton's log:\n{log}")
-    })?;
-
-    let lb = HaproxyDriver::new(
-        vec![RuntimeApiAddr::Unix(socket)],
-        HaproxyOptions::default(),
-    );
+    // `baton serve` as its own process, on a `web` service of batch size 1 (the default) with
+    // stop and drain timeouts far above what the demo app needs. Every process it starts
+    // (HAProxy, Baton, the backends) is killed when `fleet` is dropped, also on a panic.
+    let fleet = spawn_fleet(FleetOptions {
+        backends: BACKENDS,
+        start_timeout: Duration::from_secs(20),
+        health_interval: HEALTH_INTERVAL,
+        healthy_threshold: HEALTHY_THRESHOLD,
+        checks: CHECKS,
+        baton_process: true,
+        log_filter: Some("info"),
+        ..FleetOptions::default()
+    })
+    .await;
+    let lb = fleet.haproxy();
     let (lb_check, lb_check_max) = measure_lb_check(&lb).await?;
     let needs = Needs {
         app_start,
@@ -298,7 +179,7 @@ stop_timeout = "5s"
     let mut runs = Vec::new();
     for run in 0..ROLLOUTS {
         let version = format!("v{}", run + 2);
-        let figures = rollout(&client, &baton, &frontend, &version).await?;
+        let figures = rollout(&fleet.client, &fleet.baton, &fleet.frontend, &version).await?;
         eprintln!(
             "rollout {} to {version}: {} in {} ms, {} requests, {} failed, overhead {:.1} ms per backend",
             run + 1,
@@ -310,7 +191,7 @@ stop_timeout = "5s"
         );
         runs.push(figures);
     }
-    drop(started);
+    drop(fleet);
     Ok(report(&runs, &needs))
 }
 
@@ -364,34 +245,6 @@ async fn measure_lb_check(lb: &HaproxyDriver) -> Result<(Duration, Duration), St
     Ok((mean, max))
 }
 
-/// Creates Baton's database with a deployer API token for the benchmark's own API calls, as
-/// `baton token create` would.
-async fn deployer_token(config: &str, path: &Path) -> Result<String, String> {
-    let settings = Settings::parse(config, path, &EnvOverrides::default())
-        .map_err(|e| format!("the benchmark's baton.toml: {e}"))?;
-    let store = Store::connect(&settings.server.database_url)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (_, token) = accounts::create_token(&store, &Actor::cli(), None, "bench", Role::Deployer)
-        .await
-        .map_err(|e| format!("cannot create an API token: {e}"))?;
-    store.close().await;
-    Ok(token.expose().to_owned())
-}
-
-/// A client that sends `token` on every request.
-fn authorized_client(token: &str) -> Result<reqwest::Client, String> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|e| format!("the token is not a valid header value: {e}"))?;
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .map_err(|e| e.to_string())
-}
-
 /// The demo app's own start (spawn until `/alive` answers 200) and stop (SIGTERM until it has
 /// exited), each the median of [`APP_SAMPLES`] runs outside Baton.
 async fn measure_app(app: &str) -> Result<(Duration, Duration), String> {
@@ -401,7 +254,7 @@ async fn measure_app(app: &str) -> Result<(Duration, Duration), String> {
         .map_err(|e| e.to_string())?;
     let (mut starts, mut stops) = (Vec::new(), Vec::new());
     for _ in 0..APP_SAMPLES {
-        let port = free_port()?;
+        let port = free_port();
         let began = Instant::now();
         let mut child = Command::new(app)
             .env("BATON_PORT", port.to_string())
@@ -438,36 +291,6 @@ async fn measure_app(app: &str) -> Result<(Duration, Duration), String> {
 fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values[values.len() / 2]
-}
-
-async fn wait_all_up(client: &reqwest::Client, baton: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::from("no answer");
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(format!("{baton}/api/services")).send().await
-            && let Ok(services) = response.json::<Value>().await
-        {
-            let statuses: Vec<String> = services[0]["backends"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|b| {
-                    b["load_balancer"][0]["status"]
-                        .as_str()
-                        .unwrap_or("?")
-                        .to_owned()
-                })
-                .collect();
-            if statuses.len() == BACKENDS && statuses.iter().all(|s| s == "UP") {
-                return Ok(());
-            }
-            last = format!("{statuses:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!(
-        "the fleet did not come up within 30 s: expected {BACKENDS} backends UP, last saw {last}"
-    ))
 }
 
 /// One request's result: its latency, or why it failed.
@@ -636,8 +459,8 @@ fn report(runs: &[RolloutFigures], needs: &Needs) -> String {
         out,
         "Rollout benchmark: {BACKENDS} backends behind a real HAProxy, {ROLLOUTS} rollouts (batch_size 1)\n\
          {haproxy}\n\
-         HAProxy checks: option httpchk GET /alive; default-server inter {INTER_MS}ms fastinter {FASTINTER_MS}ms downinter {DOWNINTER} rise {RISE} fall {FALL}\n\
-         Baton: `baton serve` (release build) as its own process; health interval {HEALTH_INTERVAL}, healthy_threshold {HEALTHY_THRESHOLD}\n\
+         HAProxy checks: option httpchk GET /alive; default-server inter {INTER_MS}ms fastinter {FASTINTER_MS}ms downinter {DOWNINTER_MS}ms rise {RISE} fall {FALL}\n\
+         Baton: `baton serve` (release build) as its own process; health interval {HEALTH_INTERVAL:?}, healthy_threshold {HEALTHY_THRESHOLD}\n\
          Load: {LOAD_CONNECTIONS} keep-alive connections through HAProxy, each one request at a time, at most one per {LOAD_PACE:?}\n"
     );
     let _ = writeln!(
@@ -749,7 +572,7 @@ fn report(runs: &[RolloutFigures], needs: &Needs) -> String {
          - overhead per backend = (wall - {BACKENDS} x app start - drain - {BACKENDS} x HAProxy's check) / {BACKENDS}, \
            with HAProxy's check by the rule (overhead/b) or as measured (measured/b). \
            It includes stopping the old version (the demo app, stopped by hand with SIGTERM, exits in {:.1} ms, median of {APP_SAMPLES}), \
-           Baton's own health probe (healthy_threshold passes, {HEALTH_INTERVAL} apart), the runtime-API commands, \
+           Baton's own health probe (healthy_threshold passes, {HEALTH_INTERVAL:?} apart), the runtime-API commands, \
            the polling granularity of Baton's waits, and its bookkeeping.",
         ms(needs.app_start),
         RULE_CHECKS.as_millis(),

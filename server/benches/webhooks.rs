@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_server::settings::{EnvOverrides, Settings};
-use baton_server::startup::Application;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-use tokio_util::sync::CancellationToken;
+use support::baton::spawn_app_with;
+use support::config::{Config, Runtime, Service, Webhook};
+use support::webhooks::{Host, fixture, signed};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const DELIVERIES: usize = 5_000;
 const WARM_UP: usize = 200;
@@ -26,27 +27,15 @@ const CONCURRENCY: usize = 16;
 const TIME_LIMIT: Duration = Duration::from_secs(120);
 const SECRET: &str = "bench secret";
 
-const CONFIG: &str = r#"
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "api"
-load_balancer = "edge"
-[service.runtime]
-kind = "command"
-initial_version = "v1"
-start = "true"
-stop = "true"
-[[service.backend]]
-name = "s1"
-address = "127.0.0.1:18001"
-[service.webhook]
-secret_env = "API_WEBHOOK_SECRET"
-branch = "main"
-"#;
+/// One service, `api`, that deploys pushes to `main` only.
+fn config() -> Config {
+    Config::edge().service(
+        Service::new("api")
+            .runtime(Runtime::command())
+            .backend("s1", 18001)
+            .webhook(Webhook::new("API_WEBHOOK_SECRET").branch("main")),
+    )
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -58,40 +47,28 @@ fn main() {
 
 async fn run() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let fixture = "github/push__with-new-branch.payload.json";
-    let fixture = std::fs::read_to_string(manifest.join("tests/fixtures/webhooks").join(fixture))
-        .expect("the GitHub push fixture");
+    let fixture = String::from_utf8(fixture("github/push__with-new-branch.payload.json"))
+        .expect("the GitHub push fixture is UTF-8");
     // The fixture's `before` (a new branch: forty zeros), replaced by a number per delivery
     // (the same length, so every body is as large as the fixture).
     let zeros = format!("\"before\": \"{}\"", "0".repeat(40));
     assert!(fixture.contains(&zeros), "the fixture's before commit");
-    let signed = move |n: usize| {
+    // Delivery `n`: its body and GitHub's headers for it, signed.
+    let delivery = move |n: usize| {
         let body = fixture.replacen(&zeros, &format!("\"before\": \"{n:040x}\""), 1);
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(body.as_bytes());
-        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        (axum::body::Bytes::from(body), signature)
+        let headers = signed(
+            Host::GitHub,
+            "push",
+            &format!("bench-{n}"),
+            body.as_bytes(),
+            SECRET,
+        );
+        (axum::body::Bytes::from(body), headers)
     };
-    let size = signed(0).0.len();
+    let size = delivery(0).0.len();
 
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let env = EnvOverrides {
-        listen: Some("127.0.0.1:0".into()),
-        site_root: Some(dir.path().join("site").display().to_string()),
-        ..EnvOverrides::default()
-    };
-    let settings =
-        Settings::parse_with_secrets(CONFIG, &dir.path().join("baton.toml"), &env, &|name| {
-            match name {
-                "API_WEBHOOK_SECRET" => Some(SECRET.to_owned()),
-                _ => std::env::var(name).ok(),
-            }
-        })
-        .expect("the bench configuration is valid");
-    let application = Application::build(settings).await.expect("Baton starts");
-    let url = format!("http://{}/hooks/api", application.local_addr());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    let app = spawn_app_with(&config().toml(), &[("API_WEBHOOK_SECRET", SECRET)]).await;
+    let url = format!("{}/hooks/api", app.address);
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)
@@ -101,14 +78,14 @@ async fn run() {
         let client = client.clone();
         let url = url.clone();
         move |n: usize| {
-            let (body, signature) = signed(n);
-            let request = client
+            let (body, headers) = delivery(n);
+            let mut request = client
                 .post(&url)
                 .header("content-type", "application/json")
-                .header("x-github-event", "push")
-                .header("x-github-delivery", format!("bench-{n}"))
-                .header("x-hub-signature-256", signature)
                 .body(body);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
             async move {
                 let response = request.send().await.expect("Baton answers");
                 let status = response.status();
@@ -149,11 +126,7 @@ async fn run() {
         latencies.extend(worker.await.expect("a worker finishes"));
     }
     let elapsed = started.elapsed();
-    shutdown.cancel();
-    server
-        .await
-        .expect("the server task ends")
-        .expect("Baton stops cleanly");
+    app.stop().await;
 
     latencies.sort();
     let count = latencies.len();

@@ -5,7 +5,7 @@
 use baton_server::auth::{Access, Kind, Role};
 use reqwest::Method;
 
-use crate::helpers::spawn_app;
+use crate::support::baton::spawn_app;
 
 /// The only routes anyone may call to change something: signing in and out, and webhooks
 /// (which prove themselves with the git host's signature instead).

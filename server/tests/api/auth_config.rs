@@ -1,33 +1,28 @@
 //! `[auth]` in the configuration file reaches the running server: the origin the CSRF check
 //! expects behind a proxy, the session lifetime, the login throttle and the stream cap.
 
-use crate::helpers::{CONFIG, spawn_app_with};
+use std::time::Duration;
+
+use baton_server::auth::Role;
+
+use crate::support::baton::spawn_app_with;
+use crate::support::config::{Auth, api_and_worker};
 
 const PASSWORD: &str = "correct horse battery staple";
 
 #[tokio::test]
 async fn the_auth_table_sets_the_origin_session_lifetime_and_throttle_of_the_real_server() {
-    let config = format!(
-        "{CONFIG}\n[auth]\npublic_origin = \"https://baton.example.com\"\nsession_ttl = \"2h\"\n\
-         login_throttle = {{ per_name = 2 }}\nstreams_per_caller = 1\n"
+    let config = api_and_worker().auth(
+        Auth::new()
+            .public_origin("https://baton.example.com")
+            .session_ttl(Duration::from_secs(2 * 60 * 60))
+            .login_throttle_per_name(2)
+            .streams_per_caller(1),
     );
-    let app = spawn_app_with(&config, &[]).await;
-    let created = app
-        .client
-        .post(format!("{}/api/users", app.address))
-        .json(&serde_json::json!({ "name": "ada", "role": "deployer", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-
+    let app = spawn_app_with(&config.toml(), &[]).await;
     let login = app
-        .anonymous
-        .post(format!("{}/auth/login", app.address))
-        .json(&serde_json::json!({ "name": "ada", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
+        .add_user_and_log_in("ada", Role::Deployer, PASSWORD)
+        .await;
     assert_eq!(login.status(), 200);
     let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(set_cookie.contains("Max-Age=7200"), "{set_cookie}");

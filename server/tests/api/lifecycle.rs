@@ -1,19 +1,19 @@
 //! `baton serve` as a process: it stops on SIGTERM whatever became of its output.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::helpers::CONFIG;
+use crate::support::config::api_and_worker;
+use crate::support::process::KillOnDrop;
 
 /// `baton serve` on a free port with stdout and stderr into one pipe; returns the child, the
-/// pipe's read end, and Baton's address (read from its output).
-fn serve(dir: &std::path::Path, log: &str) -> (Child, BufReader<std::io::PipeReader>, String) {
-    let config = dir.join("baton.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+/// pipe's read end, and Baton's address (read from its output). Killed if the test fails first.
+fn serve(dir: &std::path::Path, log: &str) -> (KillOnDrop, BufReader<std::io::PipeReader>, String) {
+    let config = api_and_worker().write(dir);
     let (reader, writer) = std::io::pipe().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["serve", "--config"])
@@ -25,6 +25,7 @@ fn serve(dir: &std::path::Path, log: &str) -> (Child, BufReader<std::io::PipeRea
         .stdout(writer.try_clone().unwrap())
         .stderr(writer)
         .spawn()
+        .map(KillOnDrop::new)
         .expect("the baton binary starts");
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
@@ -41,19 +42,18 @@ fn serve(dir: &std::path::Path, log: &str) -> (Child, BufReader<std::io::PipeRea
     (child, reader, address)
 }
 
-/// Sends SIGTERM and waits up to 15 s for the exit; SIGKILLs and fails the test otherwise.
-fn terminate(mut child: Child, what: &str) {
+/// Sends SIGTERM and waits up to 15 s for the exit; fails the test otherwise (and the drop of
+/// `child` SIGKILLs it).
+fn terminate(mut child: KillOnDrop, what: &str) {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.child().try_wait().unwrap() {
             assert!(status.success(), "{what}: Baton exited with {status}");
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     panic!("{what}: Baton did not stop within 15 s of SIGTERM");
 }
 

@@ -2,8 +2,10 @@
 
 mod access;
 mod auth_config;
-mod helpers;
 mod lifecycle;
 mod pages;
 mod streams;
 mod webhooks;
+
+#[path = "../support/mod.rs"]
+mod support;

@@ -4,38 +4,32 @@ use std::time::{Duration, Instant};
 
 use baton_server::auth::Role;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
-use crate::webhooks::{Host, fixture, post, signed};
+use crate::support::baton::{TestApp, spawn_app, spawn_app_with};
+use crate::support::config::{Auth, Config, Runtime, Service, Webhook};
+use crate::support::webhooks::{Host, fixture, signed};
+use crate::webhooks::post;
 
 /// `api` takes signed webhooks, and its rollouts wait in `prepare` until the file `release`
 /// appears in its state folder (at most 20 s), so a test can act on a rollout mid-step.
-const HELD_CONFIG: &str = r#"
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "api"
-load_balancer = "edge"
-[service.runtime]
-kind = "command"
-initial_version = "v1"
-prepare = '''i=0; while [ ! -e release ] && [ "$i" -lt 400 ]; do sleep 0.05; i=$((i+1)); done'''
-start = "true"
-stop = "true"
-[[service.backend]]
-name = "s1"
-address = "127.0.0.1:18001"
-[service.webhook]
-secret_env = "API_WEBHOOK_SECRET"
-branch = "master"
-"#;
+fn held_config() -> Config {
+    Config::edge().service(
+        Service::new("api")
+            .runtime(Runtime::command().prepare(
+                r#"i=0; while [ ! -e release ] && [ "$i" -lt 400 ]; do sleep 0.05; i=$((i+1)); done"#,
+            ))
+            .backend("s1", 18001)
+            .webhook(Webhook::new("API_WEBHOOK_SECRET").branch("master")),
+    )
+}
 
 const WEBHOOK_SECRET: &str = "the pages tests' webhook secret";
 
 async fn spawn_held() -> TestApp {
-    spawn_app_with(HELD_CONFIG, &[("API_WEBHOOK_SECRET", WEBHOOK_SECRET)]).await
+    spawn_app_with(
+        &held_config().toml(),
+        &[("API_WEBHOOK_SECRET", WEBHOOK_SECRET)],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -140,7 +134,7 @@ async fn oversized_bodies_are_refused() {
 }
 
 /// Polls the API until rollout `id` has ended; returns it.
-async fn finished(app: &crate::helpers::TestApp, id: i64) -> serde_json::Value {
+async fn finished(app: &TestApp, id: i64) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let deployment: serde_json::Value = app
@@ -163,7 +157,7 @@ async fn finished(app: &crate::helpers::TestApp, id: i64) -> serde_json::Value {
     }
 }
 
-async fn deploy(app: &crate::helpers::TestApp, service: &str, version: &str) -> i64 {
+async fn deploy(app: &TestApp, service: &str, version: &str) -> i64 {
     let response = app
         .client
         .post(format!(
@@ -371,7 +365,7 @@ async fn an_unknown_rollout_is_a_404_that_says_so() {
 }
 
 /// `path` rendered for a caller holding a fresh token with `role`.
-async fn page_as(app: &crate::helpers::TestApp, role: Role, path: &str) -> String {
+async fn page_as(app: &TestApp, role: Role, path: &str) -> String {
     // Token names are unique while live: number them.
     static TOKENS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -705,7 +699,9 @@ async fn the_webhook_url_in_the_setup_panel_is_on_the_public_origin_when_one_is_
         rest[..rest.find('<').unwrap()].to_owned()
     };
     // Behind a proxy that rewrites Host, the public origin is the one git hosts can reach.
-    let config = format!("{HELD_CONFIG}\n[auth]\npublic_origin = \"HTTPS://Baton.Example.com/\"\n");
+    let config = held_config()
+        .auth(Auth::default().public_origin("HTTPS://Baton.Example.com/"))
+        .toml();
     let app = spawn_app_with(&config, &[("API_WEBHOOK_SECRET", WEBHOOK_SECRET)]).await;
     let html = page_as(&app, Role::Viewer, "/").await;
     assert_eq!(url(&html), "https://baton.example.com/hooks/api");

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_tuned};
+use crate::support::baton::{TestApp, bearer, spawn_app, spawn_app_tuned};
 
 const PASSWORD: &str = "viewer password 7e21aa";
 
@@ -53,32 +53,9 @@ async fn status_of(app: &TestApp, path: &str, headers: &HeaderMap) -> u16 {
         .as_u16()
 }
 
-fn bearer(token: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    headers
-}
-
 /// Adds a viewer through the API and signs it in; returns the headers its browser sends.
 async fn signed_in_viewer(app: &TestApp, name: &str) -> HeaderMap {
-    let created = app
-        .client
-        .post(format!("{}/api/users", app.address))
-        .json(&json!({ "name": name, "role": "viewer", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let login = app
-        .anonymous
-        .post(format!("{}/auth/login", app.address))
-        .json(&json!({ "name": name, "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap();
+    let login = app.add_user_and_log_in(name, Role::Viewer, PASSWORD).await;
     assert_eq!(login.status(), 200);
     let cookie = login.headers()["set-cookie"].to_str().unwrap();
     let mut headers = HeaderMap::new();

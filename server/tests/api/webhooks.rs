@@ -9,13 +9,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use baton_server::auth::Role;
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::support::baton::{TestApp, spawn_app_with};
+use crate::support::config::{Config, Runtime, Service, Webhook};
+use crate::support::webhooks::{Host, fixture, signed};
 
 const SECRET: &str = "a test secret, not It's a Secret to Everybody";
 const WORKER_SECRET: &str = "the worker's own secret";
@@ -27,90 +27,51 @@ const GITEA_SHA: &str = "67b56589a45103f891bdee7c0546e5d40bc02001";
 
 /// `api` deploys pushes to master (the fixtures' branch) and tags `v*`; `worker` deploys main
 /// only; `pinned` shares `api`'s secret (an organisation-wide hook) but deploys pushes from
-/// GitHub's fixture repository only; `quiet` takes no webhooks.
-const CONFIG: &str = r#"
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "api"
-load_balancer = "edge"
-[service.runtime]
-kind = "command"
-initial_version = "v1"
-prepare = '''case "$BATON_VERSION" in slow*) i=0; while [ ! -e release ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i+1)); done;; esac; echo "$BATON_VERSION" >> prepared.log'''
-start = "true"
-stop = "true"
-[[service.backend]]
-name = "s1"
-address = "127.0.0.1:18001"
-[service.webhook]
-secret_env = "API_WEBHOOK_SECRET"
-branch = "master"
-tags = "v*"
-
-[[service]]
-name = "worker"
-load_balancer = "edge"
-[service.runtime]
-kind = "command"
-initial_version = "v1"
-start = "true"
-stop = "true"
-[[service.backend]]
-name = "w1"
-address = "127.0.0.1:18011"
-[service.webhook]
-secret_env = "WORKER_WEBHOOK_SECRET"
-branch = "main"
-
-[[service]]
-name = "pinned"
-load_balancer = "edge"
-[service.runtime]
-kind = "command"
-initial_version = "v1"
-start = "true"
-stop = "true"
-[[service.backend]]
-name = "p1"
-address = "127.0.0.1:18031"
-[service.webhook]
-secret_env = "API_WEBHOOK_SECRET"
-branch = "master"
-repository = "Codertocat/Hello-World"
-
-[[service]]
-name = "quiet"
-load_balancer = "edge"
-[service.runtime]
-kind = "command"
-initial_version = "v1"
-start = "true"
-stop = "true"
-[[service.backend]]
-name = "q1"
-address = "127.0.0.1:18021"
-"#;
+/// GitHub's fixture repository only; `quiet` takes no webhooks. Their runtimes run shell
+/// commands that do nothing but `api`'s prepare, which logs each version it is given (and
+/// holds a version named `slow…` until the file `release` appears, at most 10 s).
+fn config() -> Config {
+    Config::edge()
+        .service(
+            Service::new("api")
+                .runtime(Runtime::command().prepare(
+                    r#"case "$BATON_VERSION" in slow*) i=0; while [ ! -e release ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i+1)); done;; esac; echo "$BATON_VERSION" >> prepared.log"#,
+                ))
+                .backend("s1", 18001)
+                .webhook(Webhook::new("API_WEBHOOK_SECRET").branch("master").tags("v*")),
+        )
+        .service(
+            Service::new("worker")
+                .runtime(Runtime::command())
+                .backend("w1", 18011)
+                .webhook(Webhook::new("WORKER_WEBHOOK_SECRET").branch("main")),
+        )
+        .service(
+            Service::new("pinned")
+                .runtime(Runtime::command())
+                .backend("p1", 18031)
+                .webhook(
+                    Webhook::new("API_WEBHOOK_SECRET")
+                        .branch("master")
+                        .repository("Codertocat/Hello-World"),
+                ),
+        )
+        .service(
+            Service::new("quiet")
+                .runtime(Runtime::command())
+                .backend("q1", 18021),
+        )
+}
 
 async fn spawn() -> TestApp {
     spawn_app_with(
-        CONFIG,
+        &config().toml(),
         &[
             ("API_WEBHOOK_SECRET", SECRET),
             ("WORKER_WEBHOOK_SECRET", WORKER_SECRET),
         ],
     )
     .await
-}
-
-pub fn fixture(path: &str) -> Vec<u8> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/webhooks")
-        .join(path);
-    std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
 fn github_push() -> Vec<u8> {
@@ -124,80 +85,6 @@ fn edited(body: &[u8], changes: Value) -> Vec<u8> {
         value[key] = new.clone();
     }
     serde_json::to_vec(&value).unwrap()
-}
-
-/// HMAC-SHA256 computed here, independently of Baton's own code.
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Host {
-    GitHub,
-    GitLab,
-    Gitea,
-    Forgejo,
-    BitbucketCloud,
-    BitbucketDataCenter,
-}
-
-/// The headers `host` sends with `body`, signed with `secret`, as its documentation shows.
-pub fn signed(
-    host: Host,
-    event: &str,
-    delivery: &str,
-    body: &[u8],
-    secret: &str,
-) -> Vec<(String, String)> {
-    let hex = hmac_hex(secret, body);
-    let pairs: Vec<(&str, String)> = match host {
-        Host::GitHub => vec![
-            ("x-github-event", event.into()),
-            ("x-github-delivery", delivery.into()),
-            ("x-hub-signature-256", format!("sha256={hex}")),
-        ],
-        Host::GitLab => vec![
-            ("x-gitlab-event", event.into()),
-            ("x-gitlab-event-uuid", delivery.into()),
-            ("x-gitlab-instance", "https://gitlab.example.com".into()),
-            ("x-gitlab-token", secret.into()),
-        ],
-        // Gitea sends GitHub's and Gogs' headers too.
-        Host::Gitea => vec![
-            ("x-github-event", event.into()),
-            ("x-github-delivery", delivery.into()),
-            ("x-gogs-event", event.into()),
-            ("x-gitea-event", event.into()),
-            ("x-gitea-delivery", delivery.into()),
-            ("x-gitea-signature", hex.clone()),
-            ("x-hub-signature-256", format!("sha256={hex}")),
-        ],
-        Host::Forgejo => vec![
-            ("x-gitea-event", event.into()),
-            ("x-gitea-delivery", delivery.into()),
-            ("x-forgejo-event", event.into()),
-            ("x-forgejo-delivery", delivery.into()),
-            ("x-forgejo-signature", hex.clone()),
-        ],
-        Host::BitbucketCloud => vec![
-            ("x-event-key", event.into()),
-            ("x-request-uuid", delivery.into()),
-            (
-                "x-hook-uuid",
-                "{4f0e2f2a-1b0c-4a7e-9f43-2f0a8e5b8c11}".into(),
-            ),
-            ("x-attempt-number", "1".into()),
-            ("x-hub-signature", format!("sha256={hex}")),
-        ],
-        Host::BitbucketDataCenter => vec![
-            ("x-event-key", event.into()),
-            ("x-request-id", delivery.into()),
-            ("x-hub-signature", format!("sha256={hex}")),
-        ],
-    };
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// No Bitbucket fixture exists in shared/fixtures: these follow the shapes in Atlassian's

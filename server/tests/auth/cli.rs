@@ -8,24 +8,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 use crate::helpers::{Server, spawn};
-
-const CONFIG: &str = r#"
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "web"
-load_balancer = "edge"
-[service.runtime]
-kind = "process"
-command = ["true"]
-initial_version = "v1"
-[[service.backend]]
-name = "web1"
-address = "127.0.0.1:18001"
-"#;
+use crate::support::config::one_web_service;
 
 const PASSWORD: &str = "cli-test admin password 4a7c";
 
@@ -58,8 +41,7 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn users_and_tokens_made_on_the_command_line_work_on_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("baton.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let config = one_web_service().write(dir.path());
 
     let added = baton(
         &config,

@@ -181,12 +181,7 @@ impl Server {
     }
 
     pub fn bearer(token: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        headers
+        crate::support::baton::bearer(token)
     }
 
     /// Adds a user straight to the database, as `baton user add` does.

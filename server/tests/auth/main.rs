@@ -8,3 +8,6 @@ mod helpers;
 mod login;
 mod logs;
 mod pages;
+
+#[path = "../support/mod.rs"]
+mod support;

@@ -11,40 +11,18 @@ use axum::Router;
 use baton_server::auth::{self, Access, Auth, Role};
 use baton_server::fleet::Fleet as ServiceFleet;
 use baton_server::settings::AuthConfig;
-use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::store::Store;
 use baton_server::ui::UiFleet;
 use leptos::prelude::*;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 
 use crate::helpers::{Server, serve};
-
-const CONFIG: &str = r#"
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:haproxy.sock"]
-
-[[service]]
-name = "web"
-load_balancer = "edge"
-[service.runtime]
-kind = "process"
-command = ["true"]
-initial_version = "v1"
-[[service.backend]]
-name = "web1"
-address = "127.0.0.1:18001"
-"#;
+use crate::support::baton::settings;
+use crate::support::config::one_web_service;
 
 /// The UI half of Baton's router, with pages needing `page_access`.
 pub async fn spawn_pages(dir: &std::path::Path, page_access: Access) -> Server {
-    let env = EnvOverrides {
-        listen: Some("127.0.0.1:0".into()),
-        database_url: None,
-        site_root: Some(dir.join("site").display().to_string()),
-    };
-    let settings = Settings::parse(CONFIG, &dir.join("baton.toml"), &env).unwrap();
+    let settings = settings(&one_web_service().toml(), dir, &[]);
     let store = Store::connect(&settings.server.database_url).await.unwrap();
     let fleet = Arc::new(ServiceFleet::from_settings(&settings, store.clone()));
     let leptos_options = LeptosOptions::builder()

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::fleet::{Fleet, FleetOptions, spawn_fleet};
+use crate::support::fleet::{Fleet, FleetOptions, spawn_fleet};
 
 /// `baton deploy web <version> --wait` against the fleet's Baton, output piped.
 fn deploy_and_wait(fleet: &Fleet, version: &str) -> Child {
@@ -127,7 +127,7 @@ async fn deploy_wait_prints_each_step_while_the_rollout_runs_and_exits_zero_on_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_wait_exits_non_zero_with_the_reason_when_the_rollout_is_rolled_back() {
     let fleet = spawn_fleet(FleetOptions {
-        start_timeout: "2s",
+        start_timeout: Duration::from_secs(2),
         ..FleetOptions::default()
     })
     .await;

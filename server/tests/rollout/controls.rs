@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::fleet::{Fleet, FleetOptions, spawn_fleet};
+use crate::support::fleet::{Fleet, FleetOptions, spawn_fleet};
 
 async fn post(fleet: &Fleet, path: &str) -> (u16, Value) {
     let response = fleet

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
 
-use crate::fleet::{kill_recorded_backends, process_alive};
+use crate::support::process::{kill_recorded_backends, process_alive, recorded_process};
 
 const DEMO_PORTS: [u16; 4] = [8000, 18081, 18082, 18083];
 
@@ -33,12 +32,6 @@ impl Drop for Cleanup {
         let _ = kill(Pid::from_raw(-self.group), Signal::SIGKILL);
         kill_recorded_backends(&self.state);
     }
-}
-
-fn recorded_pid(state: &std::path::Path, backend: &str) -> Option<i32> {
-    let text = std::fs::read_to_string(state.join("web").join(format!("{backend}.json"))).ok()?;
-    let record: Value = serde_json::from_str(&text).ok()?;
-    Some(record["pid"].as_i64()? as i32)
 }
 
 #[test]
@@ -82,7 +75,7 @@ fn ctrl_c_on_the_demo_ends_haproxy_and_the_demo_backends() {
     let pids = loop {
         let pids: Vec<Option<i32>> = ["web1", "web2", "web3"]
             .iter()
-            .map(|backend| recorded_pid(&state, backend))
+            .map(|backend| recorded_process(&state, "web", backend).map(|(pid, _)| pid))
             .collect();
         if pids.iter().all(Option::is_some) && DEMO_PORTS.iter().all(|port| listening(*port)) {
             break pids.into_iter().flatten().collect::<Vec<i32>>();

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::fleet::{FleetOptions, spawn_fleet};
+use crate::support::fleet::{FleetOptions, spawn_fleet};
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq)]

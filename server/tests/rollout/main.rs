@@ -5,7 +5,8 @@ mod cli;
 mod controls;
 mod demo;
 mod events;
-mod fleet;
 mod resilience;
 mod rollouts;
-mod socket_proxy;
+
+#[path = "../support/mod.rs"]
+mod support;

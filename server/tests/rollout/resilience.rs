@@ -9,7 +9,8 @@ use baton_server::drivers::haproxy::HaproxyOptions;
 use baton_server::drivers::{AdminState, ServerState};
 use serde_json::Value;
 
-use crate::fleet::{Fleet, FleetOptions, load, process_alive, spawn_fleet, steps_of};
+use crate::support::fleet::{Fleet, FleetOptions, load, spawn_fleet, steps_of};
+use crate::support::process::process_alive;
 
 fn unix_ms() -> i64 {
     SystemTime::now()
@@ -190,7 +191,7 @@ async fn a_slow_request_in_flight_when_its_backend_is_drained_completes_on_the_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_drain_timeout_the_open_sessions_are_cut_and_counted_and_the_rollout_goes_on() {
     let fleet = spawn_fleet(FleetOptions {
-        drain_timeout: "1s",
+        drain_timeout: Duration::from_secs(1),
         ..FleetOptions::default()
     })
     .await;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fleet::{FleetOptions, load, spawn_fleet, steps_of};
+use crate::support::fleet::{FleetOptions, load, spawn_fleet, steps_of};
+use crate::support::haproxy::Checks;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_rollout_replaces_every_backend_without_one_failed_request() {
@@ -68,7 +69,7 @@ async fn a_full_rollout_replaces_every_backend_without_one_failed_request() {
 async fn a_version_that_never_becomes_healthy_is_rolled_back_and_every_backend_serves_the_old_one()
 {
     let fleet = spawn_fleet(FleetOptions {
-        start_timeout: "2s",
+        start_timeout: Duration::from_secs(2),
         ..FleetOptions::default()
     })
     .await;
@@ -114,7 +115,7 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back_and_every_backend_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_rollout_that_fails_rolls_back_to_what_the_rollout_before_it_left() {
     let fleet = spawn_fleet(FleetOptions {
-        start_timeout: "2s",
+        start_timeout: Duration::from_secs(2),
         ..FleetOptions::default()
     })
     .await;
@@ -186,7 +187,7 @@ async fn a_queued_rollout_that_fails_rolls_back_to_what_the_rollout_before_it_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_that_crashes_at_start_fails_fast_and_is_rolled_back() {
     let fleet = spawn_fleet(FleetOptions {
-        start_timeout: "20s",
+        start_timeout: Duration::from_secs(20),
         ..FleetOptions::default()
     })
     .await;
@@ -209,7 +210,11 @@ async fn a_version_that_crashes_at_start_fails_fast_and_is_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_checked_with_fall_1_is_refused_before_anything_is_touched() {
     let fleet = spawn_fleet(FleetOptions {
-        checks: "inter 100ms fastinter 50ms rise 2 fall 1",
+        checks: Checks {
+            downinter: None,
+            fall: 1,
+            ..Checks::FAST
+        },
         ..FleetOptions::default()
     })
     .await;

@@ -1,0 +1,439 @@
+//! `spawn_fleet()`: HAProxy in front of demo-app backends that Baton starts, each fleet on its
+//! own ports and folder. Everything started here is killed when the fleet is dropped.
+//!
+//! Baton runs in this process by default; with `baton_process` it runs as a `baton serve`
+//! subprocess that a test can SIGKILL and start again on the same configuration and database.
+//! With `socket_proxy` Baton reaches HAProxy's runtime API through a proxy the test can silence.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_server::auth::Role;
+use baton_server::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
+use baton_server::drivers::{AdminState, LoadBalancer as _, ServerStatus};
+use serde_json::Value;
+
+use super::baton::{
+    BatonProcess, InProcess, ProcessOptions, authorized_client, create_token, settings,
+};
+use super::config::{Auth, Config, Health, LoadBalancer, Runtime, Service};
+use super::haproxy::{self, Checks, Haproxy};
+use super::process::{RecordedBackends, free_port, recorded_process};
+use super::socket_proxy::SocketProxy;
+
+/// Options for the fleet under test.
+pub struct FleetOptions {
+    pub backends: usize,
+    pub drain_timeout: Duration,
+    pub start_timeout: Duration,
+    /// Baton's own probe of a new version: how often, and how many passes make it healthy.
+    pub health_interval: Duration,
+    pub healthy_threshold: u32,
+    /// Extra environment for every backend (`[service.runtime] env`), e.g. the demo app's
+    /// `DEMO_START_DELAY_MS`.
+    pub backend_env: &'static [(&'static str, &'static str)],
+    /// Run Baton as a `baton serve` subprocess (see [`Fleet::kill_baton`]).
+    pub baton_process: bool,
+    /// Point Baton's `runtime_api` at a [`SocketProxy`] in front of HAProxy's admin socket.
+    pub socket_proxy: bool,
+    /// HAProxy's checks of the backends.
+    pub checks: Checks,
+    /// The `baton serve` subprocess's open-file limit (soft and hard), like `ulimit -n`.
+    pub nofile_limit: Option<u64>,
+    /// The `baton serve` subprocess's `RUST_LOG`; `None` inherits the test's.
+    pub log_filter: Option<&'static str>,
+    /// `[[load_balancer]]` `command_timeout`, `attempts` and `backoff`; `None` leaves them out
+    /// (the driver's defaults).
+    pub haproxy: Option<HaproxyOptions>,
+    /// `[auth]`; `None` keeps Baton's defaults.
+    pub auth: Option<Auth>,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            backends: 3,
+            drain_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(5),
+            health_interval: Duration::from_millis(50),
+            healthy_threshold: 2,
+            backend_env: &[],
+            baton_process: false,
+            socket_proxy: false,
+            checks: Checks::FAST,
+            nofile_limit: None,
+            log_filter: None,
+            haproxy: None,
+            auth: None,
+        }
+    }
+}
+
+/// How Baton runs in this fleet.
+enum BatonRun {
+    InProcess(InProcess),
+    Process(BatonProcess),
+}
+
+// Fields drop in the order declared: Baton stops before HAProxy, the backends Baton recorded
+// are ended after both, and the folder holding their records goes last.
+pub struct Fleet {
+    /// Baton's address, `http://127.0.0.1:<port>`.
+    pub baton: String,
+    /// HAProxy's frontend, where users' requests go.
+    pub frontend: String,
+    pub client: reqwest::Client,
+    /// The admin API token `client` sends.
+    pub token: String,
+    /// Between Baton and HAProxy's runtime API, when the options asked for it.
+    pub proxy: Option<SocketProxy>,
+    baton_run: BatonRun,
+    haproxy: Haproxy,
+    backends: RecordedBackends,
+    pub dir: tempfile::TempDir,
+}
+
+/// The service `web` (HAProxy backend `web`) with backends web1…webN on `ports`, run by the
+/// demo app, on HAProxy's runtime API at `runtime_api`.
+fn config(options: &FleetOptions, runtime_api: &str, ports: &[u16]) -> Config {
+    let mut load_balancer = LoadBalancer::haproxy("edge", runtime_api);
+    if let Some(haproxy) = options.haproxy {
+        load_balancer = load_balancer.options(haproxy);
+    }
+    let mut runtime = Runtime::process([env!("CARGO_BIN_EXE_baton-demo-app")])
+        .stop_timeout(Duration::from_secs(5));
+    for (name, value) in options.backend_env {
+        runtime = runtime.env(name, value);
+    }
+    let mut web = Service::new("web")
+        .haproxy_backend("web")
+        .health(
+            Health::new()
+                .interval(options.health_interval)
+                .timeout(Duration::from_secs(1))
+                .healthy_threshold(options.healthy_threshold)
+                .start_timeout(options.start_timeout),
+        )
+        .drain_timeout(options.drain_timeout)
+        .runtime(runtime);
+    for (i, port) in ports.iter().enumerate() {
+        web = web.backend(&format!("web{}", i + 1), *port);
+    }
+    let config = Config::new().load_balancer(load_balancer).service(web);
+    match options.auth.clone() {
+        Some(auth) => config.auth(auth),
+        None => config,
+    }
+}
+
+pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..options.backends).map(|_| free_port()).collect();
+    let haproxy = Haproxy::start(
+        dir.path(),
+        &haproxy::Backend {
+            name: "web".into(),
+            servers: ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| (format!("web{}", i + 1), *port))
+                .collect(),
+            checks: options.checks,
+        },
+    );
+    let proxy = options
+        .socket_proxy
+        .then(|| SocketProxy::start(dir.path().join("proxy.sock"), haproxy.socket.clone()));
+    let runtime_api = if options.socket_proxy {
+        "unix:proxy.sock"
+    } else {
+        "unix:haproxy.sock"
+    };
+    let config = config(&options, runtime_api, &ports);
+    let config_path = config.write(dir.path());
+    let settings = settings(&config.toml(), dir.path(), &[]);
+    // Before Baton starts, as an operator runs `baton token create`.
+    let token = create_token(&settings.server.database_url, "tests", Role::Admin).await;
+
+    let (baton, baton_run) = if options.baton_process {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let process = BatonProcess::start(
+            &config_path,
+            &listen,
+            ProcessOptions {
+                nofile: options.nofile_limit,
+                log_filter: options.log_filter,
+            },
+        );
+        (process.url(), BatonRun::Process(process))
+    } else {
+        let baton = InProcess::start(settings).await;
+        (baton.address.clone(), BatonRun::InProcess(baton))
+    };
+
+    let fleet = Fleet {
+        baton,
+        frontend: haproxy.frontend(),
+        client: authorized_client(&token),
+        token,
+        proxy,
+        baton_run,
+        haproxy,
+        backends: RecordedBackends(dir.path().join("state")),
+        dir,
+    };
+    fleet.wait_baton_alive().await;
+    fleet.wait_all_up(options.backends).await;
+    fleet
+}
+
+impl Fleet {
+    /// Waits until HAProxy reports every backend UP (Baton brings them up at start).
+    pub async fn wait_all_up(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(services) = self.get("/api/services").await {
+                let up = services[0]["backends"]
+                    .as_array()
+                    .map(|backends| {
+                        backends
+                            .iter()
+                            .filter(|b| b["load_balancer"][0]["status"] == "UP")
+                            .count()
+                    })
+                    .unwrap_or(0);
+                if up == count {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the fleet did not come up: {:?}\nBaton's log:\n{}",
+                self.get("/api/services").await,
+                self.baton_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until Baton's `/alive` answers 200 (a subprocess needs a moment to start).
+    pub async fn wait_baton_alive(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let alive = self
+                .client
+                .get(format!("{}/alive", self.baton))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if alive.is_ok_and(|response| response.status().is_success()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Baton did not answer /alive within 20 s; its log:\n{}",
+                self.baton_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What a `baton serve` subprocess wrote so far (nothing for Baton in this process).
+    pub fn baton_log(&self) -> String {
+        match &self.baton_run {
+            BatonRun::InProcess(_) => String::new(),
+            BatonRun::Process(process) => process.log(),
+        }
+    }
+
+    fn process(&mut self, what: &str) -> &mut BatonProcess {
+        match &mut self.baton_run {
+            BatonRun::Process(process) => process,
+            BatonRun::InProcess(_) => {
+                panic!("{what} needs FleetOptions {{ baton_process: true, .. }}")
+            }
+        }
+    }
+
+    /// The `baton serve` subprocess's PID (to read its memory or descriptors from /proc).
+    pub fn baton_pid(&self) -> u32 {
+        match &self.baton_run {
+            BatonRun::Process(process) => process.pid(),
+            BatonRun::InProcess(_) => {
+                panic!("baton_pid needs FleetOptions {{ baton_process: true, .. }}")
+            }
+        }
+    }
+
+    /// SIGKILLs the `baton serve` subprocess: no shutdown code of Baton's runs.
+    pub fn kill_baton(&mut self) {
+        self.process("kill_baton").kill();
+    }
+
+    /// Starts `baton serve` again on the same configuration, database, state and port, and
+    /// waits until it answers.
+    pub async fn restart_baton(&mut self) {
+        self.process("restart_baton").restart();
+        self.wait_baton_alive().await;
+    }
+
+    /// A driver on HAProxy's own admin socket (never through the proxy), for the test to look
+    /// at or arrange HAProxy itself.
+    pub fn haproxy(&self) -> HaproxyDriver {
+        self.haproxy.driver()
+    }
+
+    /// `show stat` of the `web` backend, straight from HAProxy.
+    pub async fn haproxy_servers(&self) -> Vec<ServerStatus> {
+        self.haproxy().servers("web").await.unwrap()
+    }
+
+    /// Sets a server's admin state straight on HAProxy (to arrange a test, not as Baton would).
+    pub async fn haproxy_set(&self, server: &str, state: AdminState) {
+        self.haproxy()
+            .set_state("web", server, state)
+            .await
+            .unwrap();
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, reqwest::Error> {
+        self.client
+            .get(format!("{}{path}", self.baton))
+            .send()
+            .await?
+            .json()
+            .await
+    }
+
+    pub async fn deploy(&self, version: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/api/services/web/deployments", self.baton))
+            .json(&serde_json::json!({ "version": version }))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// Waits until the rollout has finished and returns it with its steps.
+    pub async fn finished(&self, id: i64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let deployment = self.get(&format!("/api/deployments/{id}")).await.unwrap();
+            if !matches!(deployment["status"].as_str(), Some("queued" | "running")) {
+                return deployment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout {id} did not finish: {deployment:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (at most 30 s) until rollout `id` satisfies `done`, and returns it.
+    pub async fn wait_until(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let deployment = self.get(&format!("/api/deployments/{id}")).await.unwrap();
+            if done(&deployment) {
+                return deployment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout {id} never reached {what}: {deployment:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until rollout `id` has a step matching `found` and returns the rollout.
+    pub async fn wait_for_step(
+        &self,
+        id: i64,
+        what: &str,
+        found: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_until(id, what, |deployment| {
+            deployment["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(&found))
+        })
+        .await
+    }
+
+    /// What each request through HAProxy is answered with: "v2 web1", say.
+    pub async fn through_haproxy(&self) -> Result<String, String> {
+        match self
+            .client
+            .get(&self.frontend)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                Ok(response.text().await.unwrap_or_default())
+            }
+            Ok(response) => Err(format!("HTTP {}", response.status())),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The PID and version Baton recorded for a backend's process (`state/web/<backend>.json`).
+    pub fn recorded_process(&self, backend: &str) -> Option<(i32, String)> {
+        recorded_process(&self.state_dir(), "web", backend)
+    }
+}
+
+/// Sends requests through HAProxy one after the other until stopped (at most 60 s and 200,000
+/// requests); returns (sent, failures), a failure being a non-2xx answer or a connection error.
+pub fn load(fleet: &Fleet, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    let client = reqwest::Client::new();
+    let url = fleet.frontend.clone();
+    tokio::spawn(async move {
+        let (mut sent, mut failures) = (0, Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed)
+            && tokio::time::Instant::now() < deadline
+            && sent < 200_000
+        {
+            sent += 1;
+            match client
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+            {
+                Ok(response) if response.status().is_success() => {}
+                Ok(response) => failures.push(format!("HTTP {}", response.status())),
+                Err(error) => failures.push(error.to_string()),
+            }
+        }
+        (sent, failures)
+    })
+}
+
+/// The rollout's steps (forward, or those of the rollback) as "backend step outcome".
+pub fn steps_of(deployment: &Value, rollback: bool) -> Vec<String> {
+    deployment["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["rollback"] == rollback)
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s["backend"].as_str().unwrap_or("-"),
+                s["step"].as_str().unwrap(),
+                s["outcome"].as_str().unwrap_or("running")
+            )
+        })
+        .collect()
+}
