@@ -1,0 +1,1104 @@
+//! The scale benchmark: one service of 500 demo-app backends behind one HAProxy backend.
+//!
+//! `cargo bench -p server --bench scale` (or `scripts/dev bench scale`) starts a real HAProxy
+//! whose backend `web` has 500 servers (the README's check settings), runs `baton serve`
+//! (release build) as its own process, which starts the 500 demo-app backends, and rolls the
+//! service out once with `batch_size = 50`. Its database already holds 50 finished rollouts of
+//! the service, as after a while in use. Baton reaches HAProxy's runtime API through a small
+//! counting proxy in this process, so every command Baton sends and every byte HAProxy answers
+//! is counted. It prints its figures and writes them to `target/bench/scale.txt`:
+//!
+//! - rollout wall time and orchestration overhead per batch (the output gives the formula);
+//! - Baton's CPU (from `/proc/<pid>/stat`) at rest and during the rollout, its peak RSS;
+//! - HAProxy polling: runtime-API commands and bytes per second, and HAProxy's own CPU;
+//! - `GET /api/services` and the fleet page (`GET /`) latency, and the size of the page, of the
+//!   API answer and of the fleet snapshot the live stream sends a browser.
+//!
+//! Every process it starts (HAProxy, Baton, the backends Baton starts, the app-start probes) is
+//! killed by PID when it ends, also when it fails. Network traffic stays on loopback; ports come
+//! from the OS. Every loop is bounded.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_server::auth::{Actor, Role, accounts};
+use baton_server::domain::{BackendName, Version};
+use baton_server::rollout::engine::{Rollout, Target};
+use baton_server::settings::{EnvOverrides, Settings};
+use baton_server::store::{NewDeployment, Store};
+use futures::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+const BACKENDS: usize = 500;
+const BATCH_SIZE: usize = 50;
+const BATCHES: usize = BACKENDS.div_ceil(BATCH_SIZE);
+
+// HAProxy's check settings: the README's recommendation.
+const INTER_MS: u64 = 200;
+const FASTINTER_MS: u64 = 100;
+const DOWNINTER: &str = "500ms";
+const RISE: u64 = 2;
+const FALL: u64 = 2;
+
+// Baton's own probe of the new version.
+const HEALTH_INTERVAL_MS: u64 = 50;
+const HEALTHY_THRESHOLD: u64 = 2;
+
+/// Finished rollouts in the database before Baton starts, as after a while in use.
+const HISTORY: usize = 50;
+/// How long Baton is watched while nothing happens (its CPU at rest).
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// `GET /api/services` calls timed, one after the other.
+const API_CALLS: usize = 50;
+/// `GET /` (the fleet page) calls timed, one after the other.
+const PAGE_CALLS: usize = 20;
+/// The demo app started by hand, for the overhead formula.
+const APP_SAMPLES: usize = 5;
+/// Bounds of the waits.
+const FLEET_UP_DEADLINE: Duration = Duration::from_secs(180);
+const ROLLOUT_DEADLINE: Duration = Duration::from_secs(600);
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(report) => {
+            print!("{report}");
+            let path = target_dir().join("bench").join("scale.txt");
+            let written = std::fs::create_dir_all(path.parent().expect("a parent"))
+                .and_then(|()| std::fs::write(&path, &report));
+            match written {
+                Ok(()) => {
+                    println!("written to {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("scale bench: cannot write {}: {error}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("scale bench failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where cargo puts its output: `CARGO_TARGET_DIR`, else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let server = Path::new(env!("CARGO_MANIFEST_DIR"));
+            server.parent().unwrap_or(server).join("target")
+        })
+}
+
+/// `count` distinct free loopback ports: all are bound at once, so none repeats.
+fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot find {count} free ports: {e}"))?;
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|addr| addr.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot find {count} free ports: {e}"))
+}
+
+/// Kills what the benchmark started, by PID, when dropped (also on panic).
+struct Started {
+    children: Vec<Child>,
+    /// Where Baton records the backends' PIDs (`<service>/<backend>.json`).
+    state_dir: PathBuf,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // Baton first, so it starts nothing more.
+        for child in self.children.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The backends run detached from Baton: end their process groups by recorded PID.
+        let services = std::fs::read_dir(&self.state_dir).into_iter().flatten();
+        for service in services.flatten() {
+            for record in std::fs::read_dir(service.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if record.path().extension().is_some_and(|ext| ext == "json")
+                    && let Some(pid) = std::fs::read_to_string(record.path())
+                        .ok()
+                        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                        .and_then(|value| value["pid"].as_i64())
+                {
+                    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// What went through the counting proxy in front of HAProxy's runtime API.
+#[derive(Default)]
+struct Counts {
+    show_stat: AtomicU64,
+    set_server: AtomicU64,
+    shutdown_sessions: AtomicU64,
+    other: AtomicU64,
+    /// Bytes of HAProxy's answers (what Baton read).
+    answer_bytes: AtomicU64,
+    /// Bytes of the commands (what Baton wrote).
+    command_bytes: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct CountsAt {
+    show_stat: u64,
+    set_server: u64,
+    shutdown_sessions: u64,
+    other: u64,
+    answer_bytes: u64,
+    command_bytes: u64,
+}
+
+impl CountsAt {
+    fn commands(&self) -> u64 {
+        self.show_stat + self.set_server + self.shutdown_sessions + self.other
+    }
+
+    fn since(&self, before: &CountsAt) -> CountsAt {
+        CountsAt {
+            show_stat: self.show_stat - before.show_stat,
+            set_server: self.set_server - before.set_server,
+            shutdown_sessions: self.shutdown_sessions - before.shutdown_sessions,
+            other: self.other - before.other,
+            answer_bytes: self.answer_bytes - before.answer_bytes,
+            command_bytes: self.command_bytes - before.command_bytes,
+        }
+    }
+}
+
+impl Counts {
+    fn now(&self) -> CountsAt {
+        CountsAt {
+            show_stat: self.show_stat.load(Ordering::Relaxed),
+            set_server: self.set_server.load(Ordering::Relaxed),
+            shutdown_sessions: self.shutdown_sessions.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+            answer_bytes: self.answer_bytes.load(Ordering::Relaxed),
+            command_bytes: self.command_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn command(&self, command: &[u8]) {
+        let counter = if command.starts_with(b"show stat") || command.starts_with(b"show serv") {
+            &self.show_stat
+        } else if command.starts_with(b"set server") {
+            &self.set_server
+        } else if command.starts_with(b"shutdown sessions") {
+            &self.shutdown_sessions
+        } else {
+            &self.other
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.command_bytes
+            .fetch_add(command.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A unix-socket proxy in front of HAProxy's runtime API that counts commands and answer
+/// bytes. Each connection carries one command (how Baton's driver talks); the proxy and its
+/// connections end when it is dropped.
+struct CountingProxy {
+    counts: Arc<Counts>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    fn start(listen: &Path, upstream: PathBuf) -> Result<Self, String> {
+        let listener = UnixListener::bind(listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", listen.display()))?;
+        let counts = Arc::new(Counts::default());
+        let counting = counts.clone();
+        let accept = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                // Reap the finished ones so the set stays small.
+                while connections.try_join_next().is_some() {}
+                connections.spawn(forward(client, upstream.clone(), counting.clone()));
+            }
+        });
+        Ok(Self { counts, accept })
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// One command: read it up to its newline, send it on, copy the answer back until HAProxy
+/// closes.
+async fn forward(mut client: UnixStream, upstream: PathBuf, counts: Arc<Counts>) {
+    let Ok(mut server) = UnixStream::connect(&upstream).await else {
+        return;
+    };
+    let mut command = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !command.contains(&b'\n') && command.len() < 64 * 1024 {
+        match client.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => command.extend_from_slice(&buffer[..n]),
+        }
+    }
+    counts.command(&command);
+    if server.write_all(&command).await.is_err() {
+        return;
+    }
+    if let Ok(copied) = tokio::io::copy(&mut server, &mut client).await {
+        counts.answer_bytes.fetch_add(copied, Ordering::Relaxed);
+    }
+    let _ = client.shutdown().await;
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32, ticks_per_second: f64) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) (utime, stime); `fields[0]` is field 3 (state).
+    let ticks = |index: usize| -> Result<f64, String> {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+            .ok_or_else(|| format!("unexpected /proc/{pid}/stat: {stat}"))
+    };
+    Ok(Duration::from_secs_f64(
+        (ticks(11)? + ticks(12)?) / ticks_per_second,
+    ))
+}
+
+/// The kernel's clock ticks per second for `/proc/<pid>/stat` (USER_HZ; 100 on Linux).
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A field of `/proc/<pid>/status` in kB (`VmRSS:`, `VmHWM:`), as MiB.
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Everything the process read so far (`rchar` of `/proc/<pid>/io`: sockets, files, `/proc`).
+fn bytes_read(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("rchar:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU used by a process over a window, as a share of one core.
+struct CpuWindow {
+    pid: u32,
+    ticks: f64,
+    cpu: Duration,
+    began: Instant,
+}
+
+impl CpuWindow {
+    fn start(pid: u32, ticks: f64) -> Result<Self, String> {
+        Ok(Self {
+            pid,
+            ticks,
+            cpu: cpu_time(pid, ticks)?,
+            began: Instant::now(),
+        })
+    }
+
+    /// (CPU seconds used, share of one core in percent).
+    fn end(&self) -> Result<(f64, f64), String> {
+        let used = cpu_time(self.pid, self.ticks)?.saturating_sub(self.cpu);
+        let wall = self.began.elapsed();
+        Ok((
+            used.as_secs_f64(),
+            100.0 * used.as_secs_f64() / wall.as_secs_f64(),
+        ))
+    }
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// Creates Baton's database as `baton token create` would, with a deployer API token for the
+/// benchmark's own calls, and [`HISTORY`] finished rollouts of the service, each with its saved
+/// engine state of [`BACKENDS`] targets: a Baton that has been in use for a while.
+async fn prepare_database(
+    config: &str,
+    path: &Path,
+    backends: &[String],
+) -> Result<String, String> {
+    let settings = Settings::parse(config, path, &EnvOverrides::default())
+        .map_err(|e| format!("the benchmark's baton.toml: {e}"))?;
+    let store = Store::connect(&settings.server.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, token) = accounts::create_token(&store, &Actor::cli(), None, "bench", Role::Deployer)
+        .await
+        .map_err(|e| format!("cannot create an API token: {e}"))?;
+    let version = |text: &str| Version::parse(text).map_err(|e| e.to_string());
+    let mut from = version("v0.0")?;
+    for past in 1..=HISTORY {
+        let to = version(&format!("v0.{past}"))?;
+        let targets = backends
+            .iter()
+            .map(|name| {
+                Ok(Target {
+                    name: BackendName::parse(name).map_err(|e| e.to_string())?,
+                    previous: from.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let state = serde_json::to_string(&Rollout::new(to.clone(), targets, BATCH_SIZE, true))
+            .map_err(|e| e.to_string())?;
+        let id = store
+            .insert_deployment(&NewDeployment {
+                service: "web",
+                from_version: Some(from.as_str()),
+                to_version: to.as_str(),
+                trigger: "api",
+                requested_by: Some("bench"),
+                state: &state,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .save_state(id, "succeeded", &state, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        from = to;
+    }
+    store.close().await;
+    Ok(token.expose().to_owned())
+}
+
+/// A client that sends `token` on every request (pages accept it as API calls do).
+fn authorized_client(token: &str) -> Result<reqwest::Client, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|e| format!("the token is not a valid header value: {e}"))?;
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// The demo app's own start (spawn until `/alive` answers 200), median of [`APP_SAMPLES`]
+/// runs outside Baton.
+async fn measure_app_start(app: &str) -> Result<Duration, String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut starts = Vec::new();
+    for _ in 0..APP_SAMPLES {
+        let port = free_ports(1)?[0];
+        let began = Instant::now();
+        let mut child = Command::new(app)
+            .env("BATON_PORT", port.to_string())
+            .env("BATON_VERSION", "v1")
+            .env("BATON_BACKEND", "probe")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {app}: {e}"))?;
+        let url = format!("http://127.0.0.1:{port}/alive");
+        let answered = loop {
+            let alive = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if alive.is_ok_and(|response| response.status().is_success()) {
+                break Ok(began.elapsed());
+            }
+            if began.elapsed() > Duration::from_secs(10) {
+                break Err(format!("{app} did not answer {url} within 10 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        starts.push(answered?);
+    }
+    Ok(median(&mut starts))
+}
+
+/// Waits until Baton reports every backend UP on HAProxy; returns how long that took.
+async fn wait_all_up(client: &reqwest::Client, baton: &str) -> Result<Duration, String> {
+    let began = Instant::now();
+    let mut last = String::from("no answer");
+    while began.elapsed() < FLEET_UP_DEADLINE {
+        if let Ok(response) = client.get(format!("{baton}/api/services")).send().await
+            && let Ok(services) = response.json::<Value>().await
+        {
+            let statuses: Vec<&str> = services[0]["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| b["load_balancer"][0]["status"].as_str().unwrap_or("?"))
+                .collect();
+            let up = statuses.iter().filter(|s| **s == "UP").count();
+            if statuses.len() == BACKENDS && up == BACKENDS {
+                return Ok(began.elapsed());
+            }
+            last = format!("{up} of {} UP", statuses.len());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "the fleet did not come up within {FLEET_UP_DEADLINE:?}: expected {BACKENDS} backends UP, last saw {last}"
+    ))
+}
+
+/// Times `calls` GETs of `url`, one after the other, until the whole body arrived; returns the
+/// sorted latencies and the last body.
+async fn time_gets(
+    client: &reqwest::Client,
+    url: &str,
+    calls: usize,
+) -> Result<(Vec<Duration>, bytes::Bytes), String> {
+    let mut latencies = Vec::with_capacity(calls);
+    let mut body = bytes::Bytes::new();
+    for _ in 0..calls {
+        let began = Instant::now();
+        let response = client
+            .get(url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status();
+        body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        latencies.push(began.elapsed());
+        if !status.is_success() {
+            return Err(format!(
+                "GET {url} answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            ));
+        }
+    }
+    latencies.sort();
+    Ok((latencies, body))
+}
+
+/// What one subscriber of the fleet-wide stream (`GET /api/events`, what the fleet page
+/// follows) received.
+#[derive(Default, Debug)]
+struct StreamFigures {
+    snapshots: u64,
+    snapshot_bytes: u64,
+    first_snapshot_bytes: u64,
+    events: u64,
+    event_bytes: u64,
+}
+
+/// Follows `/api/events` until `stop` fires (or the rollout deadline passes).
+async fn follow_fleet(
+    client: reqwest::Client,
+    url: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<StreamFigures, String> {
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url} answered {}", response.status()));
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut figures = StreamFigures::default();
+    let deadline = tokio::time::Instant::now() + ROLLOUT_DEADLINE;
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            _ = stop.cancelled() => return Ok(figures),
+            _ = tokio::time::sleep_until(deadline) => return Ok(figures),
+        };
+        let Some(chunk) = chunk else {
+            return Ok(figures);
+        };
+        buffer.push_str(&String::from_utf8_lossy(
+            &chunk.map_err(|e| format!("{url}: {e}"))?,
+        ));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let data: usize = block
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|data| data.trim_start().len())
+                .sum();
+            if block.lines().any(|line| line == "event: fleet") {
+                if figures.snapshots == 0 {
+                    figures.first_snapshot_bytes = data as u64;
+                }
+                figures.snapshots += 1;
+                figures.snapshot_bytes += data as u64;
+            } else if block.lines().any(|line| line == "event: deployment") {
+                figures.events += 1;
+                figures.event_bytes += data as u64;
+            }
+        }
+    }
+}
+
+/// What the rollout measured.
+struct RolloutFigures {
+    status: String,
+    /// `finished_at - started_at` of the deployment, as Baton recorded it.
+    wall_ms: i64,
+    /// From the POST until the client saw it finished (polled every 100 ms).
+    client_wall: Duration,
+    /// Per step, in order: (name, mean over the batches of the step's own work, mean span).
+    steps: Vec<(String, f64, f64)>,
+    /// Wall time outside every step's own work: step rows, state saves, events.
+    bookkeeping_ms: i64,
+    drain_ms: i64,
+    step_rows: usize,
+}
+
+/// Reads the finished rollout's steps. For each step of each batch, its *work* is from the last
+/// of its rows beginning to the first of them ending (Baton writes a row per backend before and
+/// after the step, one after the other, so what lies outside that is bookkeeping), its *span*
+/// from the first beginning to the last ending.
+fn rollout_figures(deployment: &Value, backends: &[String]) -> Result<RolloutFigures, String> {
+    let number = |value: &Value, key: &str| {
+        value[key]
+            .as_i64()
+            .ok_or_else(|| format!("the rollout has no `{key}`: {value}"))
+    };
+    let wall_ms = number(deployment, "finished_at")? - number(deployment, "started_at")?;
+    // (step, batch) -> (max started, min finished, min started, max finished)
+    let mut order: Vec<String> = Vec::new();
+    let mut spans: Vec<((String, usize), (i64, i64, i64, i64))> = Vec::new();
+    let rows = deployment["steps"]
+        .as_array()
+        .ok_or_else(|| format!("the rollout has no steps: {deployment}"))?;
+    for row in rows {
+        let name = row["step"].as_str().unwrap_or("?").to_owned();
+        let batch = row["backend"]
+            .as_str()
+            .and_then(|b| backends.iter().position(|name| name == b))
+            .map_or(0, |index| index / BATCH_SIZE);
+        let (started, finished) = (number(row, "started_at")?, number(row, "finished_at")?);
+        if !order.contains(&name) {
+            order.push(name.clone());
+        }
+        let key = (name, batch);
+        match spans.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, (last_begin, first_end, first_begin, last_end))) => {
+                *last_begin = (*last_begin).max(started);
+                *first_end = (*first_end).min(finished);
+                *first_begin = (*first_begin).min(started);
+                *last_end = (*last_end).max(finished);
+            }
+            None => spans.push((key, (started, finished, started, finished))),
+        }
+    }
+    let work = |span: &(i64, i64, i64, i64)| (span.1 - span.0).max(0);
+    let total_work: i64 = spans.iter().map(|(_, span)| work(span)).sum();
+    let steps = order
+        .iter()
+        .map(|name| {
+            let of_step: Vec<&(i64, i64, i64, i64)> = spans
+                .iter()
+                .filter(|((n, _), _)| n == name)
+                .map(|(_, span)| span)
+                .collect();
+            let count = of_step.len().max(1) as f64;
+            let mean_work = of_step.iter().map(|s| work(s) as f64).sum::<f64>() / count;
+            let mean_span = of_step.iter().map(|s| (s.3 - s.2) as f64).sum::<f64>() / count;
+            (name.clone(), mean_work, mean_span)
+        })
+        .collect();
+    let drain_ms = spans
+        .iter()
+        .filter(|((name, _), _)| name == "wait_sessions" || name == "cut_sessions")
+        .map(|(_, span)| work(span))
+        .sum();
+    Ok(RolloutFigures {
+        status: deployment["status"].as_str().unwrap_or("?").to_owned(),
+        wall_ms,
+        client_wall: Duration::ZERO,
+        steps,
+        bookkeeping_ms: wall_ms - total_work,
+        drain_ms,
+        step_rows: rows.len(),
+    })
+}
+
+/// Everything the report prints.
+struct Figures {
+    haproxy_version: String,
+    load_before: String,
+    load_after: String,
+    fleet_up: Duration,
+    app_start: Duration,
+    idle_baton: (f64, f64),
+    idle_haproxy: (f64, f64),
+    idle_counts: CountsAt,
+    idle_window: Duration,
+    idle_rss: f64,
+    api: Vec<Duration>,
+    api_bytes: usize,
+    page: Vec<Duration>,
+    page_bytes: usize,
+    rollout: RolloutFigures,
+    rollout_baton: (f64, f64),
+    rollout_haproxy: (f64, f64),
+    rollout_counts: CountsAt,
+    rollout_rchar: u64,
+    stream: StreamFigures,
+    peak_rss: f64,
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn run() -> Result<String, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
+    let app = env!("CARGO_BIN_EXE_baton-demo-app");
+    let load_before = load_average();
+    let ticks = ticks_per_second();
+    let app_start = measure_app_start(app).await?;
+
+    let ports = free_ports(BACKENDS + 2)?;
+    let (frontend_port, baton_port, ports) = (ports[0], ports[1], &ports[2..]);
+    let socket = dir.path().join("haproxy.sock");
+    let servers: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("    server web{} 127.0.0.1:{port} check\n", i + 1))
+        .collect();
+    let haproxy_cfg = format!(
+        "global\n    stats socket {socket} mode 600 level admin\n    maxconn 4096\n\
+         defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout check 1s\n    retries 0\n\
+         frontend fe\n    bind 127.0.0.1:{frontend_port}\n    default_backend web\n\
+         backend web\n    option httpchk GET /alive\n    http-check expect status 200\n\
+         \x20   default-server inter {INTER_MS}ms fastinter {FASTINTER_MS}ms downinter {DOWNINTER} rise {RISE} fall {FALL}\n{servers}",
+        socket = socket.display()
+    );
+    std::fs::write(dir.path().join("haproxy.cfg"), &haproxy_cfg)
+        .map_err(|e| format!("cannot write haproxy.cfg: {e}"))?;
+    let names: Vec<String> = (1..=BACKENDS).map(|i| format!("web{i}")).collect();
+    let backends: String = ports
+        .iter()
+        .zip(&names)
+        .map(|(port, name)| {
+            format!("[[service.backend]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\n")
+        })
+        .collect();
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:{baton_port}"
+
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:counted.sock"]
+
+[[service]]
+name = "web"
+load_balancer = "edge"
+haproxy_backend = "web"
+batch_size = {BATCH_SIZE}
+[service.health]
+interval = "{HEALTH_INTERVAL_MS}ms"
+timeout = "2s"
+healthy_threshold = {HEALTHY_THRESHOLD}
+start_timeout = "60s"
+[service.drain]
+timeout = "10s"
+[service.runtime]
+kind = "process"
+command = ["{app}"]
+initial_version = "v1"
+stop_timeout = "5s"
+{backends}"#
+    );
+    let config_path = dir.path().join("baton.toml");
+    std::fs::write(&config_path, &config).map_err(|e| format!("cannot write baton.toml: {e}"))?;
+    let token = prepare_database(&config, &config_path, &names).await?;
+
+    let mut started = Started {
+        children: Vec::new(),
+        state_dir: dir.path().join("state"),
+    };
+    started.children.push(
+        Command::new("/usr/sbin/haproxy")
+            .args(["-db", "-f"])
+            .arg(dir.path().join("haproxy.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start /usr/sbin/haproxy (apt-get install haproxy): {e}")
+            })?,
+    );
+    let haproxy_pid = started.children[0].id();
+    let proxy = CountingProxy::start(&dir.path().join("counted.sock"), socket.clone())?;
+    let log = std::fs::File::create(dir.path().join("baton.log"))
+        .map_err(|e| format!("cannot create baton.log: {e}"))?;
+    started.children.push(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .env_remove("BATON_DATABASE_URL")
+            .env_remove("BATON_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start baton: {e}"))?,
+    );
+    let baton_pid = started.children[1].id();
+    let baton = format!("http://127.0.0.1:{baton_port}");
+    let client = authorized_client(&token)?;
+    let fleet_up = wait_all_up(&client, &baton).await.map_err(|e| {
+        let log = std::fs::read_to_string(dir.path().join("baton.log")).unwrap_or_default();
+        let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+        format!("{e}\nBaton's log, last lines first:\n{tail}")
+    })?;
+    eprintln!("scale bench: {BACKENDS} backends UP after {fleet_up:.1?}");
+
+    // At rest: nobody watches, nothing rolls out; Baton refreshes its snapshot every second.
+    let idle_counts_before = proxy.counts.now();
+    let idle_baton = CpuWindow::start(baton_pid, ticks)?;
+    let idle_haproxy = CpuWindow::start(haproxy_pid, ticks)?;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle_window = idle_baton.began.elapsed();
+    let (idle_baton, idle_haproxy) = (idle_baton.end()?, idle_haproxy.end()?);
+    let idle_counts = proxy.counts.now().since(&idle_counts_before);
+    let idle_rss = memory_mib(baton_pid, "VmRSS:");
+    eprintln!(
+        "scale bench: at rest Baton {:.1}% of a core, HAProxy {:.1}%",
+        idle_baton.1, idle_haproxy.1
+    );
+
+    let (api, api_body) = time_gets(&client, &format!("{baton}/api/services"), API_CALLS).await?;
+    let (page, page_body) = time_gets(&client, &format!("{baton}/"), PAGE_CALLS).await?;
+    let html = String::from_utf8_lossy(&page_body);
+    if !html.contains("data-backend=\"web500\"") {
+        return Err(format!(
+            "the fleet page does not show backend web500: {}",
+            &html[..html.len().min(400)]
+        ));
+    }
+    eprintln!(
+        "scale bench: GET /api/services p50 {:.1} ms, GET / p50 {:.1} ms",
+        ms(percentile(&api, 50)),
+        ms(percentile(&page, 50))
+    );
+
+    // The rollout, watched by one browser's worth of live stream.
+    let stop_stream = tokio_util::sync::CancellationToken::new();
+    let stream = tokio::spawn(follow_fleet(
+        client.clone(),
+        format!("{baton}/api/events"),
+        stop_stream.clone(),
+    ));
+    let rollout_counts_before = proxy.counts.now();
+    let rchar_before = bytes_read(baton_pid);
+    let rollout_baton = CpuWindow::start(baton_pid, ticks)?;
+    let rollout_haproxy = CpuWindow::start(haproxy_pid, ticks)?;
+    let began = Instant::now();
+    let response = client
+        .post(format!("{baton}/api/services/web/deployments"))
+        .json(&serde_json::json!({ "version": "v2" }))
+        .send()
+        .await
+        .map_err(|e| format!("POST deployments: {e}"))?;
+    let status = response.status();
+    let queued: Value = response.json().await.map_err(|e| e.to_string())?;
+    let Some(id) = queued["id"].as_i64().filter(|_| status.as_u16() == 202) else {
+        return Err(format!("expected 202 with an id, got {status}: {queued}"));
+    };
+    loop {
+        let page: Value = client
+            .get(format!("{baton}/api/deployments?service=web&limit=1"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let newest = &page["deployments"][0];
+        if newest["id"].as_i64() == Some(id)
+            && !matches!(newest["status"].as_str(), Some("queued" | "running"))
+        {
+            break;
+        }
+        if began.elapsed() > ROLLOUT_DEADLINE {
+            return Err(format!(
+                "rollout {id} did not finish within {ROLLOUT_DEADLINE:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client_wall = began.elapsed();
+    let (rollout_baton, rollout_haproxy) = (rollout_baton.end()?, rollout_haproxy.end()?);
+    let rollout_counts = proxy.counts.now().since(&rollout_counts_before);
+    let rollout_rchar = bytes_read(baton_pid).saturating_sub(rchar_before);
+    stop_stream.cancel();
+    let stream = stream.await.map_err(|e| e.to_string())??;
+    let peak_rss = memory_mib(baton_pid, "VmHWM:");
+
+    let deployment: Value = client
+        .get(format!("{baton}/api/deployments/{id}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut rollout = rollout_figures(&deployment, &names)?;
+    rollout.client_wall = client_wall;
+    if rollout.status != "succeeded" {
+        return Err(format!(
+            "the rollout ended {}: {}",
+            rollout.status, deployment["reason"]
+        ));
+    }
+    eprintln!(
+        "scale bench: rollout succeeded in {} ms; Baton {:.1}% of a core",
+        rollout.wall_ms, rollout_baton.1
+    );
+    let load_after = load_average();
+    drop(proxy);
+    drop(started);
+
+    Ok(report(&Figures {
+        haproxy_version: Command::new("/usr/sbin/haproxy")
+            .arg("-v")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|v| v.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "HAProxy (version unknown)".into()),
+        load_before,
+        load_after,
+        fleet_up,
+        app_start,
+        idle_baton,
+        idle_haproxy,
+        idle_counts,
+        idle_window,
+        idle_rss,
+        api_bytes: api_body.len(),
+        api,
+        page_bytes: page_body.len(),
+        page,
+        rollout,
+        rollout_baton,
+        rollout_haproxy,
+        rollout_counts,
+        rollout_rchar,
+        stream,
+        peak_rss,
+    }))
+}
+
+fn report(f: &Figures) -> String {
+    let mut out = String::new();
+    let rollout = &f.rollout;
+    let wall = Duration::from_millis(rollout.wall_ms.max(0) as u64);
+    let per_second = |count: u64, window: Duration| count as f64 / window.as_secs_f64();
+    let needed_per_batch = ms(f.app_start) + INTER_MS as f64;
+    let overhead_per_batch =
+        (rollout.wall_ms as f64 - rollout.drain_ms as f64 - BATCHES as f64 * needed_per_batch)
+            / BATCHES as f64;
+    let configured_wait = (HEALTHY_THRESHOLD - 1) * HEALTH_INTERVAL_MS;
+    let kib = |bytes: u64| bytes as f64 / 1024.0;
+    let _ = writeln!(
+        out,
+        "Scale benchmark: one service of {BACKENDS} demo-app backends behind one HAProxy backend, batch_size {BATCH_SIZE} ({BATCHES} batches)\n\
+         {}\n\
+         HAProxy checks: option httpchk GET /alive; default-server inter {INTER_MS}ms fastinter {FASTINTER_MS}ms downinter {DOWNINTER} rise {RISE} fall {FALL}\n\
+         Baton: `baton serve` (release build) as its own process; health interval {HEALTH_INTERVAL_MS}ms, healthy_threshold {HEALTHY_THRESHOLD}; {HISTORY} earlier rollouts in its history; no client traffic through HAProxy\n\
+         Load average (1, 5, 15 min) before: {}, after: {}\n",
+        f.haproxy_version, f.load_before, f.load_after
+    );
+    let _ = writeln!(
+        out,
+        "Fleet start: Baton started {BACKENDS} backends and HAProxy reported all UP after {:.1} s\n",
+        f.fleet_up.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "Rollout to v2: {}, wall time {} ms ({:.0} ms per batch); seen finished by the client after {:.0} ms; {} step rows\n\
+         Orchestration overhead per batch: {overhead_per_batch:.0} ms\n\
+         \x20 = (wall {} ms - drain {} ms - {BATCHES} x (app start {:.1} ms + HAProxy's check, at most inter = {INTER_MS} ms)) / {BATCHES}\n\
+         \x20 it includes Baton's own health probe ((healthy_threshold - 1) x interval = {configured_wait} ms of configured waiting per batch),\n\
+         \x20 starting and stopping 50 processes at once on 2 cores, the runtime-API commands, polling granularity, and the bookkeeping below\n",
+        rollout.status,
+        rollout.wall_ms,
+        rollout.wall_ms as f64 / BATCHES as f64,
+        ms(rollout.client_wall),
+        rollout.step_rows,
+        rollout.wall_ms,
+        rollout.drain_ms,
+        ms(f.app_start),
+    );
+    let _ = writeln!(
+        out,
+        "Where the time goes, per batch (mean over {BATCHES} batches), ms:\n  {:<15} {:>8} {:>8}",
+        "step", "work", "span"
+    );
+    for (name, work, span) in &rollout.steps {
+        let _ = writeln!(out, "  {name:<15} {work:>8.1} {span:>8.1}");
+    }
+    let _ = writeln!(
+        out,
+        "  {:<15} {:>8.1}          (wall time outside every step's work: step rows, state saves, events)\n\
+         \x20 work = last of the batch's rows for the step begun to first ended (the step itself);\n\
+         \x20 span = first begun to last ended (adds writing the {BATCH_SIZE} step rows before and after)\n",
+        "bookkeeping",
+        rollout.bookkeeping_ms as f64 / BATCHES as f64,
+    );
+    let _ = writeln!(
+        out,
+        "Baton CPU (utime + stime from /proc/<pid>/stat, share of one core):\n\
+         \x20 at rest ({:.0} s): {:.1}%   during the rollout ({:.1} s): {:.1}% ({:.1} s of CPU)\n\
+         Baton memory: RSS at rest {:.1} MiB, peak (VmHWM) {:.1} MiB (goal under 64 MiB)\n",
+        f.idle_window.as_secs_f64(),
+        f.idle_baton.1,
+        ms(f.rollout.client_wall) / 1000.0,
+        f.rollout_baton.1,
+        f.rollout_baton.0,
+        f.idle_rss,
+        f.peak_rss,
+    );
+    let window = f.rollout.client_wall;
+    let c = &f.rollout_counts;
+    let _ = writeln!(
+        out,
+        "HAProxy runtime API (counted by a proxy between Baton and the socket):\n\
+         \x20 at rest:     {:>7.1} commands/s, {:>8.1} KiB/s read by Baton\n\
+         \x20 rollout:     {:>7.1} commands/s, {:>8.1} KiB/s read by Baton ({} commands: {} show, {} set server, {} shutdown sessions, {} other; {:.1} MiB answers)\n\
+         \x20 mean answer to a show command during the rollout: {:.1} KiB\n\
+         \x20 everything Baton read during the rollout (rchar: sockets, SQLite, /proc): {:.1} MiB ({:.1} MiB/s)\n\
+         HAProxy CPU: at rest {:.1}% of a core (health checks of {BACKENDS} servers), during the rollout {:.1}%\n",
+        per_second(f.idle_counts.commands(), f.idle_window),
+        kib(f.idle_counts.answer_bytes) / f.idle_window.as_secs_f64(),
+        per_second(c.commands(), window),
+        kib(c.answer_bytes) / window.as_secs_f64(),
+        c.commands(),
+        c.show_stat,
+        c.set_server,
+        c.shutdown_sessions,
+        c.other,
+        kib(c.answer_bytes) / 1024.0,
+        kib(c.answer_bytes) / c.show_stat.max(1) as f64,
+        kib(f.rollout_rchar) / 1024.0,
+        kib(f.rollout_rchar) / 1024.0 / window.as_secs_f64(),
+        f.idle_haproxy.1,
+        f.rollout_haproxy.1,
+    );
+    let _ = writeln!(
+        out,
+        "GET /api/services at rest ({API_CALLS} calls, one after the other): p50 {:.1} ms, p99 {:.1} ms, {:.1} KiB\n\
+         GET / (the fleet page, server-rendered; {PAGE_CALLS} calls): p50 {:.1} ms, p99 {:.1} ms, {:.1} KiB of HTML (goal under 100 ms)\n\
+         Fleet live stream (GET /api/events, one subscriber during the rollout): first snapshot {:.1} KiB; \
+         {} snapshots ({:.1}/s, {:.1} KiB/s) and {} rollout events ({:.1} KiB/s) while it ran\n",
+        ms(percentile(&f.api, 50)),
+        ms(percentile(&f.api, 99)),
+        kib(f.api_bytes as u64),
+        ms(percentile(&f.page, 50)),
+        ms(percentile(&f.page, 99)),
+        kib(f.page_bytes as u64),
+        kib(f.stream.first_snapshot_bytes),
+        f.stream.snapshots,
+        per_second(f.stream.snapshots, window),
+        kib(f.stream.snapshot_bytes) / window.as_secs_f64(),
+        f.stream.events,
+        kib(f.stream.event_bytes) / window.as_secs_f64(),
+    );
+    let _ = writeln!(
+        out,
+        "How each figure is computed:\n\
+         - wall: the rollout's finished_at minus started_at as Baton recorded them ({:.1} s).\n\
+         - app start: the demo app started by hand {APP_SAMPLES} times outside Baton, spawn until GET /alive answered (polled every 1 ms), median.\n\
+         - HAProxy's check: the first check after a server leaves maint runs 0 to inter later; a batch waits for the slowest of its {BATCH_SIZE}, so about inter.\n\
+         - CPU: the delta of utime + stime over the window divided by the window's wall time (100% = one core of 2).\n\
+         - latencies: request sent until the whole body arrived, from this process on the same 2 cores.",
+        wall.as_secs_f64()
+    );
+    out
+}
