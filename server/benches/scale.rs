@@ -623,6 +623,23 @@ struct RolloutFigures {
     step_rows: usize,
 }
 
+/// One step of one batch, from its step rows (ms since the epoch).
+struct StepSpan {
+    step: String,
+    batch: usize,
+    last_begun: i64,
+    first_ended: i64,
+    first_begun: i64,
+    last_ended: i64,
+}
+
+impl StepSpan {
+    /// The step itself: from its last row begun to its first ended.
+    fn work(&self) -> i64 {
+        (self.first_ended - self.last_begun).max(0)
+    }
+}
+
 /// Reads the finished rollout's steps. For each step of each batch, its *work* is from the last
 /// of its rows beginning to the first of them ending (Baton writes a row per backend before and
 /// after the step, one after the other, so what lies outside that is bookkeeping), its *span*
@@ -634,9 +651,8 @@ fn rollout_figures(deployment: &Value, backends: &[String]) -> Result<RolloutFig
             .ok_or_else(|| format!("the rollout has no `{key}`: {value}"))
     };
     let wall_ms = number(deployment, "finished_at")? - number(deployment, "started_at")?;
-    // (step, batch) -> (max started, min finished, min started, max finished)
     let mut order: Vec<String> = Vec::new();
-    let mut spans: Vec<((String, usize), (i64, i64, i64, i64))> = Vec::new();
+    let mut spans: Vec<StepSpan> = Vec::new();
     let rows = deployment["steps"]
         .as_array()
         .ok_or_else(|| format!("the rollout has no steps: {deployment}"))?;
@@ -650,37 +666,45 @@ fn rollout_figures(deployment: &Value, backends: &[String]) -> Result<RolloutFig
         if !order.contains(&name) {
             order.push(name.clone());
         }
-        let key = (name, batch);
-        match spans.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, (last_begin, first_end, first_begin, last_end))) => {
-                *last_begin = (*last_begin).max(started);
-                *first_end = (*first_end).min(finished);
-                *first_begin = (*first_begin).min(started);
-                *last_end = (*last_end).max(finished);
+        match spans
+            .iter_mut()
+            .find(|span| span.step == name && span.batch == batch)
+        {
+            Some(span) => {
+                span.last_begun = span.last_begun.max(started);
+                span.first_ended = span.first_ended.min(finished);
+                span.first_begun = span.first_begun.min(started);
+                span.last_ended = span.last_ended.max(finished);
             }
-            None => spans.push((key, (started, finished, started, finished))),
+            None => spans.push(StepSpan {
+                step: name,
+                batch,
+                last_begun: started,
+                first_ended: finished,
+                first_begun: started,
+                last_ended: finished,
+            }),
         }
     }
-    let work = |span: &(i64, i64, i64, i64)| (span.1 - span.0).max(0);
-    let total_work: i64 = spans.iter().map(|(_, span)| work(span)).sum();
+    let total_work: i64 = spans.iter().map(StepSpan::work).sum();
     let steps = order
         .iter()
         .map(|name| {
-            let of_step: Vec<&(i64, i64, i64, i64)> = spans
-                .iter()
-                .filter(|((n, _), _)| n == name)
-                .map(|(_, span)| span)
-                .collect();
+            let of_step: Vec<&StepSpan> = spans.iter().filter(|s| s.step == *name).collect();
             let count = of_step.len().max(1) as f64;
-            let mean_work = of_step.iter().map(|s| work(s) as f64).sum::<f64>() / count;
-            let mean_span = of_step.iter().map(|s| (s.3 - s.2) as f64).sum::<f64>() / count;
+            let mean_work = of_step.iter().map(|s| s.work() as f64).sum::<f64>() / count;
+            let mean_span = of_step
+                .iter()
+                .map(|s| (s.last_ended - s.first_begun) as f64)
+                .sum::<f64>()
+                / count;
             (name.clone(), mean_work, mean_span)
         })
         .collect();
     let drain_ms = spans
         .iter()
-        .filter(|((name, _), _)| name == "wait_sessions" || name == "cut_sessions")
-        .map(|(_, span)| work(span))
+        .filter(|s| s.step == "wait_sessions" || s.step == "cut_sessions")
+        .map(StepSpan::work)
         .sum();
     Ok(RolloutFigures {
         status: deployment["status"].as_str().unwrap_or("?").to_owned(),
