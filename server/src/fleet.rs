@@ -11,6 +11,7 @@ use app::model::{
     DeploymentPage, NodeStatus, RolloutStatus, ServiceStatus,
 };
 use serde::Serialize;
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,6 +69,9 @@ pub struct Fleet {
 
 /// How often the fleet's state is refreshed for live streams when nothing else happens.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+/// The least time between two refreshes that rollout events ask for. Each one asks HAProxy for
+/// every server and sends every watching browser the whole fleet (90 KiB for 500 backends).
+const SNAPSHOT_SPACING: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -233,7 +237,8 @@ impl Fleet {
         futures::future::join_all(stops).await;
     }
 
-    /// The fleet's state, refreshed every [`SNAPSHOT_INTERVAL`] and after every rollout event.
+    /// The fleet's state, refreshed every [`SNAPSHOT_INTERVAL`] and after rollout events (at most
+    /// once per [`SNAPSHOT_SPACING`] while they keep coming).
     pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshots.subscribe()
     }
@@ -241,6 +246,7 @@ impl Fleet {
     async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         let mut events = self.store.subscribe();
         loop {
+            let refreshed = tokio::time::Instant::now();
             match self.status().await {
                 Ok(status) => {
                     self.snapshots.send_if_modified(|current| {
@@ -254,10 +260,21 @@ impl Fleet {
                 Err(error) => tracing::warn!(%error, "cannot refresh the fleet's state"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(SNAPSHOT_INTERVAL) => {}
+                _ = tokio::time::sleep(SNAPSHOT_INTERVAL) => continue,
                 _ = events.recv() => {}
                 _ = shutdown.cancelled() => return,
             }
+            // A rollout writes events in bursts (two per backend and step: a thousand a batch
+            // of 50): one refresh shows them all. An event after a quiet spell is shown at
+            // once; within a burst, refreshes are at least SNAPSHOT_SPACING apart.
+            tokio::select! {
+                _ = tokio::time::sleep_until(refreshed + SNAPSHOT_SPACING) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            while !matches!(
+                events.try_recv(),
+                Err(TryRecvError::Empty | TryRecvError::Closed)
+            ) {}
         }
     }
 
@@ -392,6 +409,17 @@ impl Fleet {
                     Ok(servers) => (servers, None),
                     Err(error) => (Vec::new(), Some(error.to_string())),
                 };
+            // Each server's entries by name, in node order: one pass, not one per backend.
+            let mut by_server: HashMap<String, Vec<NodeStatus>> = HashMap::new();
+            for s in servers {
+                by_server.entry(s.server).or_default().push(NodeStatus {
+                    node: s.node,
+                    status: s.status,
+                    check: s.check,
+                    sessions: s.sessions,
+                    backup: s.backup,
+                });
+            }
             let backends = settings
                 .backends
                 .iter()
@@ -400,32 +428,18 @@ impl Fleet {
                     name: backend.name.to_string(),
                     address: backend.address.to_string(),
                     version: target.previous.to_string(),
-                    load_balancer: servers
-                        .iter()
-                        .filter(|s| s.server == backend.name.as_str())
-                        .map(|s| NodeStatus {
-                            node: s.node.clone(),
-                            status: s.status.clone(),
-                            check: s.check.clone(),
-                            sessions: s.sessions,
-                            backup: s.backup,
-                        })
-                        .collect(),
+                    load_balancer: by_server.remove(backend.name.as_str()).unwrap_or_default(),
                 })
                 .collect();
             let active = self.store.next_deployment(service).await?;
             let unfinished = self.store.unfinished_count(service).await?;
             let suggested_version = self
                 .store
-                .deployments(&DeploymentQuery {
-                    service: Some(service),
-                    limit: 1,
-                    ..DeploymentQuery::default()
-                })
+                .recent_versions(service, None, 1)
                 .await?
                 .into_iter()
                 .next()
-                .map(|row| row.to_version)
+                .map(|(to_version, _)| to_version)
                 .or_else(|| current.clone());
             views.push(ServiceStatus {
                 name: service.to_owned(),
@@ -451,17 +465,16 @@ impl Fleet {
     ) -> Result<Option<String>, StoreError> {
         let succeeded = self
             .store
-            .deployments(&DeploymentQuery {
-                service: Some(handle.settings.name.as_str()),
-                status: Some(RolloutStatus::Succeeded),
-                limit: 50,
-                ..DeploymentQuery::default()
-            })
+            .recent_versions(
+                handle.settings.name.as_str(),
+                Some(RolloutStatus::Succeeded),
+                50,
+            )
             .await?;
         let initial = handle.settings.runtime.initial_version.to_string();
         Ok(succeeded
             .into_iter()
-            .flat_map(|row| [Some(row.to_version), row.from_version])
+            .flat_map(|(to_version, from_version)| [Some(to_version), from_version])
             .flatten()
             .chain(std::iter::once(initial))
             .find(|version| Some(version.as_str()) != current))
@@ -691,4 +704,124 @@ async fn bring_up(runner: &ServiceRunner, store: &Store) -> Result<(), StoreErro
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use app::model::StepKind;
+
+    use super::*;
+    use crate::drivers::fake::{CallLog, Checks, FakeLb, FakeRuntime, What};
+    use crate::settings::EnvOverrides;
+
+    const CONFIG: &str = r#"
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:haproxy.sock"]
+
+[[service]]
+name = "web"
+load_balancer = "edge"
+[service.runtime]
+kind = "process"
+command = ["true"]
+initial_version = "v1"
+[[service.backend]]
+name = "s1"
+address = "127.0.0.1:18001"
+"#;
+
+    /// A rollout of 500 backends writes a thousand events a step. The fleet's state follows
+    /// them, but each refresh asks HAProxy for every server and sends every watching browser
+    /// the whole fleet, so a burst costs a couple of refreshes, not one per event.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_rollout_events_refreshes_the_fleet_a_few_times_not_once_per_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::parse(
+            CONFIG,
+            &dir.path().join("baton.toml"),
+            &EnvOverrides::default(),
+        )
+        .unwrap();
+        let store = Store::connect(&settings.server.database_url).await.unwrap();
+        let log = CallLog::new();
+        let runtime = Arc::new(FakeRuntime::new(log.clone()));
+        let lb = Arc::new(FakeLb::new(
+            runtime.clone(),
+            "web",
+            &["n1"],
+            &["s1"],
+            Checks::default(),
+        ));
+        let fleet = Arc::new(Fleet::with_drivers(
+            vec![(Arc::new(settings.services[0].clone()), lb, runtime)],
+            store.clone(),
+        ));
+        let asked = || {
+            log.calls()
+                .iter()
+                .filter(|call| call.what == What::Servers)
+                .count()
+        };
+        let mut snapshots = fleet.snapshots();
+        let shutdown = CancellationToken::new();
+        let watcher = tokio::spawn(fleet.clone().watch(shutdown.clone()));
+        tokio::time::timeout(Duration::from_secs(5), snapshots.changed())
+            .await
+            .expect("a first snapshot")
+            .unwrap();
+
+        let before = asked();
+        let id = store
+            .insert_deployment(&NewDeployment {
+                service: "web",
+                from_version: Some("v1"),
+                to_version: "v2",
+                trigger: Trigger::Api,
+                requested_by: None,
+                state: "{}",
+            })
+            .await
+            .unwrap();
+        let backends = vec![Some("s1"); 500];
+        for step in [
+            StepKind::Drain,
+            StepKind::Maint,
+            StepKind::Stop,
+            StepKind::Start,
+        ] {
+            let rows = store
+                .begin_steps(id, &backends, step, false, "v2")
+                .await
+                .unwrap();
+            store
+                .finish_steps(&rows, app::model::StepOutcome::Ok, None)
+                .await
+                .unwrap();
+        }
+        // The watcher shows the rollout...
+        let shown = tokio::time::timeout(
+            Duration::from_secs(5),
+            snapshots.wait_for(|snapshot| {
+                snapshot.services[0]
+                    .active
+                    .as_ref()
+                    .is_some_and(|active| active.id == id)
+            }),
+        )
+        .await
+        // Let go of the watch channel's read lock at once: the watcher needs it to write.
+        .is_ok_and(|seen| seen.is_ok());
+        assert!(shown, "the fleet's state shows the queued rollout");
+        // ...and has taken in the whole burst once a spacing has passed.
+        tokio::time::sleep(SNAPSHOT_SPACING + Duration::from_millis(100)).await;
+        let refreshes = asked() - before;
+        assert!(
+            (1..=4).contains(&refreshes),
+            "4,001 events caused {refreshes} refreshes"
+        );
+        shutdown.cancel();
+        watcher.await.unwrap();
+    }
 }

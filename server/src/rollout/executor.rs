@@ -292,33 +292,21 @@ impl ServiceRunner {
     /// Carries out one action, recording a step row per backend around it.
     async fn perform(&self, deployment: i64, action: &Action) -> Result<Event, StoreError> {
         let step = action.step;
-        let mut rows = Vec::new();
-        if action.backends.is_empty() {
-            rows.push(
-                self.store
-                    .begin_step(
-                        deployment,
-                        None,
-                        step,
-                        action.rollback,
-                        action.version.as_str(),
-                    )
-                    .await?,
-            );
-        }
-        for backend in &action.backends {
-            rows.push(
-                self.store
-                    .begin_step(
-                        deployment,
-                        Some(backend.as_str()),
-                        step,
-                        action.rollback,
-                        action.version.as_str(),
-                    )
-                    .await?,
-            );
-        }
+        let backends: Vec<Option<&str>> = if action.backends.is_empty() {
+            vec![None]
+        } else {
+            action.backends.iter().map(|b| Some(b.as_str())).collect()
+        };
+        let rows = self
+            .store
+            .begin_steps(
+                deployment,
+                &backends,
+                step,
+                action.rollback,
+                action.version.as_str(),
+            )
+            .await?;
         let (event, detail) = self.carry_out(action).await;
         let outcome = match &event {
             Event::Begin | Event::Done | Event::Pause | Event::Resume | Event::Abort => {
@@ -335,11 +323,9 @@ impl ServiceRunner {
             )),
             _ => detail,
         };
-        for row in rows {
-            self.store
-                .finish_step(row, outcome, detail.as_deref())
-                .await?;
-        }
+        self.store
+            .finish_steps(&rows, outcome, detail.as_deref())
+            .await?;
         Ok(event)
     }
 
@@ -487,11 +473,12 @@ impl ServiceRunner {
         backends: &[BackendName],
     ) -> Result<Option<u64>, (Option<BackendName>, String)> {
         let deadline = Instant::now() + self.service.drain.timeout.get();
+        let batch = names(backends);
         loop {
             let servers = self.servers(lb).await?;
             let open: u64 = servers
                 .iter()
-                .filter(|s| backends.iter().any(|b| b.as_str() == s.server))
+                .filter(|s| batch.contains(s.server.as_str()))
                 .map(|s| s.sessions)
                 .sum();
             if open == 0 {
@@ -630,11 +617,12 @@ impl ServiceRunner {
     ) -> Result<(), (Option<BackendName>, String)> {
         self.set_state(lb, backends, AdminState::Drain).await?;
         let deadline = Instant::now() + self.service.health.start_timeout.get();
+        let batch = names(backends);
         loop {
             let servers = self.servers(lb).await?;
             let pending: Vec<&ServerStatus> = servers
                 .iter()
-                .filter(|s| backends.iter().any(|b| b.as_str() == s.server))
+                .filter(|s| batch.contains(s.server.as_str()))
                 .filter(|s| !lb_check_passed(s))
                 .collect();
             let Some(first) = pending.first() else {
@@ -662,11 +650,12 @@ impl ServiceRunner {
         backends: &[BackendName],
     ) -> Result<(), (Option<BackendName>, String)> {
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        let batch = names(backends);
         loop {
             let servers = self.servers(lb).await?;
             let down = servers
                 .iter()
-                .find(|s| backends.iter().any(|b| b.as_str() == s.server) && !s.is_up());
+                .find(|s| batch.contains(s.server.as_str()) && !s.is_up());
             let Some(down) = down else { return Ok(()) };
             if Instant::now() >= deadline {
                 return Err((
@@ -680,6 +669,11 @@ impl ServiceRunner {
             sleep(POLL).await;
         }
     }
+}
+
+/// The batch's names, to pick its servers out of every server of the backend in one pass.
+fn names(backends: &[BackendName]) -> HashSet<&str> {
+    backends.iter().map(BackendName::as_str).collect()
 }
 
 /// How long a rollback waits before asking an HAProxy node that did not answer again.

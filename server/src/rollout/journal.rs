@@ -38,17 +38,19 @@ pub trait Journal: Send + Sync {
     /// Ends the step rows a stopped Baton left open; returns how many.
     async fn interrupt_open_steps(&self, deployment: i64) -> Result<u64, StoreError>;
     async fn newest_control(&self, deployment: i64) -> Result<Option<PendingControl>, StoreError>;
-    async fn begin_step(
+    /// One step row per backend (`None`: the whole rollout), in one transaction; their ids.
+    async fn begin_steps(
         &self,
         deployment: i64,
-        backend: Option<&str>,
+        backends: &[Option<&str>],
         step: StepKind,
         rollback: bool,
         version: &str,
-    ) -> Result<i64, StoreError>;
-    async fn finish_step(
+    ) -> Result<Vec<i64>, StoreError>;
+    /// Ends the step rows `ids` with one outcome, in one transaction.
+    async fn finish_steps(
         &self,
-        step: i64,
+        ids: &[i64],
         outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError>;
@@ -98,24 +100,24 @@ impl Journal for Store {
         Store::newest_control(self, deployment).await
     }
 
-    async fn begin_step(
+    async fn begin_steps(
         &self,
         deployment: i64,
-        backend: Option<&str>,
+        backends: &[Option<&str>],
         step: StepKind,
         rollback: bool,
         version: &str,
-    ) -> Result<i64, StoreError> {
-        Store::begin_step(self, deployment, backend, step, rollback, version).await
+    ) -> Result<Vec<i64>, StoreError> {
+        Store::begin_steps(self, deployment, backends, step, rollback, version).await
     }
 
-    async fn finish_step(
+    async fn finish_steps(
         &self,
-        step: i64,
+        ids: &[i64],
         outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        Store::finish_step(self, step, outcome, detail).await
+        Store::finish_steps(self, ids, outcome, detail).await
     }
 
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {

@@ -351,53 +351,92 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records that a step begins on a backend (before its side effect); returns the step's id.
-    pub async fn begin_step(
+    /// The versions of the service's newest `limit` rollouts (only those with `status`, if
+    /// given), newest first: `(to_version, from_version)`. Reads no saved engine state, which
+    /// grows with the number of backends.
+    pub async fn recent_versions(
+        &self,
+        service: &str,
+        status: Option<RolloutStatus>,
+        limit: i64,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT to_version, from_version FROM deployments
+             WHERE service = ? AND (? IS NULL OR status = ?)
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(service)
+        .bind(status.map(RolloutStatus::as_str))
+        .bind(status.map(RolloutStatus::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records that a step begins on each of `backends` (`None`: a step of the whole rollout),
+    /// before its side effect; returns the steps' ids in the same order. One transaction, so a
+    /// batch of 50 backends costs one commit, not 50.
+    pub async fn begin_steps(
         &self,
         deployment: i64,
-        backend: Option<&str>,
+        backends: &[Option<&str>],
         step: StepKind,
         rollback: bool,
         version: &str,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
+        let now = now_millis();
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query_as::<_, StepRow>(
-            "INSERT INTO deployment_steps (deployment_id, backend, step, rollback, version, started_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-        )
-        .bind(deployment)
-        .bind(backend)
-        .bind(step.as_str())
-        .bind(rollback)
-        .bind(version)
-        .bind(now_millis())
-        .fetch_one(&mut *tx)
-        .await?;
-        let id = row.id;
-        let event = events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?;
-        self.commit_and_publish(tx, [event]).await?;
-        Ok(id)
+        let mut ids = Vec::with_capacity(backends.len());
+        let mut events = Vec::with_capacity(backends.len());
+        for backend in backends {
+            let row = sqlx::query_as::<_, StepRow>(
+                "INSERT INTO deployment_steps (deployment_id, backend, step, rollback, version, started_at)
+                 VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+            )
+            .bind(deployment)
+            .bind(backend)
+            .bind(step.as_str())
+            .bind(rollback)
+            .bind(version)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(row.id);
+            events.push(
+                events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?,
+            );
+        }
+        self.commit_and_publish(tx, events).await?;
+        Ok(ids)
     }
 
-    pub async fn finish_step(
+    /// Records that the steps `ids` ended, all with the same outcome and detail, in one
+    /// transaction.
+    pub async fn finish_steps(
         &self,
-        step: i64,
+        ids: &[i64],
         outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
+        let now = now_millis();
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query_as::<_, StepRow>(
-            "UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ? RETURNING *",
-        )
-        .bind(now_millis())
-        .bind(outcome.as_str())
-        .bind(detail)
-        .bind(step)
-        .fetch_one(&mut *tx)
-        .await?;
-        let deployment = row.deployment_id;
-        let event = events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?;
-        self.commit_and_publish(tx, [event]).await?;
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = sqlx::query_as::<_, StepRow>(
+                "UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ? RETURNING *",
+            )
+            .bind(now)
+            .bind(outcome.as_str())
+            .bind(detail)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let deployment = row.deployment_id;
+            events.push(
+                events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?,
+            );
+        }
+        self.commit_and_publish(tx, events).await?;
         Ok(())
     }
 
@@ -806,11 +845,11 @@ mod tests {
             .await
             .unwrap();
         let step = store
-            .begin_step(id, Some("s1"), StepKind::WaitSessions, false, "v2")
+            .begin_steps(id, &[Some("s1")], StepKind::WaitSessions, false, "v2")
             .await
-            .unwrap();
+            .unwrap()[0];
         store
-            .finish_step(step, StepOutcome::TimedOut, None)
+            .finish_steps(&[step], StepOutcome::TimedOut, None)
             .await
             .unwrap();
         // What was written reads back as the same words.
@@ -847,6 +886,108 @@ mod tests {
         assert!(
             error.contains("unknown step outcome \"skipped\": expected one of ok, failed, timed_out, interrupted"),
             "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_steps_begins_and_ends_together_with_an_event_per_backend_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+        let id = store
+            .insert_deployment(&NewDeployment {
+                service: "api",
+                from_version: Some("v1"),
+                to_version: "v2",
+                trigger: Trigger::Api,
+                requested_by: None,
+                state: "{}",
+            })
+            .await
+            .unwrap();
+        let mut live = store.subscribe();
+        let rows = store
+            .begin_steps(
+                id,
+                &[Some("s1"), Some("s2"), Some("s3")],
+                StepKind::Stop,
+                false,
+                "v2",
+            )
+            .await
+            .unwrap();
+        store
+            .finish_steps(&rows, StepOutcome::Ok, None)
+            .await
+            .unwrap();
+
+        let steps = store.steps(id).await.unwrap();
+        let backends: Vec<_> = steps.iter().map(|s| s.backend.as_deref()).collect();
+        assert_eq!(backends, [Some("s1"), Some("s2"), Some("s3")]);
+        assert_eq!(steps.iter().map(|s| s.id).collect::<Vec<_>>(), rows);
+        assert!(steps.iter().all(|s| s.outcome == Some(StepOutcome::Ok)));
+        // Each row began, then each ended: six events, in that order.
+        let mut seen = Vec::new();
+        while let Ok(published) = live.try_recv() {
+            if let Change::Step { step } = &published.event.change {
+                seen.push((step.backend.clone().unwrap(), step.finished_at.is_some()));
+            }
+        }
+        let expected: Vec<(String, bool)> = [false, true]
+            .into_iter()
+            .flat_map(|ended| ["s1", "s2", "s3"].map(|b| (b.to_owned(), ended)))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn recent_versions_are_newest_first_within_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("v.db").display()))
+            .await
+            .unwrap();
+        for (to, status) in [
+            ("v2", RolloutStatus::Succeeded),
+            ("v3", RolloutStatus::Failed),
+            ("v4", RolloutStatus::Succeeded),
+        ] {
+            let id = store
+                .insert_deployment(&NewDeployment {
+                    service: "api",
+                    from_version: Some("v1"),
+                    to_version: to,
+                    trigger: Trigger::Api,
+                    requested_by: None,
+                    state: "{}",
+                })
+                .await
+                .unwrap();
+            store.save_state(id, status, "{}", None).await.unwrap();
+        }
+        let versions = |status, limit| {
+            let store = store.clone();
+            async move {
+                store
+                    .recent_versions("api", status, limit)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(to, _)| to)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(versions(None, 1).await, ["v4"]);
+        assert_eq!(
+            versions(Some(RolloutStatus::Succeeded), 50).await,
+            ["v4", "v2"]
+        );
+        assert!(
+            store
+                .recent_versions("other", None, 5)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

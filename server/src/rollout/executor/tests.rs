@@ -122,36 +122,39 @@ impl Journal for OffClock {
         db(async move { store.newest_control(deployment).await }).await
     }
 
-    async fn begin_step(
+    async fn begin_steps(
         &self,
         deployment: i64,
-        backend: Option<&str>,
+        backends: &[Option<&str>],
         step: StepKind,
         rollback: bool,
         version: &str,
-    ) -> Result<i64, StoreError> {
-        let (store, backend, step, version) = (
+    ) -> Result<Vec<i64>, StoreError> {
+        let (store, backends, version) = (
             self.0.clone(),
-            backend.map(str::to_owned),
-            step,
+            backends
+                .iter()
+                .map(|backend| backend.map(str::to_owned))
+                .collect::<Vec<_>>(),
             version.to_owned(),
         );
         db(async move {
+            let backends: Vec<Option<&str>> = backends.iter().map(Option::as_deref).collect();
             store
-                .begin_step(deployment, backend.as_deref(), step, rollback, &version)
+                .begin_steps(deployment, &backends, step, rollback, &version)
                 .await
         })
         .await
     }
 
-    async fn finish_step(
+    async fn finish_steps(
         &self,
-        step: i64,
+        ids: &[i64],
         outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        let (store, outcome, detail) = (self.0.clone(), outcome, detail.map(str::to_owned));
-        db(async move { store.finish_step(step, outcome, detail.as_deref()).await }).await
+        let (store, ids, detail) = (self.0.clone(), ids.to_vec(), detail.map(str::to_owned));
+        db(async move { store.finish_steps(&ids, outcome, detail.as_deref()).await }).await
     }
 
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {
