@@ -41,6 +41,7 @@
 //!
 //! `maint` and `drain` do not cut open sessions; `shutdown sessions server` does.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
@@ -435,12 +436,12 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
         let sessions = row[scur]
             .parse::<u64>()
             .map_err(|_| format!("`scur` of {} is {:?}, not a number", row[svname], row[scur]))?;
-        let backup = match row[bck].as_str() {
+        let backup = match &*row[bck] {
             "1" => true,
             "0" | "" => false,
             other => return Err(format!("`bck` of {} is {other:?}", row[svname])),
         };
-        let fall = match check_fall.map(|i| row[i].as_str()) {
+        let fall = match check_fall.map(|i| &*row[i]) {
             None | Some("") => None,
             Some(value) => Some(value.parse::<u32>().map_err(|_| {
                 format!("`check_fall` of {} is {value:?}, not a number", row[svname])
@@ -448,7 +449,7 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
         };
         servers.push(ServerStatus {
             node: node.to_owned(),
-            server: row[svname].clone(),
+            server: row[svname].to_string(),
             status: parse_status(&row[status]),
             check: parse_check(&row[check_status]),
             sessions,
@@ -524,14 +525,20 @@ fn parse_check(column: &str) -> Option<CheckResult> {
 }
 
 /// Splits one CSV line; HAProxy quotes fields holding `,` or `"` and doubles inner quotes.
-fn split_csv(line: &str) -> Result<Vec<String>, String> {
+///
+/// Fields borrow from the line: an answer for 500 servers has some 65,000 fields, of which
+/// Baton keeps seven per row, and it is read every 10 ms while a rollout waits.
+fn split_csv(line: &str) -> Result<Vec<Cow<'_, str>>, String> {
+    if !line.contains('"') {
+        return Ok(line.split(',').map(Cow::Borrowed).collect());
+    }
     let mut fields = Vec::new();
     let mut field = String::new();
     let mut chars = line.chars().peekable();
     let mut quoted = false;
     while let Some(c) = chars.next() {
         match (quoted, c) {
-            (false, ',') => fields.push(std::mem::take(&mut field)),
+            (false, ',') => fields.push(Cow::Owned(std::mem::take(&mut field))),
             (false, '"') if field.is_empty() => quoted = true,
             (true, '"') if chars.peek() == Some(&'"') => {
                 chars.next();
@@ -547,7 +554,7 @@ fn split_csv(line: &str) -> Result<Vec<String>, String> {
             excerpt(line)
         ));
     }
-    fields.push(field);
+    fields.push(Cow::Owned(field));
     Ok(fields)
 }
 
