@@ -14,30 +14,29 @@
 //! - `GET /api/services` and the fleet page (`GET /`) latency, and the size of the page, of the
 //!   API answer and of the fleet snapshot the live stream sends a browser.
 //!
-//! Every process it starts (HAProxy, Baton, the backends Baton starts, the app-start probes) is
-//! killed by PID when it ends, also when it fails. Network traffic stays on loopback; ports come
-//! from the OS. Every loop is bounded.
+//! HAProxy, Baton and the backends are started through the tests' support module
+//! (`server/tests/support`), which kills every process by PID when the fleet is dropped, also
+//! when the benchmark fails; the app-start probes are killed here. Network traffic stays on
+//! loopback; ports come from the OS. Every loop is bounded.
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_server::auth::{Actor, Role, accounts};
+use app::model::{RolloutStatus, Trigger};
 use baton_server::domain::{BackendName, Version};
 use baton_server::rollout::engine::{Rollout, Target};
-use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::store::{NewDeployment, Store};
 use futures::StreamExt;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::task::JoinSet;
+use support::fleet::{FleetOptions, spawn_fleet};
+use support::haproxy::Checks;
+use support::process::{KillOnDrop, free_port};
+use support::socket_proxy::Forwarded;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const BACKENDS: usize = 500;
 const BATCH_SIZE: usize = 50;
@@ -45,14 +44,19 @@ const BATCHES: usize = BACKENDS.div_ceil(BATCH_SIZE);
 
 // HAProxy's check settings: the README's recommendation.
 const INTER_MS: u64 = 200;
-const FASTINTER_MS: u64 = 100;
-const DOWNINTER: &str = "500ms";
-const RISE: u64 = 2;
-const FALL: u64 = 2;
+const CHECKS: Checks = Checks {
+    inter: Duration::from_millis(INTER_MS),
+    fastinter: Duration::from_millis(100),
+    downinter: Some(Duration::from_millis(500)),
+    rise: 2,
+    fall: 2,
+    timeout: Some(Duration::from_secs(1)),
+    expect_status: Some(200),
+};
 
 // Baton's own probe of the new version.
 const HEALTH_INTERVAL_MS: u64 = 50;
-const HEALTHY_THRESHOLD: u64 = 2;
+const HEALTHY_THRESHOLD: u32 = 2;
 
 /// Finished rollouts in the database before Baton starts, as after a while in use.
 const HISTORY: usize = 50;
@@ -64,8 +68,7 @@ const API_CALLS: usize = 50;
 const PAGE_CALLS: usize = 20;
 /// The demo app started by hand, for the overhead formula.
 const APP_SAMPLES: usize = 5;
-/// Bounds of the waits.
-const FLEET_UP_DEADLINE: Duration = Duration::from_secs(180);
+/// Bound of the rollout's wait.
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(600);
 
 fn main() -> ExitCode {
@@ -106,178 +109,6 @@ fn target_dir() -> PathBuf {
             let server = Path::new(env!("CARGO_MANIFEST_DIR"));
             server.parent().unwrap_or(server).join("target")
         })
-}
-
-/// `count` distinct free loopback ports: all are bound at once, so none repeats.
-fn free_ports(count: usize) -> Result<Vec<u16>, String> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot find {count} free ports: {e}"))?;
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().map(|addr| addr.port()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot find {count} free ports: {e}"))
-}
-
-/// Kills what the benchmark started, by PID, when dropped (also on panic).
-struct Started {
-    children: Vec<Child>,
-    /// Where Baton records the backends' PIDs (`<service>/<backend>.json`).
-    state_dir: PathBuf,
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        // Baton first, so it starts nothing more.
-        for child in self.children.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The backends run detached from Baton: end their process groups by recorded PID.
-        let services = std::fs::read_dir(&self.state_dir).into_iter().flatten();
-        for service in services.flatten() {
-            for record in std::fs::read_dir(service.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if record.path().extension().is_some_and(|ext| ext == "json")
-                    && let Some(pid) = std::fs::read_to_string(record.path())
-                        .ok()
-                        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                        .and_then(|value| value["pid"].as_i64())
-                {
-                    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-/// What went through the counting proxy in front of HAProxy's runtime API.
-#[derive(Default)]
-struct Counts {
-    show_stat: AtomicU64,
-    set_server: AtomicU64,
-    shutdown_sessions: AtomicU64,
-    other: AtomicU64,
-    /// Bytes of HAProxy's answers (what Baton read).
-    answer_bytes: AtomicU64,
-    /// Bytes of the commands (what Baton wrote).
-    command_bytes: AtomicU64,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct CountsAt {
-    show_stat: u64,
-    set_server: u64,
-    shutdown_sessions: u64,
-    other: u64,
-    answer_bytes: u64,
-    command_bytes: u64,
-}
-
-impl CountsAt {
-    fn commands(&self) -> u64 {
-        self.show_stat + self.set_server + self.shutdown_sessions + self.other
-    }
-
-    fn since(&self, before: &CountsAt) -> CountsAt {
-        CountsAt {
-            show_stat: self.show_stat - before.show_stat,
-            set_server: self.set_server - before.set_server,
-            shutdown_sessions: self.shutdown_sessions - before.shutdown_sessions,
-            other: self.other - before.other,
-            answer_bytes: self.answer_bytes - before.answer_bytes,
-            command_bytes: self.command_bytes - before.command_bytes,
-        }
-    }
-}
-
-impl Counts {
-    fn now(&self) -> CountsAt {
-        CountsAt {
-            show_stat: self.show_stat.load(Ordering::Relaxed),
-            set_server: self.set_server.load(Ordering::Relaxed),
-            shutdown_sessions: self.shutdown_sessions.load(Ordering::Relaxed),
-            other: self.other.load(Ordering::Relaxed),
-            answer_bytes: self.answer_bytes.load(Ordering::Relaxed),
-            command_bytes: self.command_bytes.load(Ordering::Relaxed),
-        }
-    }
-
-    fn command(&self, command: &[u8]) {
-        let counter = if command.starts_with(b"show stat") || command.starts_with(b"show serv") {
-            &self.show_stat
-        } else if command.starts_with(b"set server") {
-            &self.set_server
-        } else if command.starts_with(b"shutdown sessions") {
-            &self.shutdown_sessions
-        } else {
-            &self.other
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.command_bytes
-            .fetch_add(command.len() as u64, Ordering::Relaxed);
-    }
-}
-
-/// A unix-socket proxy in front of HAProxy's runtime API that counts commands and answer
-/// bytes. Each connection carries one command (how Baton's driver talks); the proxy and its
-/// connections end when it is dropped.
-struct CountingProxy {
-    counts: Arc<Counts>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl CountingProxy {
-    fn start(listen: &Path, upstream: PathBuf) -> Result<Self, String> {
-        let listener = UnixListener::bind(listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", listen.display()))?;
-        let counts = Arc::new(Counts::default());
-        let counting = counts.clone();
-        let accept = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            while let Ok((client, _)) = listener.accept().await {
-                // Reap the finished ones so the set stays small.
-                while connections.try_join_next().is_some() {}
-                connections.spawn(forward(client, upstream.clone(), counting.clone()));
-            }
-        });
-        Ok(Self { counts, accept })
-    }
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// One command: read it up to its newline, send it on, copy the answer back until HAProxy
-/// closes.
-async fn forward(mut client: UnixStream, upstream: PathBuf, counts: Arc<Counts>) {
-    let Ok(mut server) = UnixStream::connect(&upstream).await else {
-        return;
-    };
-    let mut command = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !command.contains(&b'\n') && command.len() < 64 * 1024 {
-        match client.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => command.extend_from_slice(&buffer[..n]),
-        }
-    }
-    counts.command(&command);
-    if server.write_all(&command).await.is_err() {
-        return;
-    }
-    if let Ok(copied) = tokio::io::copy(&mut server, &mut client).await {
-        counts.answer_bytes.fetch_add(copied, Ordering::Relaxed);
-    }
-    let _ = client.shutdown().await;
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
@@ -379,22 +210,13 @@ fn median(values: &mut [Duration]) -> Duration {
     values[values.len() / 2]
 }
 
-/// Creates Baton's database as `baton token create` would, with a deployer API token for the
-/// benchmark's own calls, and [`HISTORY`] finished rollouts of the service, each with its saved
-/// engine state of [`BACKENDS`] targets: a Baton that has been in use for a while.
-async fn prepare_database(
-    config: &str,
-    path: &Path,
-    backends: &[String],
-) -> Result<String, String> {
-    let settings = Settings::parse(config, path, &EnvOverrides::default())
-        .map_err(|e| format!("the benchmark's baton.toml: {e}"))?;
-    let store = Store::connect(&settings.server.database_url)
+/// Writes [`HISTORY`] finished rollouts of the service into Baton's database, each with its
+/// saved engine state of [`BACKENDS`] targets: a Baton that has been in use for a while. Done
+/// while Baton idles with its fleet up (its worker looks at the queue only when woken).
+async fn seed_history(database_url: &str, backends: &[String]) -> Result<(), String> {
+    let store = Store::connect(database_url)
         .await
         .map_err(|e| e.to_string())?;
-    let (_, token) = accounts::create_token(&store, &Actor::cli(), None, "bench", Role::Deployer)
-        .await
-        .map_err(|e| format!("cannot create an API token: {e}"))?;
     let version = |text: &str| Version::parse(text).map_err(|e| e.to_string());
     let mut from = version("v0.0")?;
     for past in 1..=HISTORY {
@@ -415,33 +237,20 @@ async fn prepare_database(
                 service: "web",
                 from_version: Some(from.as_str()),
                 to_version: to.as_str(),
-                trigger: "api",
+                trigger: Trigger::Api,
                 requested_by: Some("bench"),
                 state: &state,
             })
             .await
             .map_err(|e| e.to_string())?;
         store
-            .save_state(id, "succeeded", &state, None)
+            .save_state(id, RolloutStatus::Succeeded, &state, None)
             .await
             .map_err(|e| e.to_string())?;
         from = to;
     }
     store.close().await;
-    Ok(token.expose().to_owned())
-}
-
-/// A client that sends `token` on every request (pages accept it as API calls do).
-fn authorized_client(token: &str) -> Result<reqwest::Client, String> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|e| format!("the token is not a valid header value: {e}"))?;
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .map_err(|e| e.to_string())
+    Ok(())
 }
 
 /// The demo app's own start (spawn until `/alive` answers 200), median of [`APP_SAMPLES`]
@@ -453,9 +262,9 @@ async fn measure_app_start(app: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())?;
     let mut starts = Vec::new();
     for _ in 0..APP_SAMPLES {
-        let port = free_ports(1)?[0];
+        let port = free_port();
         let began = Instant::now();
-        let mut child = Command::new(app)
+        let child = Command::new(app)
             .env("BATON_PORT", port.to_string())
             .env("BATON_VERSION", "v1")
             .env("BATON_BACKEND", "probe")
@@ -463,6 +272,7 @@ async fn measure_app_start(app: &str) -> Result<Duration, String> {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {app}: {e}"))?;
+        let child = KillOnDrop::new(child);
         let url = format!("http://127.0.0.1:{port}/alive");
         let answered = loop {
             let alive = client
@@ -478,38 +288,10 @@ async fn measure_app_start(app: &str) -> Result<Duration, String> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(child);
         starts.push(answered?);
     }
     Ok(median(&mut starts))
-}
-
-/// Waits until Baton reports every backend UP on HAProxy; returns how long that took.
-async fn wait_all_up(client: &reqwest::Client, baton: &str) -> Result<Duration, String> {
-    let began = Instant::now();
-    let mut last = String::from("no answer");
-    while began.elapsed() < FLEET_UP_DEADLINE {
-        if let Ok(response) = client.get(format!("{baton}/api/services")).send().await
-            && let Ok(services) = response.json::<Value>().await
-        {
-            let statuses: Vec<&str> = services[0]["backends"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|b| b["load_balancer"][0]["status"].as_str().unwrap_or("?"))
-                .collect();
-            let up = statuses.iter().filter(|s| **s == "UP").count();
-            if statuses.len() == BACKENDS && up == BACKENDS {
-                return Ok(began.elapsed());
-            }
-            last = format!("{up} of {} UP", statuses.len());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(format!(
-        "the fleet did not come up within {FLEET_UP_DEADLINE:?}: expected {BACKENDS} backends UP, last saw {last}"
-    ))
 }
 
 /// Times `calls` GETs of `url`, one after the other, until the whole body arrived; returns the
@@ -726,7 +508,7 @@ struct Figures {
     app_start: Duration,
     idle_baton: (f64, f64),
     idle_haproxy: (f64, f64),
-    idle_counts: CountsAt,
+    idle_counts: Forwarded,
     idle_window: Duration,
     idle_rss: f64,
     api: Vec<Duration>,
@@ -736,7 +518,7 @@ struct Figures {
     rollout: RolloutFigures,
     rollout_baton: (f64, f64),
     rollout_haproxy: (f64, f64),
-    rollout_counts: CountsAt,
+    rollout_counts: Forwarded,
     rollout_rchar: u64,
     stream: StreamFigures,
     peak_rss: f64,
@@ -755,121 +537,44 @@ fn load_average() -> String {
 }
 
 async fn run() -> Result<String, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary folder: {e}"))?;
     let app = env!("CARGO_BIN_EXE_baton-demo-app");
     let load_before = load_average();
     let ticks = ticks_per_second();
     let app_start = measure_app_start(app).await?;
 
-    let ports = free_ports(BACKENDS + 2)?;
-    let (frontend_port, baton_port, ports) = (ports[0], ports[1], &ports[2..]);
-    let socket = dir.path().join("haproxy.sock");
-    let servers: String = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| format!("    server web{} 127.0.0.1:{port} check\n", i + 1))
-        .collect();
-    let haproxy_cfg = format!(
-        "global\n    stats socket {socket} mode 600 level admin\n    maxconn 4096\n\
-         defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n    timeout check 1s\n    retries 0\n\
-         frontend fe\n    bind 127.0.0.1:{frontend_port}\n    default_backend web\n\
-         backend web\n    option httpchk GET /alive\n    http-check expect status 200\n\
-         \x20   default-server inter {INTER_MS}ms fastinter {FASTINTER_MS}ms downinter {DOWNINTER} rise {RISE} fall {FALL}\n{servers}",
-        socket = socket.display()
-    );
-    std::fs::write(dir.path().join("haproxy.cfg"), &haproxy_cfg)
-        .map_err(|e| format!("cannot write haproxy.cfg: {e}"))?;
-    let names: Vec<String> = (1..=BACKENDS).map(|i| format!("web{i}")).collect();
-    let backends: String = ports
-        .iter()
-        .zip(&names)
-        .map(|(port, name)| {
-            format!("[[service.backend]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\n")
-        })
-        .collect();
-    let config = format!(
-        r#"[server]
-listen = "127.0.0.1:{baton_port}"
-
-[[load_balancer]]
-name = "edge"
-kind = "haproxy"
-runtime_api = ["unix:counted.sock"]
-
-[[service]]
-name = "web"
-load_balancer = "edge"
-haproxy_backend = "web"
-batch_size = {BATCH_SIZE}
-[service.health]
-interval = "{HEALTH_INTERVAL_MS}ms"
-timeout = "2s"
-healthy_threshold = {HEALTHY_THRESHOLD}
-start_timeout = "60s"
-[service.drain]
-timeout = "10s"
-[service.runtime]
-kind = "process"
-command = ["{app}"]
-initial_version = "v1"
-stop_timeout = "5s"
-{backends}"#
-    );
-    let config_path = dir.path().join("baton.toml");
-    std::fs::write(&config_path, &config).map_err(|e| format!("cannot write baton.toml: {e}"))?;
-    let token = prepare_database(&config, &config_path, &names).await?;
-
-    let mut started = Started {
-        children: Vec::new(),
-        state_dir: dir.path().join("state"),
-    };
-    started.children.push(
-        Command::new("/usr/sbin/haproxy")
-            .args(["-db", "-f"])
-            .arg(dir.path().join("haproxy.cfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start /usr/sbin/haproxy (apt-get install haproxy): {e}")
-            })?,
-    );
-    let haproxy_pid = started.children[0].id();
-    let proxy = CountingProxy::start(&dir.path().join("counted.sock"), socket.clone())?;
-    let log = std::fs::File::create(dir.path().join("baton.log"))
-        .map_err(|e| format!("cannot create baton.log: {e}"))?;
-    started.children.push(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .env_remove("BATON_DATABASE_URL")
-            .env_remove("BATON_LISTEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start baton: {e}"))?,
-    );
-    let baton_pid = started.children[1].id();
-    let baton = format!("http://127.0.0.1:{baton_port}");
-    let client = authorized_client(&token)?;
-    let fleet_up = wait_all_up(&client, &baton).await.map_err(|e| {
-        let log = std::fs::read_to_string(dir.path().join("baton.log")).unwrap_or_default();
-        let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-        format!("{e}\nBaton's log, last lines first:\n{tail}")
-    })?;
+    let began = Instant::now();
+    let fleet = spawn_fleet(FleetOptions {
+        backends: BACKENDS,
+        batch_size: Some(BATCH_SIZE as u32),
+        start_timeout: Duration::from_secs(60),
+        health_interval: Duration::from_millis(HEALTH_INTERVAL_MS),
+        healthy_threshold: HEALTHY_THRESHOLD,
+        baton_process: true,
+        socket_proxy: true,
+        checks: CHECKS,
+        log_filter: Some("warn"),
+        ..FleetOptions::default()
+    })
+    .await;
+    let fleet_up = began.elapsed();
     eprintln!("scale bench: {BACKENDS} backends UP after {fleet_up:.1?}");
+    let names: Vec<String> = (1..=BACKENDS).map(|i| format!("web{i}")).collect();
+    seed_history(&fleet.database_url, &names).await?;
+    let (baton, client) = (fleet.baton.clone(), fleet.client.clone());
+    let (baton_pid, haproxy_pid) = (fleet.baton_pid(), fleet.haproxy_pid());
+    let proxy = fleet
+        .proxy
+        .as_ref()
+        .ok_or("the fleet has no socket proxy")?;
 
     // At rest: nobody watches, nothing rolls out; Baton refreshes its snapshot every second.
-    let idle_counts_before = proxy.counts.now();
+    let idle_counts_before = proxy.forwarded();
     let idle_baton = CpuWindow::start(baton_pid, ticks)?;
     let idle_haproxy = CpuWindow::start(haproxy_pid, ticks)?;
     tokio::time::sleep(IDLE_WINDOW).await;
     let idle_window = idle_baton.began.elapsed();
     let (idle_baton, idle_haproxy) = (idle_baton.end()?, idle_haproxy.end()?);
-    let idle_counts = proxy.counts.now().since(&idle_counts_before);
+    let idle_counts = proxy.forwarded().since(&idle_counts_before);
     let idle_rss = memory_mib(baton_pid, "VmRSS:");
     eprintln!(
         "scale bench: at rest Baton {:.1}% of a core, HAProxy {:.1}%",
@@ -898,7 +603,7 @@ stop_timeout = "5s"
         format!("{baton}/api/events"),
         stop_stream.clone(),
     ));
-    let rollout_counts_before = proxy.counts.now();
+    let rollout_counts_before = proxy.forwarded();
     let rchar_before = bytes_read(baton_pid);
     let rollout_baton = CpuWindow::start(baton_pid, ticks)?;
     let rollout_haproxy = CpuWindow::start(haproxy_pid, ticks)?;
@@ -938,7 +643,7 @@ stop_timeout = "5s"
     }
     let client_wall = began.elapsed();
     let (rollout_baton, rollout_haproxy) = (rollout_baton.end()?, rollout_haproxy.end()?);
-    let rollout_counts = proxy.counts.now().since(&rollout_counts_before);
+    let rollout_counts = proxy.forwarded().since(&rollout_counts_before);
     let rollout_rchar = bytes_read(baton_pid).saturating_sub(rchar_before);
     stop_stream.cancel();
     let stream = stream.await.map_err(|e| e.to_string())??;
@@ -965,8 +670,7 @@ stop_timeout = "5s"
         rollout.wall_ms, rollout_baton.1
     );
     let load_after = load_average();
-    drop(proxy);
-    drop(started);
+    drop(fleet);
 
     Ok(report(&Figures {
         haproxy_version: Command::new("/usr/sbin/haproxy")
@@ -1008,13 +712,13 @@ fn report(f: &Figures) -> String {
     let overhead_per_batch =
         (rollout.wall_ms as f64 - rollout.drain_ms as f64 - BATCHES as f64 * needed_per_batch)
             / BATCHES as f64;
-    let configured_wait = (HEALTHY_THRESHOLD - 1) * HEALTH_INTERVAL_MS;
+    let configured_wait = u64::from(HEALTHY_THRESHOLD - 1) * HEALTH_INTERVAL_MS;
     let kib = |bytes: u64| bytes as f64 / 1024.0;
     let _ = writeln!(
         out,
         "Scale benchmark: one service of {BACKENDS} demo-app backends behind one HAProxy backend, batch_size {BATCH_SIZE} ({BATCHES} batches)\n\
          {}\n\
-         HAProxy checks: option httpchk GET /alive; default-server inter {INTER_MS}ms fastinter {FASTINTER_MS}ms downinter {DOWNINTER} rise {RISE} fall {FALL}\n\
+         HAProxy checks: option httpchk GET /alive; default-server {CHECKS}\n\
          Baton: `baton serve` (release build) as its own process; health interval {HEALTH_INTERVAL_MS}ms, healthy_threshold {HEALTHY_THRESHOLD}; {HISTORY} earlier rollouts in its history; no client traffic through HAProxy\n\
          Load average (1, 5, 15 min) before: {}, after: {}\n",
         f.haproxy_version, f.load_before, f.load_after
@@ -1071,25 +775,27 @@ fn report(f: &Figures) -> String {
     );
     let window = f.rollout.client_wall;
     let c = &f.rollout_counts;
+    let verbs: Vec<String> = c
+        .commands
+        .iter()
+        .map(|(verb, count)| format!("{count} {verb}"))
+        .collect();
     let _ = writeln!(
         out,
         "HAProxy runtime API (counted by a proxy between Baton and the socket):\n\
          \x20 at rest:     {:>7.1} commands/s, {:>8.1} KiB/s read by Baton\n\
-         \x20 rollout:     {:>7.1} commands/s, {:>8.1} KiB/s read by Baton ({} commands: {} show, {} set server, {} shutdown sessions, {} other; {:.1} MiB answers)\n\
-         \x20 mean answer to a show command during the rollout: {:.1} KiB\n\
+         \x20 rollout:     {:>7.1} commands/s, {:>8.1} KiB/s read by Baton ({} commands: {}; {:.1} MiB answers)\n\
+         \x20 mean answer to a show stat during the rollout: {:.1} KiB\n\
          \x20 everything Baton read during the rollout (rchar: sockets, SQLite, /proc): {:.1} MiB ({:.1} MiB/s)\n\
          HAProxy CPU: at rest {:.1}% of a core (health checks of {BACKENDS} servers), during the rollout {:.1}%\n",
-        per_second(f.idle_counts.commands(), f.idle_window),
+        per_second(f.idle_counts.total_commands(), f.idle_window),
         kib(f.idle_counts.answer_bytes) / f.idle_window.as_secs_f64(),
-        per_second(c.commands(), window),
+        per_second(c.total_commands(), window),
         kib(c.answer_bytes) / window.as_secs_f64(),
-        c.commands(),
-        c.show_stat,
-        c.set_server,
-        c.shutdown_sessions,
-        c.other,
+        c.total_commands(),
+        verbs.join(", "),
         kib(c.answer_bytes) / 1024.0,
-        kib(c.answer_bytes) / c.show_stat.max(1) as f64,
+        kib(c.answer_bytes) / c.count("show stat").max(1) as f64,
         kib(f.rollout_rchar) / 1024.0,
         kib(f.rollout_rchar) / 1024.0 / window.as_secs_f64(),
         f.idle_haproxy.1,

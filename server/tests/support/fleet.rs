@@ -20,12 +20,14 @@ use super::baton::{
 };
 use super::config::{Auth, Config, Health, LoadBalancer, Runtime, Service};
 use super::haproxy::{self, Checks, Haproxy};
-use super::process::{RecordedBackends, free_port, recorded_process};
+use super::process::{RecordedBackends, free_port, free_ports, recorded_process};
 use super::socket_proxy::SocketProxy;
 
 /// Options for the fleet under test.
 pub struct FleetOptions {
     pub backends: usize,
+    /// `batch_size`; `None` leaves it out (one backend at a time).
+    pub batch_size: Option<u32>,
     pub drain_timeout: Duration,
     pub start_timeout: Duration,
     /// Baton's own probe of a new version: how often, and how many passes make it healthy.
@@ -55,6 +57,7 @@ impl Default for FleetOptions {
     fn default() -> Self {
         Self {
             backends: 3,
+            batch_size: None,
             drain_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(5),
             health_interval: Duration::from_millis(50),
@@ -87,6 +90,8 @@ pub struct Fleet {
     pub client: reqwest::Client,
     /// The admin API token `client` sends.
     pub token: String,
+    /// Baton's database, for a test or benchmark to read or arrange it directly.
+    pub database_url: String,
     /// Between Baton and HAProxy's runtime API, when the options asked for it.
     pub proxy: Option<SocketProxy>,
     baton_run: BatonRun,
@@ -118,6 +123,9 @@ fn config(options: &FleetOptions, runtime_api: &str, ports: &[u16]) -> Config {
         )
         .drain_timeout(options.drain_timeout)
         .runtime(runtime);
+    if let Some(size) = options.batch_size {
+        web = web.batch_size(size);
+    }
     for (i, port) in ports.iter().enumerate() {
         web = web.backend(&format!("web{}", i + 1), *port);
     }
@@ -130,7 +138,7 @@ fn config(options: &FleetOptions, runtime_api: &str, ports: &[u16]) -> Config {
 
 pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..options.backends).map(|_| free_port()).collect();
+    let ports = free_ports(options.backends);
     let haproxy = Haproxy::start(
         dir.path(),
         &haproxy::Backend {
@@ -154,6 +162,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let config = config(&options, runtime_api, &ports);
     let config_path = config.write(dir.path());
     let settings = settings(&config.toml(), dir.path(), &[]);
+    let database_url = settings.server.database_url.clone();
     // Before Baton starts, as an operator runs `baton token create`.
     let token = create_token(&settings.server.database_url, "tests", Role::Admin).await;
 
@@ -178,6 +187,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         frontend: haproxy.frontend(),
         client: authorized_client(&token),
         token,
+        database_url,
         proxy,
         baton_run,
         haproxy,
@@ -277,6 +287,11 @@ impl Fleet {
     pub async fn restart_baton(&mut self) {
         self.process("restart_baton").restart();
         self.wait_baton_alive().await;
+    }
+
+    /// HAProxy's PID (to read its CPU time from /proc).
+    pub fn haproxy_pid(&self) -> u32 {
+        self.haproxy.pid()
     }
 
     /// A driver on HAProxy's own admin socket (never through the proxy), for the test to look

@@ -102,6 +102,11 @@ impl Haproxy {
         format!("http://127.0.0.1:{}", self.frontend_port)
     }
 
+    /// The HAProxy process's PID.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// A driver on the admin socket, for a test to look at or arrange HAProxy itself.
     pub fn driver(&self) -> HaproxyDriver {
         HaproxyDriver::new(

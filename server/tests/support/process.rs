@@ -15,6 +15,17 @@ pub fn free_port() -> u16 {
         .expect("the OS has a free loopback port")
 }
 
+/// `count` loopback ports nobody listens on right now, all different: they are held at once
+/// while the OS picks them, where picking one at a time may hand the same port out twice.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("the OS has a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|listener| listener.local_addr().expect("a bound address").port())
+        .collect()
+}
+
 /// A child process that is SIGKILLed and reaped when dropped.
 pub struct KillOnDrop(Option<Child>);
 
