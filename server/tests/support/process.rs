@@ -15,12 +15,36 @@ pub fn free_port() -> u16 {
         .expect("the OS has a free loopback port")
 }
 
-/// `count` loopback ports nobody listens on right now, all different: they are held at once
-/// while the OS picks them, where picking one at a time may hand the same port out twice.
+/// `count` different loopback ports nobody listens on right now, for backends. They are taken
+/// below the kernel's ephemeral range (`ip_local_port_range`): a backend that stops and starts
+/// again must find its port free, and a port of that range may meanwhile become the source port
+/// of an outgoing connection (HAProxy's checks of 500 servers open 2,500 a second). All are held
+/// while they are picked, so none repeats.
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("the OS has a free loopback port"))
+    // Below 10,000 are well-known and registered services.
+    const LOW: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOW).max(1);
+    // Start somewhere else each time, so that test binaries running at once seldom meet.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos())
+        ^ std::process::id();
+    let held: Vec<TcpListener> = (0..span)
+        .filter_map(|i| {
+            let port = u16::try_from(LOW + (seed.wrapping_add(i)) % span).ok()?;
+            TcpListener::bind(("127.0.0.1", port)).ok()
+        })
+        .take(count)
         .collect();
+    assert_eq!(
+        held.len(),
+        count,
+        "fewer than {count} free loopback ports below {ephemeral}"
+    );
     held.iter()
         .map(|listener| listener.local_addr().expect("a bound address").port())
         .collect()
