@@ -70,7 +70,7 @@ pub struct Fleet {
 /// How often the fleet's state is refreshed for live streams when nothing else happens.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// The least time between two refreshes that rollout events ask for. Each one asks HAProxy for
-/// every server and sends every watching browser the whole fleet (90 KiB for 500 backends).
+/// every server and sends every watching browser the whole fleet (116 KiB for 500 backends).
 const SNAPSHOT_SPACING: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
