@@ -240,6 +240,8 @@ export async function startFleet({
   drainTimeout = '5s',
   healthInterval = '50ms',
   initialVersion = 'v1',
+  batchSize = 1,
+  upTimeoutMs = 30_000,
 } = {}) {
   const bin = process.env.BATON_BIN;
   if (!bin) throw new Error('BATON_BIN must name the baton binary (scripts/dev test sets it)');
@@ -280,7 +282,7 @@ export async function startFleet({
 
   writeFileSync(join(dir, 'baton.toml'), batonConfig([{
     name: 'web',
-    settings: { haproxy_backend: 'web', batch_size: 1, auto_rollback: true },
+    settings: { haproxy_backend: 'web', batch_size: batchSize, auto_rollback: true },
     health: { path: '/alive', interval: healthInterval, timeout: '1s', healthy_threshold: 2, start_timeout: startTimeout },
     drain: { timeout: drainTimeout },
     runtime: { kind: 'process', command: [demoApp], initial_version: initialVersion, stop_timeout: '5s' },
@@ -385,7 +387,7 @@ export async function startFleet({
   try {
     token = await createAccounts(dir);
     baton = await serveBaton(dir, { listen: `127.0.0.1:${batonPort}` });
-    await fleet.waitAllUp({ version: initialVersion });
+    await fleet.waitAllUp({ version: initialVersion, timeoutMs: upTimeoutMs });
   } catch (error) {
     await fleet.stop();
     throw error;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::process::{kill_recorded_backends, process_alive, recorded_process};
-
-const DEMO_PORTS: [u16; 4] = [8000, 18081, 18082, 18083];
+use crate::support::process::{
+    DEMO_PORTS, kill_recorded_backends, process_alive, recorded_process,
+};
 
 fn listening(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()

@@ -15,6 +15,9 @@ pub fn free_port() -> u16 {
         .expect("the OS has a free loopback port")
 }
 
+/// The ports `baton demo` always uses: HAProxy's frontend and the three backends.
+pub const DEMO_PORTS: [u16; 4] = [8000, 18081, 18082, 18083];
+
 /// `count` different loopback ports nobody listens on right now, for backends. They are taken
 /// below the kernel's ephemeral range (`ip_local_port_range`): a backend that stops and starts
 /// again must find its port free, and a port of that range may meanwhile become the source port
@@ -36,6 +39,10 @@ pub fn free_ports(count: usize) -> Vec<u16> {
     let held: Vec<TcpListener> = (0..span)
         .filter_map(|i| {
             let port = u16::try_from(LOW + (seed.wrapping_add(i)) % span).ok()?;
+            // The demo's fixed ports stay free for the test of `baton demo`.
+            if DEMO_PORTS.contains(&port) {
+                return None;
+            }
             TcpListener::bind(("127.0.0.1", port)).ok()
         })
         .take(count)
