@@ -19,6 +19,8 @@ use support::baton::bearer;
 use support::config::Auth;
 use support::fleet::{FleetOptions, spawn_fleet};
 
+use support::bench::memory_mib;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -33,16 +35,6 @@ fn now_millis() -> i64 {
 }
 
 /// A process's resident memory (`VmRSS` or `VmHWM`) in MiB.
-fn memory_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB"))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]

@@ -11,7 +11,6 @@
 //! when it ends, also when it fails. Network traffic stays on loopback; ports come from the OS.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +24,8 @@ use serde_json::Value;
 use support::fleet::{FleetOptions, spawn_fleet};
 use support::haproxy::Checks;
 use support::process::free_port;
+
+use support::bench::{median, ms, run_and_write};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -67,43 +68,7 @@ const APP_SAMPLES: usize = 5;
 const LB_SAMPLES: usize = 20;
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match runtime.block_on(run()) {
-        Ok(report) => {
-            print!("{report}");
-            let path = target_dir().join("bench").join("rollout.txt");
-            let written = std::fs::create_dir_all(path.parent().expect("a parent"))
-                .and_then(|()| std::fs::write(&path, &report));
-            match written {
-                Ok(()) => {
-                    println!("written to {}", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("rollout bench: cannot write {}: {error}", path.display());
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(error) => {
-            eprintln!("rollout bench failed: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Where cargo puts its output: `CARGO_TARGET_DIR`, else the workspace's `target/`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let server = Path::new(env!("CARGO_MANIFEST_DIR"));
-            server.parent().unwrap_or(server).join("target")
-        })
+    run_and_write("rollout", run())
 }
 
 /// What one rollout measured.
@@ -288,11 +253,6 @@ async fn measure_app(app: &str) -> Result<(Duration, Duration), String> {
     Ok((median(&mut starts), median(&mut stops)))
 }
 
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
-}
-
 /// One request's result: its latency, or why it failed.
 type Sample = Result<Duration, String>;
 
@@ -435,10 +395,6 @@ async fn rollout(
         steps,
         between_steps_ms: wall_ms - in_steps,
     })
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
 }
 
 fn median_f64(mut values: Vec<f64>) -> f64 {

@@ -20,7 +20,6 @@
 //! loopback; ports come from the OS. Every loop is bounded.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,6 +33,8 @@ use support::fleet::{FleetOptions, spawn_fleet};
 use support::haproxy::Checks;
 use support::process::{KillOnDrop, free_port};
 use support::socket_proxy::Forwarded;
+
+use support::bench::{median, memory_mib, ms, run_and_write};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -72,43 +73,7 @@ const APP_SAMPLES: usize = 5;
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(600);
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match runtime.block_on(run()) {
-        Ok(report) => {
-            print!("{report}");
-            let path = target_dir().join("bench").join("scale.txt");
-            let written = std::fs::create_dir_all(path.parent().expect("a parent"))
-                .and_then(|()| std::fs::write(&path, &report));
-            match written {
-                Ok(()) => {
-                    println!("written to {}", path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("scale bench: cannot write {}: {error}", path.display());
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(error) => {
-            eprintln!("scale bench failed: {error}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Where cargo puts its output: `CARGO_TARGET_DIR`, else the workspace's `target/`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let server = Path::new(env!("CARGO_MANIFEST_DIR"));
-            server.parent().unwrap_or(server).join("target")
-        })
+    run_and_write("scale", run())
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
@@ -145,16 +110,6 @@ fn ticks_per_second() -> f64 {
 }
 
 /// A field of `/proc/<pid>/status` in kB (`VmRSS:`, `VmHWM:`), as MiB.
-fn memory_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB"))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
 /// Everything the process read so far (`rchar` of `/proc/<pid>/io`: sockets, files, `/proc`).
 fn bytes_read(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))
@@ -199,15 +154,6 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
         .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
         .copied()
         .unwrap_or_default()
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
-fn median(values: &mut [Duration]) -> Duration {
-    values.sort();
-    values[values.len() / 2]
 }
 
 /// Writes [`HISTORY`] finished rollouts of the service into Baton's database, each with its

@@ -347,7 +347,7 @@ impl Fleet {
         // The targets and `from_version` are worked out again when the rollout begins (see the
         // executor); until then `from_version` is only known when nothing is ahead of it.
         let ahead = self.store.unfinished_count(service).await?;
-        let targets = self.current_versions(handle).await?;
+        let targets = recorded_targets(&self.store, &handle.settings).await?;
         let from = common_version(&targets).filter(|_| ahead == 0);
         let settings = &handle.settings;
         let rollout = Rollout::new(
@@ -391,10 +391,6 @@ impl Fleet {
         })
     }
 
-    async fn current_versions(&self, handle: &ServiceHandle) -> Result<Vec<Target>, StoreError> {
-        recorded_targets(&self.store, &handle.settings).await
-    }
-
     /// Every service with its backends (version, HAProxy status on each node, open sessions)
     /// and its rollout in progress.
     pub async fn status(&self) -> Result<Vec<ServiceStatus>, StoreError> {
@@ -402,7 +398,7 @@ impl Fleet {
         for handle in &self.services {
             let settings = &handle.settings;
             let service = settings.name.as_str();
-            let targets = self.current_versions(handle).await?;
+            let targets = recorded_targets(&self.store, &handle.settings).await?;
             let current = common_version(&targets);
             let (servers, load_balancer_error) =
                 match handle.lb.servers(&settings.haproxy_backend).await {
@@ -487,7 +483,7 @@ impl Fleet {
         requested_by: Option<&str>,
     ) -> Result<Queued, DeployError> {
         let handle = self.handle(service)?;
-        let targets = self.current_versions(handle).await?;
+        let targets = recorded_targets(&self.store, &handle.settings).await?;
         let current = common_version(&targets);
         let version = self
             .rollback_version(handle, current.as_deref())

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod baton;
+pub mod bench;
 pub mod config;
 pub mod fleet;
 pub mod haproxy;
