@@ -11,6 +11,8 @@ mod files;
 pub mod haproxy;
 mod health;
 pub mod process;
+pub mod remote;
+pub mod shell;
 
 use std::fmt;
 use std::time::Duration;
