@@ -55,6 +55,35 @@ pub struct BackendStatus {
     pub version: String,
     /// One entry per load-balancer node.
     pub load_balancer: Vec<NodeStatus>,
+    /// The `[[host]]` it runs on, as Baton last reached it; `None`: Baton's own machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostView>,
+}
+
+/// A machine backends run on, reached over OpenSSH, as Baton last saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub name: String,
+    /// How Baton logs in: `user@address:port`.
+    pub ssh: String,
+    pub reachable: Reachability,
+    /// Why the last attempt to reach it failed (ssh's own words), while it is unreachable.
+    pub last_error: Option<String>,
+    /// When a command last ran there to its end; `None` before the first.
+    pub last_seen: Option<i64>,
+}
+
+/// Whether Baton can reach a host now.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Reachability {
+    /// Not tried yet since Baton started.
+    Unknown,
+    Reachable,
+    Unreachable,
 }
 
 /// How one load-balancer node sees one backend.

@@ -68,6 +68,11 @@ name_type!(
     LoadBalancerName,
     "load balancer name"
 );
+name_type!(
+    /// A `[[host]]`'s name: a machine Baton reaches over OpenSSH to run backends there.
+    HostName,
+    "host name"
+);
 
 fn check_name(value: &str, what: &str) -> Result<(), InvalidValue> {
     let valid = !value.is_empty()

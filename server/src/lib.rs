@@ -6,6 +6,7 @@ pub mod client;
 pub mod domain;
 pub mod drivers;
 pub mod fleet;
+pub mod hosts;
 pub mod http;
 pub mod http_error;
 pub mod listener;

@@ -12,10 +12,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod auth;
+mod hosts;
 
-use crate::domain::{BackendAddr, BackendName, Duration, LoadBalancerName, ServiceName, Version};
+use crate::domain::{
+    BackendAddr, BackendName, Duration, HostName, LoadBalancerName, ServiceName, Version,
+};
 use auth::RawAuth;
 pub use auth::{AuthConfig, Https, PasswordChecks, Throttle};
+use hosts::RawHost;
+pub use hosts::{HostSettings, SshTarget};
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -24,6 +29,8 @@ pub struct Settings {
     /// `[auth]`: sessions, login throttling, and how Baton sees its own origin behind a proxy.
     pub auth: AuthConfig,
     pub load_balancers: Vec<LoadBalancerSettings>,
+    /// `[[host]]`: the other machines backends run on.
+    pub hosts: Vec<HostSettings>,
     pub services: Vec<ServiceSettings>,
 }
 
@@ -311,6 +318,10 @@ pub struct RuntimeSettings {
     /// the `pass_env` names with their values in Baton's environment, then `env` from the file.
     /// Nothing else of Baton's environment (its token, webhook secrets) reaches a backend.
     pub env: BTreeMap<String, String>,
+    /// Only what the file asked for: the `pass_env` names with their values here, then `env`.
+    /// Backends on other hosts get these, and the [`INHERITED_ENV`] names with the host's own
+    /// values (this machine's `PATH` or `HOME` mean nothing there).
+    pub explicit_env: BTreeMap<String, String>,
 }
 
 /// The variables every backend inherits from Baton when they are set: what a program needs
@@ -337,6 +348,9 @@ pub enum RuntimeKind {
         command: Vec<String>,
         stop_signal: StopSignal,
         working_dir: Option<PathBuf>,
+        /// A shell command run once on each machine of a rollout before any backend is drained
+        /// (stage the version's artifact, say).
+        prepare: Option<String>,
     },
     /// The user's shell commands prepare, start and stop the backends.
     Command {
@@ -367,6 +381,9 @@ pub enum StopSignal {
 pub struct BackendSettings {
     pub name: BackendName,
     pub address: BackendAddr,
+    /// The `[[host]]` it runs on; `None`: this machine.
+    #[serde(default)]
+    pub host: Option<HostName>,
 }
 
 /// Values from the environment that override the file.
@@ -456,11 +473,14 @@ impl Settings {
             .map_err(|(key, message)| source.invalid(format!("auth.{key}"), message))?;
         let load_balancers = validate_load_balancers(raw.load_balancers, config_dir)
             .map_err(|(key, message)| source.invalid(format!("load_balancer{key}"), message))?;
-        let services = validate_services(&source, raw.services, &load_balancers, secret)?;
+        let hosts = hosts::validate_hosts(raw.hosts, config_dir)
+            .map_err(|(key, message)| source.invalid(format!("host{key}"), message))?;
+        let services = validate_services(&source, raw.services, &load_balancers, &hosts, secret)?;
         Ok(Self {
             server,
             auth,
             load_balancers,
+            hosts,
             services,
         })
     }
@@ -469,6 +489,11 @@ impl Settings {
         self.services
             .iter()
             .find(|service| service.name.as_str() == name)
+    }
+
+    /// The `[[host]]` named `name` (every backend's `host` names one: checked when parsed).
+    pub fn host(&self, name: &HostName) -> Option<&HostSettings> {
+        self.hosts.iter().find(|host| &host.name == name)
     }
 }
 
@@ -634,6 +659,7 @@ fn validate_services(
     source: &Source,
     raw: Vec<RawService>,
     load_balancers: &[LoadBalancerSettings],
+    hosts: &[HostSettings],
     secret: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<ServiceSettings>, ConfigError> {
     let mut service_names = HashSet::new();
@@ -648,7 +674,7 @@ fn validate_services(
                 ),
             ));
         }
-        services.push(service.validate(source, index, load_balancers, secret)?);
+        services.push(service.validate(source, index, load_balancers, hosts, secret)?);
     }
     Ok(services)
 }
@@ -661,6 +687,7 @@ impl RawService {
         source: &Source,
         index: usize,
         load_balancers: &[LoadBalancerSettings],
+        hosts: &[HostSettings],
         secret: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ServiceSettings, ConfigError> {
         let at = |key: &str| format!("service[{index}].{key}");
@@ -682,7 +709,7 @@ impl RawService {
         }
         self.check_health()
             .map_err(|(key, message)| source.invalid(at(&format!("health.{key}")), message))?;
-        self.check_backends()
+        self.check_backends(hosts)
             .map_err(|(key, message)| source.invalid(at(&key), message))?;
         let runtime = self
             .runtime
@@ -728,8 +755,9 @@ impl RawService {
         Ok(())
     }
 
-    /// At least one `[[service.backend]]`, each named once; an error is `(key, message)`.
-    fn check_backends(&self) -> Result<(), (String, String)> {
+    /// At least one `[[service.backend]]`, each named once and on a defined host; an error is
+    /// `(key, message)`.
+    fn check_backends(&self, hosts: &[HostSettings]) -> Result<(), (String, String)> {
         if self.backends.is_empty() {
             return Err((
                 "backend".into(),
@@ -744,6 +772,25 @@ impl RawService {
                     format!(
                         "duplicate backend name {:?}: each must be unique in its service",
                         backend.name.as_str()
+                    ),
+                ));
+            }
+            if let Some(host) = &backend.host
+                && !hosts.iter().any(|h| &h.name == host)
+            {
+                return Err((
+                    format!("backend[{b}].host"),
+                    format!(
+                        "no [[host]] is named {:?}: expected one of {} (or no `host` for this machine)",
+                        host.as_str(),
+                        match hosts.len() {
+                            0 => "none (no [[host]] is defined)".to_owned(),
+                            _ => hosts
+                                .iter()
+                                .map(|h| format!("{:?}", h.name.as_str()))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        }
                     ),
                 ));
             }
@@ -789,6 +836,8 @@ struct RawSettings {
     auth: RawAuth,
     #[serde(default, rename = "load_balancer")]
     load_balancers: Vec<LoadBalancerSettings>,
+    #[serde(default, rename = "host")]
+    hosts: Vec<RawHost>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -937,8 +986,9 @@ struct RawRuntime {
     command: Option<Vec<String>>,
     stop_signal: Option<StopSignal>,
     working_dir: Option<PathBuf>,
-    // kind = "command"
+    // both kinds
     prepare: Option<String>,
+    // kind = "command"
     start: Option<String>,
     stop: Option<String>,
 }
@@ -968,10 +1018,7 @@ impl RawRuntime {
                 return Err((format!("env.{name}"), "expected a variable name of letters, digits and '_' that does not start with BATON_ (Baton sets those)".into()));
             }
         }
-        let mut env: BTreeMap<String, String> = INHERITED_ENV
-            .iter()
-            .filter_map(|name| lookup(name).map(|value| ((*name).to_owned(), value)))
-            .collect();
+        let mut explicit_env = BTreeMap::new();
         for (i, name) in self.pass_env.iter().enumerate() {
             if !is_variable_name(name) || name.starts_with("BATON_") {
                 return Err((
@@ -984,13 +1031,17 @@ impl RawRuntime {
             let value = lookup(name).ok_or_else(|| {
                 (format!("pass_env[{i}]"), format!("the environment variable {name} is not set: expected Baton to be started with it, since backends are to inherit it (or remove it from pass_env)"))
             })?;
-            env.insert(name.clone(), value);
+            explicit_env.insert(name.clone(), value);
         }
-        env.extend(self.env);
+        explicit_env.extend(self.env);
+        let mut env: BTreeMap<String, String> = INHERITED_ENV
+            .iter()
+            .filter_map(|name| lookup(name).map(|value| ((*name).to_owned(), value)))
+            .collect();
+        env.extend(explicit_env.clone());
         let kind = match self.kind {
             RawRuntimeKind::Process => {
                 for (key, set) in [
-                    ("prepare", self.prepare.is_some()),
                     ("start", self.start.is_some()),
                     ("stop", self.stop.is_some()),
                 ] {
@@ -1005,6 +1056,7 @@ impl RawRuntime {
                     command,
                     stop_signal: self.stop_signal.unwrap_or(StopSignal::Term),
                     working_dir: self.working_dir,
+                    prepare: self.prepare.filter(|script| !script.trim().is_empty()),
                 }
             }
             RawRuntimeKind::Command => {
@@ -1037,6 +1089,7 @@ impl RawRuntime {
             initial_version: self.initial_version,
             stop_timeout: self.stop_timeout,
             env,
+            explicit_env,
         })
     }
 }
@@ -1131,6 +1184,104 @@ address = "127.0.0.1:18002"
         parse(text)
             .expect_err("the configuration should be refused")
             .to_string()
+    }
+
+    const HOSTS: &str = r#"
+[[host]]
+name = "app1"
+ssh = "deploy@198.18.0.2:22"
+identity_file = "keys/id_ed25519"
+known_hosts = "keys/known_hosts"
+state_dir = "/var/lib/baton"
+
+[[host]]
+name = "app2"
+ssh = "198.18.0.6"
+"#;
+
+    #[test]
+    fn hosts_are_read_and_backends_run_on_them() {
+        let text = format!(
+            "{HOSTS}{}",
+            FULL.replace(
+                "address = \"127.0.0.1:18002\"",
+                "address = \"198.18.0.2:8080\"\nhost = \"app1\""
+            )
+            .replace(
+                "env = { APP_MODE = \"prod\" }",
+                "env = { APP_MODE = \"prod\" }\nprepare = \"fetch-release $BATON_VERSION\""
+            )
+        );
+        let settings = parse(&text).unwrap();
+        let app1 = &settings.hosts[0];
+        assert_eq!(app1.ssh.to_string(), "deploy@198.18.0.2:22");
+        assert_eq!(
+            app1.identity_file.as_deref(),
+            Some(Path::new("/etc/baton/keys/id_ed25519"))
+        );
+        assert_eq!(
+            app1.known_hosts.as_deref(),
+            Some(Path::new("/etc/baton/keys/known_hosts"))
+        );
+        assert_eq!(app1.state_dir, Path::new("/var/lib/baton"));
+        let app2 = &settings.hosts[1];
+        assert_eq!((app2.ssh.user.as_deref(), app2.ssh.port), (None, None));
+        assert_eq!(app2.state_dir, Path::new(".baton"), "~/.baton by default");
+        let api = &settings.services[0];
+        assert_eq!(api.backends[0].host, None);
+        assert_eq!(
+            api.backends[1].host.as_ref().map(|h| h.as_str()),
+            Some("app1")
+        );
+        let RuntimeKind::Process { prepare, .. } = &api.runtime.kind else {
+            panic!("a process runtime");
+        };
+        assert_eq!(prepare.as_deref(), Some("fetch-release $BATON_VERSION"));
+        assert_eq!(
+            api.runtime.explicit_env,
+            BTreeMap::from([("APP_MODE".to_owned(), "prod".to_owned())]),
+            "a host gets the variables the file names, not this machine's PATH or HOME"
+        );
+    }
+
+    #[test]
+    fn a_backend_on_an_unknown_host_and_bad_hosts_are_refused_naming_the_key() {
+        let unknown = format!(
+            "{HOSTS}{}",
+            FULL.replace(
+                "address = \"127.0.0.1:18002\"",
+                "address = \"198.18.0.2:8080\"\nhost = \"app9\""
+            )
+        );
+        let message = error(&unknown);
+        assert!(
+            message.contains("key `service[0].backend[1].host`: no [[host]] is named \"app9\": expected one of \"app1\", \"app2\""),
+            "{message}"
+        );
+        for (text, expected) in [
+            (
+                HOSTS.replace("deploy@198.18.0.2:22", "deploy@198.18.0.2:ssh"),
+                "key `host[0].ssh`: invalid ssh target",
+            ),
+            (
+                HOSTS.replace("\"app2\"", "\"app1\""),
+                "key `host[1].name`: duplicate host name \"app1\"",
+            ),
+            (
+                HOSTS.replace("/var/lib/baton", "~deploy/baton"),
+                "key `host[0].state_dir`: invalid state directory",
+            ),
+            (
+                HOSTS.replace("state_dir", "statedir"),
+                "unknown field `statedir`",
+            ),
+        ] {
+            let message = error(&text);
+            assert!(
+                message.contains(expected),
+                "expected {expected:?}, got {message:?}"
+            );
+        }
     }
 
     #[test]

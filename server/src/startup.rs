@@ -145,6 +145,7 @@ impl Application {
         if self.stop_backends {
             self.fleet.stop_backends().await;
         }
+        self.fleet.hosts().disconnect_all().await;
         self.store.close().await;
         result
     }

@@ -5,7 +5,9 @@
 
 use leptos::prelude::ServerFnError;
 
-use crate::model::{CheckResult, RolloutStatus, ServerState, StepKind, StepOutcome, Trigger};
+use crate::model::{
+    CheckResult, Reachability, RolloutStatus, ServerState, StepKind, StepOutcome, Trigger,
+};
 
 /// A rollout's status in words.
 pub fn status_label(status: RolloutStatus) -> &'static str {
@@ -100,6 +102,15 @@ pub fn check_label(check: &CheckResult) -> (&'static str, &'static str) {
     match check {
         CheckResult::Passed(_) => ("check check-ok", "passing"),
         CheckResult::Failed(_) => ("check check-bad", "failing"),
+    }
+}
+
+/// A host's reachability as a badge: its class and word.
+pub fn reachability_label(reachability: Reachability) -> (&'static str, &'static str) {
+    match reachability {
+        Reachability::Unknown => ("host host-unknown", "not reached yet"),
+        Reachability::Reachable => ("host host-ok", "reachable"),
+        Reachability::Unreachable => ("host host-bad", "unreachable"),
     }
 }
 

@@ -6,13 +6,15 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
 
-use super::format::{check_label, lb_class, status_label, step_doing};
+use super::format::{check_label, lb_class, reachability_label, status_label, step_doing};
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::redeploy::Redeploy;
+use super::widgets::LocalTime;
 use crate::auth::{allows, use_caller};
 use crate::fleet::fleet_status;
 use crate::model::{
-    ActiveRollout, BackendStatus, CheckResult, Role, RolloutStatus, ServiceStatus, StepKind,
+    ActiveRollout, BackendStatus, CheckResult, HostView, Reachability, Role, RolloutStatus,
+    ServiceStatus, StepKind,
 };
 
 #[component]
@@ -185,11 +187,19 @@ fn ServiceCard(
                         .map(|a| a.backends.clone())
                         .unwrap_or_default();
                     let step = s.active.as_ref().and_then(|a| a.step);
-                    s.backends
-                        .iter()
-                        .map(|backend| {
-                            let here = acting.contains(&backend.name);
-                            backend_row(backend, here.then_some(step).flatten())
+                    let grouped = s.backends.iter().any(|b| b.host.is_some());
+                    by_host(&s.backends)
+                        .into_iter()
+                        .map(|(host, backends)| {
+                            let head = grouped.then(|| host_row(host));
+                            let rows = backends
+                                .into_iter()
+                                .map(|backend| {
+                                    let here = acting.contains(&backend.name);
+                                    backend_row(backend, here.then_some(step).flatten())
+                                })
+                                .collect_view();
+                            view! { {head} {rows} }
                         })
                         .collect_view()
                 })
@@ -255,7 +265,66 @@ fn version_summary(status: &ServiceStatus) -> String {
     }
 }
 
+/// The backends grouped by the host they run on, in the order their hosts first appear (this
+/// machine's, `None`, wherever its first backend is).
+fn by_host(backends: &[BackendStatus]) -> Vec<(Option<&HostView>, Vec<&BackendStatus>)> {
+    let mut groups: Vec<(Option<&HostView>, Vec<&BackendStatus>)> = Vec::new();
+    for backend in backends {
+        let name = backend.host.as_ref().map(|h| h.name.as_str());
+        match groups
+            .iter_mut()
+            .find(|(host, _)| host.map(|h| h.name.as_str()) == name)
+        {
+            Some((_, members)) => members.push(backend),
+            None => groups.push((backend.host.as_ref(), vec![backend])),
+        }
+    }
+    groups
+}
+
+/// The heading row of one host's backends: whether Baton can reach it, and since when not.
+fn host_row(host: Option<&HostView>) -> impl IntoView + use<> {
+    let Some(host) = host else {
+        return view! {
+            <tr class="host-row" data-host="">
+                <th colspan="5" scope="rowgroup">
+                    "This machine"
+                </th>
+            </tr>
+        }
+        .into_any();
+    };
+    let (class, word) = reachability_label(host.reachable);
+    let seen = host.last_seen.map(|ms| {
+        view! { <span class="muted small">" · last seen " <LocalTime ms /></span> }
+    });
+    let error = (host.reachable == Reachability::Unreachable)
+        .then(|| host.last_error.clone())
+        .flatten()
+        .map(|error| view! { <span class="host-error small" data-testid="host-error">" · " {error}</span> });
+    view! {
+        <tr class="host-row" data-host=host.name.clone()>
+            <th colspan="5" scope="rowgroup">
+                "Host " {host.name.clone()}
+                <span class="muted small address">{host.ssh.clone()}</span>
+                " "
+                <span class=class data-testid="host-reachability">
+                    {word}
+                </span>
+                {seen}
+                {error}
+            </th>
+        </tr>
+    }
+    .into_any()
+}
+
 fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView + use<> {
+    let unreachable = backend
+        .host
+        .as_ref()
+        .filter(|host| host.reachable == Reachability::Unreachable)
+        .map(|host| host.name.clone());
     let nodes = backend.load_balancer.len();
     let status_cell = if backend.load_balancer.is_empty() {
         view! { <span class="lb lb-unknown">"unknown"</span> }.into_any()
@@ -326,7 +395,17 @@ fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView
                 {step}
             </th>
             <td data-label="Version" data-testid="backend-version">
-                <code>{backend.version.clone()}</code>
+                {match unreachable {
+                    Some(host) => {
+                        view! {
+                            <span class="unreachable" data-testid="backend-unreachable">
+                                {format!("unknown: host {host} is unreachable")}
+                            </span>
+                        }
+                            .into_any()
+                    }
+                    None => view! { <code>{backend.version.clone()}</code> }.into_any(),
+                }}
             </td>
             <td data-label="Load balancer">{status_cell}</td>
             <td data-label="Sessions" data-testid="sessions">
@@ -388,4 +467,53 @@ fn ActiveBox(active: ActiveRollout, queued: u32) -> impl IntoView {
         </div>
     }
     .into_any()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str, host: Option<&str>) -> BackendStatus {
+        BackendStatus {
+            name: name.into(),
+            address: "198.18.0.2:8080".into(),
+            version: "v1".into(),
+            load_balancer: Vec::new(),
+            host: host.map(|host| HostView {
+                name: host.into(),
+                ssh: format!("deploy@{host}:22"),
+                reachable: Reachability::Reachable,
+                last_error: None,
+                last_seen: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn backends_are_grouped_by_host_in_the_order_hosts_first_appear() {
+        let backends = [
+            backend("web1", Some("app1")),
+            backend("web2", Some("app2")),
+            backend("web3", Some("app1")),
+            backend("local1", None),
+            backend("web4", Some("app2")),
+        ];
+        let groups: Vec<(Option<&str>, Vec<&str>)> = by_host(&backends)
+            .into_iter()
+            .map(|(host, members)| {
+                (
+                    host.map(|h| h.name.as_str()),
+                    members.iter().map(|b| b.name.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                (Some("app1"), vec!["web1", "web3"]),
+                (Some("app2"), vec!["web2", "web4"]),
+                (None, vec!["local1"]),
+            ]
+        );
+    }
 }

@@ -121,6 +121,27 @@ impl CommandRuntime {
         }
     }
 
+    /// Runs a process runtime's `prepare` on this machine as the command runtime runs its own:
+    /// the same environment, log (`prepare.log`), time limit and masked failure.
+    pub fn for_prepare(service: &ServiceSettings, working_dir: PathBuf, prepare: String) -> Self {
+        let mut runtime = Self::new(
+            &ServiceSettings {
+                runtime: crate::settings::RuntimeSettings {
+                    kind: RuntimeKind::Command {
+                        prepare: Some(prepare),
+                        start: String::new(),
+                        stop: String::new(),
+                    },
+                    ..service.runtime.clone()
+                },
+                ..service.clone()
+            },
+            working_dir,
+        );
+        runtime.start.clear();
+        runtime
+    }
+
     /// Runs `script` with `/bin/sh -c` in its own process group, its stderr appended to
     /// `<working_dir>/<log>.log`, and waits for the shell (not for what it left running) for
     /// at most `limit`; then kills the whole group. On failure, says how it ended and the last

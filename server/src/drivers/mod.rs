@@ -7,9 +7,10 @@
 
 pub mod command;
 pub mod fake;
-mod files;
+pub(crate) mod files;
 pub mod haproxy;
 mod health;
+pub mod placed;
 pub mod process;
 pub mod remote;
 pub mod shell;

@@ -114,7 +114,15 @@ mod tests {
     async fn a_local_program_gets_each_argument_as_one_word_and_reports_its_exit() {
         let output = LocalShell
             .run(
-                &argv(&["sh", "-c", "printf '%s|' \"$@\"; exit 3", "sh", "a b", "'c'", "$HOME"]),
+                &argv(&[
+                    "sh",
+                    "-c",
+                    "printf '%s|' \"$@\"; exit 3",
+                    "sh",
+                    "a b",
+                    "'c'",
+                    "$HOME",
+                ]),
                 Duration::from_secs(5),
             )
             .await

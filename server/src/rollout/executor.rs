@@ -69,6 +69,8 @@ pub struct ServiceRunner {
     /// Woken when a rollout is queued for this service or a control request arrives.
     pub wake: Arc<Notify>,
     pub controls: Controls,
+    /// Backends to bring back once their host answers again, between rollouts.
+    pub repairs: Repairs,
 }
 
 /// Each configured backend with the version it runs now: the one recorded by the last rollout
@@ -176,10 +178,15 @@ impl ServiceRunner {
                         return;
                     }
                 }
-                None => tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = shutdown.cancelled() => return,
-                },
+                None => {
+                    if let Err(error) = self.repair_requested().await {
+                        tracing::error!(service = %self.service.name, %error, "cannot read what to repair");
+                    }
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
             }
         }
     }
@@ -741,6 +748,9 @@ fn lb_check_passed(server: &ServerStatus) -> bool {
         | ServerState::Other { .. } => false,
     }
 }
+
+mod repair;
+pub use repair::Repairs;
 
 #[cfg(test)]
 mod tests;

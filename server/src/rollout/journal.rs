@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use app::model::{PendingControl, RolloutStatus, StepKind, StepOutcome};
 
-use crate::store::{DeploymentRow, Store, StoreError};
+use crate::store::{DeploymentQuery, DeploymentRow, Store, StoreError};
 
 /// The store as the executor uses it; each method is the [`Store`] method of the same name.
 #[async_trait]
@@ -55,6 +55,8 @@ pub trait Journal: Send + Sync {
         detail: Option<&str>,
     ) -> Result<(), StoreError>;
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// The service's newest rollout, finished or not.
+    async fn newest_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError>;
     async fn set_backend_version(
         &self,
         service: &str,
@@ -118,6 +120,17 @@ impl Journal for Store {
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         Store::finish_steps(self, ids, outcome, detail).await
+    }
+
+    async fn newest_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError> {
+        let query = DeploymentQuery {
+            service: Some(service),
+            status: None,
+            before: None,
+            after: None,
+            limit: 1,
+        };
+        Ok(self.deployments(&query).await?.into_iter().next())
     }
 
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {

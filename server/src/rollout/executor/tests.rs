@@ -69,6 +69,11 @@ impl Journal for OffClock {
         db(async move { store.next_deployment(&service).await }).await
     }
 
+    async fn newest_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError> {
+        let (store, service) = (self.0.clone(), service.to_owned());
+        db(async move { Journal::newest_deployment(&store, &service).await }).await
+    }
+
     async fn claim(&self, id: i64) -> Result<Option<Option<String>>, StoreError> {
         let store = self.0.clone();
         db(async move { store.claim(id).await }).await
@@ -312,6 +317,7 @@ initial_version = "v1"
             probe: self.runtime.clone(),
             wake: self.wake.clone(),
             controls: self.controls.clone(),
+            repairs: Repairs::default(),
         };
         let shutdown = CancellationToken::new();
         Worker {

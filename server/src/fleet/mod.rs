@@ -18,12 +18,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::{InvalidValue, Version};
 use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
-use crate::drivers::process::{ProcessConfig, ProcessRuntime};
+use crate::hosts::{Host, Hosts};
 
 use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
 use crate::rollout::engine::{self, Rollout, Target};
-use crate::rollout::executor::{Controls, ServiceRunner, recorded_targets};
-use crate::settings::{LoadBalancerSettings, RuntimeKind, ServiceSettings, Settings};
+use crate::rollout::executor::{Controls, Repairs, ServiceRunner, recorded_targets};
+use crate::settings::{LoadBalancerSettings, ServiceSettings, Settings};
+
+mod hosts;
+mod runtimes;
 use crate::store::{DeploymentQuery, DeploymentRow, NewDeployment, Store, StoreError};
 
 /// One service and the drivers that act on it.
@@ -34,6 +37,8 @@ pub struct ServiceHandle {
     wake: Arc<Notify>,
     /// Pause, resume and abort requests for the service's worker, taken at the next step.
     controls: Controls,
+    /// Backends whose host came back, for the service's worker to repair between rollouts.
+    repairs: Repairs,
 }
 
 /// A service's settings with the load balancer and runtime that act on it.
@@ -65,6 +70,7 @@ pub struct Fleet {
     http: reqwest::Client,
     /// The fleet's state as last seen, for the live streams.
     snapshots: watch::Sender<Arc<Snapshot>>,
+    hosts: Hosts,
 }
 
 /// How often the fleet's state is refreshed for live streams when nothing else happens.
@@ -127,38 +133,30 @@ impl Fleet {
                 (lb.name.clone(), driver)
             })
             .collect();
+        let hosts = Hosts::new(&settings.hosts, &settings.server.state_dir);
         let services = settings
             .services
             .iter()
             .map(|service| {
-                let runtime: Arc<dyn Runtime> = match &service.runtime.kind {
-                    RuntimeKind::Process {
-                        command,
-                        stop_signal,
-                        working_dir,
-                    } => Arc::new(ProcessRuntime::new(ProcessConfig {
-                        command: command.clone(),
-                        env: service.runtime.env.clone(),
-                        working_dir: working_dir.clone(),
-                        stop_signal: *stop_signal,
-                        stop_timeout: service.runtime.stop_timeout.get(),
-                        state_dir: settings.server.state_dir.join(service.name.as_str()),
-                    })),
-                    RuntimeKind::Command { .. } => {
-                        Arc::new(crate::drivers::command::CommandRuntime::new(
-                            service,
-                            settings.server.state_dir.join(service.name.as_str()),
-                        ))
-                    }
-                };
                 (
                     Arc::new(service.clone()),
                     lbs[&service.load_balancer].clone(),
-                    runtime,
+                    runtimes::runtime_for(service, settings, &hosts),
                 )
             })
             .collect();
-        Self::with_drivers(services, store)
+        Self::with_drivers(services, store).with_hosts(hosts)
+    }
+
+    /// The `[[host]]`s the services' backends run on: their state shows in the fleet view, and
+    /// one that comes back after being unreachable has its backends reconciled.
+    pub fn with_hosts(mut self, hosts: Hosts) -> Self {
+        self.hosts = hosts;
+        self
+    }
+
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
     }
 
     /// A fleet over the given drivers (tests pass fakes here).
@@ -171,6 +169,7 @@ impl Fleet {
                 runtime,
                 wake: Arc::new(Notify::new()),
                 controls: Controls::default(),
+                repairs: Repairs::default(),
             })
             .collect();
         Self {
@@ -178,6 +177,7 @@ impl Fleet {
             store,
             http: reqwest::Client::new(),
             snapshots: watch::Sender::new(Arc::new(Snapshot::new(Vec::new()))),
+            hosts: Hosts::default(),
         }
     }
 
@@ -196,6 +196,9 @@ impl Fleet {
     /// running), tracked by `tasks` and stopped by `shutdown`.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker, shutdown: &CancellationToken) {
         tasks.spawn(self.clone().watch(shutdown.clone()));
+        for host in self.hosts.iter() {
+            tasks.spawn(hosts::watch(self.clone(), host.clone(), shutdown.clone()));
+        }
         for handle in &self.services {
             let runner = ServiceRunner {
                 service: handle.settings.clone(),
@@ -205,6 +208,7 @@ impl Fleet {
                 probe: Arc::new(self.http.clone()),
                 wake: handle.wake.clone(),
                 controls: handle.controls.clone(),
+                repairs: handle.repairs.clone(),
             };
             let shutdown = shutdown.clone();
             let store = self.store.clone();
@@ -235,6 +239,24 @@ impl Fleet {
             })
         });
         futures::future::join_all(stops).await;
+    }
+
+    /// Asks every service with backends on `host` to repair them (their host came back).
+    fn repair_host(&self, host: &Host) {
+        for handle in &self.services {
+            let there: Vec<_> = handle
+                .settings
+                .backends
+                .iter()
+                .filter(|backend| backend.host.as_ref() == Some(host.host_name()))
+                .map(|backend| backend.name.clone())
+                .collect();
+            if !there.is_empty() {
+                tracing::info!(host = %host.host_name(), service = %handle.settings.name, backends = there.len(), "host is back; repairing its backends");
+                handle.repairs.request(there);
+                handle.wake.notify_one();
+            }
+        }
     }
 
     /// The fleet's state, refreshed every [`SNAPSHOT_INTERVAL`] and after rollout events (at most
@@ -425,6 +447,11 @@ impl Fleet {
                     address: backend.address.to_string(),
                     version: target.previous.to_string(),
                     load_balancer: by_server.remove(backend.name.as_str()).unwrap_or_default(),
+                    host: backend
+                        .host
+                        .as_ref()
+                        .and_then(|name| self.hosts.get(name))
+                        .map(|host| host.view()),
                 })
                 .collect();
             let active = self.store.next_deployment(service).await?;

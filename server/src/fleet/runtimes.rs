@@ -1,0 +1,149 @@
+//! Each service's runtime, built from the settings: one per place its backends run in (this
+//! machine, or a `[[host]]` over its OpenSSH connection).
+
+use std::sync::Arc;
+
+use crate::drivers::Runtime;
+use crate::drivers::command::CommandRuntime;
+use crate::drivers::placed::{Place, PlacedRuntime, WithPrepare};
+use crate::drivers::process::{ProcessConfig, ProcessRuntime};
+use crate::drivers::remote::{
+    RemoteCommandConfig, RemoteCommandRuntime, RemoteProcessConfig, RemoteProcessRuntime,
+};
+use crate::hosts::{Host, Hosts};
+use crate::settings::{RuntimeKind, ServiceSettings, Settings};
+
+/// Shorter values are not masked in a failed command's stderr (as in the local command runtime).
+const MASK_MIN_LEN: usize = 3;
+
+/// The runtime of `service`: its kind's runtime on this machine when every backend runs here,
+/// else a [`PlacedRuntime`] with one runtime per place.
+pub fn runtime_for(
+    service: &ServiceSettings,
+    settings: &Settings,
+    hosts: &Hosts,
+) -> Arc<dyn Runtime> {
+    let place_of = |host: &Option<crate::domain::HostName>| match host {
+        None => Place::Local,
+        Some(name) => Place::Host(name.clone()),
+    };
+    let mut places: Vec<Place> = Vec::new();
+    for backend in &service.backends {
+        let place = place_of(&backend.host);
+        if !places.contains(&place) {
+            places.push(place);
+        }
+    }
+    if places == [Place::Local] {
+        return local(service, settings);
+    }
+    let runtimes = places
+        .into_iter()
+        .map(|place| {
+            let runtime = match &place {
+                Place::Local => local(service, settings),
+                Place::Host(name) => {
+                    let host = hosts
+                        .get(name)
+                        .expect("settings check that every backend's host exists");
+                    remote(service, host)
+                }
+            };
+            (place, runtime)
+        })
+        .collect();
+    Arc::new(PlacedRuntime::new(
+        runtimes,
+        service
+            .backends
+            .iter()
+            .map(|backend| (backend.name.clone(), place_of(&backend.host))),
+    ))
+}
+
+/// The runtime for the service's backends on this machine.
+fn local(service: &ServiceSettings, settings: &Settings) -> Arc<dyn Runtime> {
+    let state_dir = settings.server.state_dir.join(service.name.as_str());
+    match &service.runtime.kind {
+        RuntimeKind::Process {
+            command,
+            stop_signal,
+            working_dir,
+            prepare,
+        } => {
+            let runtime = Arc::new(ProcessRuntime::new(ProcessConfig {
+                command: command.clone(),
+                env: service.runtime.env.clone(),
+                working_dir: working_dir.clone(),
+                stop_signal: *stop_signal,
+                stop_timeout: service.runtime.stop_timeout.get(),
+                state_dir: state_dir.clone(),
+            }));
+            match prepare {
+                None => runtime,
+                Some(prepare) => Arc::new(WithPrepare {
+                    prepare: Arc::new(CommandRuntime::for_prepare(
+                        service,
+                        state_dir,
+                        prepare.clone(),
+                    )),
+                    runtime,
+                }),
+            }
+        }
+        RuntimeKind::Command { .. } => Arc::new(CommandRuntime::new(service, state_dir)),
+    }
+}
+
+/// The runtime for the service's backends on `host`: its records and logs under the host's
+/// state directory, one folder per service.
+fn remote(service: &ServiceSettings, host: &Arc<Host>) -> Arc<dyn Runtime> {
+    let state_dir = host.settings().state_dir.join(service.name.as_str());
+    let runtime = &service.runtime;
+    match &runtime.kind {
+        RuntimeKind::Process {
+            command,
+            stop_signal,
+            working_dir,
+            prepare,
+        } => Arc::new(RemoteProcessRuntime::new(
+            host.clone(),
+            RemoteProcessConfig {
+                command: command.clone(),
+                env: runtime.explicit_env.clone(),
+                working_dir: working_dir.clone(),
+                stop_signal: *stop_signal,
+                stop_timeout: runtime.stop_timeout.get(),
+                state_dir,
+                prepare: prepare.clone(),
+            },
+        )),
+        RuntimeKind::Command {
+            prepare,
+            start,
+            stop,
+        } => {
+            let mut secrets: Vec<String> = runtime
+                .explicit_env
+                .values()
+                .filter(|value| value.len() >= MASK_MIN_LEN)
+                .cloned()
+                .collect();
+            secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+            secrets.dedup();
+            Arc::new(RemoteCommandRuntime::new(
+                host.clone(),
+                RemoteCommandConfig {
+                    prepare: prepare.clone(),
+                    start: start.clone(),
+                    stop: stop.clone(),
+                    env: runtime.explicit_env.clone(),
+                    secrets,
+                    service: service.name.clone(),
+                    timeout: runtime.stop_timeout.get(),
+                    state_dir,
+                },
+            ))
+        }
+    }
+}
