@@ -1,6 +1,7 @@
 //! `baton-demo-app`: the small HTTP backend that Baton's demo fleet runs.
 //!
-//! It listens on `127.0.0.1:$BATON_PORT` (required) and serves:
+//! It listens on `127.0.0.1:$BATON_PORT` (`BATON_PORT` required; `DEMO_BIND` sets another
+//! address, such as `0.0.0.0` on a host HAProxy reaches over the network) and serves:
 //! - `GET /alive`: 200 `ok` (the health check);
 //! - `GET /`: 200 `"{version} {backend}\n"`, from `BATON_VERSION` and `BATON_BACKEND`;
 //! - `GET /slow?ms=N`: the same answer after N milliseconds (a request in flight to drain).
@@ -21,7 +22,7 @@
 //! exits 0. It logs one line to stderr when it starts and when it stops.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +112,14 @@ async fn run() -> Result<(), String> {
         }
     }
 
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let ip: IpAddr = match std::env::var("DEMO_BIND") {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map_err(|_| format!("DEMO_BIND={value:?} is not an IP address"))?,
+        Err(_) => Ipv4Addr::LOCALHOST.into(),
+    };
+    let address = SocketAddr::new(ip, port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;

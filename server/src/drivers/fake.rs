@@ -209,6 +209,18 @@ struct Processes {
     backends: HashMap<String, Backend>,
     versions: HashMap<String, Behaviour>,
     next_pid: u32,
+    /// Backends whose host Baton cannot reach over ssh (their processes run on, and still
+    /// answer HTTP), and when the cut begins.
+    cut: HashMap<String, Cut>,
+}
+
+/// When a backend's host stops answering Baton's runtime calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// From now on.
+    Now,
+    /// Once its next stop has been carried out (the start after it fails).
+    AfterStop,
 }
 
 struct Backend {
@@ -307,6 +319,26 @@ impl FakeRuntime {
             });
     }
 
+    /// Cuts `backend`'s host off (`Some`) or brings it back (`None`): while cut, every runtime
+    /// call on the backend fails as an unreachable host's would.
+    pub fn cut(&self, backend: &str, cut: Option<Cut>) {
+        let mut state = lock(&self.state);
+        match cut {
+            Some(cut) => state.cut.insert(backend.to_owned(), cut),
+            None => state.cut.remove(backend),
+        };
+    }
+
+    /// The error of a call on a backend whose host is cut off, if it is.
+    fn unreachable(&self, backend: &BackendSpec) -> Option<String> {
+        (lock(&self.state).cut.get(backend.name.as_str()) == Some(&Cut::Now)).then(|| {
+            format!(
+                "host of {} is unreachable: Connection timed out",
+                backend.name
+            )
+        })
+    }
+
     /// How `version` behaves when it is next prepared or started.
     pub fn script(&self, version: &str, behaviour: Behaviour) {
         lock(&self.state)
@@ -372,6 +404,12 @@ impl Runtime for FakeRuntime {
             backend: backend.name.to_string(),
             version: version.to_string(),
         });
+        if let Some(reason) = self.unreachable(backend) {
+            return Err(RuntimeError::Start {
+                backend: backend.name.to_string(),
+                reason,
+            });
+        }
         let now = Instant::now();
         {
             let mut state = lock(&self.state);
@@ -422,14 +460,24 @@ impl Runtime for FakeRuntime {
         self.log.record(What::Stop {
             backend: backend.name.to_string(),
         });
+        if let Some(reason) = self.unreachable(backend) {
+            return Err(RuntimeError::Stop {
+                backend: backend.name.to_string(),
+                reason,
+            });
+        }
         let now = Instant::now();
-        if let Some(run) = lock(&self.state)
+        let mut state = lock(&self.state);
+        if let Some(run) = state
             .backends
             .get_mut(backend.name.as_str())
             .and_then(|backend| backend.runs.last_mut())
             && run.stopped.is_none()
         {
             run.stopped = Some(now);
+        }
+        if let Some(cut) = state.cut.get_mut(backend.name.as_str()) {
+            *cut = Cut::Now;
         }
         Ok(())
     }
@@ -438,6 +486,9 @@ impl Runtime for FakeRuntime {
         self.log.record(What::Status {
             backend: backend.name.to_string(),
         });
+        if let Some(reason) = self.unreachable(backend) {
+            return Err(RuntimeError::Other(reason));
+        }
         let now = Instant::now();
         let state = lock(&self.state);
         let Some(run) = state

@@ -24,6 +24,8 @@ use serde::Serialize;
 pub struct Config {
     #[serde(rename = "load_balancer", skip_serializing_if = "Vec::is_empty")]
     load_balancers: Vec<LoadBalancer>,
+    #[serde(rename = "host", skip_serializing_if = "Vec::is_empty")]
+    hosts: Vec<Host>,
     #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
     services: Vec<Service>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,6 +51,11 @@ impl Config {
 
     pub fn service(mut self, service: Service) -> Self {
         self.services.push(service);
+        self
+    }
+
+    pub fn host(mut self, host: Host) -> Self {
+        self.hosts.push(host);
         self
     }
 
@@ -219,6 +226,7 @@ impl Service {
         self.backends.push(Backend {
             name: name.to_owned(),
             address: format!("127.0.0.1:{port}"),
+            host: None,
         });
         self
     }
@@ -227,6 +235,27 @@ impl Service {
         self.webhook = Some(webhook);
         self
     }
+
+    /// A backend at `address` on the `[[host]]` named `host`.
+    pub fn backend_on(mut self, name: &str, address: std::net::SocketAddr, host: &str) -> Self {
+        self.backends.push(Backend {
+            name: name.to_owned(),
+            address: address.to_string(),
+            host: Some(host.to_owned()),
+        });
+        self
+    }
+}
+
+/// `[[host]]`: a machine Baton reaches over OpenSSH.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+    /// `user@address:port`.
+    pub ssh: String,
+    pub identity_file: PathBuf,
+    pub known_hosts: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 /// `[service.health]`; what is not set keeps Baton's default.
@@ -379,6 +408,8 @@ impl Runtime {
 struct Backend {
     name: String,
     address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
 }
 
 /// `[service.webhook]`: the variable holding the secret, and which pushes deploy.

@@ -5,6 +5,7 @@
 //! subprocess that a test can SIGKILL and start again on the same configuration and database.
 //! With `socket_proxy` Baton reaches HAProxy's runtime API through a proxy the test can silence.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +19,9 @@ use serde_json::Value;
 use super::baton::{
     BatonProcess, InProcess, ProcessOptions, authorized_client, create_token, settings,
 };
-use super::config::{Auth, Config, Health, LoadBalancer, Runtime, Service};
+use super::config::{Auth, Config, Health, Host as ConfigHost, LoadBalancer, Runtime, Service};
 use super::haproxy::{self, Checks, Haproxy};
+use super::hosts::TestHosts;
 use super::process::{RecordedBackends, free_port, free_ports, recorded_process};
 use super::socket_proxy::SocketProxy;
 
@@ -51,6 +53,11 @@ pub struct FleetOptions {
     pub haproxy: Option<HaproxyOptions>,
     /// `[auth]`; `None` keeps Baton's defaults.
     pub auth: Option<Auth>,
+    /// Run the backends on these test hosts (`backends` of them on each, over OpenSSH) instead
+    /// of on this machine.
+    pub hosts: Option<Arc<TestHosts>>,
+    /// What runs each backend instead of the demo app itself (which it may start).
+    pub backend_command: Option<&'static [&'static str]>,
 }
 
 impl Default for FleetOptions {
@@ -70,6 +77,8 @@ impl Default for FleetOptions {
             log_filter: None,
             haproxy: None,
             auth: None,
+            hosts: None,
+            backend_command: None,
         }
     }
 }
@@ -97,18 +106,70 @@ pub struct Fleet {
     baton_run: BatonRun,
     haproxy: Haproxy,
     backends: RecordedBackends,
+    /// The backends Baton started on the test hosts (their records are under each host's state
+    /// folder); ended before the hosts are taken down.
+    hosted: Vec<RecordedBackends>,
+    pub hosts: Option<Arc<TestHosts>>,
     pub dir: tempfile::TempDir,
 }
 
-/// The service `web` (HAProxy backend `web`) with backends web1…webN on `ports`, run by the
+/// Where each backend of the fleet runs: its name, address, and test host (`None`: here).
+fn placement(options: &FleetOptions) -> Vec<(String, SocketAddr, Option<String>)> {
+    match &options.hosts {
+        None => free_ports(options.backends)
+            .into_iter()
+            .enumerate()
+            .map(|(i, port)| {
+                (
+                    format!("web{}", i + 1),
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    None,
+                )
+            })
+            .collect(),
+        Some(hosts) => {
+            let ports = free_ports(options.backends * hosts.hosts().len());
+            hosts
+                .hosts()
+                .iter()
+                .flat_map(|host| std::iter::repeat_n(host, options.backends))
+                .zip(ports)
+                .enumerate()
+                .map(|(i, (host, port))| {
+                    (
+                        format!("web{}", i + 1),
+                        SocketAddr::new(host.address, port),
+                        Some(host.name.clone()),
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+/// The service `web` (HAProxy backend `web`) with backends web1…webN at `placement`, run by the
 /// demo app, on HAProxy's runtime API at `runtime_api`.
-fn config(options: &FleetOptions, runtime_api: &str, ports: &[u16]) -> Config {
+fn config(
+    options: &FleetOptions,
+    runtime_api: &str,
+    placement: &[(String, SocketAddr, Option<String>)],
+) -> Config {
     let mut load_balancer = LoadBalancer::haproxy("edge", runtime_api);
     if let Some(haproxy) = options.haproxy {
         load_balancer = load_balancer.options(haproxy);
     }
-    let mut runtime = Runtime::process([env!("CARGO_BIN_EXE_baton-demo-app")])
-        .stop_timeout(Duration::from_secs(5));
+    let mut runtime = Runtime::process(
+        options
+            .backend_command
+            .unwrap_or(&[env!("CARGO_BIN_EXE_baton-demo-app")])
+            .iter()
+            .copied(),
+    )
+    .stop_timeout(Duration::from_secs(5));
+    if options.hosts.is_some() {
+        // On a host the backends listen where HAProxy reaches them, not on its loopback.
+        runtime = runtime.env("DEMO_BIND", "0.0.0.0");
+    }
     for (name, value) in options.backend_env {
         runtime = runtime.env(name, value);
     }
@@ -126,10 +187,23 @@ fn config(options: &FleetOptions, runtime_api: &str, ports: &[u16]) -> Config {
     if let Some(size) = options.batch_size {
         web = web.batch_size(size);
     }
-    for (i, port) in ports.iter().enumerate() {
-        web = web.backend(&format!("web{}", i + 1), *port);
+    for (name, address, host) in placement {
+        web = match host {
+            None => web.backend(name, address.port()),
+            Some(host) => web.backend_on(name, *address, host),
+        };
     }
-    let config = Config::new().load_balancer(load_balancer).service(web);
+    let mut config = Config::new().load_balancer(load_balancer).service(web);
+    for host in options.hosts.iter().flat_map(|hosts| hosts.hosts()) {
+        let hosts = options.hosts.as_ref().expect("iterating them");
+        config = config.host(ConfigHost {
+            name: host.name.clone(),
+            ssh: format!("{}@{}:{}", host.ssh_user, host.address, host.ssh_port),
+            identity_file: hosts.identity_file().to_owned(),
+            known_hosts: hosts.known_hosts().to_owned(),
+            state_dir: host.state_dir.clone(),
+        });
+    }
     match options.auth.clone() {
         Some(auth) => config.auth(auth),
         None => config,
@@ -138,15 +212,14 @@ fn config(options: &FleetOptions, runtime_api: &str, ports: &[u16]) -> Config {
 
 pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(options.backends);
+    let placement = placement(&options);
     let haproxy = Haproxy::start(
         dir.path(),
         &haproxy::Backend {
             name: "web".into(),
-            servers: ports
+            servers: placement
                 .iter()
-                .enumerate()
-                .map(|(i, port)| (format!("web{}", i + 1), *port))
+                .map(|(name, address, _)| (name.clone(), *address))
                 .collect(),
             checks: options.checks,
         },
@@ -159,7 +232,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     } else {
         "unix:haproxy.sock"
     };
-    let config = config(&options, runtime_api, &ports);
+    let config = config(&options, runtime_api, &placement);
     let config_path = config.write(dir.path());
     let settings = settings(&config.toml(), dir.path(), &[]);
     let database_url = settings.server.database_url.clone();
@@ -192,10 +265,17 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         baton_run,
         haproxy,
         backends: RecordedBackends(dir.path().join("state")),
+        hosted: options
+            .hosts
+            .iter()
+            .flat_map(|hosts| hosts.hosts())
+            .map(|host| RecordedBackends(host.state_dir.clone()))
+            .collect(),
+        hosts: options.hosts.clone(),
         dir,
     };
     fleet.wait_baton_alive().await;
-    fleet.wait_all_up(options.backends).await;
+    fleet.wait_all_up(placement.len()).await;
     fleet
 }
 
@@ -399,6 +479,15 @@ impl Fleet {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The PID and version Baton recorded for a backend's process on whichever test host it
+    /// runs (`<host state>/web/<backend>.json`).
+    pub fn hosted_process(&self, backend: &str) -> Option<(i32, String)> {
+        self.hosts
+            .iter()
+            .flat_map(|hosts| hosts.hosts())
+            .find_map(|host| recorded_process(&host.state_dir, "web", backend))
     }
 
     /// The PID and version Baton recorded for a backend's process (`state/web/<backend>.json`).

@@ -58,11 +58,12 @@ impl fmt::Display for Checks {
     }
 }
 
-/// The backend HAProxy balances: its name and its servers' `(name, port)` on 127.0.0.1.
+/// The backend HAProxy balances: its name and its servers' `(name, address)` (on 127.0.0.1, or
+/// on test hosts' addresses in 198.18.0.0/15).
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: String,
-    pub servers: Vec<(String, u16)>,
+    pub servers: Vec<(String, std::net::SocketAddr)>,
     pub checks: Checks,
 }
 
@@ -135,8 +136,8 @@ fn render(socket: &Path, frontend_port: u16, backend: &Backend) -> String {
         cfg += &format!("    http-check expect status {status}\n");
     }
     cfg += &format!("    default-server {}\n", backend.checks);
-    for (server, port) in &backend.servers {
-        cfg += &format!("    server {server} 127.0.0.1:{port} check\n");
+    for (server, address) in &backend.servers {
+        cfg += &format!("    server {server} {address} check\n");
     }
     cfg
 }

@@ -11,8 +11,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::drivers::RuntimeError;
-
 use super::*;
 
 /// Backends waiting for a repair by the service's worker.
@@ -104,23 +102,29 @@ impl ServiceRunner {
         left_out: bool,
     ) -> Result<String, String> {
         let spec = self.spec(name);
-        let unreachable = |error: RuntimeError| error.to_string();
-        let mut did = match self.runtime.status(&spec).await.map_err(unreachable)? {
-            BackendRun::Running {
+        let mut did = match self.runtime.status(&spec).await {
+            Ok(BackendRun::Running {
                 version: running, ..
-            } if running == *version => {
-                format!("adopted version {version}, which still runs")
-            }
-            BackendRun::Running {
+            }) if running == *version => format!("adopted version {version}, which still runs"),
+            Ok(BackendRun::Running {
                 version: running, ..
-            } => {
-                self.runtime.stop(&spec).await.map_err(unreachable)?;
+            }) => {
+                self.runtime
+                    .stop(&spec)
+                    .await
+                    .map_err(|error| error.to_string())?;
                 self.start_recorded(&spec, version).await?;
                 format!("stopped version {running} and started the recorded version {version}")
             }
-            BackendRun::Stopped { .. } => {
+            Ok(BackendRun::Stopped { .. }) => {
                 self.start_recorded(&spec, version).await?;
                 format!("started the recorded version {version}")
+            }
+            // A runtime that cannot see its processes (the command runtime after a restart of
+            // Baton): starting the recorded version is what it would do at Baton's start.
+            Err(error) => {
+                self.start_recorded(&spec, version).await?;
+                format!("started the recorded version {version} ({error})")
             }
         };
         self.wait_one_healthy(name)

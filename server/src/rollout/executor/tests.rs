@@ -16,7 +16,7 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::drivers::fake::{Behaviour, CallLog, Checks, FakeLb, FakeRuntime, Fault};
+use crate::drivers::fake::{Behaviour, CallLog, Checks, Cut, FakeLb, FakeRuntime, Fault};
 use crate::settings::{EnvOverrides, Settings};
 use crate::store::{NewDeployment, Store};
 use app::model::{StepKind, Trigger};
@@ -215,6 +215,7 @@ struct Rig {
     lb: Arc<FakeLb>,
     wake: Arc<Notify>,
     controls: Controls,
+    repairs: Repairs,
     _dir: tempfile::TempDir,
 }
 
@@ -285,6 +286,7 @@ initial_version = "v1"
             lb,
             wake: Arc::new(Notify::new()),
             controls: Controls::default(),
+            repairs: Repairs::default(),
             _dir: dir,
         };
         for backend in &service.backends {
@@ -317,7 +319,7 @@ initial_version = "v1"
             probe: self.runtime.clone(),
             wake: self.wake.clone(),
             controls: self.controls.clone(),
-            repairs: Repairs::default(),
+            repairs: self.repairs.clone(),
         };
         let shutdown = CancellationToken::new();
         Worker {
@@ -1009,4 +1011,106 @@ fn only_a_fresh_passing_check_of_a_drained_server_passes_the_lb_check() {
     ] {
         assert!(!lb_check_passed(&server(status.clone())), "{status}");
     }
+}
+
+/// Waits until `done` holds for the fleet, as the runtime and HAProxy's node show it.
+async fn fleet_becomes(rig: &Rig, what: &str, done: impl Fn(&[(String, String)]) -> bool) {
+    let waited = timeout(STUCK, async {
+        while !done(&rig.fleet()) {
+            sleep(ms(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "never {what}: {:?}", rig.fleet());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_whose_host_is_cut_while_it_stops_is_left_out_then_adopted_when_it_returns() {
+    let rig = Rig::new(Setup::default()).await;
+    rig.runtime.cut("web2", Some(Cut::Now));
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+
+    // web1 went back to v1, web3 was never touched, web2 waits out of rotation.
+    assert_eq!(
+        done.status,
+        RolloutStatus::Failed,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    let reason = done.reason.unwrap();
+    assert!(
+        reason.contains("stop failed on web2") && reason.contains("unreachable"),
+        "{reason}"
+    );
+    assert_eq!(
+        rig.fleet(),
+        [
+            ("v1".to_owned(), "UP".to_owned()),
+            ("v1".to_owned(), "MAINT".to_owned()),
+            ("v1".to_owned(), "UP".to_owned()),
+        ]
+    );
+
+    // Back: its process never stopped, so it is adopted, checked and put back in rotation.
+    let back = rig.log.actions().len();
+    rig.runtime.cut("web2", None);
+    rig.repairs.request([BackendName::parse("web2").unwrap()]);
+    rig.wake.notify_one();
+    fleet_becomes(&rig, "all v1 and UP", |fleet| fleet == serving("v1", 3)).await;
+    worker.stop().await;
+    let acted = rig.log.actions().split_off(back);
+    assert_eq!(
+        acted,
+        ["web2 drain", "web2 ready"],
+        "adopted, not restarted"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_whose_host_is_cut_after_its_stop_gets_its_recorded_version_started_when_it_returns()
+ {
+    let rig = Rig::new(Setup::default()).await;
+    rig.runtime.cut("web2", Some(Cut::AfterStop));
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    assert_eq!(
+        done.status,
+        RolloutStatus::Failed,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    assert!(done.reason.unwrap().contains("start failed on web2"));
+    assert_eq!(
+        rig.runtime.version_of("web2"),
+        None,
+        "stopped, and nothing started"
+    );
+
+    let back = rig.log.actions().len();
+    rig.runtime.cut("web2", None);
+    rig.repairs.request([BackendName::parse("web2").unwrap()]);
+    rig.wake.notify_one();
+    fleet_becomes(&rig, "all v1 and UP", |fleet| fleet == serving("v1", 3)).await;
+    worker.stop().await;
+    let acted = rig.log.actions().split_off(back);
+    assert_eq!(acted, ["start web2 v1", "web2 drain", "web2 ready"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repair_of_a_backend_baton_did_not_leave_out_keeps_an_operators_maint() {
+    let rig = Rig::new(Setup::default()).await;
+    rig.lb
+        .set_state("web", "web3", AdminState::Maint)
+        .await
+        .unwrap();
+    let worker = rig.start_worker();
+    rig.repairs.request([BackendName::parse("web3").unwrap()]);
+    rig.wake.notify_one();
+    rig.call("status web3", 1).await;
+    sleep(Duration::from_secs(5)).await;
+    worker.stop().await;
+    assert_eq!(rig.fleet()[2], ("v1".to_owned(), "MAINT".to_owned()));
 }
