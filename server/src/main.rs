@@ -9,6 +9,7 @@ use app::model::RolloutStatus;
 use baton_server::auth::accounts::{self, TokenRef};
 use baton_server::auth::{Actor, Password, Role};
 use baton_server::client::{self, Client};
+use baton_server::hosts::check::check_hosts;
 use baton_server::settings::{EnvOverrides, Settings};
 use baton_server::startup::Application;
 use baton_server::store::Store;
@@ -219,6 +220,23 @@ fn check_config(config: PathBuf) -> anyhow::Result<()> {
             service.backends.len(),
             service.load_balancer,
             service.haproxy_backend
+        );
+    }
+    if settings.hosts.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let reports = runtime.block_on(check_hosts(&settings));
+    for report in &reports {
+        say!("{report}");
+    }
+    let failed = reports.iter().filter(|report| !report.passed()).count();
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} host(s) cannot run their backends (see above)",
+            reports.len()
         );
     }
     Ok(())

@@ -133,7 +133,7 @@ impl Fleet {
                 (lb.name.clone(), driver)
             })
             .collect();
-        let hosts = Hosts::new(&settings.hosts, &settings.server.state_dir);
+        let hosts = Hosts::new(&settings.hosts, &settings.server.state_dir.join("ssh"));
         let services = settings
             .services
             .iter()

@@ -29,6 +29,8 @@ use crate::domain::HostName;
 use crate::drivers::shell::{Shell, ShellError};
 use crate::settings::HostSettings;
 
+pub mod check;
+
 /// How long OpenSSH may take to set up a connection (TCP, key exchange, login).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the master asks a silent server whether it is still there. OpenSSH gives up after
@@ -79,8 +81,9 @@ impl fmt::Debug for Host {
 
 impl Host {
     /// A host reached with `settings`; connects on first use. `control_dir` holds the
-    /// connection's control socket: it must be private to Baton's user and short (a Unix socket
-    /// path has at most 107 bytes).
+    /// connection's control socket: it must be private to Baton's user, this host's alone (a
+    /// new connection removes what earlier ones left there), and short (a Unix socket path has
+    /// at most 107 bytes).
     pub fn new(settings: HostSettings, control_dir: PathBuf) -> Self {
         Self {
             settings,
@@ -391,13 +394,18 @@ fn unix_millis(time: SystemTime) -> i64 {
 pub struct Hosts(Vec<Arc<Host>>);
 
 impl Hosts {
-    /// The hosts of `settings`, their control sockets under `<state_dir>/ssh`.
-    pub fn new(settings: &[HostSettings], state_dir: &Path) -> Self {
-        let control_dir = state_dir.join("ssh");
+    /// The hosts of `settings`, each with its control sockets in `<control_root>/<host>`
+    /// (`serve` uses `<state_dir>/ssh`).
+    pub fn new(settings: &[HostSettings], control_root: &Path) -> Self {
         Self(
             settings
                 .iter()
-                .map(|host| Arc::new(Host::new(host.clone(), control_dir.clone())))
+                .map(|host| {
+                    Arc::new(Host::new(
+                        host.clone(),
+                        control_root.join(host.name.as_str()),
+                    ))
+                })
                 .collect(),
         )
     }
