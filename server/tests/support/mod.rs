@@ -16,6 +16,7 @@ pub mod bench;
 pub mod config;
 pub mod fleet;
 pub mod haproxy;
+pub mod hosts;
 pub mod process;
 pub mod socket_proxy;
 pub mod webhooks;
