@@ -2,8 +2,9 @@
 //! implementations, and in-memory fakes of all three (`fake.rs`) for tests on a paused clock.
 //!
 //! Invariant: only `haproxy.rs` knows the HAProxy runtime-API syntax; only `process.rs` and
-//! `command.rs` start or signal processes; only `health.rs` sends a backend HTTP requests. The
-//! rollout engine sees these traits, never the IO.
+//! `command.rs` start or signal processes on this machine, and only `agent.sh` (run by
+//! `remote.rs` through a `shell::Shell`) on other hosts; only `health.rs` sends a backend HTTP
+//! requests. The rollout engine sees these traits, never the IO.
 
 pub mod command;
 pub mod fake;

@@ -353,7 +353,16 @@ impl Shell for Host {
         assert!(!argv.is_empty(), "a program to run");
         let _slot = self.slots.acquire().await.expect("never closed");
         self.commands.fetch_add(1, Ordering::Relaxed);
+        let began = std::time::Instant::now();
         let result = self.run_once(argv, limit).await;
+        // One line per command, which the hosts benchmark counts.
+        tracing::debug!(
+            host = %self.settings.name,
+            program = %argv[0],
+            took = ?began.elapsed(),
+            ok = result.is_ok(),
+            "ssh command"
+        );
         match &result {
             Ok(_) | Err(ShellError::TimedOut { .. } | ShellError::Spawn { .. }) => self.saw(Ok(())),
             Err(error) => self.saw(Err(error)),

@@ -567,16 +567,6 @@ impl ServiceRunner {
         let mut passes = 0;
         let mut last = String::from("no answer yet");
         loop {
-            if let Ok(BackendRun::Stopped { exit }) = self.runtime.status(&spec).await {
-                let how = exit.map_or_else(
-                    || "it is not running".to_owned(),
-                    |exit| format!("it exited ({exit})"),
-                );
-                return Err((
-                    Some(name.clone()),
-                    format!("the new process stopped before it became healthy: {how}"),
-                ));
-            }
             match self
                 .probe
                 .probe(spec.address, &health.path, health.timeout.get())
@@ -584,6 +574,18 @@ impl ServiceRunner {
             {
                 Ok(()) => passes += 1,
                 Err(failure) => {
+                    // Only a backend that does not answer may have exited; asking the runtime
+                    // costs an ssh round trip on another host, so a healthy one is not asked.
+                    if let Ok(BackendRun::Stopped { exit }) = self.runtime.status(&spec).await {
+                        let how = exit.map_or_else(
+                            || "it is not running".to_owned(),
+                            |exit| format!("it exited ({exit})"),
+                        );
+                        return Err((
+                            Some(name.clone()),
+                            format!("the new process stopped before it became healthy: {how}"),
+                        ));
+                    }
                     passes = 0;
                     last = match failure {
                         ProbeFailure::Status(status) => format!("{url} answered {status}"),
