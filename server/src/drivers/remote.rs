@@ -31,8 +31,24 @@ use super::{BackendRun, BackendSpec, Runtime, RuntimeError};
 use crate::domain::{BackendName, ServiceName, Version};
 use crate::settings::StopSignal;
 
-/// The agent, run by the host's `sh`.
+/// The agent, as written.
 const AGENT: &str = include_str!("agent.sh");
+
+/// The agent as it is sent with every call: without its comment lines and blank lines, which
+/// are most of its bytes. (No string in the script spans a line that begins with `#`.)
+fn agent_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        AGENT
+            .lines()
+            .filter(|line| {
+                let line = line.trim_start();
+                !line.is_empty() && !line.starts_with('#')
+            })
+            .flat_map(|line| [line, "\n"])
+            .collect()
+    })
+}
 /// The agent's first line; protocol version 1.
 const GREETING: &[u8] = b"@baton-agent 1\n";
 /// How long `status`, `check` and `tail` may take on the host (reading a few files in /proc).
@@ -114,7 +130,7 @@ async fn call(
     args: Vec<String>,
     limit: Duration,
 ) -> Result<Answer, AgentError> {
-    let mut argv: Vec<String> = ["sh", "-c", AGENT, "baton-agent", op.word()]
+    let mut argv: Vec<String> = ["sh", "-c", agent_text(), "baton-agent", op.word()]
         .into_iter()
         .map(String::from)
         .collect();
@@ -1954,5 +1970,11 @@ mod tests {
         assert_eq!(names, INHERITED_ENV);
         assert!(AGENT.contains(&format!("\nROTATE_AT={ROTATE_LOG_AT}\n")));
         assert!(AGENT.contains(&format!("\nTAIL_WINDOW={STDERR_WINDOW}\n")));
+        // What goes over the wire with every call is the code alone.
+        assert!(
+            agent_text().len() < AGENT.len() * 3 / 4,
+            "{} bytes",
+            agent_text().len()
+        );
     }
 }
