@@ -37,14 +37,14 @@ use crate::domain::Version;
 use crate::settings::{INHERITED_ENV, RuntimeKind, ServiceSettings};
 
 /// How much of the end of a failed command's stderr Baton reads back from its log.
-const STDERR_WINDOW: u64 = 64 * 1024;
+pub(super) const STDERR_WINDOW: u64 = 64 * 1024;
 /// How many of the last lines of stderr a failure reports…
 const STDERR_LINES: usize = 10;
 /// …and at most how many bytes of them.
 const STDERR_BYTES: usize = 2000;
 /// Shorter values are not masked: masking every "1" or "on" would garble the message and
 /// hide nothing worth hiding.
-const MASK_MIN_LEN: usize = 3;
+pub(super) const MASK_MIN_LEN: usize = 3;
 /// What a masked value is replaced with.
 const MASK: &str = "***";
 
@@ -291,7 +291,7 @@ fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-fn with_tail(head: String, tail: Option<String>) -> String {
+pub(super) fn with_tail(head: String, tail: Option<String>) -> String {
     match tail {
         Some(tail) => format!("{head}: {tail}"),
         None => format!("{head}, with nothing on stderr"),
@@ -301,7 +301,7 @@ fn with_tail(head: String, tail: Option<String>) -> String {
 /// The last [`STDERR_LINES`] lines (at most [`STDERR_BYTES`]) of `bytes`, with every secret
 /// replaced by [`MASK`]; `None` if there is nothing but blanks. `cut` says `bytes` begins in
 /// the middle of the output, perhaps inside a secret: that partial start is dropped first.
-fn tail(bytes: &[u8], cut: bool, secrets: &[String]) -> Option<String> {
+pub(super) fn tail(bytes: &[u8], cut: bool, secrets: &[String]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes);
     let mut text: &str = &text;
     if cut {
