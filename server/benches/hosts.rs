@@ -175,9 +175,16 @@ fn report(local: &[PerBackend], hosted: &[PerBackend], commands: f64, namespaced
             "on loopback addresses"
         }
     );
-    let _ = writeln!(out, "{:<28}{:>12}{:>12}{:>12}", "", "this machine", "on hosts", "difference");
+    let _ = writeln!(
+        out,
+        "{:<28}{:>12}{:>12}{:>12}",
+        "", "this machine", "on hosts", "difference"
+    );
     for (name, pick) in [
-        ("rollout, per backend", (|r: &PerBackend| r.wall) as fn(&PerBackend) -> f64),
+        (
+            "rollout, per backend",
+            (|r: &PerBackend| r.wall) as fn(&PerBackend) -> f64,
+        ),
         ("  stop step", |r| r.stop),
         ("  start step", |r| r.start),
         ("  wait_healthy step", |r| r.wait_healthy),

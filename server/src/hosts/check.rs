@@ -42,7 +42,12 @@ impl fmt::Display for HostReport {
             Ok(services) => {
                 f.write_str("reachable, host key ok")?;
                 for service in services {
-                    write!(f, "\n  service {}: {}", service.service, service.facts.join(", "))?;
+                    write!(
+                        f,
+                        "\n  service {}: {}",
+                        service.service,
+                        service.facts.join(", ")
+                    )?;
                     for problem in &service.problems {
                         write!(f, "\n  service {}: PROBLEM: {problem}", service.service)?;
                     }
@@ -57,7 +62,10 @@ impl fmt::Display for HostReport {
 /// there; disconnects after. Its connections' control sockets are its own (`<state_dir>/ssh-check`),
 /// so a check never disturbs a Baton serving from the same state directory.
 pub async fn check_hosts(settings: &Settings) -> Vec<HostReport> {
-    let hosts = Hosts::new(&settings.hosts, &settings.server.state_dir.join("ssh-check"));
+    let hosts = Hosts::new(
+        &settings.hosts,
+        &settings.server.state_dir.join("ssh-check"),
+    );
     let reports =
         futures::future::join_all(hosts.iter().map(|host| check_host(settings, host))).await;
     hosts.disconnect_all().await;

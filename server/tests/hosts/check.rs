@@ -65,8 +65,14 @@ fn check_config_reports_each_host_and_fails_on_one_out_of_reach() {
             port = host.ssh_port,
             state = state.display(),
         );
-        assert!(output.contains(&expected), "expected {expected:?} in:\n{output}");
-        assert!(state.is_dir(), "the state directory was created on the host");
+        assert!(
+            output.contains(&expected),
+            "expected {expected:?} in:\n{output}"
+        );
+        assert!(
+            state.is_dir(),
+            "the state directory was created on the host"
+        );
     }
 
     // A command the hosts do not have, and a host out of reach.
@@ -84,7 +90,10 @@ fn check_config_reports_each_host_and_fails_on_one_out_of_reach() {
         output.contains("host app2 (") && output.contains("not usable: host app2 is unreachable"),
         "{output}"
     );
-    assert!(output.contains("2 of 2 host(s) cannot run their backends"), "{output}");
+    assert!(
+        output.contains("2 of 2 host(s) cannot run their backends"),
+        "{output}"
+    );
     hosts.restore(1);
 }
 

@@ -100,9 +100,21 @@ async fn three_hosts_with_two_backends_each_roll_out_under_load_without_a_failed
     let done = fleet.finished(queued["id"].as_i64().unwrap()).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    assert_eq!(done["status"], "succeeded", "{done:#}\n{}", fleet.baton_log());
-    assert!(failures.is_empty(), "{} of {sent} failed: {failures:?}", failures.len());
-    assert!(sent >= 50, "only {sent} requests went through during the rollout");
+    assert_eq!(
+        done["status"],
+        "succeeded",
+        "{done:#}\n{}",
+        fleet.baton_log()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        sent >= 50,
+        "only {sent} requests went through during the rollout"
+    );
 
     // Every backend runs v2 as a new process on its own host.
     for (i, old_pid) in before.into_iter().enumerate() {
@@ -124,7 +136,10 @@ async fn three_hosts_with_two_backends_each_roll_out_under_load_without_a_failed
     }
     // Nothing was left out of rotation.
     for (server, state) in haproxy_states(&fleet).await {
-        assert!(matches!(state, ServerState::Up { changing: None }), "{server}: {state}");
+        assert!(
+            matches!(state, ServerState::Up { changing: None }),
+            "{server}: {state}"
+        );
     }
 }
 
@@ -168,9 +183,12 @@ async fn a_host_out_of_reach_when_a_rollout_starts_is_refused_before_anything_is
     );
     assert_eq!(shown[0]["host"]["reachable"], "reachable");
     hosts.restore(1);
-    wait_backends(&fleet, Duration::from_secs(20), "app2 reachable again", |b| {
-        b[1]["host"]["reachable"] == "reachable"
-    })
+    wait_backends(
+        &fleet,
+        Duration::from_secs(20),
+        "app2 reachable again",
+        |b| b[1]["host"]["reachable"] == "reachable",
+    )
     .await;
 }
 
@@ -206,7 +224,11 @@ async fn a_host_cut_while_its_backend_stops_is_rolled_back_around_and_repaired_w
     let done = fleet.finished(id).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    assert!(failures.is_empty(), "{} of {sent} failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
 
     // The step failed with the host and ssh's words; web1 (done before) went back to v1, web3
     // was never touched, and web2 waits for its host.
@@ -230,7 +252,10 @@ async fn a_host_cut_while_its_backend_stops_is_rolled_back_around_and_repaired_w
     for (server, state) in &states {
         match server.as_str() {
             "web2" => assert!(matches!(state, ServerState::Maint { .. }), "{state}"),
-            _ => assert!(matches!(state, ServerState::Up { changing: None }), "{server}: {state}"),
+            _ => assert!(
+                matches!(state, ServerState::Up { changing: None }),
+                "{server}: {state}"
+            ),
         }
     }
     let shown = wait_backends(&fleet, Duration::from_secs(10), "app2 unreachable", |b| {
@@ -294,8 +319,17 @@ async fn baton_killed_mid_rollout_adopts_the_remote_backends_instead_of_restarti
     let done = fleet.finished(id).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    assert_eq!(done["status"], "succeeded", "{done:#}\n{}", fleet.baton_log());
-    assert!(failures.is_empty(), "{} of {sent} failed: {failures:?}", failures.len());
+    assert_eq!(
+        done["status"],
+        "succeeded",
+        "{done:#}\n{}",
+        fleet.baton_log()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
 
     // web1 and web2 (done) and web3 (started, being checked) kept the processes they had.
     for (i, (pid, version)) in at_kill.iter().enumerate().take(3) {
