@@ -147,8 +147,9 @@ fn a_cut_host_stops_answering_until_restored(start: Start) {
     hosts.cut(0);
     let cut_at = Instant::now();
     assert!(!answers(app1, port), "app1 answers HTTP while cut");
+    // Bounded, not timed: the request gives up after its own timeout, later on a loaded machine.
     assert!(
-        cut_at.elapsed() < Duration::from_secs(3),
+        cut_at.elapsed() < Duration::from_secs(10),
         "a request to the cut app1 took {:?} to fail",
         cut_at.elapsed()
     );
