@@ -79,6 +79,7 @@ async fn run() -> Result<String, String> {
     };
     let hosts = Arc::new(TestHosts::start(HOSTS));
     let namespaced = hosts.namespaced();
+    let round_trip = mux_round_trip(&hosts)?;
     let (hosted, commands) = {
         let fleet = spawn_fleet(options(Some(hosts.clone()))).await;
         let before = ssh_commands(&fleet);
@@ -87,7 +88,68 @@ async fn run() -> Result<String, String> {
         (runs, commands)
     };
     drop(hosts);
-    Ok(report(&local, &hosted, commands, namespaced))
+    Ok(report(&local, &hosted, commands, namespaced, round_trip))
+}
+
+/// The median time of `true` over a multiplexed OpenSSH connection to the first host, with
+/// `ssh` itself: what one command costs on this machine before Baton does anything. It is
+/// mostly the login user's shell starting (sshd runs every command through it, and bash reads
+/// `~/.bashrc` for commands sshd starts).
+fn mux_round_trip(hosts: &TestHosts) -> Result<(Duration, Duration), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let control = dir.path().join("control");
+    let host = &hosts.hosts()[0];
+    let ssh = |extra: &[&str]| {
+        let mut command = std::process::Command::new("ssh");
+        command
+            .args(["-F", "/dev/null", "-i"])
+            .arg(hosts.identity_file())
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o"])
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                hosts.known_hosts().display()
+            ))
+            .args(["-p", &host.ssh_port.to_string(), "-S"])
+            .arg(&control)
+            .args(extra)
+            .arg(format!("{}@{}", host.ssh_user, host.address));
+        command
+    };
+    let started = ssh(&["-M", "-f", "-N"])
+        .status()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if !started.success() {
+        return Err(format!("ssh could not open a master connection: {started}"));
+    }
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let began = Instant::now();
+        let ran = ssh(&[]).arg("true").status().map_err(|e| e.to_string())?;
+        samples.push(began.elapsed());
+        if !ran.success() {
+            return Err(format!("`true` over the master failed: {ran}"));
+        }
+    }
+    let _ = ssh(&["-O", "exit"]).output();
+    samples.sort();
+    let muxed = samples[samples.len() / 2];
+    // The same without a master: a new connection (TCP, key exchange, login) each time.
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        let began = Instant::now();
+        let ran = hosts
+            .ssh(0)
+            .arg("true")
+            .status()
+            .map_err(|e| e.to_string())?;
+        samples.push(began.elapsed());
+        if !ran.success() {
+            return Err(format!("`true` over a new connection failed: {ran}"));
+        }
+    }
+    samples.sort();
+    Ok((muxed, samples[samples.len() / 2]))
 }
 
 /// Lines Baton logged for an ssh command so far.
@@ -162,7 +224,13 @@ fn per_backend(deployment: &Value) -> Result<PerBackend, String> {
     })
 }
 
-fn report(local: &[PerBackend], hosted: &[PerBackend], commands: f64, namespaced: bool) -> String {
+fn report(
+    local: &[PerBackend],
+    hosted: &[PerBackend],
+    commands: f64,
+    namespaced: bool,
+    (round_trip, handshake): (Duration, Duration),
+) -> String {
     let (l, h) = (medians(local), medians(hosted));
     let mut out = String::new();
     let _ = writeln!(
@@ -201,6 +269,14 @@ fn report(local: &[PerBackend], hosted: &[PerBackend], commands: f64, namespaced
         out,
         "\nssh commands per backend and rollout: {commands:.2} (prepare's check per host, stop, \
          start, and a status only when a health probe fails)"
+    );
+    let _ = writeln!(
+        out,
+        "one `true` over a multiplexed ssh connection here, with ssh itself (median of 20): \
+         {:.1} ms; most of it is the login user's shell starting (over a new connection each \
+         time: {:.1} ms)",
+        round_trip.as_secs_f64() * 1000.0,
+        handshake.as_secs_f64() * 1000.0
     );
     out
 }
