@@ -478,8 +478,10 @@ pub struct RemoteProcessConfig {
     /// directory unless absolute. One per service.
     pub state_dir: PathBuf,
     /// A script `prepare` runs on the host (`sh -c`, in the state directory, with the same
-    /// environment and `BATON_VERSION`), fetching an artifact, say.
+    /// environment, `BATON_SERVICE` and `BATON_VERSION`), fetching an artifact, say.
     pub prepare: Option<String>,
+    /// The service, for `prepare`'s `BATON_SERVICE` (backends learn it from their spec).
+    pub service: ServiceName,
 }
 
 /// A [`Runtime`] that starts each backend as a detached process on a host, through the agent,
@@ -532,6 +534,7 @@ impl Runtime for RemoteProcessRuntime {
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_str()))
                     .collect();
+                env.push(("BATON_SERVICE", self.config.service.as_str()));
                 env.push(("BATON_VERSION", version.as_str()));
                 let script = Script {
                     step: "prepare",
@@ -1050,6 +1053,7 @@ mod tests {
             stop_timeout: Duration::from_secs(5),
             state_dir: cleanup.state(),
             prepare: None,
+            service: ServiceName::parse("api").unwrap(),
         }
     }
 
@@ -1752,6 +1756,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_process_runtimes_prepare_runs_on_the_host_with_its_variables_and_fails_masked() {
+        let cleanup = Cleanup::new();
+        let mut config = config(&cleanup, &["/bin/sleep", "60"]);
+        config.env = BTreeMap::from([("TOKEN".to_owned(), "s3cret-token".to_owned())]);
+        config.prepare = Some(
+            r#"echo "$BATON_SERVICE $BATON_VERSION $TOKEN" > staged; [ "$BATON_VERSION" != v3 ] || { echo "no artifact for v3 ($TOKEN)" >&2; exit 4; }"#.into(),
+        );
+        let runtime = local(config);
+        runtime.prepare(&version("v2")).await.unwrap();
+        assert_eq!(
+            fs::read_to_string(cleanup.state().join("staged")).unwrap(),
+            "api v2 s3cret-token\n",
+            "run in the service's state directory, with its variables"
+        );
+        let error = runtime
+            .prepare(&version("v3"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "prepare for version v3 failed: prepare exited with status 4: no artifact for v3 (***)"
+        );
+    }
+
+    #[tokio::test]
     async fn each_operation_is_one_run_of_the_agent() {
         let cleanup = Cleanup::new();
         let shell = Arc::new(Counting::default());
@@ -1803,6 +1833,7 @@ mod tests {
                 stop_timeout: Duration::from_secs(5),
                 state_dir: dir.clone(),
                 prepare: None,
+                service: ServiceName::parse("api").unwrap(),
             },
         );
         let (b1, v2) = (backend("b1"), version("v2"));

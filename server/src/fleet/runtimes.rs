@@ -116,6 +116,7 @@ fn remote(service: &ServiceSettings, host: &Arc<Host>) -> Arc<dyn Runtime> {
                 stop_timeout: runtime.stop_timeout.get(),
                 state_dir,
                 prepare: prepare.clone(),
+                service: service.name.clone(),
             },
         )),
         RuntimeKind::Command {
@@ -145,5 +146,62 @@ fn remote(service: &ServiceSettings, host: &Arc<Host>) -> Arc<dyn Runtime> {
                 },
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::domain::Version;
+    use crate::settings::EnvOverrides;
+
+    #[tokio::test]
+    async fn a_process_runtime_on_this_machine_runs_its_prepare_before_a_rollout() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = r#"
+[[load_balancer]]
+name = "edge"
+kind = "haproxy"
+runtime_api = ["unix:haproxy.sock"]
+
+[[service]]
+name = "web"
+load_balancer = "edge"
+[service.runtime]
+kind = "process"
+command = ["true"]
+prepare = 'echo "$BATON_SERVICE $BATON_VERSION" > staged; [ "$BATON_VERSION" != v3 ] || exit 5'
+initial_version = "v1"
+[[service.backend]]
+name = "web1"
+address = "127.0.0.1:18001"
+"#;
+        let settings = Settings::parse(
+            config,
+            &dir.path().join("baton.toml"),
+            &EnvOverrides::default(),
+        )
+        .unwrap();
+        let runtime = runtime_for(
+            &settings.services[0],
+            &settings,
+            &Hosts::new(&[], Path::new("/nonexistent")),
+        );
+        runtime
+            .prepare(&Version::parse("v2").unwrap())
+            .await
+            .unwrap();
+        let staged = dir.path().join("state/web/staged");
+        assert_eq!(std::fs::read_to_string(staged).unwrap(), "web v2\n");
+        let error = runtime
+            .prepare(&Version::parse("v3").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "prepare for version v3 failed: prepare exited with status 5, with nothing on stderr"
+        );
     }
 }

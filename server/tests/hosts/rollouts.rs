@@ -192,6 +192,45 @@ async fn a_host_out_of_reach_when_a_rollout_starts_is_refused_before_anything_is
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_stages_the_version_on_every_host_and_one_failing_host_stops_the_rollout() {
+    let hosts = Arc::new(TestHosts::start(2));
+    let fleet = spawn_fleet(FleetOptions {
+        // Run in the service's folder on the host; `refuse` beside it makes this host fail.
+        prepare: Some(
+            r#"echo "$BATON_SERVICE" > "staged-$BATON_VERSION"; [ ! -e ../refuse ] || { echo "no space left for $BATON_VERSION" >&2; exit 3; }"#,
+        ),
+        ..on_hosts(&hosts, 1)
+    })
+    .await;
+    let (_, queued) = fleet.deploy("v2").await;
+    let done = fleet.finished(queued["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    for host in hosts.hosts() {
+        let staged = host.state_dir.join("web/staged-v2");
+        assert_eq!(
+            std::fs::read_to_string(&staged).unwrap(),
+            "web\n",
+            "{}",
+            host.name
+        );
+    }
+
+    std::fs::write(hosts.hosts()[1].state_dir.join("refuse"), "").unwrap();
+    let (_, queued) = fleet.deploy("v3").await;
+    let done = fleet.finished(queued["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    let reason = done["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("on host app2: prepare exited with status 3: no space left for v3"),
+        "{reason}"
+    );
+    assert!(!reason.contains("app1"), "app1 prepared fine: {reason}");
+    assert_eq!(steps_of(&done, false), ["- prepare failed"]);
+    assert_eq!(fleet.hosted_process("web1").unwrap().1, "v2");
+    assert_eq!(fleet.hosted_process("web2").unwrap().1, "v2");
+}
+
 /// The backends run under a shell that takes 3 s to end after SIGTERM (the demo app itself ends
 /// at once): long enough to cut the host while its backend is being stopped.
 const SLOW_TO_STOP: &[&str] = &[

@@ -387,7 +387,7 @@ impl Runtime {
         self
     }
 
-    /// The shell command a `command` runtime runs before a version starts.
+    /// The shell command run once per machine before a rollout drains anything.
     pub fn prepare(mut self, script: &str) -> Self {
         self.prepare = Some(script.to_owned());
         self

@@ -58,6 +58,8 @@ pub struct FleetOptions {
     pub hosts: Option<Arc<TestHosts>>,
     /// What runs each backend instead of the demo app itself (which it may start).
     pub backend_command: Option<&'static [&'static str]>,
+    /// `[service.runtime] prepare`: run once per machine before a rollout drains anything.
+    pub prepare: Option<&'static str>,
 }
 
 impl Default for FleetOptions {
@@ -79,6 +81,7 @@ impl Default for FleetOptions {
             auth: None,
             hosts: None,
             backend_command: None,
+            prepare: None,
         }
     }
 }
@@ -166,6 +169,9 @@ fn config(
             .copied(),
     )
     .stop_timeout(Duration::from_secs(5));
+    if let Some(script) = options.prepare {
+        runtime = runtime.prepare(script);
+    }
     if options.hosts.is_some() {
         // On a host the backends listen where HAProxy reaches them, not on its loopback.
         runtime = runtime.env("DEMO_BIND", "0.0.0.0");
