@@ -199,7 +199,9 @@ fn ServiceCard(
                                     backend_row(backend, here.then_some(step).flatten())
                                 })
                                 .collect_view();
-                            view! { {head} {rows} }
+                            // Erased: the card's view type is otherwise too deep for the
+                            // wasm compiler's query depth limit.
+                            view! { {head} {rows} }.into_any()
                         })
                         .collect_view()
                 })
