@@ -61,7 +61,7 @@ function tomlKeys(keys) {
  * beside the file) and `services`, each `{ name, settings, health, drain, runtime, backends }`:
  * `settings` holds more keys of `[[service]]` itself, `health`, `drain` and `runtime` the keys
  * of those tables (`initial_version` is "v1" unless given), and `backends` maps each backend's
- * name to its port on 127.0.0.1.
+ * name to its port on 127.0.0.1, or to `{ port, host }` for a backend on a `[[host]]`.
  */
 export function batonConfig(services) {
   const service = ({ name, settings = {}, health, drain, runtime, backends }) => [
@@ -71,9 +71,11 @@ export function batonConfig(services) {
     ...(drain ? ['[service.drain]', tomlKeys(drain)] : []),
     '[service.runtime]',
     tomlKeys({ initial_version: 'v1', ...runtime }),
-    ...Object.entries(backends).flatMap(([backend, port]) => [
+    ...Object.entries(backends).flatMap(([backend, where]) => [
       '[[service.backend]]',
-      tomlKeys({ name: backend, address: `127.0.0.1:${port}` }),
+      typeof where === 'number'
+        ? tomlKeys({ name: backend, address: `127.0.0.1:${where}` })
+        : tomlKeys({ name: backend, address: `127.0.0.1:${where.port}`, host: where.host }),
     ]),
   ].join('\n');
   const edge = ['[[load_balancer]]', tomlKeys({ name: 'edge', kind: 'haproxy', runtime_api: ['unix:haproxy.sock'] })].join('\n');
