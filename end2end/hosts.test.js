@@ -66,6 +66,11 @@ test('backends are grouped by host, and a host out of reach says so live', async
     );
   }
   assert.equal(await page.locator('[data-backend="web1"] [data-testid="backend-version"]').textContent(), 'v1');
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="version-summary"]')?.textContent === 'v1 on 1 of 3; 2 unknown: host out of reach',
+    null,
+    { timeout: 5_000 },
+  );
   await page.screenshot({ path: screenshotPath('hosts.png'), fullPage: true });
   assert.deepEqual(errors, []);
 });

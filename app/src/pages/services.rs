@@ -248,22 +248,41 @@ fn ServiceCard(
     .into_any()
 }
 
-/// "v2 on all 3 backends", or the mix.
+/// "v2 on all 3 backends", or the mix; backends on a host out of reach are counted apart, since
+/// what they run is not known.
 fn version_summary(status: &ServiceStatus) -> String {
-    let mut versions: Vec<&str> = status.backends.iter().map(|b| b.version.as_str()).collect();
+    let out_of_reach = |b: &&BackendStatus| {
+        b.host
+            .as_ref()
+            .is_some_and(|host| host.reachable == Reachability::Unreachable)
+    };
+    let known: Vec<&BackendStatus> = status
+        .backends
+        .iter()
+        .filter(|b| !out_of_reach(b))
+        .collect();
+    let unknown = status.backends.len() - known.len();
+    let mut versions: Vec<&str> = known.iter().map(|b| b.version.as_str()).collect();
     versions.sort_unstable();
     versions.dedup();
-    match versions.as_slice() {
-        [] => "No backends".into(),
+    let summary = match versions.as_slice() {
+        [] if unknown == 0 => "No backends".into(),
+        [] => String::new(),
+        [one] if unknown > 0 => format!("{one} on {} of {}", known.len(), status.backends.len()),
         [one] => format!(
             "{one} on {}",
-            match status.backends.len() {
+            match known.len() {
                 1 => "its backend".to_owned(),
                 2 => "both backends".to_owned(),
                 n => format!("all {n} backends"),
             }
         ),
         many => format!("Mixed versions: {}", many.join(", ")),
+    };
+    match unknown {
+        0 => summary,
+        n if summary.is_empty() => format!("{n} unknown: host out of reach"),
+        n => format!("{summary}; {n} unknown: host out of reach"),
     }
 }
 
@@ -489,6 +508,38 @@ mod tests {
                 last_seen: None,
             }),
         }
+    }
+
+    #[test]
+    fn backends_on_a_host_out_of_reach_are_not_counted_as_running_a_version() {
+        let mut backends = vec![
+            backend("web1", None),
+            backend("web2", Some("app1")),
+            backend("web3", Some("app1")),
+        ];
+        let status = |backends: &[BackendStatus]| ServiceStatus {
+            name: "web".into(),
+            load_balancer: "edge".into(),
+            haproxy_backend: "web".into(),
+            backends: backends.to_vec(),
+            load_balancer_error: None,
+            active: None,
+            queued: 0,
+            suggested_version: None,
+            rollback_version: None,
+        };
+        assert_eq!(version_summary(&status(&backends)), "v1 on all 3 backends");
+        for b in &mut backends[1..] {
+            b.host.as_mut().unwrap().reachable = Reachability::Unreachable;
+        }
+        assert_eq!(
+            version_summary(&status(&backends)),
+            "v1 on 1 of 3; 2 unknown: host out of reach"
+        );
+        assert_eq!(
+            version_summary(&status(&backends[1..])),
+            "2 unknown: host out of reach"
+        );
     }
 
     #[test]
