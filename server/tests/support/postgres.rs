@@ -87,6 +87,15 @@ pub fn server() -> &'static TestPostgres {
     }
 }
 
+/// Everything the database at `url` (one of [`fresh_database`]'s) holds, as `pg_dump` writes
+/// it. Panics, saying why, when it cannot.
+pub fn dump(url: &str) -> Vec<u8> {
+    let database = url.rsplit('/').next().unwrap_or_default();
+    server()
+        .dump(database)
+        .unwrap_or_else(|why| panic!("the tests' PostgreSQL cannot dump {database}: {why}"))
+}
+
 impl TestPostgres {
     /// `postgres://baton@127.0.0.1:<port>/<database>`: over TCP, as Baton is configured.
     pub fn url(&self, database: &str) -> String {
@@ -111,6 +120,26 @@ impl TestPostgres {
         } else {
             Err(format!(
                 "createdb {name} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    /// `pg_dump` of one database: its schema and every row.
+    pub fn dump(&self, database: &str) -> Result<Vec<u8>, String> {
+        let output = Command::new(self.bin.join("pg_dump"))
+            .args(["--host=127.0.0.1", &format!("--port={}", self.port)])
+            .args([&format!("--username={SUPERUSER}"), database])
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| format!("cannot run pg_dump: {error}"))?;
+        if output.status.success() {
+            Ok(output.stdout)
+        } else {
+            Err(format!(
+                "pg_dump {database} failed ({}): {}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
             ))
