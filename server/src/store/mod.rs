@@ -656,13 +656,22 @@ fn sqlite_options(url: &str) -> Result<AnyConnectOptions, sqlx::Error> {
     let mode = form_urlencoded::parse(query.as_bytes())
         .find(|(key, _)| key == "mode")
         .map(|(_, mode)| mode.into_owned());
-    let in_memory = location.ends_with(":memory:");
-    let url = match (&mode, in_memory) {
-        (None, false) if query.is_empty() => format!("{url}?mode=rwc"),
-        (None, false) => format!("{url}&mode=rwc"),
-        _ => url.to_owned(),
+    if location.ends_with(":memory:") || mode.as_deref() == Some("memory") {
+        // The `Any` driver reads the URL again for each connection, and each reading of
+        // `:memory:` is a new database: name this one, so that every connection shares it.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let process = std::process::id();
+        return AnyConnectOptions::from_str(&format!(
+            "sqlite:file:baton-memory-{process}-{number}?mode=memory&cache=shared"
+        ));
+    }
+    let url = match &mode {
+        None if query.is_empty() => format!("{url}?mode=rwc"),
+        None => format!("{url}&mode=rwc"),
+        Some(_) => url.to_owned(),
     };
-    if !in_memory && mode.as_deref().is_none_or(|mode| mode == "rwc") {
+    if mode.as_deref().is_none_or(|mode| mode == "rwc") {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .write(true)
@@ -1235,6 +1244,27 @@ mod tests {
             .skip(1)
             .collect();
         assert_eq!(stored, sent);
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_sqlite_database_is_one_database_for_every_connection() {
+        for url in ["sqlite::memory:", "sqlite://:memory:"] {
+            let store = Store::connect(url)
+                .await
+                .unwrap_or_else(|error| panic!("{url}: {error}"));
+            // Every connection of the pool sees the schema the first one migrated.
+            let mut connections = Vec::new();
+            for _ in 0..3 {
+                connections.push(store.pool.acquire().await.unwrap());
+            }
+            for conn in &mut connections {
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deployments")
+                    .fetch_one(&mut **conn)
+                    .await
+                    .unwrap_or_else(|error| panic!("{url}: {error}"));
+                assert_eq!(count, 0);
+            }
+        }
     }
 
     #[tokio::test]
