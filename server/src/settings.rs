@@ -573,11 +573,18 @@ impl RawServer {
             .clone()
             .or(self.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", config_dir.join("baton.db").display()));
-        if !database_url.starts_with("sqlite:") {
+        let postgres =
+            database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
+        if !database_url.starts_with("sqlite:") && !postgres {
+            // Only the scheme: the rest may hold a password.
+            let scheme = database_url
+                .split_once(':')
+                .map_or(String::new(), |(scheme, _)| format!(" {scheme:?}"));
             return Err((
                 "database_url".to_owned(),
                 format!(
-                    "unsupported database URL {database_url:?}: expected \"sqlite://path/to/baton.db\""
+                    "unsupported database URL scheme{scheme}: expected \"sqlite://path/to/baton.db\", \
+                     \"postgres://user:password@host:port/database\" or \"postgresql://…\""
                 ),
             ));
         }
@@ -1453,6 +1460,31 @@ streams_per_caller = 4
     }
 
     #[test]
+    fn a_postgres_database_url_is_taken_in_either_form_and_never_shown_with_its_password() {
+        for url in [
+            "postgres://baton:s3cret@db.internal:5432/baton",
+            "postgresql://baton@db.internal/baton?sslmode=require",
+        ] {
+            let text = format!("[server]\ndatabase_url = \"{url}\"\n");
+            assert_eq!(parse(&text).unwrap().server.database_url, url);
+        }
+        for url in [
+            "mysql://baton:s3cret@db/baton",
+            "baton:s3cret@db/baton",
+            "s3cret",
+        ] {
+            let message = error(&format!("[server]\ndatabase_url = \"{url}\"\n"));
+            assert!(
+                message.contains("unsupported database URL scheme")
+                    && message.contains("\"postgres://")
+                    && message.contains("\"postgresql://"),
+                "{message}"
+            );
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let env = EnvOverrides {
             listen: Some("127.0.0.1:0".into()),
@@ -1599,9 +1631,9 @@ streams_per_caller = 4
             (
                 FULL.replace(
                     "listen = \"127.0.0.1:9090\"",
-                    "database_url = \"postgres://db\"",
+                    "database_url = \"mysql://baton:s3cret@db/baton\"",
                 ),
-                "key `server.database_url`: unsupported database URL \"postgres://db\": expected \"sqlite://path/to/baton.db\"",
+                "key `server.database_url`: unsupported database URL scheme \"mysql\": expected \"sqlite://path/to/baton.db\", \"postgres://user:password@host:port/database\" or \"postgresql://…\"",
             ),
             (
                 FULL.replace("listen = \"127.0.0.1:9090\"", "max_connections = 0"),

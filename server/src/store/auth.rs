@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Store, StoreError, now_millis};
+use super::{Flag, Store, StoreError, Turn, now_millis};
 
 /// Announces that access was taken away somewhere (the value only counts changes). Only this
 /// process's changes: the `baton` command changes the database from another process, and
@@ -149,7 +149,7 @@ impl Store {
         created_by: &str,
     ) -> Result<Option<UserRow>, StoreError> {
         Ok(sqlx::query_as::<_, UserRow>(
-            "INSERT INTO users (name, role, password_hash, created_by, created_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO users (name, role, password_hash, created_by, created_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO NOTHING
              RETURNING id, name, role, created_by, created_at",
         )
@@ -166,17 +166,19 @@ impl Store {
     pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let id: Option<i64> =
-            sqlx::query_scalar("UPDATE users SET password_hash = ? WHERE name = ? RETURNING id")
+            sqlx::query_scalar("UPDATE users SET password_hash = $1 WHERE name = $2 RETURNING id")
                 .bind(password_hash)
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(id) = id else { return Ok(false) };
-        sqlx::query("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
-            .bind(now_millis())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_millis())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.access_taken_away();
         Ok(true)
@@ -192,7 +194,7 @@ impl Store {
 
     pub async fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
         Ok(sqlx::query_as::<_, UserRow>(
-            "SELECT id, name, role, created_by, created_at FROM users WHERE name = ?",
+            "SELECT id, name, role, created_by, created_at FROM users WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -201,7 +203,7 @@ impl Store {
 
     pub async fn credentials(&self, name: &str) -> Result<Option<Credentials>, StoreError> {
         Ok(sqlx::query_as::<_, Credentials>(
-            "SELECT id, name, role, password_hash FROM users WHERE name = ?",
+            "SELECT id, name, role, password_hash FROM users WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -211,7 +213,7 @@ impl Store {
     /// How many users have the role.
     pub async fn count_users_with_role(&self, role: &str) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = $1")
                 .bind(role)
                 .fetch_one(&self.pool)
                 .await?,
@@ -221,12 +223,14 @@ impl Store {
     /// Deletes a user, (by cascade) its sessions, and revokes the API tokens that belong to it.
     /// Refuses, in the same statement as the delete, to delete the last admin.
     pub async fn delete_user(&self, name: &str) -> Result<DeleteUser, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Users).await?;
         // The delete is one statement, so the last-admin check and the delete cannot be split by
-        // another writer; and it comes first, so this transaction takes the write lock at once
-        // (a read-then-write transaction could fail with SQLITE_BUSY on upgrading its lock).
+        // another writer on SQLite; and it comes first, so this transaction takes the write lock
+        // at once (a read-then-write transaction could fail with SQLITE_BUSY on upgrading its
+        // lock). On PostgreSQL, where each transaction counts the admins it sees, the turn does
+        // that.
         let deleted: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM users WHERE name = ?
+            "DELETE FROM users WHERE name = $1
                AND (role <> 'admin' OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)
              RETURNING id",
         )
@@ -241,7 +245,7 @@ impl Store {
             });
         };
         let mut revoked_tokens: Vec<String> = sqlx::query_scalar(
-            "UPDATE api_tokens SET revoked_at = ? WHERE created_by_user = ? AND revoked_at IS NULL
+            "UPDATE api_tokens SET revoked_at = $1 WHERE created_by_user = $2 AND revoked_at IS NULL
              RETURNING name",
         )
         .bind(now_millis())
@@ -264,13 +268,13 @@ impl Store {
         expires_at: i64,
     ) -> Result<i64, StoreError> {
         let day_ago = now_millis() - 24 * 60 * 60 * 1000;
-        sqlx::query("DELETE FROM sessions WHERE expires_at < ? OR revoked_at < ?")
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $2")
             .bind(day_ago)
             .bind(day_ago)
             .execute(&self.pool)
             .await?;
         Ok(sqlx::query_scalar(
-            "INSERT INTO sessions (id_hash, user_id, address, created_at, expires_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO sessions (id_hash, user_id, address, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)
              RETURNING id",
         )
         .bind(id_hash)
@@ -287,7 +291,7 @@ impl Store {
         Ok(sqlx::query_as::<_, SessionUser>(
             "SELECT s.id AS session_id, u.id AS user_id, u.name, u.role, s.expires_at
              FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.id_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?",
+             WHERE s.id_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2",
         )
         .bind(id_hash)
         .bind(now_millis())
@@ -299,7 +303,7 @@ impl Store {
     /// expired, its user not deleted).
     pub async fn live_session_expiry(&self, session_id: i64) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT expires_at FROM sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+            "SELECT expires_at FROM sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2",
         )
         .bind(session_id)
         .bind(now_millis())
@@ -310,7 +314,7 @@ impl Store {
     /// Revokes a session; `false` if it was unknown or already revoked.
     pub async fn revoke_session(&self, id_hash: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE sessions SET revoked_at = ? WHERE id_hash = ? AND revoked_at IS NULL",
+            "UPDATE sessions SET revoked_at = $1 WHERE id_hash = $2 AND revoked_at IS NULL",
         )
         .bind(now_millis())
         .bind(id_hash)
@@ -334,10 +338,11 @@ impl Store {
         created_by: &str,
         created_by_user: Option<i64>,
     ) -> Result<NewToken, StoreError> {
+        let mut tx = self.begin_turn(Turn::Users).await?;
         let inserted = sqlx::query_as::<_, TokenRow>(&format!(
             "INSERT INTO api_tokens (name, role, token_hash, created_by, created_by_user, created_at)
-             SELECT ?, ?, ?, ?, ?, ?
-             WHERE ? IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = ?)
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE $7 IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = $8)
              RETURNING {TOKEN_COLUMNS}"
         ))
         .bind(name)
@@ -348,10 +353,13 @@ impl Store {
         .bind(now_millis())
         .bind(created_by_user)
         .bind(created_by_user)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await;
         match inserted {
-            Ok(Some(row)) => Ok(NewToken::Created(row)),
+            Ok(Some(row)) => {
+                tx.commit().await?;
+                Ok(NewToken::Created(row))
+            }
             Ok(None) => Ok(NewToken::CreatorGone),
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
                 Ok(NewToken::NameTaken)
@@ -362,12 +370,13 @@ impl Store {
 
     /// Whether the token with this row id is live (not revoked).
     pub async fn token_is_live(&self, id: i64) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE id = ? AND revoked_at IS NULL)",
+        let live: Flag = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL)",
         )
         .bind(id)
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok(live.into())
     }
 
     /// Every token, live ones first, newest first.
@@ -383,7 +392,7 @@ impl Store {
     /// client polling the API does not write on every request).
     pub async fn use_token(&self, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
         let row = sqlx::query_as::<_, TokenRow>(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
         ))
         .bind(token_hash)
         .fetch_optional(&self.pool)
@@ -391,7 +400,7 @@ impl Store {
         let Some(mut row) = row else { return Ok(None) };
         let now = now_millis();
         if row.last_used_at.is_none_or(|used| now - used >= 60_000) {
-            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+            sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(row.id)
                 .execute(&self.pool)
@@ -404,7 +413,7 @@ impl Store {
     /// Revokes the live token with this id; returns it, or `None` if there is none.
     pub async fn revoke_token(&self, id: i64) -> Result<Option<TokenRow>, StoreError> {
         let row = sqlx::query_as::<_, TokenRow>(&format!(
-            "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
              RETURNING {TOKEN_COLUMNS}"
         ))
         .bind(now_millis())
@@ -420,7 +429,7 @@ impl Store {
     /// Revokes the live token with this name; returns it, or `None` if there is none.
     pub async fn revoke_token_named(&self, name: &str) -> Result<Option<TokenRow>, StoreError> {
         let row = sqlx::query_as::<_, TokenRow>(&format!(
-            "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL
+            "UPDATE api_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL
              RETURNING {TOKEN_COLUMNS}"
         ))
         .bind(now_millis())
@@ -448,13 +457,13 @@ impl Store {
     ) -> Result<LoginAttempt, StoreError> {
         let now = now_millis();
         let since = now - limits.window_ms;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM login_failures WHERE at <= ?")
+        let mut tx = self.begin_turn(Turn::Logins).await?;
+        sqlx::query("DELETE FROM login_failures WHERE at <= $1")
             .bind(since)
             .execute(&mut *tx)
             .await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO login_failures (name, address, at) VALUES (?, ?, ?) RETURNING id",
+            "INSERT INTO login_failures (name, address, at) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(name)
         .bind(address)
@@ -464,8 +473,8 @@ impl Store {
         tx.commit().await?;
         let (by_name, by_address): (i64, i64) = sqlx::query_as(
             "SELECT
-                (SELECT COUNT(*) FROM login_failures WHERE name = ? AND at > ? AND id <= ?),
-                (SELECT COUNT(*) FROM login_failures WHERE address = ? AND at > ? AND id <= ?)",
+                (SELECT COUNT(*) FROM login_failures WHERE name = $1 AND at > $2 AND id <= $3),
+                (SELECT COUNT(*) FROM login_failures WHERE address = $4 AND at > $5 AND id <= $6)",
         )
         .bind(name)
         .bind(since)
@@ -478,7 +487,7 @@ impl Store {
         if by_name <= limits.per_name && by_address <= limits.per_address {
             return Ok(LoginAttempt::Go { id });
         }
-        sqlx::query("DELETE FROM login_failures WHERE id = ?")
+        sqlx::query("DELETE FROM login_failures WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -491,7 +500,7 @@ impl Store {
     /// The attempt's password was never checked (Baton was too busy): forget it, so it does not
     /// count as a failure.
     pub async fn login_abandoned(&self, attempt: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_failures WHERE id = ?")
+        sqlx::query("DELETE FROM login_failures WHERE id = $1")
             .bind(attempt)
             .execute(&self.pool)
             .await?;
@@ -501,7 +510,7 @@ impl Store {
     /// The attempt proved the password: forget it and every failure of that user name (not of
     /// the address).
     pub async fn login_succeeded(&self, attempt: i64, name: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_failures WHERE id = ? OR name = ?")
+        sqlx::query("DELETE FROM login_failures WHERE id = $1 OR name = $2")
             .bind(attempt)
             .bind(name)
             .execute(&self.pool)
@@ -526,8 +535,8 @@ impl Store {
         ] {
             // The limit-th newest failure: while it is inside the window, so are `limit` failures.
             let at: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT at FROM login_failures WHERE {column} = ? AND at > ?
-                 ORDER BY at DESC, id DESC LIMIT 1 OFFSET ?"
+                "SELECT at FROM login_failures WHERE {column} = $1 AND at > $2
+                 ORDER BY at DESC, id DESC LIMIT 1 OFFSET $3"
             ))
             .bind(value)
             .bind(since)
@@ -546,7 +555,7 @@ impl Store {
     pub async fn record_audit(&self, entry: &NewAudit<'_>) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "INSERT INTO audit_log (at, actor, actor_kind, action, target, address, detail)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(now_millis())
         .bind(entry.actor)
@@ -562,9 +571,9 @@ impl Store {
     /// Audit lines, newest first.
     pub async fn audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditRow>, StoreError> {
         Ok(sqlx::query_as::<_, AuditRow>(
-            "SELECT * FROM audit_log WHERE (? IS NULL OR actor = ?) AND (? IS NULL OR action = ?)
-                AND (? IS NULL OR id < ?)
-             ORDER BY id DESC LIMIT ?",
+            "SELECT * FROM audit_log WHERE ($1 IS NULL OR actor = $2) AND ($3 IS NULL OR action = $4)
+                AND ($5 IS NULL OR id < $6)
+             ORDER BY id DESC LIMIT $7",
         )
         .bind(query.actor)
         .bind(query.actor)
@@ -612,12 +621,16 @@ pub enum DeleteUser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::{TestDatabase, on_both_databases};
 
-    async fn store(dir: &tempfile::TempDir) -> Store {
-        Store::connect(&format!("sqlite://{}", dir.path().join("a.db").display()))
-            .await
-            .unwrap()
-    }
+    on_both_databases!(
+        throttle_counts_failures_per_name_and_per_address_inside_the_window,
+        parallel_attempts_get_no_more_password_checks_than_the_limit,
+        the_last_admin_cannot_be_deleted,
+        two_admins_deleting_each_other_at_once_leave_one_admin,
+        a_token_name_is_free_again_once_revoked,
+        deleting_a_user_revokes_the_tokens_that_belong_to_it_and_only_those,
+    );
 
     const LIMITS: ThrottleLimits = ThrottleLimits {
         per_name: 3,
@@ -632,10 +645,8 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn throttle_counts_failures_per_name_and_per_address_inside_the_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
+    async fn throttle_counts_failures_per_name_and_per_address_inside_the_window(db: TestDatabase) {
+        let store = db.connect().await;
         fail(&store, "alice", "10.0.0.1").await;
         fail(&store, "alice", "10.0.0.1").await;
         fail(&store, "alice", "10.0.0.2").await;
@@ -679,10 +690,8 @@ mod tests {
         store.login_succeeded(id, "alice").await.unwrap();
     }
 
-    #[tokio::test]
-    async fn parallel_attempts_get_no_more_password_checks_than_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
+    async fn parallel_attempts_get_no_more_password_checks_than_the_limit(db: TestDatabase) {
+        let store = db.connect().await;
         let attempts = (0..20).map(|i| {
             let store = store.clone();
             async move {
@@ -700,10 +709,102 @@ mod tests {
         assert_eq!(allowed, 3, "{results:?}");
     }
 
+    /// Returns once `count` transactions wait for their turn (PostgreSQL lists them as waiting
+    /// for an advisory lock); fails after 5 s.
+    async fn wait_until_waiting_for_their_turn(store: &Store, count: i64) {
+        let mut waiting = 0;
+        for _ in 0..500 {
+            waiting = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            if waiting == count {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{waiting} transactions wait for their turn, not {count}");
+    }
+
     #[tokio::test]
-    async fn the_last_admin_cannot_be_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
+    async fn on_postgres_a_token_asked_for_while_its_user_is_being_deleted_is_not_created() {
+        let store = TestDatabase::postgres().connect().await;
+        let ada = store
+            .create_user("ada", "admin", "x", "cli")
+            .await
+            .unwrap()
+            .unwrap();
+        store.create_user("bob", "admin", "x", "cli").await.unwrap();
+        // Ada's deletion, stopped between revoking her tokens and committing.
+        let mut deleting = store.begin_turn(Turn::Users).await.unwrap();
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(ada.id)
+            .execute(&mut *deleting)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE created_by_user = $2")
+            .bind(now_millis())
+            .bind(ada.id)
+            .execute(&mut *deleting)
+            .await
+            .unwrap();
+        let creating = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .create_token("ada-ci", "deployer", "h1", "ada", Some(ada.id))
+                    .await
+                    .unwrap()
+            }
+        });
+        wait_until_waiting_for_their_turn(&store, 1).await;
+        deleting.commit().await.unwrap();
+        let created = creating.await.unwrap();
+        assert!(matches!(created, NewToken::CreatorGone), "{created:?}");
+        assert!(store.use_token("h1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn on_postgres_an_attempt_counts_an_earlier_one_that_has_not_committed_yet() {
+        let store = TestDatabase::postgres().connect().await;
+        // An attempt that has recorded itself but not yet committed (a slow connection, another
+        // Baton): its id is lower than those of the attempts that follow.
+        let mut slow = store.begin_turn(Turn::Logins).await.unwrap();
+        sqlx::query(
+            "INSERT INTO login_failures (name, address, at) VALUES ('alice', '10.0.0.1', $1)",
+        )
+        .bind(now_millis())
+        .execute(&mut *slow)
+        .await
+        .unwrap();
+        let attempts: Vec<_> = (0..3)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .begin_login("alice", &format!("10.0.2.{i}"), LIMITS)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        // They wait for their turn...
+        wait_until_waiting_for_their_turn(&store, 3).await;
+        // ...so each counts it once it commits: 1 + 3 attempts, one over the limit of 3.
+        slow.commit().await.unwrap();
+        let mut allowed = 0;
+        for attempt in attempts {
+            if matches!(attempt.await.unwrap(), LoginAttempt::Go { .. }) {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 2);
+    }
+
+    async fn the_last_admin_cannot_be_deleted(db: TestDatabase) {
+        let store = db.connect().await;
         store
             .create_user("root", "admin", "x", "cli")
             .await
@@ -732,10 +833,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn two_admins_deleting_each_other_at_once_leave_one_admin() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
+    async fn two_admins_deleting_each_other_at_once_leave_one_admin(db: TestDatabase) {
+        let store = db.connect().await;
         for round in 0..20 {
             let (a, b) = (format!("a{round}"), format!("b{round}"));
             store.create_user(&a, "admin", "x", "cli").await.unwrap();
@@ -755,7 +854,7 @@ mod tests {
             let admins = store.users().await.unwrap();
             assert_eq!(admins.iter().filter(|u| u.role == "admin").count(), 1);
             for user in admins {
-                sqlx::query("DELETE FROM users WHERE id = ?")
+                sqlx::query("DELETE FROM users WHERE id = $1")
                     .bind(user.id)
                     .execute(&store.pool)
                     .await
@@ -771,10 +870,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_token_name_is_free_again_once_revoked() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
+    async fn a_token_name_is_free_again_once_revoked(db: TestDatabase) {
+        let store = db.connect().await;
         let first = created(
             store
                 .create_token("ci", "deployer", "h1", "cli", None)
@@ -799,10 +896,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn deleting_a_user_revokes_the_tokens_that_belong_to_it_and_only_those() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store(&dir).await;
+    async fn deleting_a_user_revokes_the_tokens_that_belong_to_it_and_only_those(db: TestDatabase) {
+        let store = db.connect().await;
         let ada = store
             .create_user("ada", "admin", "x", "cli")
             .await

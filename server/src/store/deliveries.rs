@@ -64,6 +64,7 @@ pub struct DeliveryRow {
     pub reason: String,
     pub deployment_id: Option<i64>,
     pub replay_of: Option<i64>,
+    #[sqlx(try_from = "super::Flag")]
     pub verified: bool,
     pub received_at: i64,
 }
@@ -101,6 +102,11 @@ pub enum Claim {
     SameBody(Box<DeliveryRow>),
 }
 
+/// The rows that claim their delivery id and body: the conditions of the unique indexes
+/// `webhook_deliveries_once` and `webhook_deliveries_body_once`.
+const CLAIMED: &str =
+    "verified = 1 AND replay_of IS NULL AND verdict <> 'duplicate' AND status < 500";
+
 const COLUMNS: &str = "id, service, provider, event, delivery_id, ref, sha, verdict, status, reason, \
      deployment_id, replay_of, verified, received_at";
 
@@ -121,12 +127,10 @@ impl Store {
                 }
                 return Ok(Claim::First(id));
             }
-            let claimed =
-                "verified = 1 AND replay_of IS NULL AND verdict <> 'duplicate' AND status < 500";
             if new.delivery_id.is_some() {
                 let earlier = sqlx::query_as::<_, DeliveryRow>(&format!(
                     "SELECT {COLUMNS} FROM webhook_deliveries
-                     WHERE service = ? AND provider = ? AND delivery_id = ? AND {claimed}"
+                     WHERE service = $1 AND provider = $2 AND delivery_id = $3 AND {CLAIMED}"
                 ))
                 .bind(new.service)
                 .bind(new.provider)
@@ -140,7 +144,7 @@ impl Store {
             if let Some(hash) = &body_sha256 {
                 let earlier = sqlx::query_as::<_, DeliveryRow>(&format!(
                     "SELECT {COLUMNS} FROM webhook_deliveries
-                     WHERE service = ? AND body_sha256 = ? AND {claimed}"
+                     WHERE service = $1 AND body_sha256 = $2 AND {CLAIMED}"
                 ))
                 .bind(new.service)
                 .bind(hash)
@@ -164,7 +168,7 @@ impl Store {
         Ok(sqlx::query_scalar(
             "INSERT INTO webhook_deliveries (service, provider, event, delivery_id, ref, sha, verdict, status,
                  reason, deployment_id, replay_of, verified, payload, body_sha256, received_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(new.service)
@@ -178,7 +182,7 @@ impl Store {
         .bind(new.reason)
         .bind(new.deployment_id)
         .bind(new.replay_of)
-        .bind(new.verified)
+        .bind(i64::from(new.verified))
         .bind(new.kept_payload())
         .bind(body_sha256)
         .bind(now_millis())
@@ -205,8 +209,8 @@ impl Store {
         deployment_id: Option<i64>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE webhook_deliveries SET verdict = ?, status = ?, reason = ?, deployment_id = ?
-             WHERE id = ?",
+            "UPDATE webhook_deliveries SET verdict = $1, status = $2, reason = $3, deployment_id = $4
+             WHERE id = $5",
         )
         .bind(verdict)
         .bind(i64::from(status))
@@ -226,8 +230,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
-            "SELECT {COLUMNS} FROM webhook_deliveries WHERE service = ? AND id < ?
-             ORDER BY id DESC LIMIT ?"
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE service = $1 AND id < $2
+             ORDER BY id DESC LIMIT $3"
         ))
         .bind(service)
         .bind(before.unwrap_or(i64::MAX))
@@ -238,7 +242,7 @@ impl Store {
 
     pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, StoreError> {
         Ok(sqlx::query_as::<_, DeliveryRow>(&format!(
-            "SELECT {COLUMNS} FROM webhook_deliveries WHERE id = ?"
+            "SELECT {COLUMNS} FROM webhook_deliveries WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -251,7 +255,7 @@ impl Store {
         let payload: Option<Option<Vec<u8>>> = sqlx::query_scalar(
             "SELECT COALESCE(d.payload, o.payload) FROM webhook_deliveries d
              LEFT JOIN webhook_deliveries o ON o.id = d.replay_of AND o.verified = 1
-             WHERE d.id = ? AND d.verified = 1",
+             WHERE d.id = $1 AND d.verified = 1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -265,9 +269,9 @@ impl Store {
     /// anyone's to send, and share one id sequence) can keep a service's log growing.
     async fn prune_unverified(&self, service: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE service = ? AND verified = 0 AND id <= (
-                 SELECT id FROM webhook_deliveries WHERE service = ? AND verified = 0
-                 ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            "DELETE FROM webhook_deliveries WHERE service = $1 AND verified = 0 AND id <= (
+                 SELECT id FROM webhook_deliveries WHERE service = $2 AND verified = 0
+                 ORDER BY id DESC LIMIT 1 OFFSET $3)",
         )
         .bind(service)
         .bind(service)
@@ -286,7 +290,7 @@ impl Store {
         loop {
             let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
                 "SELECT id, payload FROM webhook_deliveries
-                 WHERE id > ? AND verified = 1 AND payload IS NOT NULL AND body_sha256 IS NULL
+                 WHERE id > $1 AND verified = 1 AND payload IS NOT NULL AND body_sha256 IS NULL
                  ORDER BY id LIMIT 100",
             )
             .bind(after)
@@ -298,11 +302,20 @@ impl Store {
             after = *last;
             let mut tx = self.pool.begin().await?;
             for (id, payload) in &rows {
-                sqlx::query("UPDATE OR IGNORE webhook_deliveries SET body_sha256 = ? WHERE id = ?")
-                    .bind(body_sha256(payload))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                // What SQLite's `UPDATE OR IGNORE` did, on both databases: no hash where it
+                // would break `webhook_deliveries_body_once` (both rows claiming the body).
+                sqlx::query(&format!(
+                    "UPDATE webhook_deliveries SET body_sha256 = $1 WHERE id = $2 AND NOT (
+                         {CLAIMED} AND EXISTS (
+                             SELECT 1 FROM webhook_deliveries AS o
+                             WHERE o.service = webhook_deliveries.service AND o.body_sha256 = $1
+                               AND o.id <> $2 AND o.verified = 1 AND o.replay_of IS NULL
+                               AND o.verdict <> 'duplicate' AND o.status < 500))"
+                ))
+                .bind(body_sha256(payload))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
         }
@@ -312,14 +325,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::{TestDatabase, on_both_databases};
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("d.db").display()))
-            .await
-            .unwrap();
-        (dir, store)
-    }
+    on_both_databases!(
+        a_delivery_id_is_claimed_once_and_only_by_a_verified_delivery,
+        a_body_is_claimed_once_per_service_under_any_id_or_host,
+        bodies_kept_before_their_hash_was_stored_are_claimed_once_hashed,
+        each_service_keeps_its_own_newest_unverified_deliveries,
+    );
 
     fn verified<'a>(delivery_id: Option<&'a str>, payload: &'a [u8]) -> NewDelivery<'a> {
         NewDelivery {
@@ -339,9 +352,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_delivery_id_is_claimed_once_and_only_by_a_verified_delivery() {
-        let (_dir, store) = store().await;
+    async fn a_delivery_id_is_claimed_once_and_only_by_a_verified_delivery(db: TestDatabase) {
+        let store = db.connect().await;
         // A forged request with the id comes first: it is logged, but claims nothing.
         let forged = NewDelivery {
             verified: false,
@@ -402,9 +414,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_body_is_claimed_once_per_service_under_any_id_or_host() {
-        let (_dir, store) = store().await;
+    async fn a_body_is_claimed_once_per_service_under_any_id_or_host(db: TestDatabase) {
+        let store = db.connect().await;
         let body = b"{\"ref\":\"refs/heads/main\"}";
         // A forged request with the body comes first: it is logged, but claims nothing.
         store
@@ -490,9 +501,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn bodies_kept_before_their_hash_was_stored_are_claimed_once_hashed() {
-        let (dir, store) = store().await;
+    async fn bodies_kept_before_their_hash_was_stored_are_claimed_once_hashed(db: TestDatabase) {
+        let store = db.connect().await;
         // Two deliveries of one body as Baton logged them before migration 0005 (no hash).
         let body: &[u8] = b"{\"after\":\"6113728f27ae82c7b1a177c8d03f9e96e0adf246\"}";
         let mut old = Vec::new();
@@ -505,7 +515,7 @@ mod tests {
                     .unwrap(),
             );
             sqlx::query(
-                "UPDATE webhook_deliveries SET payload = ?, body_sha256 = NULL WHERE id = ?",
+                "UPDATE webhook_deliveries SET payload = $1, body_sha256 = NULL WHERE id = $2",
             )
             .bind(body)
             .bind(id)
@@ -516,9 +526,7 @@ mod tests {
         }
         store.close().await;
         // Opening the store hashes them; the older claims the body, the newer cannot.
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("d.db").display()))
-            .await
-            .unwrap();
+        let store = db.connect().await;
         assert_eq!(
             same_body(
                 store
@@ -569,9 +577,8 @@ mod tests {
         assert_eq!(kept, newest, "{service} keeps its newest");
     }
 
-    #[tokio::test]
-    async fn each_service_keeps_its_own_newest_unverified_deliveries() {
-        let (_dir, store) = store().await;
+    async fn each_service_keeps_its_own_newest_unverified_deliveries(db: TestDatabase) {
+        let store = db.connect().await;
         let kept_a = claimed(
             store
                 .claim_delivery(&verified(Some("real"), b"{}"))

@@ -6,7 +6,7 @@
 //! event exactly once.
 
 use app::model::{Change, DeploymentEvent, PendingControl};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use super::{Store, StoreError, now_millis};
 
@@ -40,7 +40,7 @@ fn kind_of(change: &Change) -> &'static str {
 
 /// Inserts an event for `deployment` inside the caller's transaction.
 pub(super) async fn record(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     deployment: i64,
     change: Change,
 ) -> Result<DeploymentEvent, StoreError> {
@@ -48,7 +48,7 @@ pub(super) async fn record(
     let data = serde_json::to_string(&change).expect("a change serializes");
     let (id, service): (i64, String) = sqlx::query_as(
         "INSERT INTO deployment_events (deployment_id, service, at, kind, data)
-         SELECT id, service, ?, ?, ? FROM deployments WHERE id = ?
+         SELECT id, service, $1, $2, $3 FROM deployments WHERE id = $4
          RETURNING id, service",
     )
     .bind(at)
@@ -94,12 +94,13 @@ impl EventRow {
 }
 
 impl Store {
-    /// Commits `tx`, then sends its events to live subscribers. SQLite has one writer at a time,
-    /// so ids grow in commit order; holding the lock from commit to send keeps that order on
+    /// Commits `tx`, then sends its events to live subscribers. Ids grow in commit order (SQLite
+    /// has one writer at a time; on PostgreSQL a transaction that writes events waits for its
+    /// turn, [`super::Turn::Events`]); holding the lock from commit to send keeps that order on
     /// the live feed too.
     pub(super) async fn commit_and_publish(
         &self,
-        tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: sqlx::Transaction<'_, sqlx::Any>,
         events: impl IntoIterator<Item = DeploymentEvent>,
     ) -> Result<(), StoreError> {
         let _order = self.publishing.lock().await;
@@ -126,7 +127,7 @@ impl Store {
     ) -> Result<Vec<DeploymentEvent>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(
             "SELECT id, deployment_id, service, at, data FROM deployment_events
-             WHERE id > ? AND (? IS NULL OR deployment_id = ?) ORDER BY id LIMIT ?",
+             WHERE id > $1 AND ($2 IS NULL OR deployment_id = $3) ORDER BY id LIMIT $4",
         )
         .bind(after)
         .bind(deployment)
@@ -145,7 +146,7 @@ impl Store {
     ) -> Result<Option<PendingControl>, StoreError> {
         let row = sqlx::query_as::<_, EventRow>(
             "SELECT id, deployment_id, service, at, data FROM deployment_events
-             WHERE deployment_id = ? AND kind = 'control' ORDER BY id DESC LIMIT 1",
+             WHERE deployment_id = $1 AND kind = 'control' ORDER BY id DESC LIMIT 1",
         )
         .bind(deployment)
         .fetch_optional(&self.pool)
@@ -161,7 +162,7 @@ impl Store {
     /// The newest event id of one rollout (0 if none).
     pub async fn last_event_id(&self, deployment: i64) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COALESCE(MAX(id), 0) FROM deployment_events WHERE deployment_id = ?",
+            "SELECT COALESCE(MAX(id), 0) FROM deployment_events WHERE deployment_id = $1",
         )
         .bind(deployment)
         .fetch_one(&self.pool)

@@ -1,10 +1,18 @@
 //! Baton's database: every SQL statement lives in this module.
 //!
-//! Invariant: nothing outside `store` names sqlx or writes SQL, so another database (PostgreSQL
-//! for two replicas) changes this module only. Every change to a rollout writes its event in
-//! the same transaction (see [`events`]). Statuses, steps, outcomes and triggers are stored as
-//! their words (`rolled_back`) and read back through [`word`], so a word the enum does not know
-//! is an error, never a panic.
+//! Invariant: nothing outside `store` names sqlx or writes SQL. Every change to a rollout writes
+//! its event in the same transaction (see [`events`]). Statuses, steps, outcomes and triggers are
+//! stored as their words (`rolled_back`) and read back through [`word`], so a word the enum does
+//! not know is an error, never a panic.
+//!
+//! Two databases, one set of statements: SQLite (the default, a file beside Baton) and
+//! PostgreSQL (a server several Batons can share), through sqlx's `Any` driver. So that every
+//! statement runs on both, they use `$1`-style parameters (SQLite reads them too), every integer
+//! column is 64-bit (`BIGINT` on PostgreSQL, where `INTEGER` is 32-bit), a flag is an integer 0
+//! or 1 and is read through [`Flag`], and nothing SQLite-only (`UPDATE OR IGNORE`) or
+//! PostgreSQL-only is written. Each database has its own migrations (`migrations/sqlite`,
+//! `migrations/postgres`) with the same versions and schema. Where SQLite's single writer made
+//! concurrent writers take turns and PostgreSQL would not, a transaction waits for its [`Turn`].
 
 pub mod auth;
 pub mod deliveries;
@@ -19,29 +27,103 @@ use app::model::{
     Change, ControlAction, DeploymentEvent, DeploymentSummary, RolloutStatus, StepKind,
     StepOutcome, StepSummary, Trigger, UnknownWord,
 };
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow, AnyTypeInfo, AnyTypeInfoKind};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, Executor, Row};
+
+#[cfg(test)]
+mod testing;
+
+/// How long a caller waits for a connection (also the first one, at start) before giving up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The URL names neither SQLite nor PostgreSQL.
+    #[error(
+        "unsupported database URL {url}: expected \"sqlite://path/to/baton.db\", \
+         \"postgres://user:password@host:port/database\" or \"postgresql://…\""
+    )]
+    Unsupported { url: String },
+    /// `url` has its password masked.
     #[error("cannot open the database {url}: {source}")]
     Open {
         url: String,
         #[source]
         source: sqlx::Error,
     },
+    /// No connection to the server at `url` (password masked) within the acquire timeout.
+    #[error(
+        "cannot reach the database {url}: no connection within {}s (is the server running and \
+         reachable from here?)",
+        timeout.as_secs()
+    )]
+    Unreachable { url: String, timeout: Duration },
     #[error("cannot apply the database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
 }
 
+/// The database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:…`: a file beside Baton (the default), for one Baton.
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`: a server that several Batons may share.
+    Postgres,
+}
+
+impl Backend {
+    /// The database `url` names, by its scheme; `None` for any other.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// `url` as messages and logs show it: a PostgreSQL URL with its password (in the authority or
+/// a `password=` parameter) replaced by `***`, a SQLite URL as it is (a path), and anything else
+/// by its scheme only, since there is no telling where its secrets are.
+pub fn masked_url(url: &str) -> String {
+    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+    let parsed = url::Url::parse(url).ok();
+    match (Backend::of(url), parsed) {
+        (Some(Backend::Sqlite), _) => url.to_owned(),
+        (Some(Backend::Postgres), Some(mut parsed)) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed.query_pairs().any(|(key, _)| key == "password") {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(key, value)| {
+                        let value = if key == "password" {
+                            "***".to_owned()
+                        } else {
+                            value.into_owned()
+                        };
+                        (key.into_owned(), value)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        _ => format!("{scheme}:…"),
+    }
+}
+
 /// A handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     live: tokio::sync::broadcast::Sender<std::sync::Arc<Published>>,
     /// Held from commit to publish, so subscribers get events in id order.
     publishing: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -49,52 +131,106 @@ pub struct Store {
     auth_changes: auth::AuthChanges,
 }
 
+/// What a PostgreSQL transaction waits its turn for (a transaction-scoped advisory lock), where
+/// SQLite's single writer already puts concurrent writers one after the other.
+#[derive(Debug, Clone, Copy)]
+enum Turn {
+    /// Writing rollout events: so their ids grow in commit order, as the live feed and
+    /// `Last-Event-ID` replay assume (a sequence hands out ids at insert, not at commit).
+    Events,
+    /// Recording a login attempt: so that counting the attempts with lower ids counts every one
+    /// that came first (the throttle's limit holds for attempts sent in parallel).
+    Logins,
+    /// Deleting a user, or creating a token that belongs to one: so two admins deleting each
+    /// other cannot both pass the last-admin check, and no token outlives its user.
+    Users,
+}
+
+impl Turn {
+    /// The lock's key, the same for every Baton on the database ("baton" and a number).
+    fn key(self) -> i64 {
+        match self {
+            Self::Events => 0x6261_746f_6e01,
+            Self::Logins => 0x6261_746f_6e02,
+            Self::Users => 0x6261_746f_6e03,
+        }
+    }
+}
+
 impl Store {
-    /// Opens (creating if missing) the database at `url` and applies the migrations.
+    /// Opens the database at `url` and applies the migrations: a SQLite file (created, readable by
+    /// Baton's user only, if missing) or a PostgreSQL database (which must exist). Several
+    /// Batons may start at once on one empty PostgreSQL database: the migrator holds an advisory
+    /// lock while it works, so one migrates and the others find the schema. Errors never show
+    /// the URL's password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let masked = || masked_url(url);
         let open = |source| StoreError::Open {
-            url: url.to_owned(),
+            url: masked(),
             source,
         };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        // SQLite would create a missing file with the umask's mode (often 0644), and gives the
-        // -wal and -shm files the database file's mode: create it 0600 first, so none of them is
-        // ever readable by other users. (Not for an in-memory or read-only database.)
-        if sqlx::ConnectOptions::to_url_lossy(&options)
-            .query_pairs()
-            .any(|(key, value)| key == "mode" && value == "rwc")
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(options.get_filename())
-                .map_err(|error| open(sqlx::Error::Io(error)))?;
-        }
-        let pool = SqlitePoolOptions::new()
+        let backend = Backend::of(url).ok_or_else(|| StoreError::Unsupported { url: masked() })?;
+        let options = match backend {
+            Backend::Sqlite => sqlite_options(url).map_err(open)?,
+            Backend::Postgres => AnyConnectOptions::from_str(url).map_err(open)?,
+        };
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Per connection, as SQLite keeps them (WAL is also kept by the file).
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
-            .map_err(open)?;
-        sqlx::migrate!("../migrations").run(&pool).await?;
+            .map_err(|error| match error {
+                sqlx::Error::PoolTimedOut => StoreError::Unreachable {
+                    url: masked(),
+                    timeout: ACQUIRE_TIMEOUT,
+                },
+                error => open(error),
+            })?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
+        }
         let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
         let store = Self {
             pool,
+            backend,
             live,
             publishing: Default::default(),
             auth_changes: Default::default(),
         };
         store.hash_kept_bodies().await?;
         Ok(store)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a transaction that waits for its `turn` first (on PostgreSQL; see [`Turn`]).
+    async fn begin_turn(&self, turn: Turn) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(turn.key())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Whether the database answers a trivial query.
@@ -105,10 +241,10 @@ impl Store {
 
     /// Queues a rollout; returns its id.
     pub async fn insert_deployment(&self, new: &NewDeployment<'_>) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let id = sqlx::query_scalar(
             "INSERT INTO deployments (service, from_version, to_version, status, trigger, requested_by, state, created_at)
-             VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING id",
         )
         .bind(new.service)
         .bind(new.from_version)
@@ -129,11 +265,11 @@ impl Store {
     /// person or a rollback asked for); returns its id, or `None` when there is no such rollout
     /// (nothing queued, a worker just claimed it, or someone else queued the newest).
     pub async fn replace_queued(&self, new: &NewDeployment<'_>) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let id: Option<i64> = sqlx::query_scalar(
-            "UPDATE deployments SET from_version = ?, to_version = ?, trigger = ?, requested_by = ?, state = ?
-             WHERE id = (SELECT MAX(id) FROM deployments WHERE service = ? AND status = 'queued')
-               AND status = 'queued' AND trigger = ?
+            "UPDATE deployments SET from_version = $1, to_version = $2, trigger = $3, requested_by = $4, state = $5
+             WHERE id = (SELECT MAX(id) FROM deployments WHERE service = $6 AND status = 'queued')
+               AND status = 'queued' AND trigger = $7
              RETURNING id",
         )
         .bind(new.from_version)
@@ -155,10 +291,10 @@ impl Store {
     /// request may have replaced it since the worker read the row); `None` if it is no longer
     /// queued (cancelled meanwhile).
     pub async fn claim(&self, id: i64) -> Result<Option<Option<String>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let state: Option<Option<String>> = sqlx::query_scalar(
-            "UPDATE deployments SET status = 'running', started_at = COALESCE(started_at, ?)
-             WHERE id = ? AND status = 'queued' RETURNING state",
+            "UPDATE deployments SET status = 'running', started_at = COALESCE(started_at, $1)
+             WHERE id = $2 AND status = 'queued' RETURNING state",
         )
         .bind(now_millis())
         .bind(id)
@@ -180,8 +316,8 @@ impl Store {
         from_version: Option<&str>,
         state: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE deployments SET from_version = ?, state = ? WHERE id = ?")
+        let mut tx = self.begin_turn(Turn::Events).await?;
+        sqlx::query("UPDATE deployments SET from_version = $1, state = $2 WHERE id = $3")
             .bind(from_version)
             .bind(state)
             .bind(id)
@@ -194,10 +330,10 @@ impl Store {
 
     /// Cancels a rollout that has not started; `false` if it is no longer queued.
     pub async fn cancel_queued(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let done = sqlx::query(
-            "UPDATE deployments SET status = 'cancelled', reason = ?, finished_at = ?
-             WHERE id = ? AND status = 'queued'",
+            "UPDATE deployments SET status = 'cancelled', reason = $1, finished_at = $2
+             WHERE id = $3 AND status = 'queued'",
         )
         .bind(reason)
         .bind(now_millis())
@@ -219,7 +355,7 @@ impl Store {
         action: ControlAction,
         by: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let event = events::record(
             &mut tx,
             id,
@@ -240,7 +376,7 @@ impl Store {
         service: &str,
     ) -> Result<Option<DeploymentRow>, StoreError> {
         let row = sqlx::query_as::<_, DeploymentRow>(
-            "SELECT * FROM deployments WHERE service = ? AND status IN ('running', 'paused', 'queued')
+            "SELECT * FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'queued')
              ORDER BY status = 'queued' ASC, id ASC LIMIT 1",
         )
         .bind(service)
@@ -252,7 +388,7 @@ impl Store {
     /// How many rollouts of the service are running, paused or queued.
     pub async fn unfinished_count(&self, service: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deployments WHERE service = ? AND status IN ('running', 'paused', 'queued')",
+            "SELECT COUNT(*) FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'queued')",
         )
         .bind(service)
         .fetch_one(&self.pool)
@@ -274,15 +410,15 @@ impl Store {
         // at once (SQLITE_BUSY, no retry) if another connection wrote meanwhile. Only the
         // service's worker changes a started rollout's status, so this read cannot go stale.
         let before: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, reason FROM deployments WHERE id = ?")
+            sqlx::query_as("SELECT status, reason FROM deployments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         sqlx::query(
-            "UPDATE deployments SET status = ?, state = ?, reason = COALESCE(?, reason),
-                started_at = COALESCE(started_at, ?), finished_at = CASE WHEN ? THEN ? ELSE NULL END
-             WHERE id = ?",
+            "UPDATE deployments SET status = $1, state = $2, reason = COALESCE($3, reason),
+                started_at = COALESCE(started_at, $4), finished_at = CASE WHEN $5 THEN $6 ELSE NULL END
+             WHERE id = $7",
         )
         .bind(status.as_str())
         .bind(state)
@@ -307,7 +443,7 @@ impl Store {
 
     pub async fn deployment(&self, id: i64) -> Result<Option<DeploymentRow>, StoreError> {
         Ok(
-            sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = ?")
+            sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -321,13 +457,13 @@ impl Store {
         query: &DeploymentQuery<'_>,
     ) -> Result<Vec<DeploymentRow>, StoreError> {
         const NEWEST: &str = "SELECT * FROM deployments
-             WHERE (? IS NULL OR service = ?) AND (? IS NULL OR status = ?)
-                AND (? IS NULL OR id < ?) AND (? IS NULL OR id > ?)
-             ORDER BY id DESC LIMIT ?";
+             WHERE ($1 IS NULL OR service = $2) AND ($3 IS NULL OR status = $4)
+                AND ($5 IS NULL OR id < $6) AND ($7 IS NULL OR id > $8)
+             ORDER BY id DESC LIMIT $9";
         const NEAREST_ABOVE: &str = "SELECT * FROM deployments
-             WHERE (? IS NULL OR service = ?) AND (? IS NULL OR status = ?)
-                AND (? IS NULL OR id < ?) AND (? IS NULL OR id > ?)
-             ORDER BY id ASC LIMIT ?";
+             WHERE ($1 IS NULL OR service = $2) AND ($3 IS NULL OR status = $4)
+                AND ($5 IS NULL OR id < $6) AND ($7 IS NULL OR id > $8)
+             ORDER BY id ASC LIMIT $9";
         let sql = if query.after.is_some() {
             NEAREST_ABOVE
         } else {
@@ -362,8 +498,8 @@ impl Store {
     ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT to_version, from_version FROM deployments
-             WHERE service = ? AND (? IS NULL OR status = ?)
-             ORDER BY id DESC LIMIT ?",
+             WHERE service = $1 AND ($2 IS NULL OR status = $3)
+             ORDER BY id DESC LIMIT $4",
         )
         .bind(service)
         .bind(status.map(RolloutStatus::as_str))
@@ -385,18 +521,18 @@ impl Store {
         version: &str,
     ) -> Result<Vec<i64>, StoreError> {
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let mut ids = Vec::with_capacity(backends.len());
         let mut events = Vec::with_capacity(backends.len());
         for backend in backends {
             let row = sqlx::query_as::<_, StepRow>(
                 "INSERT INTO deployment_steps (deployment_id, backend, step, rollback, version, started_at)
-                 VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
             )
             .bind(deployment)
             .bind(backend)
             .bind(step.as_str())
-            .bind(rollback)
+            .bind(i64::from(rollback))
             .bind(version)
             .bind(now)
             .fetch_one(&mut *tx)
@@ -419,11 +555,11 @@ impl Store {
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let row = sqlx::query_as::<_, StepRow>(
-                "UPDATE deployment_steps SET finished_at = ?, outcome = ?, detail = ? WHERE id = ? RETURNING *",
+                "UPDATE deployment_steps SET finished_at = $1, outcome = $2, detail = $3 WHERE id = $4 RETURNING *",
             )
             .bind(now)
             .bind(outcome.as_str())
@@ -442,11 +578,11 @@ impl Store {
 
     /// Marks steps left open by a Baton that stopped mid-step; they are about to run again.
     pub async fn interrupt_open_steps(&self, deployment: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_turn(Turn::Events).await?;
         let rows = sqlx::query_as::<_, StepRow>(
-            "UPDATE deployment_steps SET finished_at = ?, outcome = ?,
+            "UPDATE deployment_steps SET finished_at = $1, outcome = $2,
                 detail = 'Baton stopped during this step; it ran again after the restart'
-             WHERE deployment_id = ? AND finished_at IS NULL RETURNING *",
+             WHERE deployment_id = $3 AND finished_at IS NULL RETURNING *",
         )
         .bind(now_millis())
         .bind(StepOutcome::Interrupted.as_str())
@@ -466,7 +602,7 @@ impl Store {
 
     pub async fn steps(&self, deployment: i64) -> Result<Vec<StepRow>, StoreError> {
         Ok(sqlx::query_as::<_, StepRow>(
-            "SELECT * FROM deployment_steps WHERE deployment_id = ? ORDER BY id",
+            "SELECT * FROM deployment_steps WHERE deployment_id = $1 ORDER BY id",
         )
         .bind(deployment)
         .fetch_all(&self.pool)
@@ -479,7 +615,7 @@ impl Store {
         service: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
         Ok(
-            sqlx::query_as("SELECT backend, version FROM backend_versions WHERE service = ?")
+            sqlx::query_as("SELECT backend, version FROM backend_versions WHERE service = $1")
                 .bind(service)
                 .fetch_all(&self.pool)
                 .await?,
@@ -493,7 +629,7 @@ impl Store {
         version: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO backend_versions (service, backend, version, updated_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO backend_versions (service, backend, version, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (service, backend) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
         )
         .bind(service)
@@ -507,6 +643,73 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The pool's options for the SQLite database at `url`: created if missing (unless the URL asks
+/// for another `mode`), and then created 0600 first. SQLite would create a missing file with
+/// the umask's mode (often 0644), and gives the -wal and -shm files the database file's mode, so
+/// none of them is ever readable by other users. (Not for an in-memory or read-only database.)
+fn sqlite_options(url: &str) -> Result<AnyConnectOptions, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?;
+    let (location, query) = url.split_once('?').unwrap_or((url, ""));
+    let mode = form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "mode")
+        .map(|(_, mode)| mode.into_owned());
+    if location.ends_with(":memory:") || mode.as_deref() == Some("memory") {
+        // The `Any` driver reads the URL again for each connection, and each reading of
+        // `:memory:` is a new database: name this one, so that every connection shares it.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let process = std::process::id();
+        return AnyConnectOptions::from_str(&format!(
+            "sqlite:file:baton-memory-{process}-{number}?mode=memory&cache=shared"
+        ));
+    }
+    let url = match &mode {
+        None if query.is_empty() => format!("{url}?mode=rwc"),
+        None => format!("{url}&mode=rwc"),
+        Some(_) => url.to_owned(),
+    };
+    if mode.as_deref().is_none_or(|mode| mode == "rwc") {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(options.get_filename())
+            .map_err(sqlx::Error::Io)?;
+    }
+    AnyConnectOptions::from_str(&url)
+}
+
+/// A 0/1 column (both databases store flags as integers, see the migrations), or a condition
+/// (`EXISTS …`: an integer on SQLite, a boolean on PostgreSQL), read as a bool.
+struct Flag(bool);
+
+impl sqlx::Type<Any> for Flag {
+    fn type_info() -> AnyTypeInfo {
+        <i64 as sqlx::Type<Any>>::type_info()
+    }
+
+    fn compatible(ty: &AnyTypeInfo) -> bool {
+        ty.kind() == AnyTypeInfoKind::Bool || ty.kind().is_integer()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Any> for Flag {
+    fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        match <bool as sqlx::Decode<Any>>::decode(value.clone()) {
+            Ok(flag) => Ok(Self(flag)),
+            Err(_) => <i64 as sqlx::Decode<Any>>::decode(value).map(|number| Self(number != 0)),
+        }
+    }
+}
+
+impl From<Flag> for bool {
+    fn from(flag: Flag) -> Self {
+        flag.0
     }
 }
 
@@ -549,8 +752,8 @@ pub struct DeploymentRow {
     pub finished_at: Option<i64>,
 }
 
-impl sqlx::FromRow<'_, SqliteRow> for DeploymentRow {
-    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+impl sqlx::FromRow<'_, AnyRow> for DeploymentRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: row.try_get("id")?,
             service: row.try_get("service")?,
@@ -582,14 +785,14 @@ pub struct StepRow {
     pub detail: Option<String>,
 }
 
-impl sqlx::FromRow<'_, SqliteRow> for StepRow {
-    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+impl sqlx::FromRow<'_, AnyRow> for StepRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             id: row.try_get("id")?,
             deployment_id: row.try_get("deployment_id")?,
             backend: row.try_get("backend")?,
             step: word(row, "step")?,
-            rollback: row.try_get("rollback")?,
+            rollback: row.try_get::<Flag, _>("rollback")?.into(),
             version: row.try_get("version")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
@@ -601,7 +804,7 @@ impl sqlx::FromRow<'_, SqliteRow> for StepRow {
 
 /// A vocabulary column read back as its enum (each is written with the enum's `as_str`). A word
 /// the enum does not know is a decode error naming the column and the word.
-fn word<T>(row: &SqliteRow, column: &str) -> Result<T, sqlx::Error>
+fn word<T>(row: &AnyRow, column: &str) -> Result<T, sqlx::Error>
 where
     T: FromStr<Err = UnknownWord>,
 {
@@ -610,7 +813,7 @@ where
 }
 
 /// Like [`word`], for a column that may be NULL.
-fn optional_word<T>(row: &SqliteRow, column: &str) -> Result<Option<T>, sqlx::Error>
+fn optional_word<T>(row: &AnyRow, column: &str) -> Result<Option<T>, sqlx::Error>
 where
     T: FromStr<Err = UnknownWord>,
 {
@@ -631,10 +834,10 @@ where
 
 /// The rollout's summary as an event, inside the transaction that changed it.
 async fn status_event(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     id: i64,
 ) -> Result<DeploymentEvent, StoreError> {
-    let row = sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = ?")
+    let row = sqlx::query_as::<_, DeploymentRow>("SELECT * FROM deployments WHERE id = $1")
         .bind(id)
         .fetch_one(&mut *conn)
         .await?;
@@ -690,7 +893,17 @@ pub fn now_millis() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{TestDatabase, on_both_databases};
     use super::*;
+
+    on_both_databases!(
+        queued_deployments_come_out_in_order_after_an_interrupted_one,
+        deployments_page_both_ways_newest_first_within_the_filters,
+        a_word_the_enums_do_not_know_is_an_error_naming_it_not_a_panic,
+        a_batch_of_steps_begins_and_ends_together_with_an_event_per_backend_in_order,
+        recent_versions_are_newest_first_within_the_status,
+        event_ids_grow_in_the_order_transactions_commit,
+    );
 
     #[tokio::test]
     async fn creates_the_file_and_migrates() {
@@ -717,12 +930,8 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn queued_deployments_come_out_in_order_after_an_interrupted_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("b.db").display()))
-            .await
-            .unwrap();
+    async fn queued_deployments_come_out_in_order_after_an_interrupted_one(db: TestDatabase) {
+        let store = db.connect().await;
         let new = |to| NewDeployment {
             service: "api",
             from_version: Some("v1"),
@@ -772,12 +981,8 @@ mod tests {
         assert!(row.finished_at.is_some());
     }
 
-    #[tokio::test]
-    async fn deployments_page_both_ways_newest_first_within_the_filters() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("p.db").display()))
-            .await
-            .unwrap();
+    async fn deployments_page_both_ways_newest_first_within_the_filters(db: TestDatabase) {
+        let store = db.connect().await;
         let mut api = Vec::new();
         for i in 0..7 {
             let service = if i % 2 == 0 { "api" } else { "worker" };
@@ -827,12 +1032,8 @@ mod tests {
         assert_eq!(between, [api[2], api[1]], "both bounds hold");
     }
 
-    #[tokio::test]
-    async fn a_word_the_enums_do_not_know_is_an_error_naming_it_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("w.db").display()))
-            .await
-            .unwrap();
+    async fn a_word_the_enums_do_not_know_is_an_error_naming_it_not_a_panic(db: TestDatabase) {
+        let store = db.connect().await;
         let id = store
             .insert_deployment(&NewDeployment {
                 service: "api",
@@ -865,7 +1066,7 @@ mod tests {
         );
 
         // A word written by something else (a newer Baton, a hand edit) is refused on reading.
-        sqlx::query("UPDATE deployments SET status = 'paused_forever' WHERE id = ?")
+        sqlx::query("UPDATE deployments SET status = 'paused_forever' WHERE id = $1")
             .bind(id)
             .execute(&store.pool)
             .await
@@ -877,7 +1078,7 @@ mod tests {
                 && error.contains("rolled_back"),
             "{error}"
         );
-        sqlx::query("UPDATE deployment_steps SET outcome = 'skipped' WHERE id = ?")
+        sqlx::query("UPDATE deployment_steps SET outcome = 'skipped' WHERE id = $1")
             .bind(step)
             .execute(&store.pool)
             .await
@@ -889,12 +1090,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_batch_of_steps_begins_and_ends_together_with_an_event_per_backend_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
-            .await
-            .unwrap();
+    async fn a_batch_of_steps_begins_and_ends_together_with_an_event_per_backend_in_order(
+        db: TestDatabase,
+    ) {
+        let store = db.connect().await;
         let id = store
             .insert_deployment(&NewDeployment {
                 service: "api",
@@ -941,12 +1140,8 @@ mod tests {
         assert_eq!(seen, expected);
     }
 
-    #[tokio::test]
-    async fn recent_versions_are_newest_first_within_the_status() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("v.db").display()))
-            .await
-            .unwrap();
+    async fn recent_versions_are_newest_first_within_the_status(db: TestDatabase) {
+        let store = db.connect().await;
         for (to, status) in [
             ("v2", RolloutStatus::Succeeded),
             ("v3", RolloutStatus::Failed),
@@ -1000,5 +1195,209 @@ mod tests {
             error.to_string().contains("/nonexistent-dir/x/baton.db"),
             "{error}"
         );
+    }
+
+    async fn event_ids_grow_in_the_order_transactions_commit(db: TestDatabase) {
+        let store = db.connect().await;
+        let id = store
+            .insert_deployment(&NewDeployment {
+                service: "api",
+                from_version: Some("v1"),
+                to_version: "v2",
+                trigger: Trigger::Api,
+                requested_by: None,
+                state: "{}",
+            })
+            .await
+            .unwrap();
+        let mut live = store.subscribe();
+        // Many writers at once, each in its own transaction on its own connection.
+        let writers = (0..200).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .record_control(id, ControlAction::Pause, Some("ops"))
+                    .await
+                    .unwrap()
+            })
+        });
+        for writer in futures::future::join_all(writers).await {
+            writer.unwrap();
+        }
+        let mut sent = Vec::new();
+        while let Ok(published) = live.try_recv() {
+            sent.push(published.event.id);
+        }
+        assert_eq!(sent.len(), 200);
+        // A stream that resumes after the last id it sent (`Last-Event-ID`) misses nothing only
+        // if no event with a lower id is sent after it.
+        assert!(
+            sent.windows(2).all(|pair| pair[0] < pair[1]),
+            "events sent out of id order: {sent:?}"
+        );
+        let stored: Vec<i64> = store
+            .events_after(Some(id), 0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| event.id)
+            .skip(1)
+            .collect();
+        assert_eq!(stored, sent);
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_sqlite_database_is_one_database_for_every_connection() {
+        for url in ["sqlite::memory:", "sqlite://:memory:"] {
+            let store = Store::connect(url)
+                .await
+                .unwrap_or_else(|error| panic!("{url}: {error}"));
+            // Every connection of the pool sees the schema the first one migrated.
+            let mut connections = Vec::new();
+            for _ in 0..3 {
+                connections.push(store.pool.acquire().await.unwrap());
+            }
+            for conn in &mut connections {
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deployments")
+                    .fetch_one(&mut **conn)
+                    .await
+                    .unwrap_or_else(|error| panic!("{url}: {error}"));
+                assert_eq!(count, 0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_connections_use_wal_normal_sync_foreign_keys_and_a_busy_timeout() {
+        let db = TestDatabase::sqlite();
+        let store = db.connect().await;
+        // Every connection of the pool, not only the first.
+        let mut connections = Vec::new();
+        for _ in 0..3 {
+            connections.push(store.pool.acquire().await.unwrap());
+        }
+        /// The value of a pragma (its table's one column) as text.
+        async fn pragma(conn: &mut sqlx::AnyConnection, name: &str, column: &str) -> String {
+            sqlx::query_scalar(&format!("SELECT CAST({column} AS TEXT) FROM pragma_{name}"))
+                .fetch_one(conn)
+                .await
+                .unwrap()
+        }
+        for conn in &mut connections {
+            assert_eq!(pragma(conn, "journal_mode", "journal_mode").await, "wal");
+            // 1 is NORMAL.
+            assert_eq!(pragma(conn, "synchronous", "synchronous").await, "1");
+            assert_eq!(pragma(conn, "foreign_keys", "foreign_keys").await, "1");
+            assert_eq!(pragma(conn, "busy_timeout", "timeout").await, "5000");
+        }
+    }
+
+    #[tokio::test]
+    async fn two_stores_started_at_once_on_an_empty_postgres_database_both_open() {
+        let db = TestDatabase::postgres();
+        // As two replicas starting together (four, to make a collision likely): the migrator's
+        // advisory lock lets one migrate while the others wait, then find the schema.
+        let stores = futures::future::join_all((0..4).map(|_| Store::connect(&db.url))).await;
+        let stores: Vec<Store> = stores
+            .into_iter()
+            .map(|store| store.unwrap_or_else(|error| panic!("a replica fails to start: {error}")))
+            .collect();
+        // Each works on the one schema.
+        for store in &stores {
+            store
+                .record_audit(&auth::NewAudit {
+                    actor: "cli",
+                    actor_kind: "cli",
+                    action: "deploy",
+                    target: None,
+                    address: None,
+                    detail: None,
+                })
+                .await
+                .unwrap();
+        }
+        let audit = stores[0]
+            .audit(&auth::AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit.len(), 4);
+        // And a later start finds the schema already there.
+        db.connect().await.ping().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_postgres_fails_within_the_acquire_timeout_naming_the_host_not_the_password()
+     {
+        // Nothing listens on the first port; the second accepts connections and never answers.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        for port in [closed_port, silent_port] {
+            let url = format!("postgres://baton:s3cret-pw@127.0.0.1:{port}/baton");
+            let started = tokio::time::Instant::now();
+            let error = Store::connect(&url).await.unwrap_err().to_string();
+            assert!(
+                started.elapsed() <= ACQUIRE_TIMEOUT + Duration::from_secs(1),
+                "gave up after {:?}",
+                started.elapsed()
+            );
+            assert!(
+                error.contains(&format!("127.0.0.1:{port}"))
+                    && error.contains("no connection within 5s"),
+                "{error}"
+            );
+            assert!(!error.contains("s3cret-pw"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_database_url_that_names_no_known_database_is_refused_without_its_password() {
+        let error = Store::connect("mysql://baton:s3cret-pw@db/baton")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("unsupported database URL mysql:…: expected \"sqlite://"),
+            "{error}"
+        );
+        assert!(
+            error.contains("\"postgres://") && error.contains("\"postgresql://"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_database_url_is_shown_with_its_password_masked() {
+        for (url, shown) in [
+            (
+                "postgres://baton:s3cret@db:5432/baton",
+                "postgres://baton:***@db:5432/baton",
+            ),
+            (
+                "postgresql://db/baton?user=b&password=s3cret&sslmode=require",
+                "postgresql://db/baton?user=b&password=***&sslmode=require",
+            ),
+            ("postgres://baton@db/baton", "postgres://baton@db/baton"),
+            (
+                "sqlite:///var/lib/baton/baton.db",
+                "sqlite:///var/lib/baton/baton.db",
+            ),
+            ("baton:s3cret@db", "baton:…"),
+            ("postgres://baton:s3cret@db:port/baton", "postgres:…"),
+        ] {
+            assert_eq!(masked_url(url), shown);
+        }
+        assert_eq!(
+            Backend::of("postgresql://db/baton"),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(Backend::of("postgres://db/baton"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("sqlite:baton.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("postgres:db"), None);
     }
 }

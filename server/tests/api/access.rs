@@ -5,7 +5,7 @@
 use baton_server::auth::{Access, Kind, Role};
 use reqwest::Method;
 
-use crate::support::baton::spawn_app;
+use crate::support::baton::{TestApp, spawn_app, spawn_app_on_postgres};
 
 /// The only routes anyone may call to change something: signing in and out, and webhooks
 /// (which prove themselves with the git host's signature instead).
@@ -95,7 +95,15 @@ async fn every_route_of_baton_refuses_anonymous_and_under_privileged_callers() {
 
 #[tokio::test]
 async fn a_deploy_through_the_api_names_its_caller_in_the_history_and_the_audit_log() {
-    let app = spawn_app().await;
+    deploy_names_its_caller(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_deploy_through_the_api_names_its_caller_in_the_history_and_the_audit_log() {
+    deploy_names_its_caller(spawn_app_on_postgres().await).await;
+}
+
+async fn deploy_names_its_caller(app: TestApp) {
     let deployer = app.token("release-bot", Role::Deployer).await;
     let response = app
         .anonymous

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use baton_server::auth::Role;
 
-use crate::support::baton::{TestApp, spawn_app, spawn_app_with};
+use crate::support::baton::{TestApp, spawn_app, spawn_app_on_postgres, spawn_app_with};
 use crate::support::config::{Auth, Config, Runtime, Service, Webhook};
 use crate::support::webhooks::{Host, fixture, signed};
 use crate::webhooks::post;
@@ -296,7 +296,15 @@ async fn the_history_is_rendered_on_the_server_filtered_by_the_address() {
 
 #[tokio::test]
 async fn the_rollout_page_is_complete_before_the_wasm_loads() {
-    let app = spawn_app().await;
+    rollout_page_is_complete(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn on_postgres_the_rollout_page_is_complete_before_the_wasm_loads() {
+    rollout_page_is_complete(spawn_app_on_postgres().await).await;
+}
+
+async fn rollout_page_is_complete(app: TestApp) {
     let id = deploy(&app, "api", "v2").await;
     let deployment = finished(&app, id).await;
 

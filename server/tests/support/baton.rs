@@ -13,6 +13,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use super::config;
+use super::postgres;
 use super::process::KillOnDrop;
 
 /// `Authorization: Bearer <token>`.
@@ -142,6 +143,21 @@ pub async fn spawn_app_with(config: &str, secrets: &[(&str, &str)]) -> TestApp {
     spawn(config, secrets, |_| {}).await
 }
 
+/// Like [`spawn_app`], on a fresh database of the tests' PostgreSQL server (see
+/// [`postgres`]) instead of a SQLite file.
+pub async fn spawn_app_on_postgres() -> TestApp {
+    spawn_app_with_on_postgres(&config::api_and_worker().toml(), &[]).await
+}
+
+/// Like [`spawn_app_with`], on a fresh database of the tests' PostgreSQL server.
+pub async fn spawn_app_with_on_postgres(config: &str, secrets: &[(&str, &str)]) -> TestApp {
+    let url = postgres::fresh_database();
+    spawn(config, secrets, |settings| {
+        settings.server.database_url = url
+    })
+    .await
+}
+
 async fn spawn(
     config: &str,
     secrets: &[(&str, &str)],
@@ -152,8 +168,10 @@ async fn spawn(
     tune(&mut settings);
     let database_url = settings.server.database_url.clone();
     assert!(
-        database_url.contains(&dir.path().display().to_string()),
-        "the test's database is in its own folder: {database_url}"
+        database_url.contains(&dir.path().display().to_string())
+            || database_url.starts_with("postgres://"),
+        "the test's database is its own (a file in its folder, or a fresh PostgreSQL database): \
+         {database_url}"
     );
     let baton = InProcess::start(settings).await;
     // The tests of access control make their own clients.
@@ -183,6 +201,22 @@ impl TestApp {
 
     pub fn database_file(&self) -> PathBuf {
         self.dir.path().join("baton.db")
+    }
+
+    /// Everything the database holds, as bytes to search: SQLite's files (the database, its
+    /// WAL and shared memory), or a dump of the PostgreSQL database (where `bytea` is in hex).
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        if self.database_url.starts_with("postgres://") {
+            return postgres::dump(&self.database_url);
+        }
+        let mut stored = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path()).expect("the test's folder") {
+            let path = entry.expect("an entry of the test's folder").path();
+            if path.to_string_lossy().contains("baton.db") {
+                stored.extend(std::fs::read(&path).expect("a database file"));
+            }
+        }
+        stored
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
