@@ -60,6 +60,34 @@ pub struct BackendStatus {
     pub host: Option<HostView>,
 }
 
+/// Which Baton replica answers, and which one leads (runs rollouts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// The replica that answered.
+    pub replica: String,
+    /// Its role.
+    pub role: ReplicaRole,
+    /// The replica that leads, when known (itself when it leads).
+    pub leader: Option<String>,
+    /// Since when it leads (Unix milliseconds).
+    pub leader_since: Option<i64>,
+}
+
+/// A replica's part.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ReplicaRole {
+    /// Not known yet.
+    Starting,
+    /// Runs rollouts and brings backends up.
+    Leader,
+    /// Serves the UI, API, event streams and webhooks; the leader runs what it queues.
+    Follower,
+}
+
 /// A machine backends run on, reached over OpenSSH, as Baton last saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostView {

@@ -12,6 +12,7 @@ pub mod http_error;
 pub mod listener;
 pub mod live;
 pub mod origin;
+pub mod replica;
 pub mod rollout;
 pub mod settings;
 pub mod startup;

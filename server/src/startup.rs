@@ -21,6 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{self, Access, Auth, Policy, Role};
 use crate::fleet::Fleet as ServiceFleet;
 use crate::listener::{CappedListener, ClientAddr, connection_cap};
+use crate::replica::Leadership;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::Store;
@@ -82,6 +83,7 @@ impl Application {
             settings: Arc::new(settings),
             store: store.clone(),
             fleet: fleet.clone(),
+            leadership: Leadership::single(Leadership::default_name()),
             leptos_options,
             stopping: stopping.clone(),
         };

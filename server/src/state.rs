@@ -10,6 +10,7 @@ use leptos::prelude::LeptosOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::Fleet;
+use crate::replica::Leadership;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub fleet: Arc<Fleet>,
+    /// This replica's name and role (which one leads).
+    pub leadership: Leadership,
     pub leptos_options: LeptosOptions,
     /// Cancelled when Baton begins to stop: live streams end then, so they do not hold the
     /// graceful shutdown open.
