@@ -1449,7 +1449,18 @@ mod tests {
         let b1 = backend("b1");
         runtime.start(&b1, &version("v1")).await.unwrap();
         let pid = running_pid(runtime.status(&b1).await.unwrap(), &version("v1"));
-        let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+        // The recorded process execs `env` and then the program: read its environment once it
+        // is the program (in the middle of an exec, /proc shows none).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let environ = loop {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if cmdline.starts_with(b"sleep\0") && !environ.is_empty() {
+                break environ;
+            }
+            assert!(Instant::now() < deadline, "pid {pid} never became `sleep`");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let env: BTreeMap<String, String> = environ
             .split(|&byte| byte == 0)
             .filter(|entry| !entry.is_empty())
