@@ -122,6 +122,8 @@ impl Application {
     /// in flight finish and waits (up to a grace period) for the workers to stop.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let tasks = TaskTracker::new();
+        // On PostgreSQL: the events other replicas commit, on this replica's live streams.
+        tasks.spawn(self.store.clone().follow_other_replicas(shutdown.clone()));
         self.fleet.spawn(&tasks, &shutdown);
         tasks.close();
         let stopping = self.stopping.clone();
