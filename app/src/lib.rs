@@ -96,6 +96,7 @@ pub fn App() -> impl IntoView {
                                                 }
                                             })}
                                     </nav>
+                                    <pages::ReplicaBadge />
                                     <auth::SignedIn caller />
                                 }
                             })

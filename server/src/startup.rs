@@ -172,6 +172,7 @@ fn router(state: AppState) -> (Router, Policy) {
         settings: state.settings.clone(),
         fleet: state.fleet.clone(),
         store: state.store.clone(),
+        leadership: state.leadership.clone(),
     }));
     let webhooks = app::webhooks::Webhooks(Arc::new(crate::ui::UiWebhooks(state.clone())));
     let accounts = app::auth::Accounts(Arc::new(crate::ui::UiAccounts {
