@@ -510,6 +510,65 @@ mod tests {
         following.await.unwrap();
     }
 
+    /// How many connections to the server listen for events now.
+    async fn listening(store: &Store) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%baton_events%'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap_or(0)
+    }
+
+    /// Waits (up to 20 s) until some connection listens for events.
+    async fn until_listening(store: &Store) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while listening(store).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nobody listens after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn on_postgres_a_replica_listens_again_after_the_server_restarts() {
+        let mut server = super::super::testing::postgres::OwnPostgres::start();
+        let url = server.fresh_database();
+        let a = Store::connect(&url).await.unwrap();
+        let b = Store::connect(&url).await.unwrap();
+        let stop = CancellationToken::new();
+        let following = tokio::spawn(b.clone().follow_other_replicas(stop.clone()));
+        until_listening(&a).await;
+
+        server.stop();
+        server.start_again();
+        // A fast shutdown ended every connection: whoever listens now listens again.
+        until_listening(&a).await;
+        let mut feed = b.subscribe();
+        let id = queue(&a).await;
+        assert_eq!(
+            received(&mut feed, 1).await,
+            a.events_after(Some(id), 0, 1)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        );
+        stop.cancel();
+        following.await.unwrap();
+    }
+
+    #[test]
+    fn the_url_listened_on_prints_without_its_password() {
+        let url = ListenUrl("postgres://baton:s3cret@db.internal:5432/baton".into());
+        let printed = format!("{url:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("db.internal:5432/baton"), "{printed}");
+    }
+
     #[tokio::test]
     async fn on_sqlite_following_other_replicas_ends_at_once() {
         let db = TestDatabase::sqlite();

@@ -213,7 +213,6 @@ async fn ready_follows_the_database_and_events_flow_again_after_it_restarts() {
             .as_str()
             .is_some_and(|name| !name.is_empty())
     );
-    let mut on_b = open(&client, &b.url("/api/events"), None).await;
 
     postgres.stop();
     let answer = ready(&a).await.unwrap();
