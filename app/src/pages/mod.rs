@@ -20,7 +20,7 @@ pub use audit::AuditLogPage;
 pub use deployments::DeploymentsPage;
 pub use login::LoginPage;
 pub use not_found::NotFound;
-pub use replica::ReplicaBadge;
+pub use replica::{ReplicaBadge, provide_replica};
 pub use rollout::RolloutPage;
 pub use services::ServicesPage;
 pub use widgets::{LocalTime, provide_clock, provide_hydrated};

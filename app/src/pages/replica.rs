@@ -36,16 +36,38 @@ fn leadership(view: &ReplicaView) -> Leadership {
     }
 }
 
-/// "Replica baton-b · leader: baton-a since …", or "… · this replica leads since …".
-#[component]
-pub fn ReplicaBadge() -> impl IntoView {
+/// The page's one answer to `replica_status`, shared through context.
+#[derive(Clone, Copy)]
+struct ReplicaResource(Resource<Option<ReplicaView>>);
+
+/// Asks the server which replica answers once per page load, and again every [`REFRESH`] in the
+/// browser while someone is signed in; call at the top of the app, after `provide_caller` (so
+/// the resource is made in the same order on the server and while hydrating).
+pub fn provide_replica() {
+    // An error (a visitor not signed in, Baton unreachable) shows nothing.
     let replica = Resource::new(|| (), |_| async { replica_status().await.ok() });
     #[cfg(feature = "hydrate")]
     {
-        if let Ok(handle) = set_interval_with_handle(move || replica.refetch(), REFRESH) {
+        // Only for someone signed in: a visitor would be refused every time.
+        let caller = crate::auth::use_caller();
+        let refresh = move || {
+            if caller.get_untracked().flatten().is_some() {
+                replica.refetch();
+            }
+        };
+        if let Ok(handle) = set_interval_with_handle(refresh, REFRESH) {
             on_cleanup(move || handle.clear());
         }
     }
+    provide_context(ReplicaResource(replica));
+}
+
+/// "Replica baton-b · leader: baton-a since …", or "… · this replica leads since …".
+#[component]
+pub fn ReplicaBadge() -> impl IntoView {
+    let Some(ReplicaResource(replica)) = use_context::<ReplicaResource>() else {
+        return ().into_any();
+    };
     view! {
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
@@ -78,6 +100,7 @@ pub fn ReplicaBadge() -> impl IntoView {
             })}
         </Transition>
     }
+    .into_any()
 }
 
 #[cfg(test)]
