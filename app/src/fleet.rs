@@ -6,8 +6,8 @@
 use leptos::prelude::*;
 
 use crate::model::{
-    Caller, ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage, ServiceStatus,
-    ServiceSummary,
+    Caller, ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage, ReplicaView,
+    ServiceStatus, ServiceSummary,
 };
 
 /// What the server provides to the UI's server functions, through Leptos context.
@@ -35,6 +35,8 @@ pub trait FleetSource: Send + Sync + 'static {
     async fn control(&self, id: i64, action: ControlAction) -> Result<(), String>;
     /// Queues a rollout back to the service's previous good version; returns its id.
     async fn rollback(&self, service: String) -> Result<i64, String>;
+    /// The replica answering, and which one leads (as `GET /api/replica` answers).
+    fn replica(&self) -> ReplicaView;
 }
 
 #[cfg(feature = "ssr")]
@@ -48,6 +50,12 @@ fn fleet() -> Result<std::sync::Arc<dyn FleetSource>, ServerFnError> {
 #[server(prefix = "/rpc", endpoint = "current_user")]
 pub async fn current_user() -> Result<Option<Caller>, ServerFnError> {
     Ok(fleet()?.caller())
+}
+
+/// Which replica answers, and which one leads and since when.
+#[server(prefix = "/rpc", endpoint = "replica_status")]
+pub async fn replica_status() -> Result<ReplicaView, ServerFnError> {
+    Ok(fleet()?.replica())
 }
 
 /// Lists the configured services with their backends.

@@ -241,6 +241,43 @@ impl IntoResponse for DatabaseUnavailable {
     }
 }
 
+/// Why this replica cannot serve now (`/ready`'s 503).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("the database does not answer")]
+    Database(#[source] StoreError),
+    #[error("the database did not answer within {}s", .0.as_secs())]
+    DatabaseSilent(std::time::Duration),
+}
+
+/// `/ready`'s refusal: why, and the replica that refused.
+#[derive(Debug)]
+pub struct Unready {
+    pub why: NotReady,
+    pub replica: app::model::ReplicaView,
+}
+
+/// `/ready` when this replica cannot serve: 503 with `{"error": why, "replica": {...}}`, so a
+/// balancer takes it out of rotation and a person sees which replica said so. The database's
+/// own error is logged, not sent.
+impl IntoResponse for Box<Unready> {
+    fn into_response(self) -> Response {
+        match &self.why {
+            NotReady::Database(error) => {
+                tracing::warn!(%error, "not ready: the database does not answer");
+            }
+            NotReady::DatabaseSilent(timeout) => {
+                tracing::warn!(?timeout, "not ready: the database did not answer in time");
+            }
+        }
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": self.why.to_string(), "replica": self.replica })),
+        )
+            .into_response()
+    }
+}
+
 /// The body-limit layer answers a bare `413`; say what the limit (`limit` bytes) is, as JSON like
 /// every error. A 413 that is already JSON (a webhook's answer) is left alone.
 pub fn explain_too_large(response: Response, limit: usize) -> Response {

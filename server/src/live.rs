@@ -3,7 +3,9 @@
 //! Invariant: a stream first replays from the database everything after the id the client
 //! already has (`Last-Event-ID`), then follows the live feed, skipping ids it already sent. The
 //! store publishes in id order after commit, so nothing is sent twice and nothing is lost. A
-//! subscriber that falls behind the live buffer catches up from the database.
+//! subscriber that falls behind the live buffer catches up from the database. On PostgreSQL the
+//! feed carries the events of every replica sharing the database, so a stream on any replica
+//! shows a rollout that another one runs.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

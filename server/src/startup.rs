@@ -122,6 +122,8 @@ impl Application {
     /// in flight finish and waits (up to a grace period) for the workers to stop.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let tasks = TaskTracker::new();
+        // On PostgreSQL: the events other replicas commit, on this replica's live streams.
+        tasks.spawn(self.store.clone().follow_other_replicas(shutdown.clone()));
         self.fleet.spawn(&tasks, &shutdown);
         tasks.close();
         let stopping = self.stopping.clone();
@@ -170,6 +172,7 @@ fn router(state: AppState) -> (Router, Policy) {
         settings: state.settings.clone(),
         fleet: state.fleet.clone(),
         store: state.store.clone(),
+        leadership: state.leadership.clone(),
     }));
     let webhooks = app::webhooks::Webhooks(Arc::new(crate::ui::UiWebhooks(state.clone())));
     let accounts = app::auth::Accounts(Arc::new(crate::ui::UiAccounts {

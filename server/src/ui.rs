@@ -6,7 +6,7 @@ use std::sync::Arc;
 use app::fleet::FleetSource;
 use app::model::{
     BackendSummary, Caller, ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage,
-    ServiceStatus, ServiceSummary,
+    ReplicaView, ServiceStatus, ServiceSummary,
 };
 
 use app::auth::{AccountSource, AuditEntry, AuditFilter, AuditPage, NewToken, TokenView, UserView};
@@ -19,6 +19,7 @@ use crate::auth::accounts::{self, TokenRef};
 use crate::auth::{self, Audit, AuthError, Password, Principal};
 use crate::fleet::{DeployRequest, Fleet, Trigger};
 use crate::http_error::ApiError;
+use crate::replica::Leadership;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::Store;
@@ -31,6 +32,7 @@ pub struct UiFleet {
     pub settings: Arc<Settings>,
     pub fleet: Arc<Fleet>,
     pub store: Store,
+    pub leadership: Leadership,
 }
 
 /// The signed-in caller of the server function being answered.
@@ -86,6 +88,10 @@ impl FleetSource for UiFleet {
             name: principal.name.clone(),
             role: principal.role,
         })
+    }
+
+    fn replica(&self) -> ReplicaView {
+        self.leadership.view()
     }
 
     async fn status(&self) -> Result<Vec<ServiceStatus>, String> {

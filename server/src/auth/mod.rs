@@ -83,6 +83,8 @@ pub const SERVER_FUNCTIONS: &[(&str, Access)] = &[
     ("/rpc/deploy", Access::Role(Role::Deployer)),
     ("/rpc/control_deployment", Access::Role(Role::Deployer)),
     ("/rpc/rollback_service", Access::Role(Role::Deployer)),
+    // Which replica answers and which one leads (the top bar).
+    ("/rpc/replica_status", Access::Role(Role::Viewer)),
     // The setup shows the secret's variable name, never its value.
     ("/rpc/webhook_setup", Access::Role(Role::Viewer)),
     ("/rpc/list_deliveries", Access::Role(Role::Viewer)),

@@ -124,9 +124,8 @@ pub fn masked_url(url: &str) -> String {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    live: tokio::sync::broadcast::Sender<std::sync::Arc<Published>>,
-    /// Held from commit to publish, so subscribers get events in id order.
-    publishing: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Where committed events are published (see [`events`]).
+    feed: events::Feed,
     /// Tells open streams that access was taken away (see `auth.rs`).
     auth_changes: auth::AuthChanges,
 }
@@ -204,12 +203,11 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
         }
-        let (live, _) = tokio::sync::broadcast::channel(LIVE_BUFFER);
+        let feed = events::Feed::new(backend, url, &pool).await?;
         let store = Self {
             pool,
             backend,
-            live,
-            publishing: Default::default(),
+            feed,
             auth_changes: Default::default(),
         };
         store.hash_kept_bodies().await?;

@@ -35,6 +35,7 @@ pub async fn spawn_pages(dir: &std::path::Path, page_access: Access) -> Server {
         settings: Arc::new(settings),
         fleet,
         store: store.clone(),
+        leadership: baton_server::replica::Leadership::single("pages".into()),
     }));
     // The leptos options are the whole state here: only the pages are under test.
     let state = leptos_options;

@@ -60,6 +60,8 @@ pub struct FleetOptions {
     pub backend_command: Option<&'static [&'static str]>,
     /// `[service.runtime] prepare`: run once per machine before a rollout drains anything.
     pub prepare: Option<&'static str>,
+    /// Baton's database (Baton in this process only); `None`: a SQLite file in the fleet's folder.
+    pub database_url: Option<String>,
 }
 
 impl Default for FleetOptions {
@@ -82,6 +84,7 @@ impl Default for FleetOptions {
             hosts: None,
             backend_command: None,
             prepare: None,
+            database_url: None,
         }
     }
 }
@@ -240,7 +243,14 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
     };
     let config = config(&options, runtime_api, &placement);
     let config_path = config.write(dir.path());
-    let settings = settings(&config.toml(), dir.path(), &[]);
+    let mut settings = settings(&config.toml(), dir.path(), &[]);
+    if let Some(url) = &options.database_url {
+        assert!(
+            !options.baton_process,
+            "database_url needs Baton in this process (baton_process: false)"
+        );
+        settings.server.database_url = url.clone();
+    }
     let database_url = settings.server.database_url.clone();
     // Before Baton starts, as an operator runs `baton token create`.
     let token = create_token(&settings.server.database_url, "tests", Role::Admin).await;

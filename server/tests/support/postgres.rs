@@ -81,7 +81,7 @@ pub fn fresh_database() -> String {
 
 /// This process's server, started on first use. Panics, saying why, when it cannot start.
 pub fn server() -> &'static TestPostgres {
-    match SERVER.get_or_init(TestPostgres::start) {
+    match SERVER.get_or_init(TestPostgres::start_shared) {
         Ok(server) => server,
         Err(why) => panic!("the tests' PostgreSQL server cannot start: {why}"),
     }
@@ -146,6 +146,18 @@ impl TestPostgres {
         }
     }
 
+    /// The process's shared server: stopped and removed at exit.
+    fn start_shared() -> Result<Self, String> {
+        let server = Self::start()?;
+        // SAFETY: registers a plain function; `atexit` has no other precondition.
+        let registered = unsafe { nix::libc::atexit(stop_at_exit) };
+        if registered != 0 {
+            server.stop();
+            return Err("cannot register the stop at exit".into());
+        }
+        Ok(server)
+    }
+
     fn start() -> Result<Self, String> {
         sweep_leftovers();
         let bin = find_bin()?;
@@ -196,19 +208,12 @@ impl TestPostgres {
             let port = free_port()?;
             match start_postgres(bin, dir, port, owner) {
                 Ok(pid) => {
-                    let server = Self {
+                    return Ok(Self {
                         bin: bin.to_owned(),
                         dir: dir.to_owned(),
                         port,
                         pid,
-                    };
-                    // SAFETY: registers a plain function; `atexit` has no other precondition.
-                    let registered = unsafe { nix::libc::atexit(stop_at_exit) };
-                    if registered != 0 {
-                        server.stop();
-                        return Err("cannot register the stop at exit".into());
-                    }
-                    return Ok(server);
+                    });
                 }
                 Err(Start::PortTaken(log)) => last_error = log,
                 Err(Start::Failed(why)) => return Err(why),
@@ -219,23 +224,31 @@ impl TestPostgres {
 
     /// Stops the server (immediate shutdown: the data is thrown away) and removes its folder.
     fn stop(&self) {
-        let _ = kill(self.pid, Signal::SIGQUIT);
+        halt(self.pid, Signal::SIGQUIT);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `signal` to the server `pid` (a child of this process) and waits for it to end: up to
+/// 10 s, then it is killed.
+fn halt(pid: Pid, signal: Signal) {
+    {
+        let _ = kill(pid, signal);
         // The server is this process's child: gone once reaped, here or by its log reader.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(nix::sys::wait::WaitStatus::StillAlive) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Ok(nix::sys::wait::WaitStatus::StillAlive) => {
-                    let _ = kill(self.pid, Signal::SIGKILL);
-                    let _ = waitpid(self.pid, None);
+                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
                     break;
                 }
                 _ => break,
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -454,5 +467,78 @@ fn sweep_leftovers() {
             Err(error) if error.kind() == ErrorKind::NotFound => {}
             Err(error) => eprintln!("cannot remove {}: {error}", folder.display()),
         }
+    }
+}
+
+/// A PostgreSQL server of one test's own, which the test may stop and start again (a database
+/// that goes away and comes back), where the process's shared server ([`server`]) must stay up
+/// for the other tests. Same folder layout, user and clean-up as the shared one; stopped and
+/// removed when dropped.
+pub struct OwnPostgres {
+    server: TestPostgres,
+    owner: Option<Owner>,
+    /// Whether `postgres` runs now.
+    running: bool,
+}
+
+impl OwnPostgres {
+    /// Starts a server; panics, saying why, when it cannot.
+    pub fn start() -> Self {
+        let owner = owner().unwrap_or_else(|why| panic!("no PostgreSQL for the test: {why}"));
+        let server = TestPostgres::start()
+            .unwrap_or_else(|why| panic!("the test's own PostgreSQL cannot start: {why}"));
+        Self {
+            server,
+            owner,
+            running: true,
+        }
+    }
+
+    /// The URL of a new, empty database on this server.
+    pub fn fresh_database(&self) -> String {
+        let name = format!(
+            "baton_own_{}",
+            NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
+        );
+        self.server.create_database(&name).unwrap_or_else(|why| {
+            panic!("the test's own PostgreSQL cannot make a database: {why}")
+        });
+        self.server.url(&name)
+    }
+
+    /// Stops the server as `pg_ctl stop` does by default (fast shutdown: clients are
+    /// disconnected, the data is kept), and waits until it has exited.
+    pub fn stop(&mut self) {
+        halt(self.server.pid, Signal::SIGINT);
+        self.running = false;
+    }
+
+    /// Starts the stopped server again, on the same port and data; panics, saying why, when it
+    /// cannot.
+    pub fn start_again(&mut self) {
+        assert!(!self.running, "start_again: the server is running");
+        match start_postgres(
+            &self.server.bin,
+            &self.server.dir,
+            self.server.port,
+            self.owner,
+        ) {
+            Ok(pid) => {
+                self.server.pid = pid;
+                self.running = true;
+            }
+            Err(Start::PortTaken(log) | Start::Failed(log)) => {
+                panic!("the test's own PostgreSQL cannot start again: {log}")
+            }
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        if self.running {
+            halt(self.server.pid, Signal::SIGQUIT);
+        }
+        let _ = std::fs::remove_dir_all(&self.server.dir);
     }
 }
