@@ -467,6 +467,9 @@ pub enum Change {
         action: ControlAction,
         by: Option<String>,
     },
+    /// Another replica took the rollout over (the one leading before was killed, frozen or cut
+    /// off) and carries it on from its saved state, under lease `term`.
+    Takeover { replica: String, term: i64 },
 }
 
 /// Where a rollout is. Stored and sent as its snake_case word (`rolled_back`).

@@ -134,7 +134,9 @@ impl Client {
                                     {
                                         return Ok(deployment);
                                     }
-                                    Change::Status { .. } | Change::Control { .. } => {}
+                                    Change::Status { .. }
+                                    | Change::Control { .. }
+                                    | Change::Takeover { .. } => {}
                                 }
                             }
                             Some(Ok(_)) => {}

@@ -97,6 +97,8 @@ impl Timeline {
                     self.pending = Some(PendingControl { action, by });
                 }
             }
+            // Shown by the steps it interrupted, whose detail names the new leader.
+            Change::Takeover { .. } => {}
         }
         true
     }

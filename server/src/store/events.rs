@@ -115,6 +115,7 @@ fn kind_of(change: &Change) -> &'static str {
         Change::Status { .. } => "status",
         Change::Step { .. } => "step",
         Change::Control { .. } => "control",
+        Change::Takeover { .. } => "takeover",
     }
 }
 

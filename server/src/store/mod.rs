@@ -17,8 +17,10 @@
 pub mod auth;
 pub mod deliveries;
 mod events;
+pub mod lease;
 
 pub use events::{LIVE_BUFFER, Published};
+pub use lease::{Lease, LeaseRow, Tenure};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,6 +38,13 @@ mod testing;
 
 /// How long a caller waits for a connection (also the first one, at start) before giving up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long PostgreSQL lets a connection sit idle inside a transaction before it ends the
+/// session. Baton's transactions never wait on anything between their statements, so only a
+/// Baton that stopped running (frozen, or its machine cut off) leaves one open that long, and
+/// whatever locks it holds (the lease row a fenced write locks, a [`Turn`]) must not keep the
+/// other replicas waiting: not past the lease, for a takeover.
+const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = 1000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +72,14 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// A write through a fenced store (a leader's rollout worker) found that this replica no
+    /// longer holds the lease under the term it works for: nothing was written, and nothing
+    /// more may be done under that term (see `lease.rs`).
+    #[error(
+        "replica {replica} no longer leads under term {term} (its lease lapsed or another \
+         replica took over): nothing more is written or done under that term"
+    )]
+    Fenced { replica: String, term: i64 },
 }
 
 /// The database a URL names.
@@ -128,6 +145,9 @@ pub struct Store {
     feed: events::Feed,
     /// Tells open streams that access was taken away (see `auth.rs`).
     auth_changes: auth::AuthChanges,
+    /// The tenure every transaction of this store checks first ([`Store::fenced`]); `None`
+    /// for a store that is not a leader's rollout worker's.
+    fence: Option<Tenure>,
 }
 
 /// What a PostgreSQL transaction waits its turn for (a transaction-scoped advisory lock), where
@@ -179,13 +199,18 @@ impl Store {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
+                    match backend {
                         // Per connection, as SQLite keeps them (WAL is also kept by the file).
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                        )
-                        .await?;
+                        Backend::Sqlite => {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                            )
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            conn.execute(IDLE_IN_TRANSACTION).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -209,6 +234,7 @@ impl Store {
             backend,
             feed,
             auth_changes: Default::default(),
+            fence: None,
         };
         store.hash_kept_bodies().await?;
         Ok(store)
@@ -219,7 +245,8 @@ impl Store {
         self.backend
     }
 
-    /// Begins a transaction that waits for its `turn` first (on PostgreSQL; see [`Turn`]).
+    /// Begins a transaction that waits for its `turn` first (on PostgreSQL; see [`Turn`]), and
+    /// on a fenced store checks the fence (see [`Store::fenced`]).
     async fn begin_turn(&self, turn: Turn) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
@@ -228,6 +255,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.check_fence(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// Begins a transaction that needs no turn, checking the fence on a fenced store.
+    async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        self.check_fence(&mut tx).await?;
         Ok(tx)
     }
 
@@ -391,6 +426,15 @@ impl Store {
         .bind(service)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// The services with a rollout queued (for a leader polling for ones queued elsewhere).
+    pub async fn services_with_queued(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT service FROM deployments WHERE status = 'queued'")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Saves the engine state (and the status it implies) before its next side effect. A change
@@ -575,20 +619,56 @@ impl Store {
     }
 
     /// Marks steps left open by a Baton that stopped mid-step; they are about to run again.
+    ///
+    /// On a fenced store (a leader's worker) resuming a rollout is a takeover: a `takeover`
+    /// event names this replica and its term, once per term, and the interrupted steps say
+    /// who ran them again.
     pub async fn interrupt_open_steps(&self, deployment: i64) -> Result<u64, StoreError> {
+        // Read before the transaction (see `save_state`); only this term's worker writes it.
+        let takeover = match &self.fence {
+            Some(tenure) => {
+                let newest: Option<String> = sqlx::query_scalar(
+                    "SELECT data FROM deployment_events
+                     WHERE deployment_id = $1 AND kind = 'takeover' ORDER BY id DESC LIMIT 1",
+                )
+                .bind(deployment)
+                .fetch_optional(&self.pool)
+                .await?;
+                let recorded = newest
+                    .and_then(|data| serde_json::from_str::<Change>(&data).ok())
+                    .is_some_and(|change| {
+                        matches!(change, Change::Takeover { ref replica, term }
+                            if replica == tenure.replica() && term == tenure.term())
+                    });
+                (!recorded).then(|| (tenure.replica().to_owned(), tenure.term()))
+            }
+            None => None,
+        };
+        let detail = match &takeover {
+            Some((replica, term)) => format!(
+                "the leading replica stopped during this step; {replica} took over (term {term}) \
+                 and ran it again"
+            ),
+            None => "Baton stopped during this step; it ran again after the restart".to_owned(),
+        };
         let mut tx = self.begin_turn(Turn::Events).await?;
+        let mut events = Vec::new();
+        if let Some((replica, term)) = takeover {
+            events.push(
+                events::record(&mut tx, deployment, Change::Takeover { replica, term }).await?,
+            );
+        }
         let rows = sqlx::query_as::<_, StepRow>(
-            "UPDATE deployment_steps SET finished_at = $1, outcome = $2,
-                detail = 'Baton stopped during this step; it ran again after the restart'
-             WHERE deployment_id = $3 AND finished_at IS NULL RETURNING *",
+            "UPDATE deployment_steps SET finished_at = $1, outcome = $2, detail = $3
+             WHERE deployment_id = $4 AND finished_at IS NULL RETURNING *",
         )
         .bind(now_millis())
         .bind(StepOutcome::Interrupted.as_str())
+        .bind(&detail)
         .bind(deployment)
         .fetch_all(&mut *tx)
         .await?;
         let count = rows.len() as u64;
-        let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             events.push(
                 events::record(&mut tx, deployment, Change::Step { step: row.into() }).await?,
@@ -626,6 +706,7 @@ impl Store {
         backend: &str,
         version: &str,
     ) -> Result<(), StoreError> {
+        let mut tx = self.begin_fenced().await?;
         sqlx::query(
             "INSERT INTO backend_versions (service, backend, version, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (service, backend) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
@@ -634,8 +715,9 @@ impl Store {
         .bind(backend)
         .bind(version)
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
