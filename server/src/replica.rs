@@ -6,11 +6,21 @@
 //!
 //! Every part of Baton that needs to know reads it here: the rollout workers (act only while
 //! leading), `/ready` and the UI (which replica leads, and since when).
+//!
+//! On PostgreSQL the role comes from the lease task ([`LeaseTask`], in `replica/lease.rs`),
+//! and a leader acts under a [`Tenure`]: the store its workers write through is fenced with
+//! it and the drivers they act through refuse once it has lapsed (`fleet/leading.rs`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use app::model::{ReplicaRole, ReplicaView};
 use tokio::sync::watch;
+
+use crate::store::{Store, Tenure};
+
+mod lease;
+pub use lease::LeaseTask;
 
 /// What this replica is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +47,35 @@ pub struct LeaderInfo {
 pub struct Leadership {
     replica: String,
     role: watch::Receiver<Role>,
-    /// A single replica's role never changes: its sender is kept here, unused.
-    _fixed: Option<std::sync::Arc<watch::Sender<Role>>>,
+    mode: Mode,
+}
+
+#[derive(Debug, Clone)]
+enum Mode {
+    /// Leads alone, from the start. The role never changes: its sender is kept here, unused.
+    Single { _fixed: Arc<watch::Sender<Role>> },
+    /// By a lease: the tenure the lease task holds now, if any.
+    Leased(Arc<Mutex<Option<Tenure>>>),
+}
+
+/// What a leading replica's workers act under.
+#[derive(Debug, Clone)]
+pub enum Mandate {
+    /// The one replica of its database: nothing to check.
+    Alone,
+    /// A term of the lease: their writes are fenced with it and their drivers refuse once it
+    /// has lapsed.
+    Lease(Tenure),
 }
 
 impl Leadership {
-    /// A replica whose role comes from `role` (the lease task sends to its sender).
+    /// A replica whose role comes from `role`, with no lease behind it: whatever `role` says,
+    /// it never gets a [`Mandate`] to act (for tests of what replicas show).
     pub fn new(replica: String, role: watch::Receiver<Role>) -> Self {
         Self {
             replica,
             role,
-            _fixed: None,
+            mode: Mode::Leased(Arc::default()),
         }
     }
 
@@ -60,7 +88,54 @@ impl Leadership {
         Self {
             replica,
             role,
-            _fixed: Some(std::sync::Arc::new(sender)),
+            mode: Mode::Single {
+                _fixed: Arc::new(sender),
+            },
+        }
+    }
+
+    /// A replica of a database other Batons share (PostgreSQL): it leads while it holds the
+    /// lease (`lease` long), which the returned task takes and renews; `Starting` until the
+    /// task's first attempt answers.
+    pub fn leased(store: Store, replica: String, lease: Duration) -> (Self, LeaseTask) {
+        let (sender, role) = watch::channel(Role::Starting);
+        let tenure = Arc::new(Mutex::new(None));
+        let task = LeaseTask::new(store, replica.clone(), lease, sender, tenure.clone());
+        let leadership = Self {
+            replica,
+            role,
+            mode: Mode::Leased(tenure),
+        };
+        (leadership, task)
+    }
+
+    /// A replica that leads under `tenure` until the test changes the role it returns (the
+    /// lease task is not run): for tests of what acting under a lapsed tenure does.
+    #[cfg(test)]
+    pub(crate) fn leading_under(tenure: Tenure) -> (watch::Sender<Role>, Self) {
+        let (sender, role) = watch::channel(Role::Leader {
+            term: tenure.term(),
+            since: 0,
+        });
+        let leadership = Self {
+            replica: tenure.replica().to_owned(),
+            role,
+            mode: Mode::Leased(Arc::new(Mutex::new(Some(tenure)))),
+        };
+        (sender, leadership)
+    }
+
+    /// What this replica may act under as the leader of `term`: `None` unless it holds that
+    /// term now.
+    pub fn mandate(&self, term: i64) -> Option<Mandate> {
+        match &self.mode {
+            Mode::Single { .. } => Some(Mandate::Alone),
+            Mode::Leased(tenure) => tenure
+                .lock()
+                .expect("tenure lock")
+                .clone()
+                .filter(|tenure| tenure.term() == term && tenure.holds())
+                .map(Mandate::Lease),
         }
     }
 

@@ -45,7 +45,19 @@ pub struct ServerSettings {
     /// At most this many client connections are open at once; more wait in the kernel's
     /// accept queue, so a flood cannot take the file descriptors a rollout needs.
     pub max_connections: usize,
+    /// This Baton's name among the replicas sharing a PostgreSQL database (`None`: its host
+    /// name and PID).
+    pub replica: Option<String>,
+    /// How long the leader's lease lasts on a shared database: a leader that stops renewing it
+    /// (killed, frozen, cut off) is replaced within this time.
+    pub lease: std::time::Duration,
 }
+
+/// `[server] lease` when the file does not say.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+/// The shortest `[server] lease`: it is renewed every third of itself, and a renewal that
+/// waits on a slow database longer than that costs the leadership.
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `[server] max_connections` when the file does not say.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -602,12 +614,38 @@ impl RawServer {
             .map(PathBuf::from)
             .or(self.site_root.map(|root| config_dir.join(root)))
             .unwrap_or_else(default_site_root);
+        let lease = self.lease.map_or(DEFAULT_LEASE, Duration::get);
+        if lease < MIN_LEASE {
+            return Err((
+                "lease".to_owned(),
+                format!(
+                    "a lease of {} is renewed too often to survive a slow database: expected at \
+                     least 1s (default 5s)",
+                    humantime::format_duration(lease)
+                ),
+            ));
+        }
+        if let Some(replica) = &self.replica
+            && (replica.trim().is_empty()
+                || replica.len() > 100
+                || replica.chars().any(char::is_control))
+        {
+            return Err((
+                "replica".to_owned(),
+                format!(
+                    "invalid replica name {replica:?}: expected 1 to 100 printable characters, \
+                     such as \"baton-1\""
+                ),
+            ));
+        }
         Ok(ServerSettings {
             listen,
             database_url,
             site_root,
             state_dir: config_dir.join(self.state_dir.unwrap_or_else(|| PathBuf::from("state"))),
             max_connections,
+            replica: self.replica,
+            lease,
         })
     }
 }
@@ -857,6 +895,8 @@ struct RawServer {
     site_root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     max_connections: Option<usize>,
+    replica: Option<String>,
+    lease: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -1457,6 +1497,15 @@ streams_per_caller = 4
         let settings = parse("").unwrap();
         assert_eq!(settings.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(settings.services.is_empty());
+        assert_eq!(settings.server.lease, DEFAULT_LEASE);
+        assert_eq!(settings.server.replica, None);
+    }
+
+    #[test]
+    fn a_replica_has_a_name_and_a_lease_of_its_own_when_the_file_says() {
+        let settings = parse("[server]\nreplica = \"baton-1\"\nlease = \"2s\"\n").unwrap();
+        assert_eq!(settings.server.replica.as_deref(), Some("baton-1"));
+        assert_eq!(settings.server.lease, std::time::Duration::from_secs(2));
     }
 
     #[test]
@@ -1638,6 +1687,14 @@ streams_per_caller = 4
             (
                 FULL.replace("listen = \"127.0.0.1:9090\"", "max_connections = 0"),
                 "key `server.max_connections`: 0 connections would serve nobody",
+            ),
+            (
+                FULL.replace("listen = \"127.0.0.1:9090\"", "lease = \"500ms\""),
+                "key `server.lease`: a lease of 500ms is renewed too often to survive a slow database: expected at least 1s",
+            ),
+            (
+                FULL.replace("listen = \"127.0.0.1:9090\"", "replica = \" \""),
+                "key `server.replica`: invalid replica name \" \": expected 1 to 100 printable characters",
             ),
             (
                 FULL.replace("[[service]]", &format!("{second_lb}\n[[service]]")),

@@ -21,10 +21,10 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{self, Access, Auth, Policy, Role};
 use crate::fleet::Fleet as ServiceFleet;
 use crate::listener::{CappedListener, ClientAddr, connection_cap};
-use crate::replica::Leadership;
+use crate::replica::{Leadership, LeaseTask};
 use crate::settings::Settings;
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{Backend, Store};
 use crate::ui::UiFleet;
 use crate::{api, http, http_error};
 
@@ -41,6 +41,9 @@ pub struct Application {
     policy: Policy,
     store: Store,
     fleet: Arc<ServiceFleet>,
+    /// Which replica leads; on a shared database, with the task that holds the lease.
+    leadership: Leadership,
+    lease: Option<LeaseTask>,
     stopping: CancellationToken,
     /// Stop every backend once serving has ended (the demo, which started them).
     stop_backends: bool,
@@ -79,11 +82,25 @@ impl Application {
             .site_addr(address)
             .build();
         let stopping = CancellationToken::new();
+        // One Baton on SQLite leads alone; Batons sharing PostgreSQL lead by turns (a lease).
+        let replica = settings
+            .server
+            .replica
+            .clone()
+            .unwrap_or_else(Leadership::default_name);
+        let (leadership, lease) = match store.backend() {
+            Backend::Sqlite => (Leadership::single(replica), None),
+            Backend::Postgres => {
+                let (leadership, lease) =
+                    Leadership::leased(store.clone(), replica, settings.server.lease);
+                (leadership, Some(lease))
+            }
+        };
         let state = AppState {
             settings: Arc::new(settings),
             store: store.clone(),
             fleet: fleet.clone(),
-            leadership: Leadership::single(Leadership::default_name()),
+            leadership: leadership.clone(),
             leptos_options,
             stopping: stopping.clone(),
         };
@@ -94,6 +111,8 @@ impl Application {
             policy,
             store,
             fleet,
+            leadership,
+            lease,
             stopping,
             stop_backends: false,
             max_connections,
@@ -118,13 +137,19 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Runs the rollout workers and serves until `shutdown` is cancelled, then lets requests
-    /// in flight finish and waits (up to a grace period) for the workers to stop.
+    /// Runs the rollout workers (while this replica leads) and serves until `shutdown` is
+    /// cancelled, then lets requests in flight finish, waits (up to a grace period) for the
+    /// workers to stop, and gives the lease up.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        // The lease outlives the workers: it is given up only once they have stopped.
+        let leasing = CancellationToken::new();
+        let lease = self
+            .lease
+            .map(|lease| tokio::spawn(lease.run(leasing.clone())));
         let tasks = TaskTracker::new();
         // On PostgreSQL: the events other replicas commit, on this replica's live streams.
         tasks.spawn(self.store.clone().follow_other_replicas(shutdown.clone()));
-        self.fleet.spawn(&tasks, &shutdown);
+        self.fleet.spawn(&tasks, &shutdown, &self.leadership);
         tasks.close();
         let stopping = self.stopping.clone();
         let stop_signal = shutdown.clone();
@@ -145,6 +170,12 @@ impl Application {
             .is_err()
         {
             tracing::warn!("background tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        leasing.cancel();
+        if let Some(lease) = lease
+            && let Err(error) = lease.await
+        {
+            tracing::warn!(%error, "the lease task ended badly");
         }
         if self.stop_backends {
             self.fleet.stop_backends().await;

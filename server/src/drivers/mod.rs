@@ -112,6 +112,9 @@ pub enum LbError {
     },
     #[error("HAProxy node {node} answered something Baton cannot read: {reason}")]
     Protocol { node: String, reason: String },
+    /// Not sent: this replica's leadership lapsed (see `fleet/leading.rs`).
+    #[error("not sent to HAProxy: replica {replica} no longer leads (term {term})")]
+    NotLeading { replica: String, term: i64 },
 }
 
 /// A load balancer of one or more nodes. Every method acts on, or reports from, every node.
@@ -164,6 +167,9 @@ pub enum RuntimeError {
     Prepare { version: String, reason: String },
     #[error("{0}")]
     Other(String),
+    /// Not done: this replica's leadership lapsed (see `fleet/leading.rs`).
+    #[error("not done: replica {replica} no longer leads (term {term})")]
+    NotLeading { replica: String, term: i64 },
 }
 
 /// Starts and stops a service's backends.

@@ -21,11 +21,13 @@ use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
 use crate::hosts::{Host, Hosts};
 
 use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
+use crate::replica::Leadership;
 use crate::rollout::engine::{self, Rollout, Target};
 use crate::rollout::executor::{Controls, Repairs, ServiceRunner, recorded_targets};
 use crate::settings::{LoadBalancerSettings, ServiceSettings, Settings};
 
 mod hosts;
+mod leading;
 mod runtimes;
 use crate::store::{DeploymentQuery, DeploymentRow, NewDeployment, Store, StoreError};
 
@@ -192,33 +194,25 @@ impl Fleet {
             .ok_or_else(|| DeployError::UnknownService(service.to_owned()))
     }
 
-    /// Starts one rollout worker per service (each first brings up backends that are not
-    /// running), tracked by `tasks` and stopped by `shutdown`.
-    pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    /// Starts the fleet's watchers and, while this replica leads, one rollout worker per
+    /// service (each first brings up backends that are not running; see `leading.rs`), tracked
+    /// by `tasks` and stopped by `shutdown`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+        leadership: &Leadership,
+    ) {
         tasks.spawn(self.clone().watch(shutdown.clone()));
         for host in self.hosts.iter() {
-            tasks.spawn(hosts::watch(self.clone(), host.clone(), shutdown.clone()));
+            tasks.spawn(hosts::watch(
+                self.clone(),
+                host.clone(),
+                leadership.clone(),
+                shutdown.clone(),
+            ));
         }
-        for handle in &self.services {
-            let runner = ServiceRunner {
-                service: handle.settings.clone(),
-                lb: handle.lb.clone(),
-                runtime: handle.runtime.clone(),
-                store: Arc::new(self.store.clone()),
-                probe: Arc::new(self.http.clone()),
-                wake: handle.wake.clone(),
-                controls: handle.controls.clone(),
-                repairs: handle.repairs.clone(),
-            };
-            let shutdown = shutdown.clone();
-            let store = self.store.clone();
-            tasks.spawn(async move {
-                if let Err(error) = bring_up(&runner, &store).await {
-                    tracing::error!(service = %runner.service.name, %error, "cannot bring the service's backends up");
-                }
-                runner.run(shutdown).await;
-            });
-        }
+        tasks.spawn(self.clone().lead(leadership.clone(), shutdown.clone()));
     }
 
     /// Stops every backend of every service, all at once. `baton demo` does this when it ends,

@@ -168,6 +168,10 @@ impl ServiceRunner {
             match next {
                 Some(row) => {
                     if let Err(error) = self.run_deployment(row, &shutdown).await {
+                        if let StoreError::Fenced { .. } = error {
+                            tracing::warn!(service = %self.service.name, %error, "the rollout is left to the replica that leads now");
+                            return;
+                        }
                         tracing::error!(service = %self.service.name, %error, "rollout bookkeeping failed");
                         tokio::select! {
                             _ = sleep(Duration::from_secs(1)) => {}
@@ -179,8 +183,15 @@ impl ServiceRunner {
                     }
                 }
                 None => {
-                    if let Err(error) = self.repair_requested().await {
-                        tracing::error!(service = %self.service.name, %error, "cannot read what to repair");
+                    match self.repair_requested().await {
+                        Ok(()) => {}
+                        Err(error @ StoreError::Fenced { .. }) => {
+                            tracing::warn!(service = %self.service.name, %error, "repairs are left to the replica that leads now");
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::error!(service = %self.service.name, %error, "cannot read what to repair");
+                        }
                     }
                     tokio::select! {
                         _ = self.wake.notified() => {}
