@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use baton_server::drivers::AdminState;
 use baton_server::drivers::haproxy::HaproxyOptions;
-use baton_server::drivers::{AdminState, ServerState};
 use serde_json::Value;
 
-use crate::support::fleet::{Fleet, FleetOptions, load, spawn_fleet, steps_of};
+use crate::support::fleet::{
+    Fleet, FleetOptions, assert_all_serving, assert_no_failures, load, spawn_fleet, steps_of,
+};
 use crate::support::process::process_alive;
 
 fn unix_ms() -> i64 {
@@ -103,36 +105,6 @@ async fn slow_request_on_web1(fleet: &Fleet, ms: u64) -> tokio::task::JoinHandle
         fleet.haproxy_set(server, AdminState::Ready).await;
     }
     slow
-}
-
-/// Every server UP on HAProxy itself (none left drained or in maint), and every backend on
-/// `version` as Baton reports it.
-async fn assert_all_serving(fleet: &Fleet, version: &str) {
-    for server in fleet.haproxy_servers().await {
-        assert_eq!(
-            server.status,
-            ServerState::Up { changing: None },
-            "left out of rotation: {server:?}"
-        );
-    }
-    let services = fleet.get("/api/services").await.unwrap();
-    for backend in services[0]["backends"].as_array().unwrap() {
-        assert_eq!(backend["version"], version, "{backend}");
-    }
-    for _ in 0..6 {
-        let answer = fleet.through_haproxy().await.unwrap();
-        assert!(answer.starts_with(&format!("{version} ")), "{answer}");
-    }
-}
-
-fn assert_no_failures(sent: u64, failures: &[String]) {
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} requests through HAProxy failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(sent > 20, "the load generator sent only {sent} requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,8 +266,8 @@ pub struct ProcessOptions {
     pub log_filter: Option<&'static str>,
 }
 
-/// `baton serve --config <config>` on `listen`, its stdout and stderr appended to `baton.log`
-/// beside the configuration; SIGKILLed when dropped.
+/// `baton serve --config <config>` on `listen`, its stdout and stderr appended to the log file
+/// beside the configuration (`baton.log` for `baton.toml`); SIGKILLed when dropped.
 pub struct BatonProcess {
     config: PathBuf,
     listen: String,
@@ -338,13 +338,14 @@ impl BatonProcess {
         self.child.as_ref().expect("Baton is running").id()
     }
 
+    /// Beside the configuration, named after it: `baton.log` for `baton.toml`.
     pub fn log_file(&self) -> PathBuf {
-        self.config.with_file_name("baton.log")
+        self.config.with_extension("log")
     }
 
-    /// What it wrote so far.
+    /// What it wrote so far, without the terminal colours (`tracing` writes them to files too).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+        without_colours(&std::fs::read_to_string(self.log_file()).unwrap_or_default())
     }
 
     /// SIGKILLs it: no shutdown code of Baton's runs.
@@ -356,4 +357,24 @@ impl BatonProcess {
     pub fn restart(&mut self) {
         self.spawn();
     }
+}
+
+/// `text` without its ANSI escape sequences (`ESC [ … final byte`).
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }

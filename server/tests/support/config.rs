@@ -19,9 +19,11 @@ use std::time::Duration;
 use baton_server::drivers::haproxy::HaproxyOptions;
 use serde::Serialize;
 
-/// The whole file: `[[load_balancer]]`s, `[[service]]`s and `[auth]`.
+/// The whole file: `[server]`, `[[load_balancer]]`s, `[[service]]`s and `[auth]`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Config {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<Server>,
     #[serde(rename = "load_balancer", skip_serializing_if = "Vec::is_empty")]
     load_balancers: Vec<LoadBalancer>,
     #[serde(rename = "host", skip_serializing_if = "Vec::is_empty")]
@@ -64,6 +66,20 @@ impl Config {
         self
     }
 
+    pub fn server(mut self, server: Server) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    /// Writes the file as `dir/<name>` (several replicas' files side by side, sharing the
+    /// state beside them) and returns its path.
+    pub fn write_as(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, self.toml())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+
     /// The file's text.
     pub fn toml(&self) -> String {
         toml::to_string(self).expect("a test configuration serializes to TOML")
@@ -72,10 +88,7 @@ impl Config {
     /// Writes the file as `dir/baton.toml` and returns its path (Baton keeps its database and
     /// state beside it).
     pub fn write(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("baton.toml");
-        std::fs::write(&path, self.toml())
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        path
+        self.write_as(dir, "baton.toml")
     }
 }
 
@@ -447,6 +460,25 @@ impl Webhook {
     pub fn repository(mut self, owner_and_name: &str) -> Self {
         self.repository = Some(owner_and_name.to_owned());
         self
+    }
+}
+
+/// `[server]`'s keys a test of replicas sets; what is not set keeps Baton's default (the
+/// listening address comes from `BATON_LISTEN`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Server {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "human_opt")]
+    pub lease: Option<Duration>,
+}
+
+fn human_opt<S: serde::Serializer>(duration: &Option<Duration>, to: S) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => to.serialize_str(&human(*duration)),
+        None => to.serialize_none(),
     }
 }
 

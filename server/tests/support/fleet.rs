@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use baton_server::auth::Role;
 use baton_server::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
-use baton_server::drivers::{AdminState, LoadBalancer as _, ServerStatus};
+use baton_server::drivers::{AdminState, LoadBalancer as _, ServerState, ServerStatus};
 use serde_json::Value;
 
 use super::baton::{
     BatonProcess, InProcess, ProcessOptions, authorized_client, create_token, settings,
 };
-use super::config::{Auth, Config, Health, Host as ConfigHost, LoadBalancer, Runtime, Service};
+use super::config::{
+    Auth, Config, Health, Host as ConfigHost, LoadBalancer, Runtime, Server, Service,
+};
 use super::haproxy::{self, Checks, Haproxy};
 use super::hosts::TestHosts;
 use super::process::{RecordedBackends, free_port, free_ports, recorded_process};
@@ -62,6 +64,9 @@ pub struct FleetOptions {
     pub prepare: Option<&'static str>,
     /// Baton's database (Baton in this process only); `None`: a SQLite file in the fleet's folder.
     pub database_url: Option<String>,
+    /// `[server]` (a PostgreSQL database, a replica's name and lease); `None` leaves it out
+    /// (a SQLite file beside the configuration).
+    pub server: Option<Server>,
 }
 
 impl Default for FleetOptions {
@@ -85,6 +90,7 @@ impl Default for FleetOptions {
             backend_command: None,
             prepare: None,
             database_url: None,
+            server: None,
         }
     }
 }
@@ -109,6 +115,8 @@ pub struct Fleet {
     pub database_url: String,
     /// Between Baton and HAProxy's runtime API, when the options asked for it.
     pub proxy: Option<SocketProxy>,
+    /// What `baton.toml` holds (another replica's file starts from it).
+    pub config: Config,
     baton_run: BatonRun,
     haproxy: Haproxy,
     backends: RecordedBackends,
@@ -203,6 +211,9 @@ fn config(
         };
     }
     let mut config = Config::new().load_balancer(load_balancer).service(web);
+    if let Some(server) = options.server.clone() {
+        config = config.server(server);
+    }
     for host in options.hosts.iter().flat_map(|hosts| hosts.hosts()) {
         let hosts = options.hosts.as_ref().expect("iterating them");
         config = config.host(ConfigHost {
@@ -278,6 +289,7 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
         token,
         database_url,
         proxy,
+        config,
         baton_run,
         haproxy,
         backends: RecordedBackends(dir.path().join("state")),
@@ -556,4 +568,35 @@ pub fn steps_of(deployment: &Value, rollback: bool) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Every server UP on HAProxy itself (none left drained or in maint), and every backend on
+/// `version` as Baton reports it.
+pub async fn assert_all_serving(fleet: &Fleet, version: &str) {
+    for server in fleet.haproxy_servers().await {
+        assert_eq!(
+            server.status,
+            ServerState::Up { changing: None },
+            "left out of rotation: {server:?}"
+        );
+    }
+    let services = fleet.get("/api/services").await.unwrap();
+    for backend in services[0]["backends"].as_array().unwrap() {
+        assert_eq!(backend["version"], version, "{backend}");
+    }
+    for _ in 0..6 {
+        let answer = fleet.through_haproxy().await.unwrap();
+        assert!(answer.starts_with(&format!("{version} ")), "{answer}");
+    }
+}
+
+/// No request through HAProxy failed, and the load generator did send some.
+pub fn assert_no_failures(sent: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests through HAProxy failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent > 20, "the load generator sent only {sent} requests");
 }

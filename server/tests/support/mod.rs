@@ -1,7 +1,8 @@
 //! What every test binary and benchmark needs to run Baton for real: a typed builder of its
 //! configuration, HAProxy in front of backends, Baton in this process or as `baton serve`, a
-//! fleet of all three, webhook deliveries signed the way each git host signs them, and a private
-//! PostgreSQL server (`postgres`, also used by the store's unit tests).
+//! fleet of all three, webhook deliveries signed the way each git host signs them, a private
+//! PostgreSQL server (`postgres`, also used by the store's unit tests), and two Baton replicas
+//! sharing one (`replicas`).
 //!
 //! Included by path (`#[path = "../support/mod.rs"] mod support;`, from a bench
 //! `#[path = "../tests/support/mod.rs"]`) rather than built as a crate, so that
@@ -20,5 +21,6 @@ pub mod haproxy;
 pub mod hosts;
 pub mod postgres;
 pub mod process;
+pub mod replicas;
 pub mod socket_proxy;
 pub mod webhooks;
