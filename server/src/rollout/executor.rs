@@ -161,8 +161,13 @@ impl ServiceRunner {
             let next = match self.store.next_deployment(self.service.name.as_str()).await {
                 Ok(next) => next,
                 Err(error) => {
-                    tracing::error!(service = %self.service.name, %error, "cannot read the rollout queue");
-                    None
+                    // Not idle: a rollout may be under way, and nothing would wake the worker
+                    // for it once the database answers again.
+                    tracing::error!(service = %self.service.name, %error, "cannot read the rollout queue; trying again in a second");
+                    tokio::select! {
+                        _ = sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
                 }
             };
             match next {

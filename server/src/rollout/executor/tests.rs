@@ -7,6 +7,7 @@
 //! every `inter` (100 ms), the first check after maint coming exactly `inter` after it.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -59,12 +60,21 @@ where
         .expect("a database call panicked")
 }
 
-/// The real [`Store`] as the executor's [`Journal`], each call run by [`db`].
-struct OffClock(Store);
+/// The real [`Store`] as the executor's [`Journal`], each call run by [`db`]. The first `.1`
+/// reads of the queue fail, as they do while the database does not answer.
+struct OffClock(Store, Arc<AtomicUsize>);
 
 #[async_trait::async_trait]
 impl Journal for OffClock {
     async fn next_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError> {
+        let unanswered = self
+            .1
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            });
+        if unanswered.is_ok() {
+            return Err(StoreError::Query(sqlx::Error::PoolTimedOut));
+        }
         let (store, service) = (self.0.clone(), service.to_owned());
         db(async move { store.next_deployment(&service).await }).await
     }
@@ -216,6 +226,8 @@ struct Rig {
     wake: Arc<Notify>,
     controls: Controls,
     repairs: Repairs,
+    /// How many of the worker's next reads of the queue fail.
+    queue_unanswered: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -287,6 +299,7 @@ initial_version = "v1"
             wake: Arc::new(Notify::new()),
             controls: Controls::default(),
             repairs: Repairs::default(),
+            queue_unanswered: Arc::default(),
             _dir: dir,
         };
         for backend in &service.backends {
@@ -315,7 +328,7 @@ initial_version = "v1"
             service: self.service.clone(),
             lb: self.lb.clone(),
             runtime: self.runtime.clone(),
-            store: Arc::new(OffClock(self.store.clone())),
+            store: Arc::new(OffClock(self.store.clone(), self.queue_unanswered.clone())),
             probe: self.runtime.clone(),
             wake: self.wake.clone(),
             controls: self.controls.clone(),
@@ -330,9 +343,10 @@ initial_version = "v1"
 
     /// Queues a rollout to `version`, as the API does.
     async fn queue(&self, version: &str) -> i64 {
-        let targets = recorded_targets(&OffClock(self.store.clone()), &self.service)
-            .await
-            .unwrap();
+        let targets =
+            recorded_targets(&OffClock(self.store.clone(), Arc::default()), &self.service)
+                .await
+                .unwrap();
         let rollout = Rollout::new(
             Version::parse(version).unwrap(),
             targets,
@@ -523,6 +537,18 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A database that does not answer (restarting, say) is waited for: the worker tries the queue
+/// again rather than wait for a wake-up that a rollout already under way, or one queued on
+/// another replica, never sends.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_cannot_read_the_queue_tries_again_and_runs_what_it_finds_unwoken() {
+    let rig = Rig::new(Setup::default()).await;
+    let id = rig.queue("v2").await;
+    rig.queue_unanswered.store(2, Ordering::SeqCst);
+    let _worker = rig.start_worker();
+    assert_eq!(rig.ended(id).await.status, RolloutStatus::Succeeded);
 }
 
 #[tokio::test(start_paused = true)]
