@@ -83,7 +83,7 @@ impl LeaseTask {
                     match &held {
                         Some(tenure) if tenure.term() == term => tenure.extend(until),
                         _ => {
-                            self.step_down(&mut held, None);
+                            self.end_tenure(&mut held);
                             let tenure = Tenure::new(&self.replica, term, until);
                             *self.current.lock().expect("tenure lock") = Some(tenure.clone());
                             held = Some(tenure);
@@ -156,11 +156,16 @@ impl LeaseTask {
 
     /// Ends the tenure held (if any) and follows `leader` (`None`: not known).
     fn step_down(&self, held: &mut Option<Tenure>, leader: Option<LeaderInfo>) {
+        self.end_tenure(held);
+        self.set_role(Role::Follower { leader });
+    }
+
+    /// Ends the tenure held, if any: nothing more is done or written under it.
+    fn end_tenure(&self, held: &mut Option<Tenure>) {
         if let Some(tenure) = held.take() {
             tenure.end();
             *self.current.lock().expect("tenure lock") = None;
         }
-        self.set_role(Role::Follower { leader });
     }
 
     fn set_role(&self, role: Role) {
