@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_server::drivers::ServerState;
-use baton_server::store::Store;
+use baton_server::store::{LeaseRow, Store};
 
 use crate::support::baton::{BatonProcess, ProcessOptions};
 use crate::support::config::{Config, Server};
@@ -16,12 +16,25 @@ use crate::support::process::free_port;
 use crate::support::replicas::{LOG_FILTER, spawn_replicas};
 use crate::{LEASE, slow_starts, wait_for_web1_starting};
 
-/// Longer than the lease: every replica loses it while the database is away.
-const DATABASE_AWAY: Duration = Duration::from_secs(3);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_rollout_the_leader_waits_and_the_rollout_ends_with_every_backend_serving()
+ {
+    // A restart as `systemctl restart postgresql` does it: away for about a second.
+    restart_postgres_mid_rollout(Duration::from_millis(300)).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_restarted_mid_rollout_the_replicas_wait_and_the_rollout_ends_with_every_backend_serving()
+async fn postgres_away_longer_than_the_lease_mid_rollout_a_new_term_leads_and_the_rollout_ends_with_every_backend_serving()
  {
+    // Every replica loses the lease while the database is away.
+    let (term, lease) = restart_postgres_mid_rollout(LEASE + Duration::from_secs(1)).await;
+    assert!(lease.term > term, "{lease:?}");
+}
+
+/// Stops PostgreSQL in the middle of a rollout for `away` and starts it again; checks that the
+/// rollout ends (succeeded, or rolled back) with every backend in rotation and no request
+/// failed. Returns the term before, and the lease after.
+async fn restart_postgres_mid_rollout(away: Duration) -> (i64, LeaseRow) {
     // A server of this test's own: restarting the shared one would pull it from under the
     // other tests.
     let mut database = OwnPostgres::start();
@@ -33,9 +46,11 @@ async fn postgres_restarted_mid_rollout_the_replicas_wait_and_the_rollout_ends_w
     let id = queued["id"].as_i64().unwrap();
     wait_for_web1_starting(&replicas.fleet, id).await;
 
+    let stopped = Instant::now();
     tokio::task::block_in_place(|| database.stop());
-    tokio::time::sleep(DATABASE_AWAY).await;
+    tokio::time::sleep(away).await;
     tokio::task::block_in_place(|| database.start_again());
+    let was_away = stopped.elapsed();
 
     let deployment = replicas.fleet.finished(id).await;
     stop.store(true, Ordering::Relaxed);
@@ -68,13 +83,13 @@ async fn postgres_restarted_mid_rollout_the_replicas_wait_and_the_rollout_ends_w
         assert!(answer.starts_with(&format!("{version} ")), "{answer}");
     }
     assert_no_failures(sent, &failures);
-    // The lease ran out while the database was away: it was taken again under a new term.
     let lease = replicas.leader().await;
-    assert!(lease.term > term, "{lease:?}");
     eprintln!(
-        "PostgreSQL restarted: the rollout {}, {} leads under term {}; {sent} requests, 0 failed",
+        "PostgreSQL away for {was_away:?}: the rollout {}, {} leads under term {} (was {term}); \
+         {sent} requests, 0 failed",
         deployment["status"], lease.holder, lease.term
     );
+    (term, lease)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
