@@ -11,8 +11,9 @@
 //! close. A worker that finds itself fenced stops at once, recording nothing (the new leader
 //! runs the step again: every step is idempotent).
 //!
-//! A rollout queued on another replica wakes no worker here, so while leading on a shared
-//! database the queue is polled every [`QUEUE_POLL`].
+//! A rollout queued, or a pause, resume or abort asked, on another replica wakes no worker
+//! here, so while leading on a shared database the queue and the control events are polled
+//! every [`QUEUE_POLL`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,8 @@ use crate::replica::{Leadership, Mandate, Role};
 use crate::rollout::executor::ServiceRunner;
 use crate::store::Tenure;
 
-/// How often a leader on a shared database looks for rollouts queued on other replicas.
+/// How often a leader on a shared database looks for rollouts queued, and controls asked, on
+/// other replicas.
 pub const QUEUE_POLL: Duration = Duration::from_millis(500);
 
 impl Fleet {
@@ -133,13 +135,16 @@ impl Fleet {
             });
         }
         if let Mandate::Lease(_) = mandate {
-            tasks.spawn(self.clone().poll_queue(stop.clone()));
+            tasks.spawn(self.clone().poll(stop.clone()));
         }
     }
 
-    /// Wakes the worker of each service with a queued rollout, every [`QUEUE_POLL`], until
-    /// `stop`.
-    async fn poll_queue(self: Arc<Self>, stop: CancellationToken) {
+    /// Every [`QUEUE_POLL`] until `stop`: wakes the worker of each service with a queued
+    /// rollout, and hands each worker the pause, resume and abort requests recorded since the
+    /// last look. (Those recorded before this term began are the resumed rollout's business:
+    /// it applies the newest one that has not taken effect.)
+    async fn poll(self: Arc<Self>, stop: CancellationToken) {
+        let mut looked: Option<i64> = self.store.latest_event_id().await.ok();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(QUEUE_POLL) => {}
@@ -157,6 +162,39 @@ impl Fleet {
                     }
                 }
                 Err(error) => tracing::warn!(%error, "cannot read the rollout queue"),
+            }
+            let latest = match self.store.latest_event_id().await {
+                Ok(latest) => latest,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the rollout events");
+                    continue;
+                }
+            };
+            let Some(after) = looked.replace(latest) else {
+                continue;
+            };
+            match self.store.controls_between(after, latest).await {
+                Ok(controls) => {
+                    for control in controls {
+                        let Some(handle) = self
+                            .services
+                            .iter()
+                            .find(|handle| handle.settings.name.as_str() == control.service)
+                        else {
+                            continue;
+                        };
+                        handle.controls.push_recorded(
+                            control.event,
+                            control.deployment,
+                            control.action,
+                        );
+                        handle.wake.notify_one();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the control requests");
+                    looked = Some(after);
+                }
             }
         }
     }
@@ -237,7 +275,7 @@ impl Runtime for Guarded<dyn Runtime> {
 
 #[cfg(test)]
 mod tests {
-    use app::model::{RolloutStatus, Trigger};
+    use app::model::{ControlAction, RolloutStatus, Trigger};
     use tokio::time::Instant;
 
     use super::*;
@@ -246,8 +284,7 @@ mod tests {
     use crate::settings::{EnvOverrides, Settings};
     use crate::store::{Lease, Store};
 
-    /// Three backends of `web`, whose new version no probe ever finds healthy: a rollout waits in
-    /// s1's `wait_healthy` for the start timeout (1 s).
+    /// Three backends of `web`, their health path at `ADDRESS`.
     const CONFIG: &str = r#"
 [[load_balancer]]
 name = "edge"
@@ -258,9 +295,9 @@ runtime_api = ["unix:haproxy.sock"]
 name = "web"
 load_balancer = "edge"
 [service.health]
-path = "/never-answered"
+path = "/health"
 interval = "50ms"
-timeout = "100ms"
+timeout = "1s"
 healthy_threshold = 1
 start_timeout = "1s"
 [service.drain]
@@ -271,13 +308,13 @@ command = ["true"]
 initial_version = "v1"
 [[service.backend]]
 name = "s1"
-address = "127.0.0.1:9"
+address = "ADDRESS"
 [[service.backend]]
 name = "s2"
-address = "127.0.0.1:9"
+address = "ADDRESS"
 [[service.backend]]
 name = "s3"
-address = "127.0.0.1:9"
+address = "ADDRESS"
 "#;
 
     struct Harness {
@@ -287,11 +324,31 @@ address = "127.0.0.1:9"
         _dir: tempfile::TempDir,
     }
 
-    /// The fleet, with s1 and s2 running v1 (and UP on the load balancer) and s3 not running.
-    async fn harness() -> Harness {
+    /// Nothing answers there: no new version ever becomes healthy, so a rollout waits in s1's
+    /// `wait_healthy` for the start timeout (1 s).
+    const NEVER_HEALTHY: &str = "127.0.0.1:9";
+
+    /// Answers every request after 400 ms: the backends' health path, for rollouts that go
+    /// through, slowly enough that a leader polling every half second sees them under way.
+    async fn healthy() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let ok = axum::Router::new().fallback(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "ok"
+            });
+            axum::serve(listener, ok).await.unwrap();
+        });
+        (address, server)
+    }
+
+    /// The fleet, its health paths at `health`, with s1 and s2 running v1 (and UP on the load
+    /// balancer) and s3 not running.
+    async fn harness(health: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings::parse(
-            CONFIG,
+            &CONFIG.replace("ADDRESS", health),
             &dir.path().join("baton.toml"),
             &EnvOverrides::default(),
         )
@@ -360,6 +417,23 @@ address = "127.0.0.1:9"
             }
         }
 
+        async fn wait_status(&self, id: i64, status: RolloutStatus) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let row = self.store.deployment(id).await.unwrap().unwrap();
+                if row.status == status {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "rollout {id} is {} and never {status}: {:?}",
+                    row.status,
+                    self.store.steps(id).await.unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
         async fn deploy(&self) -> i64 {
             self.fleet
                 .request(DeployRequest {
@@ -377,7 +451,7 @@ address = "127.0.0.1:9"
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_follower_brings_nothing_up_and_runs_nothing_until_it_takes_the_lease() {
-        let h = harness().await;
+        let h = harness(NEVER_HEALTHY).await;
         // Another replica holds the lease for a while.
         let Lease::Held { term, .. } = h
             .store
@@ -435,9 +509,50 @@ address = "127.0.0.1:9"
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_and_a_resume_asked_of_another_replica_reach_the_leaders_worker() {
+        let (address, server) = healthy().await;
+        let h = harness(&address).await;
+        let (leadership, lease) =
+            Leadership::leased(h.store.clone(), "a".into(), Duration::from_secs(60));
+        let (tasks, shutdown, leasing) = (
+            TaskTracker::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let lease = tokio::spawn(lease.run(leasing.clone()));
+        h.fleet.spawn(&tasks, &shutdown, &leadership);
+        leadership
+            .role()
+            .wait_for(|role| matches!(role, Role::Leader { .. }))
+            .await
+            .unwrap();
+        let id = h.deploy().await;
+        h.wait_until("drained s1", |h| h.acts().contains(&"s1 drain".to_owned()))
+            .await;
+        // Asked of another replica: in the database, and nowhere in this one's memory.
+        h.store
+            .record_control(id, ControlAction::Pause, Some("ops"))
+            .await
+            .unwrap();
+        h.wait_status(id, RolloutStatus::Paused).await;
+        h.store
+            .record_control(id, ControlAction::Resume, Some("ops"))
+            .await
+            .unwrap();
+        h.wait_status(id, RolloutStatus::Succeeded).await;
+
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        leasing.cancel();
+        lease.await.unwrap();
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn workers_whose_tenure_lapsed_act_and_record_nothing_more_even_before_the_role_changes()
     {
-        let h = harness().await;
+        let h = harness(NEVER_HEALTHY).await;
         let Lease::Held { term, .. } = h
             .store
             .acquire_lease("a", None, Duration::from_secs(60))
@@ -454,10 +569,22 @@ address = "127.0.0.1:9"
         h.fleet.spawn(&tasks, &shutdown, &leadership);
         let id = h.deploy().await;
         // s1's new version is started and never becomes healthy.
-        h.wait_until("started s1 at v2", |h| {
-            h.acts().contains(&"start s1 v2".to_owned())
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !h
+            .store
+            .steps(id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|step| step.step == app::model::StepKind::WaitHealthy && step.outcome.is_none())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "never waited for s1: {:?}",
+                h.acts()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
 
         tenure.end();
         let acted = h.acts();

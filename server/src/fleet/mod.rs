@@ -344,8 +344,8 @@ impl Fleet {
             }
         }
         let handle = self.handle(&row.service)?;
-        self.store.record_control(id, action, by).await?;
-        handle.controls.push(id, action);
+        let event = self.store.record_control(id, action, by).await?;
+        handle.controls.push_recorded(event, id, action);
         handle.wake.notify_one();
         tracing::info!(
             rollout_id = id,

@@ -37,19 +37,40 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause, resume and abort requests waiting for a service's worker, by rollout id. Each is also
 /// a `Control` event in the database: a worker resuming a rollout after a restart queues again
-/// the newest one that has not taken effect ([`PendingControl::fulfilled_by`]).
+/// the newest one that has not taken effect ([`PendingControl::fulfilled_by`]), and a leader
+/// hands over those asked of other replicas as it finds them (`fleet/leading.rs`).
 #[derive(Clone, Default)]
-pub struct Controls(Arc<std::sync::Mutex<Vec<(i64, ControlAction)>>>);
+pub struct Controls(Arc<std::sync::Mutex<PendingControls>>);
+
+#[derive(Default)]
+struct PendingControls {
+    requests: Vec<(i64, ControlAction)>,
+    /// The control events handed over so far (by the replica that took the request, or by the
+    /// leader that found it in the database), so that each applies once.
+    handed: HashSet<i64>,
+}
 
 impl Controls {
     pub fn push(&self, id: i64, action: ControlAction) {
-        self.0.lock().expect("controls lock").push((id, action));
+        self.0
+            .lock()
+            .expect("controls lock")
+            .requests
+            .push((id, action));
+    }
+
+    /// Hands over the request recorded as control event `event`, unless it already was.
+    pub fn push_recorded(&self, event: i64, id: i64, action: ControlAction) {
+        let mut pending = self.0.lock().expect("controls lock");
+        if pending.handed.insert(event) {
+            pending.requests.push((id, action));
+        }
     }
 
     /// The requests for rollout `id`, in order; requests for any other rollout are stale (it
     /// ended before they could apply) and are dropped.
     fn take(&self, id: i64) -> Vec<ControlAction> {
-        let taken = std::mem::take(&mut *self.0.lock().expect("controls lock"));
+        let taken = std::mem::take(&mut self.0.lock().expect("controls lock").requests);
         taken
             .into_iter()
             .filter_map(|(for_id, action)| (for_id == id).then_some(action))
@@ -291,7 +312,7 @@ impl ServiceRunner {
             let event = tokio::select! {
                 event = self.perform(row.id, &current) => event?,
                 _ = shutdown.cancelled() => {
-                    tracing::info!(step = current.step.as_str(), "Baton is stopping; the rollout resumes at this step on restart");
+                    tracing::info!(step = current.step.as_str(), "the worker stops (Baton is stopping, or this replica no longer leads); the rollout resumes at this step");
                     return Ok(());
                 }
             };

@@ -381,13 +381,13 @@ impl Store {
         Ok(true)
     }
 
-    /// Records that someone asked to pause, resume or abort a rollout.
+    /// Records that someone asked to pause, resume or abort a rollout; returns the event's id.
     pub async fn record_control(
         &self,
         id: i64,
         action: ControlAction,
         by: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let mut tx = self.begin_turn(Turn::Events).await?;
         let event = events::record(
             &mut tx,
@@ -398,8 +398,43 @@ impl Store {
             },
         )
         .await?;
+        let event_id = event.id;
         self.commit_and_publish(tx, [event]).await?;
-        Ok(())
+        Ok(event_id)
+    }
+
+    /// The pause, resume and abort requests recorded as events with ids above `after` and up to
+    /// `upto`, oldest first (a leader polls for those asked of other replicas).
+    pub async fn controls_between(
+        &self,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<RecordedControl>, StoreError> {
+        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+            "SELECT id, deployment_id, service, data FROM deployment_events
+             WHERE id > $1 AND id <= $2 AND kind = 'control' ORDER BY id",
+        )
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(event, deployment, service, data)| match serde_json::from_str(&data) {
+                    Ok(Change::Control { action, .. }) => Some(RecordedControl {
+                        event,
+                        deployment,
+                        service,
+                        action,
+                    }),
+                    _ => {
+                        tracing::error!(event_id = event, "skipping an unreadable control event");
+                        None
+                    }
+                },
+            )
+            .collect())
     }
 
     /// The deployment a service's worker should carry on with: a started one first (interrupted
@@ -804,6 +839,15 @@ pub struct DeploymentQuery<'a> {
     /// come back newest first.
     pub after: Option<i64>,
     pub limit: i64,
+}
+
+/// A pause, resume or abort request as its event recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedControl {
+    pub event: i64,
+    pub deployment: i64,
+    pub service: String,
+    pub action: ControlAction,
 }
 
 /// What a new rollout records.

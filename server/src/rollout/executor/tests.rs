@@ -539,6 +539,21 @@ impl Drop for Worker {
     }
 }
 
+/// A pause asked of the leader reaches its worker twice: from the request, and from the
+/// database when the leader polls for requests taken by other replicas. It applies once, so a
+/// resume that came between is not undone.
+#[test]
+fn a_control_handed_over_twice_applies_once() {
+    let controls = Controls::default();
+    controls.push_recorded(7, 1, ControlAction::Pause);
+    controls.push_recorded(8, 1, ControlAction::Resume);
+    controls.push_recorded(7, 1, ControlAction::Pause);
+    assert_eq!(
+        controls.take(1),
+        [ControlAction::Pause, ControlAction::Resume]
+    );
+}
+
 /// A database that does not answer (restarting, say) is waited for: the worker tries the queue
 /// again rather than wait for a wake-up that a rollout already under way, or one queued on
 /// another replica, never sends.
