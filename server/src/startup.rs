@@ -91,8 +91,9 @@ impl Application {
         let (leadership, lease) = match store.backend() {
             Backend::Sqlite => (Leadership::single(replica), None),
             Backend::Postgres => {
-                let (leadership, lease) =
+                let (leadership, mut lease) =
                     Leadership::leased(store.clone(), replica, settings.server.lease);
+                lease.first_attempt().await;
                 (leadership, Some(lease))
             }
         };

@@ -31,6 +31,10 @@ pub struct LeaseTask {
     role: watch::Sender<Role>,
     /// The tenure held now, for [`super::Leadership::mandate`].
     current: Arc<Mutex<Option<Tenure>>>,
+    /// The tenure held now, as this task knows it.
+    held: Option<Tenure>,
+    /// How long after the last attempt the next one is due.
+    next_wait: Duration,
 }
 
 impl LeaseTask {
@@ -47,94 +51,40 @@ impl LeaseTask {
             lease,
             role,
             current,
+            held: None,
+            next_wait: Duration::ZERO,
         }
+    }
+
+    /// The first attempt, before Baton serves, so that its role is known from its first answer
+    /// (`Starting` only if the database did not answer in time).
+    pub async fn first_attempt(&mut self) {
+        self.next_wait = self.attempt().await;
     }
 
     /// Renews or takes the lease every third of a lease until `stop`, then gives it up so that
     /// another replica takes over at once. Stop it after the workers acting under it have
     /// stopped.
-    pub async fn run(self, stop: CancellationToken) {
-        let every = self.lease / 3;
-        // Room for the two clocks running at slightly different rates.
-        let margin = self.lease / 10;
-        let mut held: Option<Tenure> = None;
+    pub async fn run(mut self, stop: CancellationToken) {
         loop {
-            if held.as_ref().is_some_and(|tenure| !tenure.holds()) {
-                tracing::warn!(
-                    replica = %self.replica,
-                    "the lease was not renewed in time; this replica stops leading"
-                );
-                self.step_down(&mut held, None);
-            }
-            let asked = Instant::now();
-            // An attempt that outlasts the tenure cannot keep it: step down first.
-            let budget = held
-                .as_ref()
-                .and_then(Tenure::remaining)
-                .map_or(every, |left| left.min(every));
-            let holding = held.as_ref().map(Tenure::term);
-            let attempt = tokio::select! {
-                attempt = timeout(budget, self.store.acquire_lease(&self.replica, holding, self.lease)) => attempt,
-                _ = stop.cancelled() => break,
-            };
-            let wait = match attempt {
-                Ok(Ok(Lease::Held { term, acquired_at })) => {
-                    let until = asked + self.lease.saturating_sub(margin);
-                    match &held {
-                        Some(tenure) if tenure.term() == term => tenure.extend(until),
-                        _ => {
-                            self.end_tenure(&mut held);
-                            let tenure = Tenure::new(&self.replica, term, until);
-                            *self.current.lock().expect("tenure lock") = Some(tenure.clone());
-                            held = Some(tenure);
-                            tracing::info!(replica = %self.replica, term, "this replica leads");
-                        }
-                    }
-                    self.set_role(Role::Leader {
-                        term,
-                        since: acquired_at,
-                    });
-                    every
-                }
-                Ok(Ok(Lease::Taken {
-                    holder,
-                    term,
-                    acquired_at,
-                    expires_in,
-                })) => {
-                    let leader = LeaderInfo {
-                        replica: holder,
-                        since: acquired_at,
-                    };
-                    if held.is_some() {
-                        tracing::warn!(replica = %self.replica, leader = %leader.replica, term, "another replica took the lease over; this replica stops leading");
-                    }
-                    self.step_down(&mut held, Some(leader));
-                    // Ask again as soon as it may have run out.
-                    expires_in.min(every).max(LEAST_WAIT)
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(replica = %self.replica, %error, "cannot take or renew the leadership lease");
-                    every
-                }
-                Err(_) => {
-                    tracing::warn!(replica = %self.replica, waited = ?budget, "the database did not answer the lease in time");
-                    LEAST_WAIT
-                }
-            };
             // Wake at the tenure's deadline to step down on time.
-            let wait = held
+            let wait = self
+                .held
                 .as_ref()
                 .and_then(Tenure::remaining)
-                .map_or(wait, |left| wait.min(left));
+                .map_or(self.next_wait, |left| self.next_wait.min(left));
             tokio::select! {
                 _ = sleep(wait) => {}
                 _ = stop.cancelled() => break,
             }
+            tokio::select! {
+                wait = self.attempt() => self.next_wait = wait,
+                _ = stop.cancelled() => break,
+            }
         }
-        if let Some(tenure) = held.take() {
+        if let Some(tenure) = self.held.clone() {
             let term = tenure.term();
-            self.step_down(&mut Some(tenure), None);
+            self.step_down(None);
             match timeout(
                 RELEASE_TIMEOUT,
                 self.store.release_lease(&self.replica, term),
@@ -154,15 +104,88 @@ impl LeaseTask {
         }
     }
 
+    /// One attempt to take or renew the lease, and what it makes of the answer; returns how
+    /// long to wait before the next one.
+    async fn attempt(&mut self) -> Duration {
+        let every = self.lease / 3;
+        // Room for the two clocks running at slightly different rates.
+        let margin = self.lease / 10;
+        if self.held.as_ref().is_some_and(|tenure| !tenure.holds()) {
+            tracing::warn!(
+                replica = %self.replica,
+                "the lease was not renewed in time; this replica stops leading"
+            );
+            self.step_down(None);
+        }
+        let asked = Instant::now();
+        // An attempt that outlasts the tenure cannot keep it: step down first.
+        let budget = self
+            .held
+            .as_ref()
+            .and_then(Tenure::remaining)
+            .map_or(every, |left| left.min(every));
+        let holding = self.held.as_ref().map(Tenure::term);
+        let attempt = timeout(
+            budget,
+            self.store.acquire_lease(&self.replica, holding, self.lease),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(Lease::Held { term, acquired_at })) => {
+                let until = asked + self.lease.saturating_sub(margin);
+                match &self.held {
+                    Some(tenure) if tenure.term() == term => tenure.extend(until),
+                    _ => {
+                        self.end_tenure();
+                        let tenure = Tenure::new(&self.replica, term, until);
+                        *self.current.lock().expect("tenure lock") = Some(tenure.clone());
+                        self.held = Some(tenure);
+                        tracing::info!(replica = %self.replica, term, "this replica leads");
+                    }
+                }
+                self.set_role(Role::Leader {
+                    term,
+                    since: acquired_at,
+                });
+                every
+            }
+            Ok(Ok(Lease::Taken {
+                holder,
+                term,
+                acquired_at,
+                expires_in,
+            })) => {
+                let leader = LeaderInfo {
+                    replica: holder,
+                    since: acquired_at,
+                };
+                if self.held.is_some() {
+                    tracing::warn!(replica = %self.replica, leader = %leader.replica, term, "another replica took the lease over; this replica stops leading");
+                }
+                self.step_down(Some(leader));
+                // Ask again as soon as it may have run out.
+                expires_in.min(every).max(LEAST_WAIT)
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(replica = %self.replica, %error, "cannot take or renew the leadership lease");
+                every
+            }
+            Err(_) => {
+                tracing::warn!(replica = %self.replica, waited = ?budget, "the database did not answer the lease in time");
+                LEAST_WAIT
+            }
+        }
+    }
+
     /// Ends the tenure held (if any) and follows `leader` (`None`: not known).
-    fn step_down(&self, held: &mut Option<Tenure>, leader: Option<LeaderInfo>) {
-        self.end_tenure(held);
+    fn step_down(&mut self, leader: Option<LeaderInfo>) {
+        self.end_tenure();
         self.set_role(Role::Follower { leader });
     }
 
     /// Ends the tenure held, if any: nothing more is done or written under it.
-    fn end_tenure(&self, held: &mut Option<Tenure>) {
-        if let Some(tenure) = held.take() {
+    fn end_tenure(&mut self) {
+        if let Some(tenure) = self.held.take() {
             tenure.end();
             *self.current.lock().expect("tenure lock") = None;
         }
