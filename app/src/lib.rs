@@ -56,7 +56,6 @@ pub fn App() -> impl IntoView {
     pages::provide_hydrated();
     pages::provide_clock();
     auth::provide_caller();
-    pages::provide_replica();
     let caller = auth::use_caller();
     // Marks the page once the wasm client has taken over (tests and people debugging look for it).
     #[cfg(feature = "hydrate")]
@@ -97,7 +96,6 @@ pub fn App() -> impl IntoView {
                                                 }
                                             })}
                                     </nav>
-                                    <pages::ReplicaBadge />
                                     <auth::SignedIn caller />
                                 }
                             })
