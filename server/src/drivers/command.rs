@@ -44,7 +44,7 @@ const STDERR_LINES: usize = 10;
 const STDERR_BYTES: usize = 2000;
 /// Shorter values are not masked: masking every "1" or "on" would garble the message and
 /// hide nothing worth hiding.
-pub(super) const MASK_MIN_LEN: usize = 3;
+const MASK_MIN_LEN: usize = 3;
 /// What a masked value is replaced with.
 const MASK: &str = "***";
 
@@ -97,17 +97,14 @@ impl CommandRuntime {
         };
         // The environment is INHERITED_ENV's variables, then `pass_env`'s and `env`'s; what is
         // not one of the standard ones came from those two.
-        let mut secrets: Vec<String> = service
-            .runtime
-            .env
-            .iter()
-            .filter(|(name, value)| {
-                !INHERITED_ENV.contains(&name.as_str()) && value.len() >= MASK_MIN_LEN
-            })
-            .map(|(_, value)| value.clone())
-            .collect();
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        secrets.dedup();
+        let secrets = mask_order(
+            service
+                .runtime
+                .env
+                .iter()
+                .filter(|(name, _)| !INHERITED_ENV.contains(&name.as_str()))
+                .map(|(_, value)| value.clone()),
+        );
         Self {
             prepare: prepare.clone(),
             start: start.clone(),
@@ -256,6 +253,18 @@ impl CommandRuntime {
         }
         env
     }
+}
+
+/// The values a failed command's stderr is masked with: none shorter than [`MASK_MIN_LEN`],
+/// longest first so a value holding another is masked whole.
+pub(super) fn mask_order(values: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut secrets: Vec<String> = values
+        .into_iter()
+        .filter(|value| value.len() >= MASK_MIN_LEN)
+        .collect();
+    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    secrets.dedup();
+    secrets
 }
 
 /// Kills a command's process group when dropped while armed, so a command that timed out, or

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::command::{self, MASK_MIN_LEN};
+use super::command::{self, mask_order};
 use super::shell::{Shell, ShellError};
 use super::{BackendRun, BackendSpec, Runtime, RuntimeError};
 use crate::domain::{BackendName, ServiceName, Version};
@@ -228,18 +228,6 @@ fn env_words<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Ve
             }
         })
         .collect()
-}
-
-/// The values a failed command's stderr is masked with, as command.rs orders them: none
-/// shorter than [`MASK_MIN_LEN`], longest first so a value holding another is masked whole.
-fn mask_order(values: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut secrets: Vec<String> = values
-        .into_iter()
-        .filter(|value| value.len() >= MASK_MIN_LEN)
-        .collect();
-    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    secrets.dedup();
-    secrets
 }
 
 /// Serializes `start` and `stop` of each backend, as process.rs's `turn`.

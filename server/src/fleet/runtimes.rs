@@ -13,9 +13,6 @@ use crate::drivers::remote::{
 use crate::hosts::{Host, Hosts};
 use crate::settings::{RuntimeKind, ServiceSettings, Settings};
 
-/// Shorter values are not masked in a failed command's stderr (as in the local command runtime).
-const MASK_MIN_LEN: usize = 3;
-
 /// The runtime of `service`: its kind's runtime on this machine when every backend runs here,
 /// else a [`PlacedRuntime`] with one runtime per place.
 pub fn runtime_for(
@@ -124,14 +121,6 @@ fn remote(service: &ServiceSettings, host: &Arc<Host>) -> Arc<dyn Runtime> {
             start,
             stop,
         } => {
-            let mut secrets: Vec<String> = runtime
-                .explicit_env
-                .values()
-                .filter(|value| value.len() >= MASK_MIN_LEN)
-                .cloned()
-                .collect();
-            secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-            secrets.dedup();
             Arc::new(RemoteCommandRuntime::new(
                 host.clone(),
                 RemoteCommandConfig {
@@ -139,7 +128,8 @@ fn remote(service: &ServiceSettings, host: &Arc<Host>) -> Arc<dyn Runtime> {
                     start: start.clone(),
                     stop: stop.clone(),
                     env: runtime.explicit_env.clone(),
-                    secrets,
+                    // Put in masking order by the runtime.
+                    secrets: runtime.explicit_env.values().cloned().collect(),
                     service: service.name.clone(),
                     timeout: runtime.stop_timeout.get(),
                     state_dir,
