@@ -56,7 +56,9 @@ pub fn App() -> impl IntoView {
     pages::provide_hydrated();
     pages::provide_clock();
     auth::provide_caller();
+    pages::provide_replica();
     let caller = auth::use_caller();
+    let replica = pages::use_replica();
     // Marks the page once the wasm client has taken over (tests and people debugging look for it).
     #[cfg(feature = "hydrate")]
     Effect::new(|_| {
@@ -77,6 +79,7 @@ pub fn App() -> impl IntoView {
                 // the sign-in page (the server redirects every other page there).
                 <Transition fallback=|| ()>
                     {move || Suspend::new(async move {
+                        let replica = replica.await;
                         caller
                             .await
                             .map(|caller| {
@@ -96,6 +99,8 @@ pub fn App() -> impl IntoView {
                                                 }
                                             })}
                                     </nav>
+                                    {replica
+                                        .map(|replica| view! { <pages::ReplicaBadge replica /> })}
                                     <auth::SignedIn caller />
                                 }
                             })

@@ -270,6 +270,20 @@ async fn every_replica_says_which_one_answers_and_which_one_leads() {
             .unwrap();
         assert_eq!(ready, view, "/ready answers the same view");
 
+        let html = app.get("/").await.text().await.unwrap();
+        let name = view["replica"].as_str().unwrap();
+        for expected in [
+            "data-testid=\"replica\"",
+            "data-role=\"leader\"",
+            name,
+            "this replica leads",
+            " since ",
+        ] {
+            assert!(
+                html.contains(expected),
+                "the top bar lacks {expected:?}:\n{html}"
+            );
+        }
         app.stop().await;
     }
 }
