@@ -72,6 +72,8 @@ test('Redeploy from the dashboard: steps appear live, then success and the new v
   const web3 = page.locator('[data-row="web3"]');
   const early = await web3.locator('[data-step]').count();
   assert.equal(early, 0, 'web3 had steps already: the rollout was not watched live');
+  const lane = (name) => page.locator(`[data-testid="gantt"] [data-backend="${name}"]`);
+  assert.equal(await lane('web3').locator('.bar').count(), 0, 'the chart had web3 bars already');
   await page.getByTestId('connection').filter({ hasText: 'Live' }).waitFor({ timeout: 10_000 });
   // A running step shows its elapsed time ticking.
   const running = page.locator('[data-outcome="running"]').first();
@@ -92,6 +94,19 @@ test('Redeploy from the dashboard: steps appear live, then success and the new v
   const shown = await shownStepIds(page);
   assert.equal(new Set(shown).size, shown.length, `duplicate steps: ${shown}`);
   assert.deepEqual([...shown].sort((a, b) => a - b), api.steps.map((s) => s.id).sort((a, b) => a - b));
+  // The Gantt chart grew live as well: every lane ends confirmed UP, one backend after another.
+  for (const row of ['web1', 'web2', 'web3']) {
+    await lane(row).locator('[data-step="confirm_up"][data-outcome="ok"]').waitFor({ timeout: 5_000 });
+  }
+  const extent = (name) => lane(name).locator('.bar').evaluateAll((bars) => bars.map((bar) => {
+    const left = parseFloat(bar.style.left);
+    return [left, left + parseFloat(bar.style.width)];
+  }));
+  const [web1Bars, web2Bars] = [await extent('web1'), await extent('web2')];
+  const web1End = Math.max(...web1Bars.map(([, end]) => end));
+  const web2Start = Math.min(...web2Bars.map(([start]) => start));
+  // (Half a percent of slack: the narrowest bar is drawn 0.4 % wide.)
+  assert.ok(web1End <= web2Start + 0.5, `web2 began at ${web2Start}% before web1 ended at ${web1End}%`);
   await page.screenshot({ path: screenshotPath('rollout-succeeded.png'), fullPage: true });
 
   // Back on the dashboard (client-side), every backend runs the new version and is UP.

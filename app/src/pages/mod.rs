@@ -5,6 +5,7 @@ mod address;
 mod audit;
 mod deployments;
 mod format;
+mod gantt;
 mod live;
 mod login;
 mod not_found;

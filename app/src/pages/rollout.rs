@@ -13,6 +13,7 @@ use leptos_router::hooks::{use_navigate, use_params_map};
 use super::format::{
     error_message, outcome_label, status_label, step_doing, step_label, trigger_label,
 };
+use super::gantt::Gantt;
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::timeline::Timeline;
 use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
@@ -234,6 +235,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
         {reason}
         <div aria-live="polite">{result}</div>
         <Controls id service pending status may_control />
+        <Gantt timeline />
         <section class="timeline" aria-labelledby="timeline-heading">
             <h2 id="timeline-heading">"Backends"</h2>
             <ol class="rows">

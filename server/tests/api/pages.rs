@@ -352,6 +352,19 @@ async fn rollout_page_is_complete(app: TestApp) {
         .as_str()
         .expect("a failed rollout says why");
     assert!(shown(reason), "the reason {reason:?} is missing:\n{html}");
+    // The Gantt chart: a lane per backend, the failed step a red bar in it.
+    assert_contains(
+        &html,
+        &[
+            "data-testid=\"gantt\"",
+            "data-backend=\"s1\"",
+            "data-backend=\"s2\"",
+            &format!(
+                "data-step=\"{}\" data-outcome=\"failed\"",
+                failed["step"].as_str().unwrap()
+            ),
+        ],
+    );
     app.stop().await;
 }
 
