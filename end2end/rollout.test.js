@@ -188,6 +188,13 @@ test('a version that never becomes healthy is rolled back live and the fleet sta
   assert.match(await page.getByTestId('result').textContent(), /^Rolled back: /);
   assert.equal(await page.locator('[data-row="web1"] [data-testid="row-state"]').textContent(), `Rolled back: runs ${old}`);
   assert.equal(await page.locator('[data-row="web2"] [data-step]').count(), 0, 'web2 must not be touched');
+  // The log web1's new version wrote appeared live under the failure: the answer to "why?".
+  const log = page.getByTestId('logs').locator('[data-log-backend="web1"]');
+  await log.getByTestId('log-lines').waitFor({ timeout: 10_000 });
+  assert.match(await log.getByTestId('log-lines').textContent(), /web1 version v4-unhealthy listening .*never healthy: true/);
+  assert.match(await log.locator('h3').textContent(), /^web1 · when Healthy failed$/);
+  // The Gantt chart marks the failed step in web1's lane.
+  await page.locator('[data-testid="gantt"] [data-backend="web1"] [data-step="wait_healthy"][data-outcome="failed"]').waitFor({ timeout: 5_000 });
   await page.screenshot({ path: screenshotPath('rollout-rolled-back.png'), fullPage: true });
 
   const api = await fleet.api(`/api/deployments/${id}`);

@@ -397,6 +397,47 @@ pub struct DeploymentDetail {
     /// rollout has ended. Absent from older answers, which read as nothing pending.
     #[serde(default)]
     pub pending: Option<PendingControl>,
+    /// The end of each backend's log as it was when a step on it failed, oldest step first.
+    #[serde(default)]
+    pub logs: Vec<StepLog>,
+}
+
+/// The last lines of a backend's log, read when a step on it failed. The log is what the
+/// application printed, so only deployers and admins read its lines; a viewer learns that it
+/// is there and how long it is (`withheld`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// The failed step.
+    pub step_id: i64,
+    pub backend: String,
+    /// Where the lines were read: a path, with the host when not on Baton's machine.
+    pub source: String,
+    pub line_count: u32,
+    /// Oldest first; empty when withheld.
+    pub lines: Vec<String>,
+    pub withheld: bool,
+}
+
+impl StepLog {
+    /// The same log as a viewer may see it: that it exists, not what it says.
+    pub fn withhold(self) -> Self {
+        Self {
+            lines: Vec::new(),
+            withheld: true,
+            ..self
+        }
+    }
+}
+
+impl DeploymentDetail {
+    /// This rollout as someone with `role` may see it: logs' lines only for deployers and
+    /// admins.
+    pub fn seen_by(mut self, role: Option<Role>) -> Self {
+        if !role.is_some_and(|role| role.allows(Role::Deployer)) {
+            self.logs = self.logs.into_iter().map(StepLog::withhold).collect();
+        }
+        self
+    }
 }
 
 /// A pause, resume or abort someone asked for that has not taken effect yet.

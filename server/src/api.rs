@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Audit, ClientAddress, Guarded, Principal, Role};
+use crate::drivers::LOG_TAIL_MAX;
 use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
 use crate::http_error::{ApiError, RequestError};
 use crate::live;
@@ -31,6 +32,11 @@ pub fn routes() -> Guarded<AppState> {
             create_deployment,
         )
         .post("/api/services/{service}/rollback", Role::Deployer, rollback)
+        .get(
+            "/api/services/{service}/backends/{backend}/log",
+            Role::Deployer,
+            backend_log,
+        )
         .get("/api/deployments", Role::Viewer, list_deployments)
         .get("/api/deployments/{id}", Role::Viewer, get_deployment)
         .get(
@@ -196,8 +202,58 @@ fn parse_id(id: &str) -> Result<i64, RequestError> {
     })
 }
 
+#[derive(Deserialize)]
+struct LogQuery {
+    lines: Option<usize>,
+}
+
+/// A backend's log as it reads now.
+#[derive(serde::Serialize)]
+struct BackendLog {
+    service: String,
+    backend: String,
+    /// Where the lines were read; `null` when the runtime keeps no log for the backend.
+    source: Option<String>,
+    lines: Vec<String>,
+}
+
+/// The last lines of a backend's log (`?lines=N`, 1 to 200, 200 by default): what it printed
+/// under the process runtime, the commands' stderr under the command runtime. For deployers
+/// and admins only: a log may hold what the application should not show everyone.
+async fn backend_log(
+    State(state): State<AppState>,
+    Path((service, backend)): Path<(String, String)>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    const EXPECTED: &str = "?lines=N with N from 1 to 200";
+    let Query(query) = query.map_err(|rejection| RequestError::Query {
+        rejection: rejection.body_text(),
+        expected: EXPECTED,
+    })?;
+    let lines = query.lines.unwrap_or(LOG_TAIL_MAX);
+    if !(1..=LOG_TAIL_MAX).contains(&lines) {
+        return Err(RequestError::Query {
+            rejection: format!("lines={lines} is out of range"),
+            expected: EXPECTED,
+        }
+        .into());
+    }
+    let tail = state.fleet.backend_log(&service, &backend, lines).await?;
+    let (source, lines) = match tail {
+        Some(tail) => (Some(tail.source), tail.lines),
+        None => (None, Vec::new()),
+    };
+    Ok(Json(BackendLog {
+        service,
+        backend,
+        source,
+        lines,
+    }))
+}
+
 async fn get_deployment(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
@@ -206,7 +262,7 @@ async fn get_deployment(
         .deployment(id)
         .await?
         .ok_or(DeployError::UnknownDeployment(id))?;
-    Ok(Json(detail))
+    Ok(Json(detail.seen_by(Some(principal.role))))
 }
 
 async fn control(

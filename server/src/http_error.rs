@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::{AuthError, PageRefusal};
-use crate::fleet::DeployError;
+use crate::fleet::{DeployError, LogError};
 use crate::store::StoreError;
 use crate::webhooks::ReplayError;
 
@@ -41,6 +41,8 @@ pub enum ApiError {
     Replay(#[from] ReplayError),
     #[error(transparent)]
     Request(#[from] RequestError),
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// What is wrong with the request itself, found before Baton looks anything up.
@@ -97,6 +99,13 @@ impl ApiError {
                 ReplayError::UnknownDelivery(_) => StatusCode::NOT_FOUND,
                 ReplayError::NotReplayable(_) => StatusCode::CONFLICT,
                 ReplayError::Store(error) => return internal(error),
+            },
+            ApiError::Log(error) => match error {
+                LogError::UnknownService(_) | LogError::UnknownBackend { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                // The runtime's host did not answer: a gateway's failure, not the caller's.
+                LogError::Unreadable(_) => StatusCode::BAD_GATEWAY,
             },
             ApiError::Request(error) => match error {
                 RequestError::Json { rejection, .. } => rejection.status(),

@@ -103,7 +103,9 @@ impl FleetSource for UiFleet {
     }
 
     async fn deployment(&self, id: i64) -> Result<Option<DeploymentDetail>, String> {
-        self.fleet.deployment(id).await.map_err(message)
+        let role = auth::principal().map(|principal| principal.role);
+        let detail = self.fleet.deployment(id).await.map_err(message)?;
+        Ok(detail.map(|detail| detail.seen_by(role)))
     }
 
     async fn deploy(&self, service: String, version: String) -> Result<i64, String> {

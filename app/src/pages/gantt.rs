@@ -202,6 +202,7 @@ mod tests {
             steps,
             last_event_id: 0,
             pending: None,
+            logs: Vec::new(),
         })
     }
 

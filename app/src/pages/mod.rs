@@ -8,6 +8,7 @@ mod format;
 mod gantt;
 mod live;
 mod login;
+mod logs;
 mod not_found;
 mod redeploy;
 mod replica;

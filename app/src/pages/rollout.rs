@@ -15,6 +15,7 @@ use super::format::{
 };
 use super::gantt::Gantt;
 use super::live::{Connection, ConnectionBadge, Handler, follow};
+use super::logs::FailureLogs;
 use super::timeline::Timeline;
 use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
 use crate::auth::{allows, use_caller};
@@ -106,6 +107,24 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
             connection,
             vec![("deployment", on_event)],
         );
+    }
+
+    // A step that fails while the page watches may have had its backend's log kept: ask for
+    // the rollout's logs again (the server writes the log before the failure's event).
+    #[cfg(feature = "hydrate")]
+    {
+        let failures = Memo::new(move |_| timeline.with(|t| t.failures()));
+        Effect::new(move |seen: Option<usize>| {
+            let now = failures.get();
+            if seen.is_some_and(|seen| now > seen) {
+                leptos::task::spawn_local(async move {
+                    if let Ok(Some(detail)) = get_deployment(id).await {
+                        timeline.update(|t| t.logs = detail.logs);
+                    }
+                });
+            }
+            now
+        });
     }
 
     let deployment = Memo::new(move |_| timeline.with(|t| t.deployment.clone()));
@@ -236,6 +255,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
         <div aria-live="polite">{result}</div>
         <Controls id service pending status may_control />
         <Gantt timeline />
+        <FailureLogs timeline />
         <section class="timeline" aria-labelledby="timeline-heading">
             <h2 id="timeline-heading">"Backends"</h2>
             <ol class="rows">

@@ -7,7 +7,7 @@
 
 use crate::model::{
     Change, ControlAction, DeploymentDetail, DeploymentEvent, DeploymentSummary, PendingControl,
-    StepSummary,
+    StepLog, StepOutcome, StepSummary,
 };
 
 impl PendingControl {
@@ -42,6 +42,8 @@ pub struct Timeline {
     /// The newest event reflected here.
     pub last_event_id: i64,
     pub pending: Option<PendingControl>,
+    /// The ends of backends' logs kept with failed steps (fetched again when a step fails live).
+    pub logs: Vec<StepLog>,
 }
 
 impl Timeline {
@@ -56,6 +58,7 @@ impl Timeline {
             steps: detail.steps,
             last_event_id: detail.last_event_id,
             pending,
+            logs: detail.logs,
         };
         timeline.sort();
         timeline
@@ -105,6 +108,15 @@ impl Timeline {
 
     fn sort(&mut self) {
         self.steps.sort_by_key(|step| (step.started_at, step.id));
+    }
+
+    /// How many steps have failed so far: when it grows, a log may have been kept.
+    #[cfg_attr(not(feature = "hydrate"), allow(dead_code))]
+    pub fn failures(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|step| step.outcome == Some(StepOutcome::Failed))
+            .count()
     }
 
     /// The steps of one backend (or, with `None`, of the whole rollout), in order.
@@ -159,6 +171,7 @@ mod tests {
             steps: vec![step(2, "web1", StepKind::Drain, true)],
             last_event_id: 10,
             pending: None,
+            logs: Vec::new(),
         })
     }
 
@@ -170,6 +183,7 @@ mod tests {
             steps: vec![step(2, "web1", StepKind::Drain, true)],
             last_event_id: 10,
             pending,
+            logs: Vec::new(),
         })
     }
 
@@ -370,6 +384,7 @@ mod tests {
             steps: Vec::new(),
             last_event_id: 3,
             pending: None,
+            logs: Vec::new(),
         })
         .unwrap();
         json.as_object_mut().unwrap().remove("pending");

@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 
 use super::files;
-use super::{BackendRun, BackendSpec, Runtime, RuntimeError};
+use super::{BackendRun, BackendSpec, LogTail, Runtime, RuntimeError};
 use crate::domain::Version;
 use crate::settings::{INHERITED_ENV, RuntimeKind, ServiceSettings};
 
@@ -267,6 +267,16 @@ pub(super) fn mask_order(values: impl IntoIterator<Item = String>) -> Vec<String
     secrets
 }
 
+/// One line of a log with every value in `secrets` (in [`mask_order`]) replaced by [`MASK`].
+pub(super) fn mask_line(mut line: String, secrets: &[String]) -> String {
+    for secret in secrets {
+        if line.contains(secret.as_str()) {
+            line = line.replace(secret.as_str(), MASK);
+        }
+    }
+    line
+}
+
 /// Kills a command's process group when dropped while armed, so a command that timed out, or
 /// whose step was cancelled, leaves nothing running.
 struct GroupGuard(Option<Pid>);
@@ -428,6 +438,19 @@ impl Runtime for CommandRuntime {
                 "the command runtime does not know what runs on this backend".into(),
             )),
         }
+    }
+
+    /// The end of `<working_dir>/<backend>.log`: the start and stop commands' stderr, masked.
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        let path = self
+            .working_dir
+            .join(format!("{}.log", backend.name.as_str()));
+        let secrets = self.secrets.clone();
+        files::local_tail(path, lines, move |line| mask_line(line, &secrets)).await
     }
 }
 
@@ -634,6 +657,17 @@ env = { DB_USER = "app", DB_PASSWORD = "hunter2-db-secret", APP_MODE = "on" }"#,
             "cannot start s1: start exited with status 3: connecting as ***:*** with *** (on)\n\
              giving up"
         );
+        // The log the rollout page shows is masked the same way.
+        let tail = runtime.log_tail(&spec("s1"), 10).await.unwrap().unwrap();
+        assert_eq!(
+            tail.lines,
+            [
+                "[baton] start BATON_BACKEND=s1 BATON_PORT=18001 BATON_VERSION=v2",
+                "connecting as ***:*** with *** (on)",
+                "giving up"
+            ]
+        );
+        assert!(tail.source.ends_with("/s1.log"), "{}", tail.source);
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use tokio::time::{Instant, sleep};
 use super::haproxy::HaproxyOptions;
 use super::{
     AdminState, BackendRun, BackendSpec, CheckResult, Health, HealthProbe, LbError, LoadBalancer,
-    MaintCause, ProbeFailure, Runtime, RuntimeError, ServerState, ServerStatus,
+    LogTail, MaintCause, ProbeFailure, Runtime, RuntimeError, ServerState, ServerStatus,
 };
 use crate::domain::{BackendAddr, Version};
 
@@ -510,6 +510,47 @@ impl Runtime for FakeRuntime {
             .filter(|(at, _)| run.stopped.is_none_or(|stopped| *at < stopped))
             .map(|(_, exit)| exit.to_owned());
         Ok(BackendRun::Stopped { exit })
+    }
+
+    /// A log made from the backend's runs, as a process runtime's would read: each start, and
+    /// each end so far (a crash with its exit, or a stop). Not a call the log records.
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        if let Some(reason) = self.unreachable(backend) {
+            return Err(RuntimeError::Other(reason));
+        }
+        let now = Instant::now();
+        let state = lock(&self.state);
+        let Some(runs) = state
+            .backends
+            .get(backend.name.as_str())
+            .map(|backend| &backend.runs)
+        else {
+            return Ok(None);
+        };
+        let mut log = Vec::new();
+        for run in runs {
+            log.push(format!(
+                "[fake] starting version {} (pid {})",
+                run.version, run.pid
+            ));
+            let exit = run
+                .exit()
+                .filter(|(at, _)| *at <= now && run.stopped.is_none_or(|stopped| *at < stopped));
+            if let Some((_, exit)) = exit {
+                log.push(format!("[fake] {} ended: {exit}", run.version));
+            } else if run.stopped.is_some() {
+                log.push(format!("[fake] {} stopped", run.version));
+            }
+        }
+        let kept = log.split_off(log.len().saturating_sub(lines));
+        Ok(Some(LogTail {
+            source: format!("{}.log (fake)", backend.name),
+            lines: kept,
+        }))
     }
 }
 

@@ -54,6 +54,57 @@ pub fn create_private_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// The last `lines` lines of the file at `path`, oldest first, read from at most its last
+/// [`TAIL_BYTES`] (a long first line comes back cut at its start); `None` if there is no file.
+/// Bytes that are not UTF-8 are replaced, so a binary log still reads.
+pub fn tail_lines(path: &Path, lines: usize) -> io::Result<Option<Vec<String>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let length = file.metadata()?.len();
+    let from = length.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::with_capacity((length - from) as usize);
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    let kept = &all[all.len().saturating_sub(lines)..];
+    Ok(Some(kept.iter().map(|line| (*line).to_owned()).collect()))
+}
+
+/// [`tail_lines`] off the async threads, as a runtime's answer: the log at `path` on this
+/// machine, its lines passed through `mask` (a command runtime hides its secrets).
+pub async fn local_tail(
+    path: std::path::PathBuf,
+    lines: usize,
+    mask: impl Fn(String) -> String + Send + 'static,
+) -> Result<Option<super::LogTail>, super::RuntimeError> {
+    let read = tokio::task::spawn_blocking(move || {
+        let tail = tail_lines(&path, lines);
+        (path, tail)
+    })
+    .await;
+    match read {
+        Ok((path, Ok(tail))) => Ok(tail.map(|lines| super::LogTail {
+            source: path.display().to_string(),
+            lines: lines.into_iter().map(mask).collect(),
+        })),
+        Ok((path, Err(error))) => Err(super::RuntimeError::Other(format!(
+            "cannot read {}: {error}",
+            path.display()
+        ))),
+        Err(error) => Err(super::RuntimeError::Other(format!(
+            "reading a log failed: {error}"
+        ))),
+    }
+}
+
+/// How far back from a log's end [`tail_lines`] reads: 200 lines of a chatty application.
+pub const TAIL_BYTES: u64 = 256 * 1024;
+
 /// Moves the log at `path` to `path.1` if it holds `limit` bytes or more.
 fn rotate_log(path: &Path, limit: u64) -> io::Result<()> {
     match fs::metadata(path) {
@@ -76,6 +127,31 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_tail_is_the_last_lines_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("b1.log");
+        assert_eq!(tail_lines(&log, 3).unwrap(), None, "no log yet");
+        let text: String = (1..=10).map(|n| format!("line {n}\n")).collect();
+        fs::write(&log, text).unwrap();
+        assert_eq!(
+            tail_lines(&log, 3).unwrap().unwrap(),
+            ["line 8", "line 9", "line 10"]
+        );
+        assert_eq!(tail_lines(&log, 50).unwrap().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn a_tail_of_a_huge_log_reads_only_its_end_and_survives_binary_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("b1.log");
+        let mut bytes = vec![b'x'; 4 * TAIL_BYTES as usize];
+        bytes.extend_from_slice(b"\n\xff\xfe garbage\nlast line\n");
+        fs::write(&log, bytes).unwrap();
+        let tail = tail_lines(&log, 2).unwrap().unwrap();
+        assert_eq!(tail, ["\u{fffd}\u{fffd} garbage", "last line"]);
     }
 
     #[test]

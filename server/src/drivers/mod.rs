@@ -184,7 +184,29 @@ pub trait Runtime: Send + Sync {
     async fn stop(&self, backend: &BackendSpec) -> Result<(), RuntimeError>;
     /// What runs there now.
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError>;
+    /// The last `lines` lines of the backend's log, oldest first; `None` when this runtime
+    /// keeps no log for it (or none was written yet). Reading is not a side effect: a replica
+    /// that does not lead may read too.
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        let _ = (backend, lines);
+        Ok(None)
+    }
 }
+
+/// The end of a backend's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTail {
+    /// Where the lines were read: a path, with the host when not on this machine.
+    pub source: String,
+    pub lines: Vec<String>,
+}
+
+/// The most lines of a log Baton reads back, for the rollout page and the API.
+pub const LOG_TAIL_MAX: usize = 200;
 
 /// Why one probe of a backend's health path did not pass.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{BackendRun, BackendSpec, Runtime, RuntimeError};
+use super::{BackendRun, BackendSpec, LogTail, Runtime, RuntimeError};
 use crate::domain::{BackendName, HostName, Version};
 
 /// Where a backend runs.
@@ -113,6 +113,14 @@ impl Runtime for PlacedRuntime {
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError> {
         self.runtime(backend)?.status(backend).await
     }
+
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        self.runtime(backend)?.log_tail(backend, lines).await
+    }
 }
 
 /// A runtime whose `prepare` is another's: the process runtime on this machine with the
@@ -139,6 +147,14 @@ impl Runtime for WithPrepare {
 
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError> {
         self.runtime.status(backend).await
+    }
+
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        self.runtime.log_tail(backend, lines).await
     }
 }
 

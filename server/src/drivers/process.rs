@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::files;
-use super::{BackendRun, BackendSpec, Runtime, RuntimeError};
+use super::{BackendRun, BackendSpec, LogTail, Runtime, RuntimeError};
 use crate::domain::Version;
 use crate::settings::StopSignal;
 
@@ -516,6 +516,15 @@ impl Runtime for ProcessRuntime {
                 Ok(BackendRun::Stopped { exit })
             }
         }
+    }
+
+    /// The end of `<state_dir>/<backend>.log`: what the backend printed.
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        files::local_tail(self.log_path(backend), lines, |line| line).await
     }
 }
 
@@ -1008,6 +1017,10 @@ mod tests {
             log.contains("to stdout\n") && log.contains("to stderr\n"),
             "{log}"
         );
+        // The tail the rollout page shows is the same log's end.
+        let tail = runtime.log_tail(&b1, 1).await.unwrap().unwrap();
+        assert_eq!(tail.lines, [log.lines().last().unwrap()]);
+        assert_eq!(tail.source, state_dir.join("b1.log").display().to_string());
         assert!(!state_dir.join("b1.json").exists());
         assert_eq!(
             runtime.status(&b1).await.unwrap(),

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 
 use super::command::{self, mask_order};
 use super::shell::{Shell, ShellError};
-use super::{BackendRun, BackendSpec, Runtime, RuntimeError};
+use super::{BackendRun, BackendSpec, LogTail, Runtime, RuntimeError};
 use crate::domain::{BackendName, ServiceName, Version};
 use crate::settings::StopSignal;
 
@@ -671,6 +671,53 @@ impl Runtime for RemoteProcessRuntime {
             _ => Err(status_error(answer.unexpected(Op::Status))),
         }
     }
+
+    /// The end of `<state_dir>/<backend>.log` on the host: what the backend printed.
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        tail_on_host(
+            self.shell.as_ref(),
+            &self.config.state_dir,
+            backend,
+            lines,
+            &[],
+        )
+        .await
+    }
+}
+
+/// [`log_tail`] as a runtime answers it: `None` for an empty or missing log, each line masked
+/// with `secrets`, the source naming the host.
+async fn tail_on_host(
+    shell: &dyn Shell,
+    state_dir: &Path,
+    backend: &BackendSpec,
+    lines: usize,
+    secrets: &[String],
+) -> Result<Option<LogTail>, RuntimeError> {
+    let text = log_tail(shell, state_dir, &backend.name, lines)
+        .await
+        .map_err(|error| {
+            RuntimeError::Other(format!("cannot read {}'s log: {error}", backend.name))
+        })?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(LogTail {
+        source: format!(
+            "{}/{}.log on host {}",
+            host_path(state_dir),
+            backend.name,
+            shell.name()
+        ),
+        lines: text
+            .lines()
+            .map(|line| command::mask_line(line.to_owned(), secrets))
+            .collect(),
+    }))
 }
 
 /// How one service's backends on a host are run by a [`RemoteCommandRuntime`].
@@ -844,6 +891,22 @@ impl Runtime for RemoteCommandRuntime {
                 "the command runtime does not know what runs on this backend".into(),
             )),
         }
+    }
+
+    /// The end of `<state_dir>/<backend>.log` on the host: the commands' stderr, masked.
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        tail_on_host(
+            self.shell.as_ref(),
+            &self.config.state_dir,
+            backend,
+            lines,
+            &self.secrets,
+        )
+        .await
     }
 }
 
@@ -1933,6 +1996,39 @@ mod tests {
         );
         let b2 = BackendName::parse("b2").unwrap();
         assert_eq!(log_tail(&LocalShell, &state, &b2, 2).await.unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn a_runtime_on_a_host_reads_its_backends_log_masked_and_names_the_host() {
+        let cleanup = Cleanup::new();
+        let state = cleanup.state();
+        fs::create_dir_all(&state).unwrap();
+        fs::write(
+            state.join("b1.log"),
+            "booting\nrefused token s3cret-value\n",
+        )
+        .unwrap();
+        let mut masked = command_config(&cleanup, "true", "true");
+        masked.secrets = vec!["s3cret-value".into()];
+        let tail = commands(masked)
+            .log_tail(&backend("b1"), 200)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tail.lines, ["booting", "refused token ***"]);
+        assert_eq!(
+            tail.source,
+            format!("{}/b1.log on host this machine", state.display())
+        );
+        // The process runtime shows what the backend printed as it is; no log is no tail.
+        let processes = local(config(&cleanup, &["true"]));
+        let tail = processes
+            .log_tail(&backend("b1"), 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tail.lines, ["refused token s3cret-value"]);
+        assert_eq!(processes.log_tail(&backend("b2"), 1).await.unwrap(), None);
     }
 
     fn output(stdout: &str, stderr: &str, code: i32) -> Output {

@@ -25,7 +25,8 @@ use tokio_util::task::TaskTracker;
 use super::{Fleet, bring_up};
 use crate::domain::Version;
 use crate::drivers::{
-    AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, Runtime, RuntimeError, ServerStatus,
+    AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, LogTail, Runtime, RuntimeError,
+    ServerStatus,
 };
 use crate::replica::{Leadership, Mandate, Role};
 use crate::rollout::executor::ServiceRunner;
@@ -270,6 +271,15 @@ impl Runtime for Guarded<dyn Runtime> {
 
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError> {
         self.inner.status(backend).await
+    }
+
+    /// Reading is not a side effect: allowed after the lease lapsed too.
+    async fn log_tail(
+        &self,
+        backend: &BackendSpec,
+        lines: usize,
+    ) -> Result<Option<LogTail>, RuntimeError> {
+        self.inner.log_tail(backend, lines).await
     }
 }
 

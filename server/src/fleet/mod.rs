@@ -20,7 +20,7 @@ use crate::domain::{InvalidValue, Version};
 use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
 use crate::hosts::{Host, Hosts};
 
-use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
+use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, LogTail, Runtime};
 use crate::replica::Leadership;
 use crate::rollout::engine::{self, Rollout, Target};
 use crate::rollout::executor::{Controls, Repairs, ServiceRunner, recorded_targets};
@@ -95,6 +95,18 @@ pub enum DeployError {
     NothingToRollBackTo(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a backend's log cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("no service is named {0:?}")]
+    UnknownService(String),
+    #[error("service {service} has no backend named {backend:?}")]
+    UnknownBackend { service: String, backend: String },
+    /// The runtime could not read it (its host is unreachable, say).
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 /// A rollout accepted into the queue.
@@ -185,6 +197,39 @@ impl Fleet {
 
     pub fn services(&self) -> &[ServiceHandle] {
         &self.services
+    }
+
+    /// The last `lines` lines of a backend's log as its runtime reads it now (`None`: the
+    /// runtime keeps none, or nothing was written yet).
+    pub async fn backend_log(
+        &self,
+        service: &str,
+        backend: &str,
+        lines: usize,
+    ) -> Result<Option<LogTail>, LogError> {
+        let handle = self
+            .handle(service)
+            .map_err(|_| LogError::UnknownService(service.to_owned()))?;
+        let unknown = || LogError::UnknownBackend {
+            service: service.to_owned(),
+            backend: backend.to_owned(),
+        };
+        let settings = handle
+            .settings
+            .backends
+            .iter()
+            .find(|b| b.name.as_str() == backend)
+            .ok_or_else(unknown)?;
+        let spec = BackendSpec {
+            service: handle.settings.name.clone(),
+            name: settings.name.clone(),
+            address: settings.address,
+        };
+        handle
+            .runtime
+            .log_tail(&spec, lines)
+            .await
+            .map_err(|error| LogError::Unreadable(error.to_string()))
     }
 
     fn handle(&self, service: &str) -> Result<&ServiceHandle, DeployError> {
@@ -609,12 +654,14 @@ impl Fleet {
                 backends.push(backend.clone());
             }
         }
+        let logs = self.store.step_logs(id).await?;
         Ok(Some(DeploymentDetail {
             deployment: row.into(),
             backends,
             steps: steps.into_iter().map(Into::into).collect(),
             last_event_id,
             pending,
+            logs,
         }))
     }
 }

@@ -20,8 +20,8 @@ use app::model::{ControlAction, RolloutStatus, StepOutcome};
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
-    AdminState, BackendRun, BackendSpec, HealthProbe, LbError, LoadBalancer, ProbeFailure, Runtime,
-    ServerState, ServerStatus,
+    AdminState, BackendRun, BackendSpec, HealthProbe, LOG_TAIL_MAX, LbError, LoadBalancer,
+    ProbeFailure, Runtime, ServerState, ServerStatus,
 };
 use crate::rollout::engine::{
     Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
@@ -34,6 +34,9 @@ use crate::store::{DeploymentRow, StoreError};
 const POLL: Duration = Duration::from_millis(10);
 /// How long HAProxy may take to report a server UP after `state ready`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading a failed backend's log may take (over ssh, say) before the rollout goes on
+/// without it.
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause, resume and abort requests waiting for a service's worker, by rollout id. Each is also
 /// a `Control` event in the database: a worker resuming a rollout after a restart queues again
@@ -367,10 +370,54 @@ impl ServiceRunner {
             )),
             _ => detail,
         };
+        if let Event::Failed { backend, .. } = &event {
+            self.keep_logs(action, &rows, backend.as_ref()).await?;
+        }
         self.store
             .finish_steps(&rows, outcome, detail.as_deref())
             .await?;
         Ok(event)
+    }
+
+    /// Keeps the end of the log of each backend a failed step concerns (the one it failed on,
+    /// or every backend of the batch when it does not say), when the step got as far as the
+    /// processes: what the rollout page shows under the failure. A log that cannot be read in
+    /// [`LOG_TIMEOUT`] is left out; the rollout goes on regardless.
+    async fn keep_logs(
+        &self,
+        action: &Action,
+        rows: &[i64],
+        failed_on: Option<&BackendName>,
+    ) -> Result<(), StoreError> {
+        if action.step < Step::Stop {
+            // Draining and the load balancer's own steps: the application's log says nothing.
+            return Ok(());
+        }
+        let concerned = action
+            .backends
+            .iter()
+            .zip(rows)
+            .filter(|(backend, _)| failed_on.is_none_or(|failed| failed == *backend));
+        for (backend, &row) in concerned {
+            let spec = self.spec(backend);
+            let read =
+                tokio::time::timeout(LOG_TIMEOUT, self.runtime.log_tail(&spec, LOG_TAIL_MAX)).await;
+            match read {
+                Ok(Ok(Some(tail))) => {
+                    self.store
+                        .save_step_log(row, backend.as_str(), &tail.source, &tail.lines)
+                        .await?;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%backend, %error, "cannot read the failed backend's log");
+                }
+                Err(_) => {
+                    tracing::warn!(%backend, "reading the failed backend's log took too long");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn carry_out(&self, action: &Action) -> (Event, Option<String>) {

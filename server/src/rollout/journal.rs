@@ -54,6 +54,14 @@ pub trait Journal: Send + Sync {
         outcome: StepOutcome,
         detail: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// Keeps the end of `backend`'s log with the failed step `step_id`.
+    async fn save_step_log(
+        &self,
+        step_id: i64,
+        backend: &str,
+        source: &str,
+        lines: &[String],
+    ) -> Result<(), StoreError>;
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError>;
     /// The service's newest rollout, finished or not.
     async fn newest_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError>;
@@ -120,6 +128,16 @@ impl Journal for Store {
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         Store::finish_steps(self, ids, outcome, detail).await
+    }
+
+    async fn save_step_log(
+        &self,
+        step_id: i64,
+        backend: &str,
+        source: &str,
+        lines: &[String],
+    ) -> Result<(), StoreError> {
+        Store::save_step_log(self, step_id, backend, source, lines).await
     }
 
     async fn newest_deployment(&self, service: &str) -> Result<Option<DeploymentRow>, StoreError> {

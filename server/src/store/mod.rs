@@ -18,6 +18,7 @@ pub mod auth;
 pub mod deliveries;
 mod events;
 pub mod lease;
+mod logs;
 
 pub use events::{LIVE_BUFFER, Published};
 pub use lease::{Lease, LeaseRow, Tenure};
@@ -1017,6 +1018,8 @@ pub fn now_millis() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use app::model::StepLog;
+
     use super::testing::{TestDatabase, on_both_databases};
     use super::*;
 
@@ -1027,7 +1030,54 @@ mod tests {
         a_batch_of_steps_begins_and_ends_together_with_an_event_per_backend_in_order,
         recent_versions_are_newest_first_within_the_status,
         event_ids_grow_in_the_order_transactions_commit,
+        a_failed_steps_log_is_kept_with_its_rollout_line_for_line,
     );
+
+    async fn a_failed_steps_log_is_kept_with_its_rollout_line_for_line(db: TestDatabase) {
+        let store = db.connect().await;
+        let new = NewDeployment {
+            service: "api",
+            from_version: Some("v1"),
+            to_version: "v2",
+            trigger: Trigger::Api,
+            requested_by: None,
+            state: "{}",
+        };
+        let first = store.insert_deployment(&new).await.unwrap();
+        let other = store.insert_deployment(&new).await.unwrap();
+        let steps = store
+            .begin_steps(
+                first,
+                &[Some("s1"), Some("s2")],
+                StepKind::Start,
+                false,
+                "v2",
+            )
+            .await
+            .unwrap();
+        let lines = vec![
+            "panic: \"quoted\", ünïcode".to_owned(),
+            String::new(),
+            "exit 3".to_owned(),
+        ];
+        store
+            .save_step_log(steps[1], "s2", "/var/lib/baton/api/s2.log", &lines)
+            .await
+            .unwrap();
+        let logs = store.step_logs(first).await.unwrap();
+        assert_eq!(
+            logs,
+            [StepLog {
+                step_id: steps[1],
+                backend: "s2".into(),
+                source: "/var/lib/baton/api/s2.log".into(),
+                line_count: 3,
+                lines,
+                withheld: false,
+            }]
+        );
+        assert_eq!(store.step_logs(other).await.unwrap(), []);
+    }
 
     #[tokio::test]
     async fn creates_the_file_and_migrates() {

@@ -76,6 +76,7 @@ async fn every_route_of_baton_refuses_anonymous_and_under_privileged_callers() {
         "GET /api/events",
         "POST /api/services/{service}/deployments",
         "POST /api/services/{service}/rollback",
+        "GET /api/services/{service}/backends/{backend}/log",
         "POST /api/deployments/{id}/{action}",
         "POST /api/deliveries/{id}/replay",
         "POST /api/users",

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use baton_server::auth::Role;
 use serde_json::Value;
 
 use crate::support::fleet::{FleetOptions, load, spawn_fleet, steps_of};
@@ -205,6 +206,95 @@ async fn a_version_that_crashes_at_start_fails_fast_and_is_rolled_back() {
         "a crash is noticed long before the 20 s start timeout"
     );
     assert!(fleet.through_haproxy().await.unwrap().starts_with("v1 "));
+
+    // What the crashed version printed is kept with its failed step, for deployers and admins.
+    let id = deployment["id"].as_i64().unwrap();
+    let logs = deployment["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 1, "{logs:#?}");
+    assert_eq!(logs[0]["backend"], "web1");
+    let said = |log: &Value, text: &str| {
+        log["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|line| line.as_str().unwrap().contains(text))
+    };
+    assert!(
+        said(&logs[0], "web1 version v2-crash crashes on purpose"),
+        "{logs:#?}"
+    );
+    assert!(logs[0]["source"].as_str().unwrap().ends_with("/web1.log"));
+    // A viewer learns that there is a log and how long it is, not what it says.
+    let viewer = fleet.client_as("watcher", Role::Viewer).await;
+    let url = |path: &str| format!("{}{path}", fleet.baton);
+    let seen: Value = viewer
+        .get(url(&format!("/api/deployments/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let withheld = &seen["logs"][0];
+    assert_eq!(withheld["withheld"], true, "{withheld}");
+    assert_eq!(withheld["lines"], serde_json::json!([]));
+    assert_eq!(withheld["line_count"], logs[0]["line_count"]);
+
+    // The rollout page shows the same: the lines to the admin, that there is a log to a viewer.
+    let page = |client: reqwest::Client| {
+        let url = url(&format!("/deployments/{id}"));
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let html = page(fleet.client.clone()).await;
+    assert!(html.contains("data-testid=\"log-lines\""), "{html}");
+    assert!(html.contains("crashes on purpose"), "{html}");
+    let html = page(viewer.clone()).await;
+    assert!(html.contains("data-testid=\"log-withheld\""), "{html}");
+    assert!(
+        !html.contains("crashes on purpose"),
+        "a viewer read the log:\n{html}"
+    );
+
+    // The live tail: web1 now runs v1 again, and its log says so last.
+    let live = fleet
+        .get("/api/services/web/backends/web1/log?lines=3")
+        .await
+        .unwrap();
+    let lines = live["lines"].as_array().unwrap();
+    assert!(!lines.is_empty() && lines.len() <= 3, "{live:#}");
+    assert!(
+        said(&live, "crashes on purpose") || said(&live, "v1"),
+        "{live:#}"
+    );
+    for (path, status) in [
+        ("/api/services/web/backends/web1/log", 403),
+        ("/api/services/web/backends/nope/log", 403),
+    ] {
+        let answer = viewer.get(url(path)).send().await.unwrap();
+        assert_eq!(answer.status(), status, "{path} as a viewer");
+    }
+    for (path, status, says) in [
+        (
+            "/api/services/web/backends/nope/log",
+            404,
+            "service web has no backend named",
+        ),
+        (
+            "/api/services/web/backends/web1/log?lines=0",
+            400,
+            "lines=0 is out of range",
+        ),
+        (
+            "/api/services/web/backends/web1/log?lines=x",
+            400,
+            "expected ?lines=N",
+        ),
+    ] {
+        let answer = fleet.client.get(url(path)).send().await.unwrap();
+        assert_eq!(answer.status(), status, "{path}");
+        let body = answer.text().await.unwrap();
+        assert!(body.contains(says), "{path}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

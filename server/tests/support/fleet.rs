@@ -421,6 +421,11 @@ impl Fleet {
             .unwrap();
     }
 
+    /// A client signed in with a new token of `role` (created as `baton token create` does).
+    pub async fn client_as(&self, name: &str, role: Role) -> reqwest::Client {
+        authorized_client(&create_token(&self.database_url, name, role).await)
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, reqwest::Error> {
         self.client
             .get(format!("{}{path}", self.baton))

@@ -172,6 +172,27 @@ impl Journal for OffClock {
         db(async move { store.finish_steps(&ids, outcome, detail.as_deref()).await }).await
     }
 
+    async fn save_step_log(
+        &self,
+        step_id: i64,
+        backend: &str,
+        source: &str,
+        lines: &[String],
+    ) -> Result<(), StoreError> {
+        let (store, backend, source, lines) = (
+            self.0.clone(),
+            backend.to_owned(),
+            source.to_owned(),
+            lines.to_vec(),
+        );
+        db(async move {
+            store
+                .save_step_log(step_id, &backend, &source, &lines)
+                .await
+        })
+        .await
+    }
+
     async fn backend_versions(&self, service: &str) -> Result<Vec<(String, String)>, StoreError> {
         let (store, service) = (self.0.clone(), service.to_owned());
         db(async move { store.backend_versions(&service).await }).await
@@ -447,6 +468,24 @@ initial_version = "v1"
             .collect();
         assert_eq!(found.len(), 1, "one {step} step on {backend}: {found:#?}");
         found[0].detail.clone()
+    }
+
+    /// The logs kept with the rollout's failed steps: (backend, step, lines).
+    async fn logs(&self, id: i64) -> Vec<(String, String, Vec<String>)> {
+        let store = self.store.clone();
+        let (steps, logs) = db(async move {
+            (
+                store.steps(id).await.unwrap(),
+                store.step_logs(id).await.unwrap(),
+            )
+        })
+        .await;
+        logs.into_iter()
+            .map(|log| {
+                let step = steps.iter().find(|s| s.id == log.step_id).unwrap();
+                (log.backend, step.step.as_str().to_owned(), log.lines)
+            })
+            .collect()
     }
 
     /// Waits until the `n`th call shown as `action` (from 1) has been made; returns when.
@@ -751,6 +790,24 @@ async fn a_new_version_that_crashes_fails_when_it_exits_not_at_the_start_timeout
         rig.detail(id, "web1", "wait_healthy").await.as_deref(),
         Some("the new process stopped before it became healthy: it exited (exit status 3)")
     );
+    // What the crashed version's run left in its log is kept with the failed step, and only
+    // there: the rollback's steps all passed.
+    let logs = rig.logs(id).await;
+    assert_eq!(logs.len(), 1, "{logs:#?}");
+    let (backend, step, lines) = &logs[0];
+    assert_eq!((backend.as_str(), step.as_str()), ("web1", "wait_healthy"));
+    let last: Vec<&str> = lines
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        last[0].starts_with("[fake] starting version v2 "),
+        "{lines:#?}"
+    );
+    assert_eq!(last[1], "[fake] v2 ended: exit status 3");
     assert_eq!(rig.log.first("stop web1"), Some(Duration::ZERO));
     // The probe loop sees the exit at its first look after 1.5 s.
     assert_eq!(
