@@ -415,6 +415,8 @@ impl PendingControl {
                 ControlAction::Pause => status == RolloutStatus::Paused,
                 ControlAction::Resume => status == RolloutStatus::Running,
                 ControlAction::Abort => false,
+                ControlAction::Approve => status != RolloutStatus::AwaitingApproval,
+                ControlAction::Promote => status != RolloutStatus::AwaitingPromote,
             }
     }
 }
@@ -494,6 +496,10 @@ pub enum RolloutStatus {
     Running,
     /// Stopped between backends by an operator.
     Paused,
+    /// Its turn came; it waits for someone other than the requester to approve it.
+    AwaitingApproval,
+    /// The canaries run the new version; it waits for someone to promote it.
+    AwaitingPromote,
     /// Every backend runs the new version.
     Succeeded,
     /// A step failed; see the reason for what was left.
@@ -515,7 +521,11 @@ impl RolloutStatus {
     /// Whether a rollout with this status has ended (nothing will change it any more).
     pub fn is_finished(self) -> bool {
         match self {
-            Self::Queued | Self::Running | Self::Paused => false,
+            Self::Queued
+            | Self::Running
+            | Self::Paused
+            | Self::AwaitingApproval
+            | Self::AwaitingPromote => false,
             Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled => true,
         }
     }
@@ -708,8 +718,13 @@ pub enum ControlAction {
     /// Stop before the next backend (the current one finishes).
     Pause,
     Resume,
-    /// Stop after the current step, leaving every backend serving.
+    /// Stop after the current step, leaving every backend serving (before a promotion: with
+    /// the canaries back on their previous version).
     Abort,
+    /// Let a rollout awaiting approval begin (someone other than its requester).
+    Approve,
+    /// Go on past the canaries.
+    Promote,
 }
 
 impl ControlAction {
@@ -718,6 +733,8 @@ impl ControlAction {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Abort => "abort",
+            Self::Approve => "approve",
+            Self::Promote => "promote",
         }
     }
 }
@@ -815,6 +832,8 @@ mod tests {
             "queued",
             "running",
             "paused",
+            "awaiting_approval",
+            "awaiting_promote",
             "succeeded",
             "failed",
             "rolled_back",

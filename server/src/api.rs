@@ -116,7 +116,12 @@ async fn create_deployment(
             coalesce: false,
         })
         .await?;
-    let detail = format!("version {}, rollout {}", body.version, queued.id);
+    let detail = format!(
+        "version {}, rollout {}{}",
+        body.version,
+        queued.id,
+        queued.audit_note()
+    );
     audit(
         &state,
         &principal,
@@ -220,13 +225,25 @@ async fn control(
         "pause" => ControlAction::Pause,
         "resume" => ControlAction::Resume,
         "abort" => ControlAction::Abort,
+        "approve" => ControlAction::Approve,
+        "promote" => ControlAction::Promote,
         other => return Err(RequestError::UnknownAction(other.to_owned()).into()),
     };
-    state
-        .fleet
-        .control(id, action, Some(&principal.name))
-        .await?;
     let target = format!("rollout {id}");
+    let asked = state.fleet.control(id, action, Some(&principal.name)).await;
+    if let Err(refusal @ DeployError::SelfApproval { .. }) = &asked {
+        let reason = refusal.to_string();
+        audit(
+            &state,
+            &principal,
+            &address,
+            "approve_refused",
+            &target,
+            Some(&reason),
+        )
+        .await;
+    }
+    asked?;
     audit(&state, &principal, &address, action.as_str(), &target, None).await;
     Ok((
         StatusCode::ACCEPTED,

@@ -190,7 +190,11 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
     let result = move || {
         let d = deployment.get();
         let text = match d.status {
-            RolloutStatus::Queued | RolloutStatus::Running | RolloutStatus::Paused => return None,
+            RolloutStatus::Queued
+            | RolloutStatus::Running
+            | RolloutStatus::Paused
+            | RolloutStatus::AwaitingApproval
+            | RolloutStatus::AwaitingPromote => return None,
             RolloutStatus::Succeeded => format!("Succeeded: every backend runs {}.", d.to_version),
             ended @ (RolloutStatus::Failed
             | RolloutStatus::RolledBack

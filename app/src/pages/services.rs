@@ -444,6 +444,8 @@ fn ActiveBox(active: ActiveRollout, queued: u32) -> impl IntoView {
     let verb = match active.status {
         RolloutStatus::Queued => "Queued",
         RolloutStatus::Paused => "Paused",
+        RolloutStatus::AwaitingApproval => "Awaiting approval",
+        RolloutStatus::AwaitingPromote => "Awaiting promotion",
         RolloutStatus::Running if active.rolling_back => "Rolling back",
         RolloutStatus::Running => "Rolling out",
         // Not active any more: the next snapshot drops it.

@@ -17,6 +17,8 @@ impl PendingControl {
             ControlAction::Pause => "Pause requested",
             ControlAction::Resume => "Resume requested",
             ControlAction::Abort => "Abort requested",
+            ControlAction::Approve => "Approved",
+            ControlAction::Promote => "Promoted",
         };
         let when = match self.action {
             ControlAction::Pause => "it takes effect once the current backend has finished",
@@ -24,6 +26,8 @@ impl PendingControl {
             ControlAction::Abort => {
                 "it takes effect after the current step; every backend is left serving"
             }
+            ControlAction::Approve => "the rollout begins",
+            ControlAction::Promote => "the rollout goes on past the canaries",
         };
         match &self.by {
             Some(by) => format!("{what} by {by}: {when}."),

@@ -24,7 +24,7 @@ use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
 use crate::replica::Leadership;
 use crate::rollout::engine::{self, Rollout, Target};
 use crate::rollout::executor::{Controls, Repairs, ServiceRunner, recorded_targets};
-use crate::settings::{LoadBalancerSettings, ServiceSettings, Settings};
+use crate::settings::{Approval, LoadBalancerSettings, ServiceSettings, Settings};
 
 mod hosts;
 mod leading;
@@ -93,6 +93,10 @@ pub enum DeployError {
     Conflict(String),
     #[error("{0} has no earlier successful version to roll back to")]
     NothingToRollBackTo(String),
+    #[error(
+        "rollout {id} was requested by {requester}: it needs the approval of another deployer or admin"
+    )]
+    SelfApproval { id: i64, requester: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -105,6 +109,9 @@ pub struct Queued {
     /// A queued rollout took the new version instead of a new rollout being queued.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,
+    /// The service's rollouts wait for another deployer's approval when their turn comes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub needs_approval: bool,
 }
 
 /// A request to roll a service out to a version.
@@ -119,6 +126,17 @@ pub struct DeployRequest<'a> {
     /// Replace the version of a rollout still queued for the service rather than queue
     /// another one (pushes do this: only the newest commit matters).
     pub coalesce: bool,
+}
+
+impl Queued {
+    /// What the audit line of the request adds: whether the rollout waits for an approval.
+    pub fn audit_note(&self) -> &'static str {
+        if self.needs_approval {
+            ", awaiting approval"
+        } else {
+            ""
+        }
+    }
 }
 
 impl Fleet {
@@ -294,8 +312,10 @@ impl Fleet {
         }
     }
 
-    /// Asks the worker running rollout `id` to pause, resume or abort it. A queued rollout can
-    /// only be aborted (it is then cancelled at once).
+    /// Asks the worker running rollout `id` to pause, resume, abort, approve or promote it. A
+    /// queued rollout can only be aborted (it is then cancelled at once). Approving is refused
+    /// to the person (or token) who requested the rollout, named in `by`; a webhook's rollout
+    /// has no person behind it, so any deployer may approve it.
     pub async fn control(
         &self,
         id: i64,
@@ -320,9 +340,52 @@ impl Fleet {
                 }
                 // The worker claimed it meanwhile: abort it like a running one.
             }
-            (RolloutStatus::Queued, ControlAction::Pause | ControlAction::Resume) => {
+            (
+                RolloutStatus::Queued,
+                ControlAction::Pause
+                | ControlAction::Resume
+                | ControlAction::Approve
+                | ControlAction::Promote,
+            ) => {
                 return conflict(format!(
                     "rollout {id} has not started yet; a queued rollout can only be aborted"
+                ));
+            }
+            (RolloutStatus::AwaitingApproval, ControlAction::Approve) => {
+                if let Some(requester) = row.requested_by.as_deref()
+                    && row.trigger != Trigger::Webhook
+                    && by == Some(requester)
+                {
+                    return Err(DeployError::SelfApproval {
+                        id,
+                        requester: requester.to_owned(),
+                    });
+                }
+            }
+            (RolloutStatus::AwaitingApproval, ControlAction::Abort)
+            | (RolloutStatus::AwaitingPromote, ControlAction::Promote | ControlAction::Abort) => {}
+            (
+                RolloutStatus::AwaitingApproval,
+                ControlAction::Pause | ControlAction::Resume | ControlAction::Promote,
+            ) => {
+                return conflict(format!(
+                    "rollout {id} is awaiting approval: approve it to begin, or abort it"
+                ));
+            }
+            (
+                RolloutStatus::AwaitingPromote,
+                ControlAction::Pause | ControlAction::Resume | ControlAction::Approve,
+            ) => {
+                return conflict(format!(
+                    "rollout {id} is awaiting promotion: promote it to go on past the canaries, or abort it to put them back"
+                ));
+            }
+            (RolloutStatus::Running | RolloutStatus::Paused, ControlAction::Approve) => {
+                return conflict(format!("rollout {id} is not awaiting approval"));
+            }
+            (RolloutStatus::Running | RolloutStatus::Paused, ControlAction::Promote) => {
+                return conflict(format!(
+                    "rollout {id} is not awaiting promotion (only canaries that are done and serving can be promoted)"
                 ));
             }
             (RolloutStatus::Running, ControlAction::Resume) => {
@@ -371,7 +434,9 @@ impl Fleet {
             targets,
             settings.batch_size as usize,
             settings.auto_rollback,
-        );
+        )
+        .with_canary(settings.canary as usize)
+        .with_approval(settings.approval.is_some());
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
         let trigger = request.trigger;
         let new = NewDeployment {
@@ -390,6 +455,7 @@ impl Fleet {
                 id,
                 status: RolloutStatus::Queued,
                 coalesced: true,
+                needs_approval: settings.approval.is_some(),
             });
         }
         let id = self.store.insert_deployment(&new).await?;
@@ -398,12 +464,13 @@ impl Fleet {
         // With nothing ahead of it, the worker takes it at once.
         Ok(Queued {
             id,
-            status: if ahead == 0 {
-                RolloutStatus::Running
-            } else {
-                RolloutStatus::Queued
+            status: match (ahead, settings.approval) {
+                (0, Some(Approval::Start)) => RolloutStatus::AwaitingApproval,
+                (0, None) => RolloutStatus::Running,
+                (_, _) => RolloutStatus::Queued,
             },
             coalesced: false,
+            needs_approval: settings.approval.is_some(),
         })
     }
 

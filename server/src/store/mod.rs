@@ -438,13 +438,14 @@ impl Store {
     }
 
     /// The deployment a service's worker should carry on with: a started one first (interrupted
-    /// when Baton stopped in the middle, or paused), else the oldest queued one.
+    /// when Baton stopped in the middle, paused, or awaiting an approval or a promotion: each
+    /// holds the service's queue), else the oldest queued one.
     pub async fn next_deployment(
         &self,
         service: &str,
     ) -> Result<Option<DeploymentRow>, StoreError> {
         let row = sqlx::query_as::<_, DeploymentRow>(
-            "SELECT * FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'queued')
+            "SELECT * FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'awaiting_approval', 'awaiting_promote', 'queued')
              ORDER BY status = 'queued' ASC, id ASC LIMIT 1",
         )
         .bind(service)
@@ -453,10 +454,10 @@ impl Store {
         Ok(row)
     }
 
-    /// How many rollouts of the service are running, paused or queued.
+    /// How many rollouts of the service are running, paused, awaiting someone or queued.
     pub async fn unfinished_count(&self, service: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'queued')",
+            "SELECT COUNT(*) FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'awaiting_approval', 'awaiting_promote', 'queued')",
         )
         .bind(service)
         .fetch_one(&self.pool)
