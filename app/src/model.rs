@@ -397,6 +397,12 @@ pub struct DeploymentDetail {
     /// rollout has ended. Absent from older answers, which read as nothing pending.
     #[serde(default)]
     pub pending: Option<PendingControl>,
+    /// Who approved it (a service with `approval = "start"`), as the approval names them.
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    /// Who promoted its canaries (a service with `canary`), as the promotion names them.
+    #[serde(default)]
+    pub promoted_by: Option<String>,
 }
 
 /// A pause, resume or abort someone asked for that has not taken effect yet.

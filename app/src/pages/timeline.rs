@@ -46,6 +46,9 @@ pub struct Timeline {
     /// The newest event reflected here.
     pub last_event_id: i64,
     pub pending: Option<PendingControl>,
+    /// Who approved the rollout and who promoted its canaries, once someone has.
+    pub approved_by: Option<String>,
+    pub promoted_by: Option<String>,
 }
 
 impl Timeline {
@@ -60,6 +63,8 @@ impl Timeline {
             steps: detail.steps,
             last_event_id: detail.last_event_id,
             pending,
+            approved_by: detail.approved_by,
+            promoted_by: detail.promoted_by,
         };
         timeline.sort();
         timeline
@@ -97,6 +102,13 @@ impl Timeline {
                 }
             }
             Change::Control { action, by } => {
+                // The server accepts an approval or a promotion only while the rollout
+                // awaits one, so the request is the decision.
+                match action {
+                    ControlAction::Approve => self.approved_by.clone_from(&by),
+                    ControlAction::Promote => self.promoted_by.clone_from(&by),
+                    ControlAction::Pause | ControlAction::Resume | ControlAction::Abort => {}
+                }
                 if !self.deployment.status.is_finished() {
                     self.pending = Some(PendingControl { action, by });
                 }
@@ -163,6 +175,8 @@ mod tests {
             steps: vec![step(2, "web1", StepKind::Drain, true)],
             last_event_id: 10,
             pending: None,
+            approved_by: None,
+            promoted_by: None,
         })
     }
 
@@ -174,6 +188,8 @@ mod tests {
             steps: vec![step(2, "web1", StepKind::Drain, true)],
             last_event_id: 10,
             pending,
+            approved_by: None,
+            promoted_by: None,
         })
     }
 
@@ -374,6 +390,8 @@ mod tests {
             steps: Vec::new(),
             last_event_id: 3,
             pending: None,
+            approved_by: None,
+            promoted_by: None,
         })
         .unwrap();
         json.as_object_mut().unwrap().remove("pending");
@@ -392,5 +410,66 @@ mod tests {
             },
         ));
         assert_eq!(timeline.backends, ["web1", "web2", "web9"]);
+    }
+
+    #[test]
+    fn an_approval_and_a_promotion_name_who_decided_and_show_until_they_take_effect() {
+        let mut timeline = reloaded(RolloutStatus::AwaitingApproval, None);
+        let approve = PendingControl {
+            action: ControlAction::Approve,
+            by: Some("bea".into()),
+        };
+        assert!(timeline.apply(event(
+            11,
+            Change::Control {
+                action: ControlAction::Approve,
+                by: Some("bea".into()),
+            },
+        )));
+        assert_eq!(timeline.approved_by.as_deref(), Some("bea"));
+        assert_eq!(timeline.pending, Some(approve));
+        timeline.apply(event(
+            12,
+            Change::Status {
+                deployment: summary(RolloutStatus::Running),
+            },
+        ));
+        assert_eq!(timeline.pending, None, "approved: the rollout began");
+
+        timeline.apply(event(
+            13,
+            Change::Status {
+                deployment: summary(RolloutStatus::AwaitingPromote),
+            },
+        ));
+        timeline.apply(event(
+            14,
+            Change::Control {
+                action: ControlAction::Promote,
+                by: Some("cy".into()),
+            },
+        ));
+        assert_eq!(
+            timeline
+                .pending
+                .as_ref()
+                .map(PendingControl::describe)
+                .as_deref(),
+            Some("Promoted by cy: the rollout goes on past the canaries.")
+        );
+        timeline.apply(event(
+            15,
+            Change::Status {
+                deployment: summary(RolloutStatus::Running),
+            },
+        ));
+        assert_eq!(timeline.pending, None);
+        assert_eq!(
+            (
+                timeline.approved_by.as_deref(),
+                timeline.promoted_by.as_deref()
+            ),
+            (Some("bea"), Some("cy"))
+        );
     }
 }

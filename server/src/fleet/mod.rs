@@ -676,12 +676,26 @@ impl Fleet {
                 backends.push(backend.clone());
             }
         }
+        // Approving and promoting are accepted only while the rollout awaits them, so who
+        // asked is who decided.
+        let approved_by = self
+            .store
+            .last_asked(id, ControlAction::Approve)
+            .await?
+            .flatten();
+        let promoted_by = self
+            .store
+            .last_asked(id, ControlAction::Promote)
+            .await?
+            .flatten();
         Ok(Some(DeploymentDetail {
             deployment: row.into(),
             backends,
             steps: steps.into_iter().map(Into::into).collect(),
             last_event_id,
             pending,
+            approved_by,
+            promoted_by,
         }))
     }
 }
