@@ -871,7 +871,7 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "unknown rollout status \"rolledback\": expected one of queued, running, paused, \
-             succeeded, failed, rolled_back, cancelled"
+             awaiting_approval, awaiting_promote, succeeded, failed, rolled_back, cancelled"
         );
         assert!(
             "Running".parse::<RolloutStatus>().is_err(),

@@ -864,7 +864,7 @@ async fn the_history_filters_by_a_status_word_and_refuses_one_it_does_not_know()
     assert_eq!(
         body["error"],
         "unknown rollout status \"rolledback\": expected one of queued, running, paused, \
-         succeeded, failed, rolled_back, cancelled"
+         awaiting_approval, awaiting_promote, succeeded, failed, rolled_back, cancelled"
     );
     app.stop().await;
 }
@@ -908,4 +908,90 @@ async fn the_login_page_explains_a_sign_in_refused_while_baton_is_busy() {
         &html,
         &["Baton is busy checking other sign-ins; try again in 1 s."],
     );
+}
+
+/// The opening tag of the button labelled `label` in `html`.
+fn button_tag<'a>(html: &'a str, label: &str) -> Option<&'a str> {
+    let end = html.find(&format!(">{label}</button>"))?;
+    let start = html[..end].rfind("<button")?;
+    Some(&html[start..=end])
+}
+
+#[tokio::test]
+async fn a_rollout_awaiting_approval_offers_approve_to_other_deployers_only() {
+    let app = spawn_app_with(
+        &Config::edge()
+            .service(
+                Service::new("gate")
+                    .approval("start")
+                    .runtime(Runtime::command())
+                    .backend("g1", 18011)
+                    .backend("g2", 18012),
+            )
+            .toml(),
+        &[],
+    )
+    .await;
+    let id = deploy(&app, "gate", "v2").await;
+    rollout_when(&app, id, "awaiting approval", |d| {
+        d["status"] == "awaiting_approval"
+    })
+    .await;
+    let path = format!("/deployments/{id}");
+    let waiting = "Awaiting approval: a deployer or admin other than tests approves it to begin. \
+                   Nothing has been touched.";
+
+    // The requester (the app's own "tests" token) sees the button, disabled, and why.
+    let response = app.get(&path).await;
+    assert_eq!(response.status(), 200);
+    let mine = response.text().await.unwrap();
+    assert_contains(
+        &mine,
+        &[
+            "data-status=\"awaiting_approval\"",
+            ">Awaiting approval</span>",
+            waiting,
+        ],
+    );
+    let approve = button_tag(&mine, "Approve").expect("an Approve button");
+    assert!(approve.contains("disabled"), "{approve}");
+    assert!(
+        approve.contains("You requested this rollout: another deployer or admin must approve it"),
+        "{approve}"
+    );
+    assert!(button_tag(&mine, "Promote").is_none(), "nothing to promote");
+
+    let other = page_as(&app, Role::Deployer, &path).await;
+    let approve = button_tag(&other, "Approve").expect("an Approve button");
+    assert!(!approve.contains("disabled"), "{approve}");
+    let viewer = page_as(&app, Role::Viewer, &path).await;
+    assert_contains(&viewer, &[waiting]);
+    assert!(
+        button_tag(&viewer, "Approve").is_none(),
+        "a viewer may not approve"
+    );
+
+    // Once another deployer approved, the page names them and offers Approve no more.
+    let reviewer = app.token("reviewer", Role::Deployer).await;
+    let response = app
+        .anonymous
+        .post(format!("{}/api/deployments/{id}/approve", app.address))
+        .bearer_auth(reviewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    rollout_when(&app, id, "approved", |d| d["status"] != "awaiting_approval").await;
+    let approved = page_as(&app, Role::Viewer, &path).await;
+    assert_contains(
+        &approved,
+        &[
+            "<dt>Approved by</dt>",
+            "data-testid=\"approved-by\">reviewer<",
+        ],
+    );
+    let html = app.get(&path).await.text().await.unwrap();
+    assert!(button_tag(&html, "Approve").is_none(), "{html}");
+    assert!(!html.contains("data-testid=\"waiting\""), "{html}");
+    app.stop().await;
 }

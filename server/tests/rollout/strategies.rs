@@ -59,6 +59,17 @@ async fn answers(fleet: &Fleet, count: usize) -> BTreeSet<String> {
     seen
 }
 
+/// The rollout page as the server renders it for `client`.
+async fn page(client: &reqwest::Client, fleet: &Fleet, id: i64) -> String {
+    let response = client
+        .get(format!("{}/deployments/{id}", fleet.baton))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// The audit log's entries (oldest first) as "actor action target detail".
 async fn audit(fleet: &Fleet) -> Vec<String> {
     let page = fleet.get("/api/audit").await.unwrap();
@@ -118,6 +129,26 @@ async fn a_canary_serves_alone_on_the_new_version_until_promoted_with_no_failed_
         "only the canary answers with the new version: {seen:?}"
     );
     assert!(seen.contains("v2 web1"), "the canary serves: {seen:?}");
+    let html = page(&fleet.client, &fleet, id).await;
+    for expected in [
+        ">Awaiting promotion</span>",
+        "The canaries run v2 and serve: Promote rolls out the other backends; Abort puts the \
+         canaries back.",
+        ">Promote</button>",
+    ] {
+        assert!(
+            html.contains(expected),
+            "the page lacks {expected:?}:\n{html}"
+        );
+    }
+    let viewer =
+        authorized_client(&create_token(&fleet.database_url, "watcher", Role::Viewer).await);
+    let html = page(&viewer, &fleet, id).await;
+    assert!(html.contains("The canaries run v2 and serve"), "{html}");
+    assert!(
+        !html.contains(">Promote</button>"),
+        "a viewer may not promote"
+    );
     let (status, body) = post(
         &fleet.client,
         &fleet,
@@ -155,6 +186,12 @@ async fn a_canary_serves_alone_on_the_new_version_until_promoted_with_no_failed_
         done["promoted_by"], "tests",
         "the history names who promoted"
     );
+    let html = page(&viewer, &fleet, id).await;
+    assert!(
+        html.contains("data-testid=\"promoted-by\">tests<"),
+        "{html}"
+    );
+    assert!(!html.contains(">Promote</button>"), "{html}");
     assert_no_failures(sent, &failures);
     assert_all_serving(&fleet, "v2").await;
     let (status, _) = post(
