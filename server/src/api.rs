@@ -113,6 +113,7 @@ async fn create_deployment(
                 ApiTrigger::Cli => Trigger::Cli,
             },
             requested_by: Some(&principal.name),
+            requester_user: principal.credential.user(),
             coalesce: false,
         })
         .await?;
@@ -142,7 +143,7 @@ async fn rollback(
 ) -> Result<impl IntoResponse, ApiError> {
     let queued = state
         .fleet
-        .rollback(&service, Some(&principal.name))
+        .rollback(&service, Some(&principal.name), principal.credential.user())
         .await?;
     let detail = format!("rollout {}", queued.id);
     audit(
@@ -230,7 +231,15 @@ async fn control(
         other => return Err(RequestError::UnknownAction(other.to_owned()).into()),
     };
     let target = format!("rollout {id}");
-    let asked = state.fleet.control(id, action, Some(&principal.name)).await;
+    let asked = state
+        .fleet
+        .control(
+            id,
+            action,
+            Some(&principal.name),
+            principal.credential.user(),
+        )
+        .await;
     if let Err(refusal @ DeployError::SelfApproval { .. }) = &asked {
         let reason = refusal.to_string();
         audit(

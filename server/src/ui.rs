@@ -115,6 +115,7 @@ impl FleetSource for UiFleet {
                 version: &version,
                 trigger: Trigger::Ui,
                 requested_by: Some(&caller.name),
+                requester_user: caller.credential.user(),
                 coalesce: false,
             })
             .await
@@ -131,7 +132,10 @@ impl FleetSource for UiFleet {
     async fn control(&self, id: i64, action: ControlAction) -> Result<(), String> {
         let caller = signed_in()?;
         let target = format!("rollout {id}");
-        let asked = self.fleet.control(id, action, Some(&caller.name)).await;
+        let asked = self
+            .fleet
+            .control(id, action, Some(&caller.name), caller.credential.user())
+            .await;
         if let Err(refusal @ DeployError::SelfApproval { .. }) = &asked {
             let reason = refusal.to_string();
             self.audit(&caller, "approve_refused", &target, Some(&reason))
@@ -146,7 +150,7 @@ impl FleetSource for UiFleet {
         let caller = signed_in()?;
         let queued = self
             .fleet
-            .rollback(&service, Some(&caller.name))
+            .rollback(&service, Some(&caller.name), caller.credential.user())
             .await
             .map_err(message)?;
         let detail = format!("rollout {}", queued.id);

@@ -450,6 +450,7 @@ address = "ADDRESS"
                     version: "v2",
                     trigger: Trigger::Api,
                     requested_by: None,
+                    requester_user: None,
                     coalesce: false,
                 })
                 .await

@@ -123,6 +123,8 @@ pub struct DeployRequest<'a> {
     pub trigger: Trigger,
     /// A user, a token's name, or a webhook delivery.
     pub requested_by: Option<&'a str>,
+    /// The user account behind the request (signed in, or the owner of the token used).
+    pub requester_user: Option<i64>,
     /// Replace the version of a rollout still queued for the service rather than queue
     /// another one (pushes do this: only the newest commit matters).
     pub coalesce: bool,
@@ -314,13 +316,15 @@ impl Fleet {
 
     /// Asks the worker running rollout `id` to pause, resume, abort, approve or promote it. A
     /// queued rollout can only be aborted (it is then cancelled at once). Approving is refused
-    /// to the person (or token) who requested the rollout, named in `by`; a webhook's rollout
-    /// has no person behind it, so any deployer may approve it.
+    /// to whoever requested the rollout: the same user account (`user`: signed in, or owning
+    /// the token used), or the same name (`by`) when an account is missing on either side. A
+    /// webhook's rollout has no person behind it, so any deployer may approve it.
     pub async fn control(
         &self,
         id: i64,
         action: ControlAction,
         by: Option<&str>,
+        user: Option<i64>,
     ) -> Result<(), DeployError> {
         let row = self
             .store
@@ -352,9 +356,10 @@ impl Fleet {
                 ));
             }
             (RolloutStatus::AwaitingApproval, ControlAction::Approve) => {
+                let same_account = row.requester_user.is_some() && row.requester_user == user;
                 if let Some(requester) = row.requested_by.as_deref()
                     && row.trigger != Trigger::Webhook
-                    && by == Some(requester)
+                    && (same_account || by == Some(requester))
                 {
                     return Err(DeployError::SelfApproval {
                         id,
@@ -458,7 +463,10 @@ impl Fleet {
                 needs_approval: settings.approval.is_some(),
             });
         }
-        let id = self.store.insert_deployment(&new).await?;
+        let id = self
+            .store
+            .insert_deployment_by(&new, request.requester_user)
+            .await?;
         handle.wake.notify_one();
         tracing::info!(rollout_id = id, service, version = %version, %trigger, "rollout queued");
         // With nothing ahead of it, the worker takes it at once.
@@ -569,6 +577,7 @@ impl Fleet {
         &self,
         service: &str,
         requested_by: Option<&str>,
+        requester_user: Option<i64>,
     ) -> Result<Queued, DeployError> {
         let handle = self.handle(service)?;
         let targets = recorded_targets(&self.store, &handle.settings).await?;
@@ -582,6 +591,7 @@ impl Fleet {
             version: &version,
             trigger: Trigger::Rollback,
             requested_by,
+            requester_user,
             coalesce: false,
         })
         .await

@@ -274,10 +274,20 @@ impl Store {
 
     /// Queues a rollout; returns its id.
     pub async fn insert_deployment(&self, new: &NewDeployment<'_>) -> Result<i64, StoreError> {
+        self.insert_deployment_by(new, None).await
+    }
+
+    /// Queues a rollout requested by the user account `requester_user` (`None`: no account,
+    /// such as a webhook's); returns its id.
+    pub async fn insert_deployment_by(
+        &self,
+        new: &NewDeployment<'_>,
+        requester_user: Option<i64>,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.begin_turn(Turn::Events).await?;
         let id = sqlx::query_scalar(
-            "INSERT INTO deployments (service, from_version, to_version, status, trigger, requested_by, state, created_at)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO deployments (service, from_version, to_version, status, trigger, requested_by, state, created_at, requester_user)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(new.service)
         .bind(new.from_version)
@@ -286,6 +296,7 @@ impl Store {
         .bind(new.requested_by)
         .bind(new.state)
         .bind(now_millis())
+        .bind(requester_user)
         .fetch_one(&mut *tx)
         .await?;
         let event = status_event(&mut tx, id).await?;
@@ -870,6 +881,8 @@ pub struct DeploymentRow {
     pub status: RolloutStatus,
     pub trigger: Trigger,
     pub requested_by: Option<String>,
+    /// The user account behind the request, when there is one.
+    pub requester_user: Option<i64>,
     pub reason: Option<String>,
     pub state: Option<String>,
     pub created_at: i64,
@@ -887,6 +900,7 @@ impl sqlx::FromRow<'_, AnyRow> for DeploymentRow {
             status: word(row, "status")?,
             trigger: word(row, "trigger")?,
             requested_by: row.try_get("requested_by")?,
+            requester_user: row.try_get("requester_user")?,
             reason: row.try_get("reason")?,
             state: row.try_get("state")?,
             created_at: row.try_get("created_at")?,

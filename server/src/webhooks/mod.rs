@@ -547,6 +547,7 @@ async fn act(
             version: version.as_str(),
             trigger: Trigger::Webhook,
             requested_by: Some(&requested_by),
+            requester_user: None,
             coalesce: true,
         })
         .await;

@@ -995,3 +995,91 @@ async fn a_rollout_awaiting_approval_offers_approve_to_other_deployers_only() {
     assert!(!html.contains("data-testid=\"waiting\""), "{html}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_requester_cannot_approve_their_own_rollout_with_a_token_of_theirs_either() {
+    let app = spawn_app_with(
+        &Config::edge()
+            .service(
+                Service::new("gate")
+                    .approval("start")
+                    .runtime(Runtime::command())
+                    .backend("g1", 18021)
+                    .backend("g2", 18022),
+            )
+            .toml(),
+        &[],
+    )
+    .await;
+    let login = app
+        .add_user_and_log_in("ana", Role::Admin, "ana's long password 7c1e")
+        .await;
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // What ana's browser sends: her cookie, from Baton's own origin.
+    let as_ana = |path: &str, body: serde_json::Value| {
+        app.anonymous
+            .post(format!("{}{path}", app.address))
+            .header("cookie", &cookie)
+            .header("origin", &app.address)
+            .json(&body)
+            .send()
+    };
+    let token = as_ana(
+        "/api/tokens",
+        serde_json::json!({ "name": "ana-laptop", "role": "deployer" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(token.status(), 201);
+    let token: serde_json::Value = token.json().await.unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let queued = as_ana(
+        "/api/services/gate/deployments",
+        serde_json::json!({ "version": "v2" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(queued.status(), 202);
+    let id = queued.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    rollout_when(&app, id, "awaiting approval", |d| {
+        d["status"] == "awaiting_approval"
+    })
+    .await;
+
+    // Her token has another name, but it is hers.
+    let refused = app
+        .anonymous
+        .post(format!("{}/api/deployments/{id}/approve", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        format!(
+            "rollout {id} was requested by ana: it needs the approval of another deployer or admin"
+        )
+    );
+    // Anyone else may: here the app's own token, which belongs to no user.
+    let approved = app
+        .client
+        .post(format!("{}/api/deployments/{id}/approve", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 202);
+    let approved = rollout_when(&app, id, "approved", |d| d["status"] != "awaiting_approval").await;
+    assert_eq!(approved["approved_by"], "tests");
+    app.stop().await;
+}
