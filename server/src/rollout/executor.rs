@@ -309,6 +309,11 @@ impl ServiceRunner {
                     ControlAction::Approve => Event::Approve,
                     ControlAction::Promote => Event::Promote,
                 });
+                tracing::info!(
+                    action = control.as_str(),
+                    to = status_of(&rollout).as_str(),
+                    "operator request applied"
+                );
             }
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
             let Some(current) = action.clone() else {
