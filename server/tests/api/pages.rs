@@ -1081,5 +1081,16 @@ async fn a_requester_cannot_approve_their_own_rollout_with_a_token_of_theirs_eit
     assert_eq!(approved.status(), 202);
     let approved = rollout_when(&app, id, "approved", |d| d["status"] != "awaiting_approval").await;
     assert_eq!(approved["approved_by"], "tests");
+    // The refusal is in the audit log, under its own action.
+    let html = page_as(&app, Role::Admin, "/audit?action=approve_refused").await;
+    assert_contains(
+        &html,
+        &[
+            "<option value=\"approve_refused\" selected",
+            "data-action=\"approve_refused\"",
+            "data-actor=\"ana-laptop\"",
+            &format!("rollout {id} was requested by ana"),
+        ],
+    );
     app.stop().await;
 }
