@@ -234,7 +234,8 @@ export async function startBaton(config, { timeoutMs = 30_000 } = {}) {
 /**
  * A real fleet: HAProxy (stats socket, `option httpchk GET /alive`, fast checks) in front of
  * `backends` demo-app backends that Baton starts, and `baton serve`, all on free ports in a
- * fresh folder. Resolves once HAProxy reports every backend UP.
+ * fresh folder. Resolves once HAProxy reports every backend UP. `serviceSettings` adds keys of
+ * the `[[service]]` (`{ canary: 1, approval: 'start' }`, say).
  */
 export async function startFleet({
   backends = 3,
@@ -244,6 +245,7 @@ export async function startFleet({
   initialVersion = 'v1',
   batchSize = 1,
   upTimeoutMs = 30_000,
+  serviceSettings = {},
 } = {}) {
   const bin = process.env.BATON_BIN;
   if (!bin) throw new Error('BATON_BIN must name the baton binary (scripts/dev test sets it)');
@@ -284,7 +286,7 @@ export async function startFleet({
 
   writeFileSync(join(dir, 'baton.toml'), batonConfig([{
     name: 'web',
-    settings: { haproxy_backend: 'web', batch_size: batchSize, auto_rollback: true },
+    settings: { haproxy_backend: 'web', batch_size: batchSize, auto_rollback: true, ...serviceSettings },
     health: { path: '/alive', interval: healthInterval, timeout: '1s', healthy_threshold: 2, start_timeout: startTimeout },
     drain: { timeout: drainTimeout },
     runtime: { kind: 'process', command: [demoApp], initial_version: initialVersion, stop_timeout: '5s' },
@@ -346,7 +348,8 @@ export async function startFleet({
 
     /** Waits until the rollout has ended; returns it with its steps. */
     finished(id, options) {
-      return fleet.waitDeployment(id, (d) => !['queued', 'running', 'paused'].includes(d.status), { what: 'the end', ...options });
+      const going = ['queued', 'running', 'paused', 'awaiting_approval', 'awaiting_promote'];
+      return fleet.waitDeployment(id, (d) => !going.includes(d.status), { what: 'the end', ...options });
     },
 
     /** Waits until every backend is UP in HAProxy (and, if given, runs `version`). */

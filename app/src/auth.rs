@@ -50,7 +50,8 @@ pub struct AuditEntry {
     pub actor: String,
     /// `user`, `token`, `webhook` or `cli`.
     pub actor_kind: String,
-    /// `login`, `login_failed`, `logout`, `deploy`, `pause`, `resume`, `abort`, `rollback`,
+    /// `login`, `login_failed`, `logout`, `deploy`, `pause`, `resume`, `abort`, `approve`,
+    /// `approve_refused`, `promote`, `rollback`,
     /// `webhook_replay`, `user_create`, `user_delete`, `user_password`, `token_create`,
     /// `token_revoke`, …
     pub action: String,

@@ -397,6 +397,12 @@ pub struct DeploymentDetail {
     /// rollout has ended. Absent from older answers, which read as nothing pending.
     #[serde(default)]
     pub pending: Option<PendingControl>,
+    /// Who approved it (a service with `approval = "start"`), as the approval names them.
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    /// Who promoted its canaries (a service with `canary`), as the promotion names them.
+    #[serde(default)]
+    pub promoted_by: Option<String>,
     /// The end of each backend's log as it was when a step on it failed, oldest step first.
     #[serde(default)]
     pub logs: Vec<StepLog>,
@@ -456,6 +462,8 @@ impl PendingControl {
                 ControlAction::Pause => status == RolloutStatus::Paused,
                 ControlAction::Resume => status == RolloutStatus::Running,
                 ControlAction::Abort => false,
+                ControlAction::Approve => status != RolloutStatus::AwaitingApproval,
+                ControlAction::Promote => status != RolloutStatus::AwaitingPromote,
             }
     }
 }
@@ -535,6 +543,10 @@ pub enum RolloutStatus {
     Running,
     /// Stopped between backends by an operator.
     Paused,
+    /// Its turn came; it waits for someone other than the requester to approve it.
+    AwaitingApproval,
+    /// The canaries run the new version; it waits for someone to promote it.
+    AwaitingPromote,
     /// Every backend runs the new version.
     Succeeded,
     /// A step failed; see the reason for what was left.
@@ -556,7 +568,11 @@ impl RolloutStatus {
     /// Whether a rollout with this status has ended (nothing will change it any more).
     pub fn is_finished(self) -> bool {
         match self {
-            Self::Queued | Self::Running | Self::Paused => false,
+            Self::Queued
+            | Self::Running
+            | Self::Paused
+            | Self::AwaitingApproval
+            | Self::AwaitingPromote => false,
             Self::Succeeded | Self::Failed | Self::RolledBack | Self::Cancelled => true,
         }
     }
@@ -749,8 +765,13 @@ pub enum ControlAction {
     /// Stop before the next backend (the current one finishes).
     Pause,
     Resume,
-    /// Stop after the current step, leaving every backend serving.
+    /// Stop after the current step, leaving every backend serving (before a promotion: with
+    /// the canaries back on their previous version).
     Abort,
+    /// Let a rollout awaiting approval begin (someone other than its requester).
+    Approve,
+    /// Go on past the canaries.
+    Promote,
 }
 
 impl ControlAction {
@@ -759,6 +780,8 @@ impl ControlAction {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Abort => "abort",
+            Self::Approve => "approve",
+            Self::Promote => "promote",
         }
     }
 }
@@ -856,6 +879,8 @@ mod tests {
             "queued",
             "running",
             "paused",
+            "awaiting_approval",
+            "awaiting_promote",
             "succeeded",
             "failed",
             "rolled_back",
@@ -887,7 +912,7 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "unknown rollout status \"rolledback\": expected one of queued, running, paused, \
-             succeeded, failed, rolled_back, cancelled"
+             awaiting_approval, awaiting_promote, succeeded, failed, rolled_back, cancelled"
         );
         assert!(
             "Running".parse::<RolloutStatus>().is_err(),

@@ -119,10 +119,16 @@ async fn create_deployment(
                 ApiTrigger::Cli => Trigger::Cli,
             },
             requested_by: Some(&principal.name),
+            requester_user: principal.credential.user(),
             coalesce: false,
         })
         .await?;
-    let detail = format!("version {}, rollout {}", body.version, queued.id);
+    let detail = format!(
+        "version {}, rollout {}{}",
+        body.version,
+        queued.id,
+        queued.audit_note()
+    );
     audit(
         &state,
         &principal,
@@ -143,7 +149,7 @@ async fn rollback(
 ) -> Result<impl IntoResponse, ApiError> {
     let queued = state
         .fleet
-        .rollback(&service, Some(&principal.name))
+        .rollback(&service, Some(&principal.name), principal.credential.user())
         .await?;
     let detail = format!("rollout {}", queued.id);
     audit(
@@ -276,13 +282,33 @@ async fn control(
         "pause" => ControlAction::Pause,
         "resume" => ControlAction::Resume,
         "abort" => ControlAction::Abort,
+        "approve" => ControlAction::Approve,
+        "promote" => ControlAction::Promote,
         other => return Err(RequestError::UnknownAction(other.to_owned()).into()),
     };
-    state
-        .fleet
-        .control(id, action, Some(&principal.name))
-        .await?;
     let target = format!("rollout {id}");
+    let asked = state
+        .fleet
+        .control(
+            id,
+            action,
+            Some(&principal.name),
+            principal.credential.user(),
+        )
+        .await;
+    if let Err(refusal @ DeployError::SelfApproval { .. }) = &asked {
+        let reason = refusal.to_string();
+        audit(
+            &state,
+            &principal,
+            &address,
+            "approve_refused",
+            &target,
+            Some(&reason),
+        )
+        .await;
+    }
+    asked?;
     audit(&state, &principal, &address, action.as_str(), &target, None).await;
     Ok((
         StatusCode::ACCEPTED,

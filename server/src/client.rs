@@ -1,5 +1,5 @@
 //! A client of a running Baton's API, for `baton deploy`: start a rollout, then follow its
-//! event stream and report each step as it ends.
+//! event stream and report each step as it ends; and for `baton approve` and `baton promote`.
 //!
 //! Following uses the same SSE stream as the browser (`GET /api/deployments/{id}/events`). A
 //! dropped connection (Baton restarting, a network blip) is picked up again with
@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use app::model::{
-    Change, DeploymentEvent, DeploymentSummary, RolloutStatus, StepOutcome, StepSummary,
+    Change, ControlAction, DeploymentEvent, DeploymentSummary, RolloutStatus, ServiceStatus,
+    StepOutcome, StepSummary,
 };
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
@@ -37,6 +38,16 @@ pub enum ClientError {
     Protocol(String),
     #[error("BATON_TOKEN is not a valid token: expected printable ASCII")]
     BadToken,
+    #[error("no service is named {0:?}")]
+    UnknownService(String),
+    /// `baton approve` or `baton promote` found nothing of the service waiting for it.
+    #[error("{service} has no rollout {waiting}{now}")]
+    NothingWaiting {
+        service: String,
+        waiting: &'static str,
+        /// What the service's rollout is doing instead, if it has one.
+        now: String,
+    },
 }
 
 /// What `POST /api/services/{service}/deployments` answers.
@@ -91,12 +102,77 @@ impl Client {
             .map_err(|error| ClientError::Protocol(format!("a rollout without an id: {error}")))
     }
 
+    /// Approves or promotes the rollout of `service` that waits for it (`action` is
+    /// [`ControlAction::Approve`] or [`ControlAction::Promote`]); returns its id.
+    pub async fn decide(&self, service: &str, action: ControlAction) -> Result<i64, ClientError> {
+        let (wanted, waiting, what) = match action {
+            ControlAction::Approve => (
+                RolloutStatus::AwaitingApproval,
+                "awaiting approval",
+                "the approval",
+            ),
+            ControlAction::Promote => (
+                RolloutStatus::AwaitingPromote,
+                "awaiting promotion",
+                "the promotion",
+            ),
+            ControlAction::Pause | ControlAction::Resume | ControlAction::Abort => {
+                return Err(ClientError::Protocol(format!(
+                    "{} is not a decision",
+                    action.as_str()
+                )));
+            }
+        };
+        let response = self
+            .http
+            .get(format!("{}/api/services", self.base))
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        let services: Vec<ServiceStatus> = self
+            .checked(response, "to list the services")
+            .await?
+            .json()
+            .await
+            .map_err(|error| ClientError::Protocol(format!("a list of services: {error}")))?;
+        let found = services
+            .into_iter()
+            .find(|found| found.name == service)
+            .ok_or_else(|| ClientError::UnknownService(service.to_owned()))?;
+        let id = match found.active {
+            Some(active) if active.status == wanted => active.id,
+            other => {
+                return Err(ClientError::NothingWaiting {
+                    service: service.to_owned(),
+                    waiting,
+                    now: other.map_or_else(String::new, |active| {
+                        format!(" (rollout {} is {})", active.id, active.status)
+                    }),
+                });
+            }
+        };
+        let response = self
+            .http
+            .post(format!(
+                "{}/api/deployments/{id}/{}",
+                self.base,
+                action.as_str()
+            ))
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        self.checked(response, what).await?;
+        Ok(id)
+    }
+
     /// Follows rollout `id` until it ends, calling `on_step` once for each step as it ends (in
-    /// the order they end), and returns the rollout as it ended.
+    /// the order they end) and `on_wait` each time it comes to wait for an approval or a
+    /// promotion, and returns the rollout as it ended.
     pub async fn follow(
         &self,
         id: i64,
         mut on_step: impl FnMut(&StepSummary),
+        mut on_wait: impl FnMut(&DeploymentSummary),
     ) -> Result<DeploymentSummary, ClientError> {
         let url = format!("{}/api/deployments/{id}/events", self.base);
         let mut last_event: Option<i64> = None;
@@ -133,6 +209,11 @@ impl Client {
                                         if deployment.status.is_finished() =>
                                     {
                                         return Ok(deployment);
+                                    }
+                                    Change::Status { deployment }
+                                        if waiting_line(&deployment).is_some() =>
+                                    {
+                                        on_wait(&deployment);
                                     }
                                     Change::Status { .. }
                                     | Change::Control { .. }
@@ -195,6 +276,26 @@ impl Client {
             hint,
         })
     }
+}
+
+/// The line `baton deploy --wait` prints when the rollout comes to wait for someone; `None`
+/// for a status that waits for no one.
+pub fn waiting_line(deployment: &DeploymentSummary) -> Option<String> {
+    let (what, command) = match deployment.status {
+        RolloutStatus::AwaitingApproval => ("awaits approval by another deployer", "approve"),
+        RolloutStatus::AwaitingPromote => ("awaits promotion", "promote"),
+        RolloutStatus::Queued
+        | RolloutStatus::Running
+        | RolloutStatus::Paused
+        | RolloutStatus::Succeeded
+        | RolloutStatus::Failed
+        | RolloutStatus::RolledBack
+        | RolloutStatus::Cancelled => return None,
+    };
+    Some(format!(
+        "rollout {} {what}: `baton {command} {}` goes on, an abort cancels",
+        deployment.id, deployment.service
+    ))
 }
 
 /// One line of `baton deploy --wait`'s report for a step that ended.

@@ -67,7 +67,7 @@ pub enum RequestError {
     #[error("Last-Event-ID must be an event id (a number)")]
     LastEventId,
     /// `/api/deployments/{id}/{action}` with an action that is not one.
-    #[error("unknown action {0:?}: expected pause, resume or abort")]
+    #[error("unknown action {0:?}: expected pause, resume, abort, approve or promote")]
     UnknownAction(String),
     /// A word in the query that is none of its vocabulary's (a rollout status, ...).
     #[error("{0}")]
@@ -91,6 +91,7 @@ impl ApiError {
                 DeployError::Conflict(_) | DeployError::NothingToRollBackTo(_) => {
                     StatusCode::CONFLICT
                 }
+                DeployError::SelfApproval { .. } => StatusCode::FORBIDDEN,
                 DeployError::Store(error) => return internal(error),
             },
             ApiError::Auth(error) => return (auth_status(error), auth_message(error)),
@@ -348,6 +349,15 @@ mod tests {
                 "api has no earlier successful version",
             ),
             (
+                DeployError::SelfApproval {
+                    id: 4,
+                    requester: "ana".into(),
+                }
+                .into(),
+                403,
+                "rollout 4 was requested by ana: it needs the approval of another deployer or admin",
+            ),
+            (
                 ReplayError::UnknownDelivery(3).into(),
                 404,
                 "no delivery has id 3",
@@ -374,7 +384,7 @@ mod tests {
             (
                 RequestError::UnknownAction("stop".into()).into(),
                 404,
-                "expected pause, resume or abort",
+                "expected pause, resume, abort, approve or promote",
             ),
             (
                 RequestError::Query {

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use app::model::RolloutStatus;
+use app::model::{ControlAction, RolloutStatus};
 use baton_server::auth::accounts::{self, TokenRef};
 use baton_server::auth::{Actor, Password, Role};
 use baton_server::client::{self, Client};
@@ -57,6 +57,20 @@ enum Command {
         #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Approve the rollout of a service that awaits approval (`approval = "start"`); someone
+    /// other than the person or token that requested it must.
+    Approve {
+        service: String,
+        #[command(flatten)]
+        api: Api,
+    },
+    /// Promote the rollout of a service whose canaries await promotion (`canary = N`): the
+    /// rest of the backends follow.
+    Promote {
+        service: String,
+        #[command(flatten)]
+        api: Api,
+    },
     /// Manage the users who sign in to the web UI (directly in the configured database).
     User {
         #[command(subcommand)]
@@ -73,6 +87,18 @@ enum Command {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
     },
+}
+
+/// Which Baton to ask, and with what token.
+#[derive(clap::Args)]
+struct Api {
+    /// The Baton to ask.
+    #[arg(long, env = "BATON_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The API token to send as `Authorization: Bearer` (a deployer's or an admin's).
+    /// Prefer the environment variable: other users can see a flag in `ps`.
+    #[arg(long, env = "BATON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +182,8 @@ fn main() -> ExitCode {
             url,
             token,
         } => deploy(&url, token.as_deref(), &service, &version, wait),
+        Command::Approve { service, api } => decide(&api, &service, ControlAction::Approve),
+        Command::Promote { service, api } => decide(&api, &service, ControlAction::Promote),
         Command::User { command } => user(command),
         Command::Token { command } => token(command),
     };
@@ -191,12 +219,22 @@ fn deploy(
             return Ok(());
         }
         let ended = client
-            .follow(id, |step| {
-                // Each line is printed as its step ends, so piped output is live too.
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", client::step_line(step));
-                let _ = out.flush();
-            })
+            .follow(
+                id,
+                |step| {
+                    // Each line is printed as its step ends, so piped output is live too.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", client::step_line(step));
+                    let _ = out.flush();
+                },
+                |waiting| {
+                    if let Some(line) = client::waiting_line(waiting) {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                    }
+                },
+            )
             .await?;
         if ended.status == RolloutStatus::Succeeded {
             say!("rollout {id} succeeded: {service} runs {version}");
@@ -207,6 +245,24 @@ fn deploy(
             ended.status,
             ended.reason.as_deref().unwrap_or("no reason recorded")
         )
+    })
+}
+
+/// `baton approve` and `baton promote`.
+fn decide(api: &Api, service: &str, action: ControlAction) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = Client::new(&api.url, api.token.as_deref())?;
+        let id = client.decide(service, action).await?;
+        let done = match action {
+            ControlAction::Approve => "approved; it begins",
+            ControlAction::Promote => "promoted; the other backends follow",
+            ControlAction::Pause | ControlAction::Resume | ControlAction::Abort => "asked",
+        };
+        say!("rollout {id} of {service}: {done}");
+        Ok(())
     })
 }
 

@@ -134,12 +134,26 @@ pub struct ServiceSettings {
     pub haproxy_backend: String,
     pub batch_size: u32,
     pub auto_rollback: bool,
+    /// `canary`: how many backends go first and wait for a promotion; 0 for none. Always fewer
+    /// than the service's backends.
+    pub canary: u32,
+    /// `approval`: when a rollout waits for another deployer's approval; `None`: never.
+    pub approval: Option<Approval>,
     pub health: HealthSettings,
     pub drain: DrainSettings,
     pub runtime: RuntimeSettings,
     pub backends: Vec<BackendSettings>,
     /// `[service.webhook]`: `None` when git pushes may not start rollouts of this service.
     pub webhook: Option<WebhookSettings>,
+}
+
+/// `approval = "start"`: the point at which a service's rollouts wait for someone other than
+/// their requester to approve them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// When the rollout's turn comes, before anything is touched.
+    Start,
 }
 
 /// `[service.webhook]`: which pushes start a rollout, and the secret that proves a delivery came
@@ -752,6 +766,16 @@ impl RawService {
         if self.batch_size == 0 {
             return Err(source.invalid(at("batch_size"), "expected at least 1".into()));
         }
+        if self.canary > 0 && self.canary as usize >= self.backends.len() {
+            return Err(source.invalid(
+                at("canary"),
+                format!(
+                    "canary = {} leaves no backend to promote to: expected fewer than the service's {} backend(s)",
+                    self.canary,
+                    self.backends.len()
+                ),
+            ));
+        }
         self.check_health()
             .map_err(|(key, message)| source.invalid(at(&format!("health.{key}")), message))?;
         self.check_backends(hosts)
@@ -775,6 +799,8 @@ impl RawService {
             load_balancer: self.load_balancer,
             batch_size: self.batch_size,
             auto_rollback: self.auto_rollback,
+            canary: self.canary,
+            approval: self.approval,
             health: self.health,
             drain: self.drain,
             runtime,
@@ -909,6 +935,9 @@ struct RawService {
     batch_size: u32,
     #[serde(default = "default_true")]
     auto_rollback: bool,
+    #[serde(default)]
+    canary: u32,
+    approval: Option<Approval>,
     #[serde(default)]
     health: HealthSettings,
     #[serde(default)]
@@ -1957,5 +1986,38 @@ tags = "v*"
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn canary_and_approval_are_read_and_a_canary_must_leave_backends_to_promote_to() {
+        let with = |lines: &str| {
+            FULL.replace(
+                "auto_rollback = false",
+                &format!("auto_rollback = false\n{lines}"),
+            )
+        };
+        let service = &parse(&with("canary = 1\napproval = \"start\""))
+            .unwrap()
+            .services[0];
+        assert_eq!(
+            (service.canary, service.approval),
+            (1, Some(Approval::Start))
+        );
+        let service = &parse(FULL).unwrap().services[0];
+        assert_eq!((service.canary, service.approval), (0, None));
+
+        let message = error(&with("canary = 2"));
+        assert!(
+            message.contains(
+                "key `service[0].canary`: canary = 2 leaves no backend to promote to: expected fewer than the service's 2 backend(s)"
+            ),
+            "{message}"
+        );
+        let message = error(&with("approval = \"finish\""));
+        assert!(message.contains("service[0].approval"), "{message}");
+        assert!(
+            message.contains("unknown variant `finish`, expected `start`"),
+            "{message}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use app::webhooks::{
 
 use crate::auth::accounts::{self, TokenRef};
 use crate::auth::{self, Audit, AuthError, Password, Principal};
-use crate::fleet::{DeployRequest, Fleet, Trigger};
+use crate::fleet::{DeployError, DeployRequest, Fleet, Trigger};
 use crate::http_error::ApiError;
 use crate::replica::Leadership;
 use crate::settings::Settings;
@@ -117,23 +117,34 @@ impl FleetSource for UiFleet {
                 version: &version,
                 trigger: Trigger::Ui,
                 requested_by: Some(&caller.name),
+                requester_user: caller.credential.user(),
                 coalesce: false,
             })
             .await
             .map_err(message)?;
-        let detail = format!("version {version}, rollout {}", queued.id);
+        let detail = format!(
+            "version {version}, rollout {}{}",
+            queued.id,
+            queued.audit_note()
+        );
         self.audit(&caller, "deploy", &service, Some(&detail)).await;
         Ok(queued.id)
     }
 
     async fn control(&self, id: i64, action: ControlAction) -> Result<(), String> {
         let caller = signed_in()?;
-        self.fleet
-            .control(id, action, Some(&caller.name))
-            .await
-            .map_err(message)?;
-        self.audit(&caller, action.as_str(), &format!("rollout {id}"), None)
+        let target = format!("rollout {id}");
+        let asked = self
+            .fleet
+            .control(id, action, Some(&caller.name), caller.credential.user())
             .await;
+        if let Err(refusal @ DeployError::SelfApproval { .. }) = &asked {
+            let reason = refusal.to_string();
+            self.audit(&caller, "approve_refused", &target, Some(&reason))
+                .await;
+        }
+        asked.map_err(message)?;
+        self.audit(&caller, action.as_str(), &target, None).await;
         Ok(())
     }
 
@@ -141,7 +152,7 @@ impl FleetSource for UiFleet {
         let caller = signed_in()?;
         let queued = self
             .fleet
-            .rollback(&service, Some(&caller.name))
+            .rollback(&service, Some(&caller.name), caller.credential.user())
             .await
             .map_err(message)?;
         let detail = format!("rollout {}", queued.id);

@@ -25,6 +25,9 @@ const ACTIONS: &[(&str, &str)] = &[
     ("pause", "Pause"),
     ("resume", "Resume"),
     ("abort", "Abort"),
+    ("approve", "Approve"),
+    ("approve_refused", "Approval refused"),
+    ("promote", "Promote"),
     ("rollback", "Roll back"),
     ("webhook_replay", "Webhook replay"),
     ("user_create", "User added"),
@@ -307,6 +310,7 @@ mod tests {
     #[test]
     fn actions_read_as_words() {
         assert_eq!(action_label("login_failed"), "Failed sign-in");
+        assert_eq!(action_label("approve_refused"), "Approval refused");
         assert_eq!(action_label("something_new"), "something new");
     }
 }

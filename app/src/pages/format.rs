@@ -15,6 +15,8 @@ pub fn status_label(status: RolloutStatus) -> &'static str {
         RolloutStatus::Queued => "Queued",
         RolloutStatus::Running => "Running",
         RolloutStatus::Paused => "Paused",
+        RolloutStatus::AwaitingApproval => "Awaiting approval",
+        RolloutStatus::AwaitingPromote => "Awaiting promotion",
         RolloutStatus::Succeeded => "Succeeded",
         RolloutStatus::Failed => "Failed",
         RolloutStatus::RolledBack => "Rolled back",

@@ -202,6 +202,8 @@ mod tests {
             steps,
             last_event_id: 0,
             pending: None,
+            approved_by: None,
+            promoted_by: None,
             logs: Vec::new(),
         })
     }

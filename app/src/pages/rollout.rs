@@ -1,5 +1,6 @@
 //! The rollout page: the header, one row per backend with its steps as they happen, the final
-//! result, and the controls (pause, resume, abort, roll back).
+//! result, and the controls (pause, resume, abort, roll back; approve and promote when the
+//! rollout waits for them).
 //!
 //! The server renders the rollout as stored (`get_deployment`); once hydrated, the page follows
 //! the rollout's event stream from the `last_event_id` it was rendered at, so nothing is missed
@@ -21,8 +22,8 @@ use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
 use crate::auth::{allows, use_caller};
 use crate::fleet::{control_deployment, fleet_status, get_deployment, rollback_service};
 use crate::model::{
-    ControlAction, DeploymentDetail, DeploymentEvent, PendingControl, Role, RolloutStatus,
-    StepKind, StepOutcome, StepSummary,
+    ControlAction, DeploymentDetail, DeploymentEvent, DeploymentSummary, PendingControl, Role,
+    RolloutStatus, StepKind, StepOutcome, StepSummary, Trigger,
 };
 
 #[component]
@@ -44,9 +45,13 @@ pub fn RolloutPage() -> impl IntoView {
     view! {
         <Suspense fallback=|| view! { <p class="muted">"Loading the rollout…"</p> }>
             {move || Suspend::new(async move {
-                let may_control = allows(caller.await.as_ref(), Role::Deployer);
+                let caller = caller.await;
+                let may_control = allows(caller.as_ref(), Role::Deployer);
+                let me = caller.map(|caller| caller.name);
                 match detail.await {
-                    Ok(Some(detail)) => view! { <RolloutView detail may_control /> }.into_any(),
+                    Ok(Some(detail)) => {
+                        view! { <RolloutView detail may_control me /> }.into_any()
+                    }
                     Ok(None) => not_found(id()).into_any(),
                     Err(error) => {
                         view! {
@@ -81,9 +86,9 @@ fn not_found(id: Option<i64>) -> impl IntoView {
     }
 }
 
-/// A rollout; `may_control` shows the controls (deployers and admins).
+/// A rollout; `may_control` shows the controls (deployers and admins); `me` is who is signed in.
 #[component]
-fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
+fn RolloutView(detail: DeploymentDetail, may_control: bool, me: Option<String>) -> impl IntoView {
     let id = detail.deployment.id;
     let service = detail.deployment.service.clone();
     let timeline = RwSignal::new(Timeline::new(detail));
@@ -129,6 +134,8 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
 
     let deployment = Memo::new(move |_| timeline.with(|t| t.deployment.clone()));
     let pending = Memo::new(move |_| timeline.with(|t| t.pending.clone()));
+    let decided =
+        Memo::new(move |_| timeline.with(|t| (t.approved_by.clone(), t.promoted_by.clone())));
     let status = Signal::derive(move || deployment.with(|d| d.status));
     let rows = Memo::new(move |_| {
         timeline.with(|t| {
@@ -196,6 +203,32 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
                     <dt>"Requested by"</dt>
                     <dd>{d.requested_by.clone().unwrap_or_else(|| "—".into())}</dd>
                 </div>
+                {move || {
+                    decided
+                        .get()
+                        .0
+                        .map(|by| {
+                            view! {
+                                <div>
+                                    <dt>"Approved by"</dt>
+                                    <dd data-testid="approved-by">{by}</dd>
+                                </div>
+                            }
+                        })
+                }}
+                {move || {
+                    decided
+                        .get()
+                        .1
+                        .map(|by| {
+                            view! {
+                                <div>
+                                    <dt>"Promoted by"</dt>
+                                    <dd data-testid="promoted-by">{by}</dd>
+                                </div>
+                            }
+                        })
+                }}
                 <div>
                     <dt>"Started"</dt>
                     <dd>{started}</dd>
@@ -210,7 +243,11 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
     let result = move || {
         let d = deployment.get();
         let text = match d.status {
-            RolloutStatus::Queued | RolloutStatus::Running | RolloutStatus::Paused => return None,
+            RolloutStatus::Queued
+            | RolloutStatus::Running
+            | RolloutStatus::Paused
+            | RolloutStatus::AwaitingApproval
+            | RolloutStatus::AwaitingPromote => return None,
             RolloutStatus::Succeeded => format!("Succeeded: every backend runs {}.", d.to_version),
             ended @ (RolloutStatus::Failed
             | RolloutStatus::RolledBack
@@ -253,7 +290,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool) -> impl IntoView {
         {header}
         {reason}
         <div aria-live="polite">{result}</div>
-        <Controls id service pending status may_control />
+        <Controls id service pending status deployment may_control me />
         <Gantt timeline />
         <FailureLogs timeline />
         <section class="timeline" aria-labelledby="timeline-heading">
@@ -395,16 +432,55 @@ fn StepItem(step: StepSummary) -> impl IntoView {
     .into_any()
 }
 
-/// Pause, Resume, Abort (confirmed) and Roll back (confirmed), each enabled only when it applies;
-/// without `may_control` only what others asked for (a pending pause or abort) shows.
+/// Pause, Resume, Abort (confirmed) and Roll back (confirmed), each enabled only when it applies,
+/// and Approve or Promote while the rollout waits for one; without `may_control` only what the
+/// rollout waits for and what others asked for (a pending pause or abort) show.
 #[component]
 fn Controls(
     id: i64,
     service: String,
     pending: Memo<Option<PendingControl>>,
     status: Signal<RolloutStatus>,
+    deployment: Memo<DeploymentSummary>,
     may_control: bool,
+    me: Option<String>,
 ) -> impl IntoView {
+    // Whoever requested it may not approve it; a push has no person behind it.
+    let requested_by_me = Memo::new(move |_| {
+        deployment.with(|d| {
+            d.trigger != Trigger::Webhook && d.requested_by.is_some() && d.requested_by == me
+        })
+    });
+    let waiting_note = move || {
+        let text = deployment.with(|d| match d.status {
+            RolloutStatus::AwaitingApproval => Some(match (&d.requested_by, d.trigger) {
+                (Some(by), trigger) if trigger != Trigger::Webhook => format!(
+                    "Awaiting approval: a deployer or admin other than {by} approves it to \
+                     begin. Nothing has been touched."
+                ),
+                _ => "Awaiting approval: a deployer or admin approves it to begin. Nothing \
+                      has been touched."
+                    .to_owned(),
+            }),
+            RolloutStatus::AwaitingPromote => Some(format!(
+                "The canaries run {} and serve: Promote rolls out the other backends; Abort \
+                 puts the canaries back.",
+                d.to_version
+            )),
+            RolloutStatus::Queued
+            | RolloutStatus::Running
+            | RolloutStatus::Paused
+            | RolloutStatus::Succeeded
+            | RolloutStatus::Failed
+            | RolloutStatus::RolledBack
+            | RolloutStatus::Cancelled => None,
+        })?;
+        Some(view! {
+            <p class="waiting" role="status" data-testid="waiting">
+                {text}
+            </p>
+        })
+    };
     let pending_note = move || {
         pending.get().map(|pending| {
             view! {
@@ -417,6 +493,7 @@ fn Controls(
     if !may_control {
         return view! {
             <section class="controls" aria-label="Rollout controls">
+                {waiting_note}
                 {pending_note}
             </section>
         }
@@ -479,6 +556,45 @@ fn Controls(
     let can_pause = move || status.get() == RolloutStatus::Running && !asked(ControlAction::Pause);
     let can_resume = move || status.get() == RolloutStatus::Paused && !asked(ControlAction::Resume);
     let can_abort = move || !status.get().is_finished() && !asked(ControlAction::Abort);
+    let can_approve = move || !requested_by_me.get() && !asked(ControlAction::Approve);
+    let can_promote = move || !asked(ControlAction::Promote);
+    // Shown only while the rollout waits for them, so an ordinary rollout's controls stay as
+    // they were.
+    let approve_button = move || {
+        (status.get() == RolloutStatus::AwaitingApproval).then(|| {
+            view! {
+                <button
+                    type="button"
+                    class="primary"
+                    disabled=move || busy.get() || !can_approve()
+                    title=move || {
+                        if requested_by_me.get() {
+                            "You requested this rollout: another deployer or admin must approve it"
+                        } else {
+                            ""
+                        }
+                    }
+                    on:click=move |_| send(ControlAction::Approve)
+                >
+                    "Approve"
+                </button>
+            }
+        })
+    };
+    let promote_button = move || {
+        (status.get() == RolloutStatus::AwaitingPromote).then(|| {
+            view! {
+                <button
+                    type="button"
+                    class="primary"
+                    disabled=move || busy.get() || !can_promote()
+                    on:click=move |_| send(ControlAction::Promote)
+                >
+                    "Promote"
+                </button>
+            }
+        })
+    };
 
     let error_note = move || {
         error.get().map(|message| {
@@ -521,9 +637,27 @@ fn Controls(
             confirming.get().map(move |what| {
                 let (question, yes, no) = match what {
                     Confirm::Abort => (
-                        "Abort this rollout? The current step finishes, the backend in the \
-                         middle is put back, and every backend is left serving."
-                            .to_owned(),
+                        match status.get_untracked() {
+                            RolloutStatus::AwaitingApproval => {
+                                "Cancel this rollout? Nothing has been touched yet."
+                            }
+                            RolloutStatus::AwaitingPromote => {
+                                "Abort this rollout? The canaries are put back on their \
+                                 previous version, one at a time, and every backend is left \
+                                 serving."
+                            }
+                            RolloutStatus::Queued
+                            | RolloutStatus::Running
+                            | RolloutStatus::Paused
+                            | RolloutStatus::Succeeded
+                            | RolloutStatus::Failed
+                            | RolloutStatus::RolledBack
+                            | RolloutStatus::Cancelled => {
+                                "Abort this rollout? The current step finishes, the backend in \
+                                 the middle is put back, and every backend is left serving."
+                            }
+                        }
+                        .to_owned(),
                         "Abort rollout",
                         "Keep going",
                     ),
@@ -582,7 +716,10 @@ fn Controls(
 
     view! {
         <section class="controls" aria-label="Rollout controls">
+            {waiting_note}
             <div class="field-row">
+                {approve_button}
+                {promote_button}
                 <button
                     type="button"
                     disabled=move || busy.get() || !can_pause()

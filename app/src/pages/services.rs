@@ -444,6 +444,8 @@ fn ActiveBox(active: ActiveRollout, queued: u32) -> impl IntoView {
     let verb = match active.status {
         RolloutStatus::Queued => "Queued",
         RolloutStatus::Paused => "Paused",
+        RolloutStatus::AwaitingApproval => "Awaiting approval",
+        RolloutStatus::AwaitingPromote => "Awaiting promotion",
         RolloutStatus::Running if active.rolling_back => "Rolling back",
         RolloutStatus::Running => "Rolling out",
         // Not active any more: the next snapshot drops it.
@@ -456,6 +458,12 @@ fn ActiveBox(active: ActiveRollout, queued: u32) -> impl IntoView {
     let now = match (active.step, active.backends.as_slice()) {
         (Some(step), []) => step_doing(step).to_owned(),
         (Some(step), backends) => format!("{}: {}", backends.join(", "), step_doing(step)),
+        (None, _) if active.status == RolloutStatus::AwaitingApproval => {
+            "waiting for the approval of a deployer other than its requester".into()
+        }
+        (None, _) if active.status == RolloutStatus::AwaitingPromote => {
+            "the canaries are done and serving: waiting for a promotion".into()
+        }
         (None, _) => "waiting for its turn".into(),
     };
     let progress = format!("{} of {} backends done", active.done, active.total);

@@ -17,6 +17,8 @@ impl PendingControl {
             ControlAction::Pause => "Pause requested",
             ControlAction::Resume => "Resume requested",
             ControlAction::Abort => "Abort requested",
+            ControlAction::Approve => "Approved",
+            ControlAction::Promote => "Promoted",
         };
         let when = match self.action {
             ControlAction::Pause => "it takes effect once the current backend has finished",
@@ -24,6 +26,8 @@ impl PendingControl {
             ControlAction::Abort => {
                 "it takes effect after the current step; every backend is left serving"
             }
+            ControlAction::Approve => "the rollout begins",
+            ControlAction::Promote => "the rollout goes on past the canaries",
         };
         match &self.by {
             Some(by) => format!("{what} by {by}: {when}."),
@@ -44,6 +48,9 @@ pub struct Timeline {
     pub pending: Option<PendingControl>,
     /// The ends of backends' logs kept with failed steps (fetched again when a step fails live).
     pub logs: Vec<StepLog>,
+    /// Who approved the rollout and who promoted its canaries, once someone has.
+    pub approved_by: Option<String>,
+    pub promoted_by: Option<String>,
 }
 
 impl Timeline {
@@ -59,6 +66,8 @@ impl Timeline {
             last_event_id: detail.last_event_id,
             pending,
             logs: detail.logs,
+            approved_by: detail.approved_by,
+            promoted_by: detail.promoted_by,
         };
         timeline.sort();
         timeline
@@ -96,6 +105,13 @@ impl Timeline {
                 }
             }
             Change::Control { action, by } => {
+                // The server accepts an approval or a promotion only while the rollout
+                // awaits one, so the request is the decision.
+                match action {
+                    ControlAction::Approve => self.approved_by.clone_from(&by),
+                    ControlAction::Promote => self.promoted_by.clone_from(&by),
+                    ControlAction::Pause | ControlAction::Resume | ControlAction::Abort => {}
+                }
                 if !self.deployment.status.is_finished() {
                     self.pending = Some(PendingControl { action, by });
                 }
@@ -172,6 +188,8 @@ mod tests {
             last_event_id: 10,
             pending: None,
             logs: Vec::new(),
+            approved_by: None,
+            promoted_by: None,
         })
     }
 
@@ -184,6 +202,8 @@ mod tests {
             last_event_id: 10,
             pending,
             logs: Vec::new(),
+            approved_by: None,
+            promoted_by: None,
         })
     }
 
@@ -385,6 +405,8 @@ mod tests {
             last_event_id: 3,
             pending: None,
             logs: Vec::new(),
+            approved_by: None,
+            promoted_by: None,
         })
         .unwrap();
         json.as_object_mut().unwrap().remove("pending");
@@ -403,5 +425,66 @@ mod tests {
             },
         ));
         assert_eq!(timeline.backends, ["web1", "web2", "web9"]);
+    }
+
+    #[test]
+    fn an_approval_and_a_promotion_name_who_decided_and_show_until_they_take_effect() {
+        let mut timeline = reloaded(RolloutStatus::AwaitingApproval, None);
+        let approve = PendingControl {
+            action: ControlAction::Approve,
+            by: Some("bea".into()),
+        };
+        assert!(timeline.apply(event(
+            11,
+            Change::Control {
+                action: ControlAction::Approve,
+                by: Some("bea".into()),
+            },
+        )));
+        assert_eq!(timeline.approved_by.as_deref(), Some("bea"));
+        assert_eq!(timeline.pending, Some(approve));
+        timeline.apply(event(
+            12,
+            Change::Status {
+                deployment: summary(RolloutStatus::Running),
+            },
+        ));
+        assert_eq!(timeline.pending, None, "approved: the rollout began");
+
+        timeline.apply(event(
+            13,
+            Change::Status {
+                deployment: summary(RolloutStatus::AwaitingPromote),
+            },
+        ));
+        timeline.apply(event(
+            14,
+            Change::Control {
+                action: ControlAction::Promote,
+                by: Some("cy".into()),
+            },
+        ));
+        assert_eq!(
+            timeline
+                .pending
+                .as_ref()
+                .map(PendingControl::describe)
+                .as_deref(),
+            Some("Promoted by cy: the rollout goes on past the canaries.")
+        );
+        timeline.apply(event(
+            15,
+            Change::Status {
+                deployment: summary(RolloutStatus::Running),
+            },
+        ));
+        assert_eq!(timeline.pending, None);
+        assert_eq!(
+            (
+                timeline.approved_by.as_deref(),
+                timeline.promoted_by.as_deref()
+            ),
+            (Some("bea"), Some("cy"))
+        );
     }
 }

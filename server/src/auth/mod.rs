@@ -186,7 +186,8 @@ impl Auth {
 pub struct Audit<'a> {
     pub actor: &'a Actor,
     /// `login`, `login_failed`, `logout`, `user_create`, `user_delete`, `user_password`,
-    /// `token_create`, `token_revoke`, `deploy`, `pause`, `resume`, `abort`, `rollback`,
+    /// `token_create`, `token_revoke`, `deploy`, `pause`, `resume`, `abort`, `approve`,
+    /// `approve_refused`, `promote`, `rollback`,
     /// `webhook_replay`, ...
     pub action: &'a str,
     pub target: Option<&'a str>,

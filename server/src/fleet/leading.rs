@@ -356,9 +356,18 @@ address = "ADDRESS"
     /// The fleet, its health paths at `health`, with s1 and s2 running v1 (and UP on the load
     /// balancer) and s3 not running.
     async fn harness(health: &str) -> Harness {
+        harness_with(health, "").await
+    }
+
+    /// Like [`harness`], with more keys of `[[service]]` (`canary = 1`, say).
+    async fn harness_with(health: &str, service_keys: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
+        let config = CONFIG.replace("ADDRESS", health).replace(
+            "load_balancer = \"edge\"\n[service.health]",
+            &format!("load_balancer = \"edge\"\n{service_keys}\n[service.health]"),
+        );
         let settings = Settings::parse(
-            &CONFIG.replace("ADDRESS", health),
+            &config,
             &dir.path().join("baton.toml"),
             &EnvOverrides::default(),
         )
@@ -451,6 +460,7 @@ address = "ADDRESS"
                     version: "v2",
                     trigger: Trigger::Api,
                     requested_by: None,
+                    requester_user: None,
                     coalesce: false,
                 })
                 .await
@@ -516,6 +526,51 @@ address = "ADDRESS"
         lease.await.unwrap();
         // Stopping gave the lease up.
         assert!(h.store.lease().await.unwrap().unwrap().expires_in_ms <= 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_approval_and_a_promotion_asked_of_another_replica_reach_the_leaders_worker() {
+        let (address, server) = healthy().await;
+        let h = harness_with(&address, "canary = 1\napproval = \"start\"").await;
+        assert_eq!(
+            h.fleet.services()[0].settings.canary,
+            1,
+            "the keys were read"
+        );
+        let (leadership, lease) =
+            Leadership::leased(h.store.clone(), "a".into(), Duration::from_secs(60));
+        let (tasks, shutdown, leasing) = (
+            TaskTracker::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let lease = tokio::spawn(lease.run(leasing.clone()));
+        h.fleet.spawn(&tasks, &shutdown, &leadership);
+        leadership
+            .role()
+            .wait_for(|role| matches!(role, Role::Leader { .. }))
+            .await
+            .unwrap();
+        let id = h.deploy().await;
+        h.wait_status(id, RolloutStatus::AwaitingApproval).await;
+        // Asked of other replicas: in the database, and nowhere in this one's memory.
+        h.store
+            .record_control(id, ControlAction::Approve, Some("bea"))
+            .await
+            .unwrap();
+        h.wait_status(id, RolloutStatus::AwaitingPromote).await;
+        h.store
+            .record_control(id, ControlAction::Promote, Some("cy"))
+            .await
+            .unwrap();
+        h.wait_status(id, RolloutStatus::Succeeded).await;
+
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        leasing.cancel();
+        lease.await.unwrap();
+        server.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, LogTail, Runtime};
 use crate::replica::Leadership;
 use crate::rollout::engine::{self, Rollout, Target};
 use crate::rollout::executor::{Controls, Repairs, ServiceRunner, recorded_targets};
-use crate::settings::{LoadBalancerSettings, ServiceSettings, Settings};
+use crate::settings::{Approval, LoadBalancerSettings, ServiceSettings, Settings};
 
 mod hosts;
 mod leading;
@@ -93,6 +93,10 @@ pub enum DeployError {
     Conflict(String),
     #[error("{0} has no earlier successful version to roll back to")]
     NothingToRollBackTo(String),
+    #[error(
+        "rollout {id} was requested by {requester}: it needs the approval of another deployer or admin"
+    )]
+    SelfApproval { id: i64, requester: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -117,6 +121,9 @@ pub struct Queued {
     /// A queued rollout took the new version instead of a new rollout being queued.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,
+    /// The service's rollouts wait for another deployer's approval when their turn comes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub needs_approval: bool,
 }
 
 /// A request to roll a service out to a version.
@@ -128,9 +135,22 @@ pub struct DeployRequest<'a> {
     pub trigger: Trigger,
     /// A user, a token's name, or a webhook delivery.
     pub requested_by: Option<&'a str>,
+    /// The user account behind the request (signed in, or the owner of the token used).
+    pub requester_user: Option<i64>,
     /// Replace the version of a rollout still queued for the service rather than queue
     /// another one (pushes do this: only the newest commit matters).
     pub coalesce: bool,
+}
+
+impl Queued {
+    /// What the audit line of the request adds: whether the rollout waits for an approval.
+    pub fn audit_note(&self) -> &'static str {
+        if self.needs_approval {
+            ", awaiting approval"
+        } else {
+            ""
+        }
+    }
 }
 
 impl Fleet {
@@ -339,13 +359,17 @@ impl Fleet {
         }
     }
 
-    /// Asks the worker running rollout `id` to pause, resume or abort it. A queued rollout can
-    /// only be aborted (it is then cancelled at once).
+    /// Asks the worker running rollout `id` to pause, resume, abort, approve or promote it. A
+    /// queued rollout can only be aborted (it is then cancelled at once). Approving is refused
+    /// to whoever requested the rollout: the same user account (`user`: signed in, or owning
+    /// the token used), or the same name (`by`) when an account is missing on either side. A
+    /// webhook's rollout has no person behind it, so any deployer may approve it.
     pub async fn control(
         &self,
         id: i64,
         action: ControlAction,
         by: Option<&str>,
+        user: Option<i64>,
     ) -> Result<(), DeployError> {
         let row = self
             .store
@@ -365,9 +389,53 @@ impl Fleet {
                 }
                 // The worker claimed it meanwhile: abort it like a running one.
             }
-            (RolloutStatus::Queued, ControlAction::Pause | ControlAction::Resume) => {
+            (
+                RolloutStatus::Queued,
+                ControlAction::Pause
+                | ControlAction::Resume
+                | ControlAction::Approve
+                | ControlAction::Promote,
+            ) => {
                 return conflict(format!(
                     "rollout {id} has not started yet; a queued rollout can only be aborted"
+                ));
+            }
+            (RolloutStatus::AwaitingApproval, ControlAction::Approve) => {
+                let same_account = row.requester_user.is_some() && row.requester_user == user;
+                if let Some(requester) = row.requested_by.as_deref()
+                    && row.trigger != Trigger::Webhook
+                    && (same_account || by == Some(requester))
+                {
+                    return Err(DeployError::SelfApproval {
+                        id,
+                        requester: requester.to_owned(),
+                    });
+                }
+            }
+            (RolloutStatus::AwaitingApproval, ControlAction::Abort)
+            | (RolloutStatus::AwaitingPromote, ControlAction::Promote | ControlAction::Abort) => {}
+            (
+                RolloutStatus::AwaitingApproval,
+                ControlAction::Pause | ControlAction::Resume | ControlAction::Promote,
+            ) => {
+                return conflict(format!(
+                    "rollout {id} is awaiting approval: approve it to begin, or abort it"
+                ));
+            }
+            (
+                RolloutStatus::AwaitingPromote,
+                ControlAction::Pause | ControlAction::Resume | ControlAction::Approve,
+            ) => {
+                return conflict(format!(
+                    "rollout {id} is awaiting promotion: promote it to go on past the canaries, or abort it to put them back"
+                ));
+            }
+            (RolloutStatus::Running | RolloutStatus::Paused, ControlAction::Approve) => {
+                return conflict(format!("rollout {id} is not awaiting approval"));
+            }
+            (RolloutStatus::Running | RolloutStatus::Paused, ControlAction::Promote) => {
+                return conflict(format!(
+                    "rollout {id} is not awaiting promotion (only canaries that are done and serving can be promoted)"
                 ));
             }
             (RolloutStatus::Running, ControlAction::Resume) => {
@@ -416,7 +484,9 @@ impl Fleet {
             targets,
             settings.batch_size as usize,
             settings.auto_rollback,
-        );
+        )
+        .with_canary(settings.canary as usize)
+        .with_approval(settings.approval.is_some());
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
         let trigger = request.trigger;
         let new = NewDeployment {
@@ -435,20 +505,25 @@ impl Fleet {
                 id,
                 status: RolloutStatus::Queued,
                 coalesced: true,
+                needs_approval: settings.approval.is_some(),
             });
         }
-        let id = self.store.insert_deployment(&new).await?;
+        let id = self
+            .store
+            .insert_deployment_by(&new, request.requester_user)
+            .await?;
         handle.wake.notify_one();
         tracing::info!(rollout_id = id, service, version = %version, %trigger, "rollout queued");
         // With nothing ahead of it, the worker takes it at once.
         Ok(Queued {
             id,
-            status: if ahead == 0 {
-                RolloutStatus::Running
-            } else {
-                RolloutStatus::Queued
+            status: match (ahead, settings.approval) {
+                (0, Some(Approval::Start)) => RolloutStatus::AwaitingApproval,
+                (0, None) => RolloutStatus::Running,
+                (_, _) => RolloutStatus::Queued,
             },
             coalesced: false,
+            needs_approval: settings.approval.is_some(),
         })
     }
 
@@ -547,6 +622,7 @@ impl Fleet {
         &self,
         service: &str,
         requested_by: Option<&str>,
+        requester_user: Option<i64>,
     ) -> Result<Queued, DeployError> {
         let handle = self.handle(service)?;
         let targets = recorded_targets(&self.store, &handle.settings).await?;
@@ -560,6 +636,7 @@ impl Fleet {
             version: &version,
             trigger: Trigger::Rollback,
             requested_by,
+            requester_user,
             coalesce: false,
         })
         .await
@@ -655,6 +732,18 @@ impl Fleet {
             }
         }
         let logs = self.store.step_logs(id).await?;
+        // Approving and promoting are accepted only while the rollout awaits them, so who
+        // asked is who decided.
+        let approved_by = self
+            .store
+            .last_asked(id, ControlAction::Approve)
+            .await?
+            .flatten();
+        let promoted_by = self
+            .store
+            .last_asked(id, ControlAction::Promote)
+            .await?
+            .flatten();
         Ok(Some(DeploymentDetail {
             deployment: row.into(),
             backends,
@@ -662,6 +751,8 @@ impl Fleet {
             last_event_id,
             pending,
             logs,
+            approved_by,
+            promoted_by,
         }))
     }
 }

@@ -22,6 +22,8 @@ pub enum Undo {
     Failure,
     /// An operator aborted it: only the batch in the middle of the procedure is put back.
     Abort,
+    /// An operator aborted it before promoting the canaries: the canaries are put back too.
+    Canary,
 }
 
 /// The step after `step` in the replacement procedure.
@@ -103,6 +105,9 @@ pub enum Outcome {
     /// An operator aborted it. Backends already done keep the new version; the one in the
     /// middle of the procedure was put back (or finished, once both health checks had passed).
     Cancelled { at: Option<Step> },
+    /// An operator aborted it before promoting the canaries: they are back on their previous
+    /// version, so no backend runs the new one.
+    CanaryAborted,
 }
 
 /// A backend to put back, and the step its restoration starts at.
@@ -124,6 +129,14 @@ pub enum Phase {
     },
     /// Stopped between batches by an operator; `batch` is next.
     Paused {
+        batch: usize,
+    },
+    /// Its turn came, but it waits for someone other than the requester to approve it; nothing
+    /// has been touched.
+    AwaitingApproval,
+    /// The canaries (batch 0) run the new version and serve; `batch` is next once someone
+    /// promotes the rollout.
+    AwaitingPromote {
         batch: usize,
     },
     /// Putting backends back on their previous versions, one at a time: `queue[0]` is at `step`.
@@ -155,6 +168,13 @@ pub struct Rollout {
     /// Stop once the current batch (already proven healthy) is back in rotation.
     #[serde(default)]
     pub abort_requested: bool,
+    /// How many backends go first, as batch 0, and then wait for a promotion; 0 (or as many
+    /// as there are backends, which leaves nothing to promote) means no canary.
+    #[serde(default)]
+    pub canary: usize,
+    /// Wait for an approval before beginning.
+    #[serde(default)]
+    pub needs_approval: bool,
 }
 
 /// What happened when the executor carried out the current action.
@@ -177,6 +197,10 @@ pub enum Event {
     Resume,
     /// An operator asked to stop, leaving every backend serving.
     Abort,
+    /// Someone other than the requester approved the rollout.
+    Approve,
+    /// An operator asked to go on past the canaries.
+    Promote,
 }
 
 /// The next thing to do: `step` on `backends`, toward `version`.
@@ -201,11 +225,36 @@ impl Rollout {
             phase: Phase::Pending,
             pause_requested: false,
             abort_requested: false,
+            canary: 0,
+            needs_approval: false,
         }
+    }
+
+    /// The first `canary` backends go first and wait for a promotion.
+    pub fn with_canary(mut self, canary: usize) -> Self {
+        self.canary = canary;
+        self
+    }
+
+    /// The rollout waits for an approval when its turn comes.
+    pub fn with_approval(mut self, needs_approval: bool) -> Self {
+        self.needs_approval = needs_approval;
+        self
     }
 
     pub fn is_paused(&self) -> bool {
         matches!(self.phase, Phase::Paused { .. })
+    }
+
+    /// Stopped until someone acts: paused, awaiting approval or awaiting promotion.
+    pub fn is_waiting(&self) -> bool {
+        match self.phase {
+            Phase::Paused { .. } | Phase::AwaitingApproval | Phase::AwaitingPromote { .. } => true,
+            Phase::Pending
+            | Phase::Forward { .. }
+            | Phase::RollingBack { .. }
+            | Phase::Finished { .. } => false,
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -215,32 +264,75 @@ impl Rollout {
     /// How many backends already run the new version and are back in rotation.
     pub fn backends_done(&self) -> usize {
         match &self.phase {
-            Phase::Forward { batch, .. } | Phase::Paused { batch } => self.batch(*batch).start,
+            Phase::Forward { batch, .. }
+            | Phase::Paused { batch }
+            | Phase::AwaitingPromote { batch } => self.batch(*batch).start,
             Phase::Finished {
                 outcome: Outcome::Succeeded,
             } => self.targets.len(),
             Phase::Pending
+            | Phase::AwaitingApproval
             | Phase::RollingBack { .. }
             | Phase::Finished {
                 outcome:
-                    Outcome::RolledBack { .. } | Outcome::Failed { .. } | Outcome::Cancelled { .. },
+                    Outcome::RolledBack { .. }
+                    | Outcome::Failed { .. }
+                    | Outcome::Cancelled { .. }
+                    | Outcome::CanaryAborted,
             } => 0,
         }
     }
 
-    fn batch_count(&self) -> usize {
-        self.targets.len().div_ceil(self.batch_size)
+    /// How many backends batch 0 holds as canaries; 0 without a canary, or when the canary
+    /// would be every backend (there would be nothing left to promote).
+    pub fn canaries(&self) -> usize {
+        if self.canary < self.targets.len() {
+            self.canary
+        } else {
+            0
+        }
     }
 
+    /// Whether `batch` is the canaries.
+    fn is_canary(&self, batch: usize) -> bool {
+        batch == 0 && self.canaries() > 0
+    }
+
+    fn batch_count(&self) -> usize {
+        match self.canaries() {
+            0 => self.targets.len().div_ceil(self.batch_size),
+            canaries => 1 + (self.targets.len() - canaries).div_ceil(self.batch_size),
+        }
+    }
+
+    /// The backends of `batch`: with a canary, batch 0 is the canaries and the batches of
+    /// `batch_size` follow them.
     fn batch(&self, batch: usize) -> std::ops::Range<usize> {
-        let start = batch * self.batch_size;
+        let start = match (self.canaries(), batch) {
+            (0, _) => batch * self.batch_size,
+            (canaries, 0) => return 0..canaries,
+            (canaries, batch) => canaries + (batch - 1) * self.batch_size,
+        };
         start..(start + self.batch_size).min(self.targets.len())
+    }
+
+    /// The batch the backend at `index` belongs to.
+    fn batch_of(&self, index: usize) -> usize {
+        match self.canaries() {
+            0 => index / self.batch_size,
+            canaries if index < canaries => 0,
+            canaries => 1 + (index - canaries) / self.batch_size,
+        }
     }
 
     /// What the executor must do now; `None` once finished.
     pub fn action(&self) -> Option<Action> {
         match &self.phase {
-            Phase::Pending | Phase::Paused { .. } | Phase::Finished { .. } => None,
+            Phase::Pending
+            | Phase::Paused { .. }
+            | Phase::AwaitingApproval
+            | Phase::AwaitingPromote { .. }
+            | Phase::Finished { .. } => None,
             Phase::Forward { batch, step } => Some(Action {
                 step: *step,
                 backends: match step {
@@ -281,6 +373,7 @@ impl Rollout {
     pub fn step(mut self, event: Event) -> (Self, Option<Action>) {
         let phase = std::mem::replace(&mut self.phase, Phase::Pending);
         self.phase = match (phase, event) {
+            (Phase::Pending, Event::Begin) if self.needs_approval => Phase::AwaitingApproval,
             (Phase::Pending, Event::Begin) => Phase::Forward {
                 batch: 0,
                 step: Step::Prepare,
@@ -289,6 +382,8 @@ impl Rollout {
             (
                 phase @ (Phase::Forward { .. }
                 | Phase::Paused { .. }
+                | Phase::AwaitingApproval
+                | Phase::AwaitingPromote { .. }
                 | Phase::RollingBack { .. }
                 | Phase::Finished { .. }),
                 Event::Begin,
@@ -389,9 +484,13 @@ impl Rollout {
                 }
             }
 
-            // No action is out while queued, paused or finished, so no result can come back.
+            // No action is out while queued, waiting or finished, so no result can come back.
             (
-                phase @ (Phase::Pending | Phase::Paused { .. } | Phase::Finished { .. }),
+                phase @ (Phase::Pending
+                | Phase::Paused { .. }
+                | Phase::AwaitingApproval
+                | Phase::AwaitingPromote { .. }
+                | Phase::Finished { .. }),
                 Event::Done | Event::DrainTimedOut { .. } | Event::Failed { .. },
             ) => phase,
 
@@ -409,10 +508,13 @@ impl Rollout {
                 phase
             }
             // Nothing to pause: not started (only an abort stops a queued rollout), already
-            // paused, putting backends back (which must finish), or over.
+            // stopped (paused, or waiting for an approval or a promotion), putting backends
+            // back (which must finish), or over.
             (
                 phase @ (Phase::Pending
                 | Phase::Paused { .. }
+                | Phase::AwaitingApproval
+                | Phase::AwaitingPromote { .. }
                 | Phase::RollingBack { .. }
                 | Phase::Finished { .. }),
                 Event::Pause,
@@ -425,10 +527,13 @@ impl Rollout {
                     step: Step::CheckCapacity,
                 }
             }
-            // Not paused: withdraws a pause asked for and not yet taken, if any.
+            // Not paused: withdraws a pause asked for and not yet taken, if any. Resuming is
+            // not approving, nor promoting: those are asked for by name.
             (
                 phase @ (Phase::Pending
                 | Phase::Forward { .. }
+                | Phase::AwaitingApproval
+                | Phase::AwaitingPromote { .. }
                 | Phase::RollingBack { .. }
                 | Phase::Finished { .. }),
                 Event::Resume,
@@ -437,9 +542,48 @@ impl Rollout {
                 phase
             }
 
-            (Phase::Pending, Event::Abort) => Phase::Finished {
+            (Phase::AwaitingApproval, Event::Approve) => Phase::Forward {
+                batch: 0,
+                step: Step::Prepare,
+            },
+            // Approval is given when the rollout's turn has come and it waits for one; any
+            // other time there is nothing to approve.
+            (
+                phase @ (Phase::Pending
+                | Phase::Forward { .. }
+                | Phase::Paused { .. }
+                | Phase::AwaitingPromote { .. }
+                | Phase::RollingBack { .. }
+                | Phase::Finished { .. }),
+                Event::Approve,
+            ) => phase,
+
+            // A pause asked for during the canaries is spent: promoting is asking to go on.
+            (Phase::AwaitingPromote { batch }, Event::Promote) => {
+                self.pause_requested = false;
+                Phase::Forward {
+                    batch,
+                    step: Step::CheckCapacity,
+                }
+            }
+            // Only canaries that are done and serving can be promoted.
+            (
+                phase @ (Phase::Pending
+                | Phase::Forward { .. }
+                | Phase::Paused { .. }
+                | Phase::AwaitingApproval
+                | Phase::RollingBack { .. }
+                | Phase::Finished { .. }),
+                Event::Promote,
+            ) => phase,
+
+            // Nothing was touched: cancelled at once.
+            (Phase::Pending | Phase::AwaitingApproval, Event::Abort) => Phase::Finished {
                 outcome: Outcome::Cancelled { at: None },
             },
+            // Unlike any other abort, the canaries go back: the point of a canary is that an
+            // abort leaves the service as it was.
+            (Phase::AwaitingPromote { .. }, Event::Abort) => self.withdraw_canaries(),
             // Between batches: the next one had not begun.
             (Phase::Paused { .. }, Event::Abort) => Phase::Finished {
                 outcome: Outcome::Cancelled {
@@ -490,11 +634,14 @@ impl Rollout {
     fn forward_after(&self, batch: usize, step: Step) -> Phase {
         match next_step(step) {
             Some(next) => Phase::Forward { batch, step: next },
+            None if self.abort_requested && self.is_canary(batch) => self.withdraw_canaries(),
             None if self.abort_requested => Phase::Finished {
                 outcome: Outcome::Cancelled {
                     at: Some(Step::ConfirmUp),
                 },
             },
+            // `is_canary` implies a batch after this one.
+            None if self.is_canary(batch) => Phase::AwaitingPromote { batch: batch + 1 },
             None if batch + 1 < self.batch_count() && self.pause_requested => {
                 Phase::Paused { batch: batch + 1 }
             }
@@ -506,6 +653,25 @@ impl Rollout {
                 outcome: Outcome::Succeeded,
             },
         }
+    }
+
+    /// Puts the canaries back on their previous versions, last first, as an abort asks before
+    /// they were promoted.
+    fn withdraw_canaries(&self) -> Phase {
+        let queue = self
+            .batch(0)
+            .rev()
+            .map(|index| Restore {
+                index,
+                from: Step::Drain,
+            })
+            .collect();
+        let cause = Failure {
+            step: Step::ConfirmUp,
+            backend: None,
+            reason: "aborted by an operator before the canaries were promoted".to_owned(),
+        };
+        self.next_restore_from(queue, cause, Vec::new(), Undo::Canary)
     }
 
     fn fail_forward(&self, batch: usize, cause: Failure) -> Phase {
@@ -572,6 +738,9 @@ impl Rollout {
                     at: Some(cause.step),
                 },
             },
+            None if undo == Undo::Canary && problems.is_empty() => Phase::Finished {
+                outcome: Outcome::CanaryAborted,
+            },
             None => {
                 let changed_any = self.auto_rollback
                     && (touches_the_process(cause.step) || self.batch_index_of(&cause) > 0);
@@ -593,7 +762,7 @@ impl Rollout {
             .backend
             .as_ref()
             .and_then(|name| self.targets.iter().position(|t| &t.name == name))
-            .map_or(0, |index| index / self.batch_size)
+            .map_or(0, |index| self.batch_of(index))
     }
 }
 
@@ -1089,5 +1258,273 @@ mod tests {
         );
         let (same, _) = rolling_back.clone().step(Event::Abort);
         assert_eq!(same, rolling_back, "the rollback carries on");
+    }
+
+    /// Like `run`, from a rollout already under way (no `Begin`), logging the same way.
+    fn resume(mut rollout: Rollout, events: Vec<Event>) -> (Rollout, Vec<String>) {
+        let mut log = Vec::new();
+        for event in events {
+            let (next, _) = rollout.step(event);
+            rollout = next;
+            if let Some(action) = rollout.action() {
+                let names: Vec<&str> = action.backends.iter().map(|b| b.as_str()).collect();
+                log.push(format!(
+                    "{}{} {}@{}",
+                    if action.rollback { "rollback " } else { "" },
+                    action.step.as_str(),
+                    names.join(","),
+                    action.version
+                ));
+            }
+        }
+        (rollout, log)
+    }
+
+    fn canary(backends: &[&str], canary: usize) -> Rollout {
+        rollout(backends, 1, true).with_canary(canary)
+    }
+
+    #[test]
+    fn a_canary_rollout_waits_after_the_canaries_and_promote_goes_on() {
+        let (waiting, log) = run(canary(&["s1", "s2", "s3"], 1), done(1 + 10));
+        assert_eq!(log.last().unwrap(), "confirm_up s1@v2");
+        assert_eq!(waiting.phase, Phase::AwaitingPromote { batch: 1 });
+        assert_eq!(waiting.action(), None, "nothing happens until promoted");
+        assert_eq!(waiting.backends_done(), 1);
+        assert!(waiting.is_waiting());
+
+        let (promoted, log) = resume(waiting, [vec![Event::Promote], done(20)].concat());
+        assert_eq!(log[0], "check_capacity s2@v2");
+        assert_eq!(outcome(&promoted), &Outcome::Succeeded);
+    }
+
+    #[test]
+    fn the_canaries_are_their_own_batch_whatever_the_batch_size() {
+        // Two canaries, then batches of two: s1,s2 | s3,s4 | s5.
+        let two = rollout(&["s1", "s2", "s3", "s4", "s5"], 2, true).with_canary(2);
+        let (waiting, log) = run(two, done(1 + 10));
+        assert_eq!(log[1], "check_capacity s1,s2@v2");
+        assert_eq!(waiting.phase, Phase::AwaitingPromote { batch: 1 });
+        let (_, log) = resume(waiting, [vec![Event::Promote], done(20)].concat());
+        assert_eq!(log[0], "check_capacity s3,s4@v2");
+        assert_eq!(log[10], "check_capacity s5@v2");
+
+        // One canary with batches of two: s1 | s2,s3.
+        let one = rollout(&["s1", "s2", "s3"], 2, true).with_canary(1);
+        let (waiting, log) = run(one, done(1 + 10));
+        assert_eq!(log[1], "check_capacity s1@v2");
+        let (finished, log) = resume(waiting, [vec![Event::Promote], done(10)].concat());
+        assert_eq!(log[0], "check_capacity s2,s3@v2");
+        assert_eq!(outcome(&finished), &Outcome::Succeeded);
+    }
+
+    #[test]
+    fn abort_while_awaiting_promotion_puts_the_canaries_back() {
+        let two = rollout(&["s1", "s2", "s3"], 1, true).with_canary(2);
+        let (waiting, _) = run(two, done(1 + 10));
+        assert_eq!(waiting.phase, Phase::AwaitingPromote { batch: 1 });
+        let (aborting, log) = resume(waiting, [vec![Event::Abort], done(20)].concat());
+        let mut expected = Vec::new();
+        for backend in ["s2", "s1"] {
+            expected.extend(
+                PROCEDURE[1..]
+                    .iter()
+                    .map(|step| format!("rollback {step} {backend}@v1")),
+            );
+        }
+        assert_eq!(log, expected, "the last canary first, from drain on");
+        assert_eq!(outcome(&aborting), &Outcome::CanaryAborted);
+        assert_eq!(aborting.backends_done(), 0);
+    }
+
+    #[test]
+    fn abort_while_a_canary_finishes_puts_it_back_too() {
+        // s1 passed both checks (enable is next) when the abort arrives: a normal rollout
+        // would keep it, a canary's is put back.
+        let (rollout, log) = run(
+            canary(&["s1", "s2"], 1),
+            [done(1 + 8), vec![Event::Abort], done(2 + 9)].concat(),
+        );
+        assert_eq!(log[11], "confirm_up s1@v2");
+        assert_eq!(log[12], "rollback drain s1@v1");
+        assert_eq!(log.last().unwrap(), "rollback confirm_up s1@v1");
+        assert_eq!(outcome(&rollout), &Outcome::CanaryAborted);
+        assert!(!log.iter().any(|l| l.contains("s2")), "s2 never touched");
+    }
+
+    #[test]
+    fn a_canary_that_cannot_be_put_back_is_reported() {
+        let (waiting, _) = run(canary(&["s1", "s2"], 1), done(1 + 10));
+        let events = [
+            vec![Event::Abort],
+            done(4),
+            vec![fail("s1", "old version crashed")],
+        ]
+        .concat();
+        let (rollout, _) = resume(waiting, events);
+        let Outcome::Failed { problems, .. } = outcome(&rollout) else {
+            panic!("{:?}", rollout.phase)
+        };
+        assert_eq!(
+            problems[0].to_string(),
+            "start failed on s1: old version crashed"
+        );
+    }
+
+    #[test]
+    fn a_canary_of_every_backend_is_no_canary() {
+        for size in [2, 3] {
+            let (rollout, log) = run(canary(&["s1", "s2"], size), done(1 + 20));
+            assert_eq!(outcome(&rollout), &Outcome::Succeeded, "canary = {size}");
+            assert_eq!(log.len(), 21, "one backend at a time, no wait");
+        }
+    }
+
+    #[test]
+    fn a_failure_after_promotion_rolls_the_canaries_back_too() {
+        let (waiting, _) = run(canary(&["s1", "s2"], 1), done(1 + 10));
+        let events = [
+            vec![Event::Promote],
+            done(6),
+            vec![fail("s2", "unhealthy")],
+            done(18),
+        ]
+        .concat();
+        let (rollout, log) = resume(waiting, events);
+        assert_eq!(log.last().unwrap(), "rollback confirm_up s1@v1");
+        assert!(
+            matches!(outcome(&rollout), Outcome::RolledBack { .. }),
+            "{:?}",
+            rollout.phase
+        );
+    }
+
+    #[test]
+    fn a_pause_during_the_canaries_is_spent_by_the_promotion() {
+        let events = [done(1 + 3), vec![Event::Pause], done(7)].concat();
+        let (waiting, _) = run(canary(&["s1", "s2", "s3"], 1), events);
+        assert_eq!(waiting.phase, Phase::AwaitingPromote { batch: 1 });
+        let (promoted, _) = waiting.step(Event::Promote);
+        assert!(!promoted.pause_requested);
+        let (finished, _) = resume(promoted, done(20));
+        assert_eq!(outcome(&finished), &Outcome::Succeeded);
+    }
+
+    fn approval(backends: &[&str]) -> Rollout {
+        rollout(backends, 1, true).with_approval(true)
+    }
+
+    #[test]
+    fn a_rollout_that_needs_approval_waits_at_its_turn_and_approve_begins_it() {
+        let (waiting, log) = run(approval(&["s1", "s2"]), []);
+        assert!(log.is_empty(), "nothing is done: {log:?}");
+        assert_eq!(waiting.phase, Phase::AwaitingApproval);
+        assert!(waiting.is_waiting());
+        let (approved, action) = waiting.step(Event::Approve);
+        assert_eq!(action.unwrap().step, Prepare);
+        let (finished, _) = resume(approved, done(1 + 20));
+        assert_eq!(outcome(&finished), &Outcome::Succeeded);
+    }
+
+    #[test]
+    fn abort_while_awaiting_approval_cancels_with_nothing_touched() {
+        let (waiting, _) = run(approval(&["s1"]), []);
+        let (cancelled, action) = waiting.step(Event::Abort);
+        assert_eq!(
+            (outcome(&cancelled), action),
+            (&Outcome::Cancelled { at: None }, None)
+        );
+    }
+
+    #[test]
+    fn approval_and_canary_together_wait_twice() {
+        let both = canary(&["s1", "s2"], 1).with_approval(true);
+        let (waiting, _) = run(both, [Event::Approve]);
+        let (waiting, _) = resume(waiting, done(1 + 10));
+        assert_eq!(waiting.phase, Phase::AwaitingPromote { batch: 1 });
+    }
+
+    #[test]
+    fn a_restarted_baton_keeps_waiting_where_it_was() {
+        let (approving, _) = run(approval(&["s1", "s2"]), []);
+        let (promoting, _) = run(canary(&["s1", "s2"], 1), done(1 + 10));
+        for waiting in [approving, promoting] {
+            let json = serde_json::to_string(&waiting).unwrap();
+            let back: Rollout = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, waiting);
+            // The resumed worker has nothing to do until someone acts, and a stray `Begin`
+            // does not start it.
+            assert_eq!(back.action(), None);
+            let (same, _) = back.clone().step(Event::Begin);
+            assert_eq!(same, back);
+        }
+        // A state saved before canaries and approvals existed reads as neither.
+        let mut old = serde_json::to_value(rollout(&["s1"], 1, true)).unwrap();
+        old.as_object_mut().unwrap().remove("canary");
+        old.as_object_mut().unwrap().remove("needs_approval");
+        let old: Rollout = serde_json::from_value(old).unwrap();
+        assert_eq!((old.canary, old.needs_approval), (0, false));
+    }
+
+    #[test]
+    fn approve_and_promote_change_nothing_where_they_do_not_fit_and_waits_ignore_the_rest() {
+        let pending = canary(&["s1", "s2"], 1);
+        let (forward, _) = run(pending.clone(), done(2));
+        let (paused, _) = run(
+            rollout(&["s1", "s2"], 1, true),
+            [done(1 + 10), vec![Event::Pause]].concat(),
+        );
+        let (awaiting_approval, _) = run(approval(&["s1", "s2"]), []);
+        let (awaiting_promote, _) = run(pending.clone(), done(1 + 10));
+        let (rolling_back, _) = run(
+            pending.clone(),
+            [done(1 + 6), vec![fail("s1", "unhealthy")]].concat(),
+        );
+        let (finished, _) = run(rollout(&["s1"], 1, true), done(1 + 10));
+        let timed_out = || Event::DrainTimedOut { open_sessions: 2 };
+        let cases: [(&str, &Rollout, Vec<Event>); 7] = [
+            ("queued", &pending, vec![Event::Approve, Event::Promote]),
+            ("forward", &forward, vec![Event::Approve, Event::Promote]),
+            ("paused", &paused, vec![Event::Approve, Event::Promote]),
+            (
+                "awaiting approval",
+                &awaiting_approval,
+                vec![
+                    Event::Begin,
+                    Event::Done,
+                    timed_out(),
+                    fail("s1", "x"),
+                    Event::Pause,
+                    Event::Resume,
+                    Event::Promote,
+                ],
+            ),
+            (
+                "awaiting promotion",
+                &awaiting_promote,
+                vec![
+                    Event::Begin,
+                    Event::Done,
+                    timed_out(),
+                    fail("s1", "x"),
+                    Event::Pause,
+                    Event::Resume,
+                    Event::Approve,
+                ],
+            ),
+            (
+                "rolling back",
+                &rolling_back,
+                vec![Event::Approve, Event::Promote],
+            ),
+            ("finished", &finished, vec![Event::Approve, Event::Promote]),
+        ];
+        for (phase, before, events) in cases {
+            for event in events {
+                let (after, action) = before.clone().step(event.clone());
+                assert_eq!(&after, before, "{event:?} while {phase}");
+                assert_eq!(action, before.action(), "{event:?} while {phase}");
+            }
+        }
     }
 }

@@ -126,6 +126,8 @@ pub fn status_of(rollout: &Rollout) -> RolloutStatus {
     match &rollout.phase {
         Phase::Pending => RolloutStatus::Queued,
         Phase::Paused { .. } => RolloutStatus::Paused,
+        Phase::AwaitingApproval => RolloutStatus::AwaitingApproval,
+        Phase::AwaitingPromote { .. } => RolloutStatus::AwaitingPromote,
         Phase::Forward { .. } | Phase::RollingBack { .. } => RolloutStatus::Running,
         Phase::Finished {
             outcome: Outcome::Succeeded,
@@ -137,7 +139,7 @@ pub fn status_of(rollout: &Rollout) -> RolloutStatus {
             outcome: Outcome::Failed { .. },
         } => RolloutStatus::Failed,
         Phase::Finished {
-            outcome: Outcome::Cancelled { .. },
+            outcome: Outcome::Cancelled { .. } | Outcome::CanaryAborted,
         } => RolloutStatus::Cancelled,
     }
 }
@@ -168,9 +170,23 @@ fn reason_of(rollout: &Rollout) -> Option<String> {
             "aborted by an operator at {}; backends already done keep the new version, and every backend is serving",
             step.as_str()
         )),
+        Phase::Finished {
+            outcome: Outcome::CanaryAborted,
+        } => Some(format!(
+            "aborted by an operator before the canaries were promoted; {} went back to {}, and every backend is serving",
+            rollout.targets[..rollout.canaries()]
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            common_version(&rollout.targets[..rollout.canaries()])
+                .map_or("their previous versions", Version::as_str),
+        )),
         Phase::Pending
         | Phase::Forward { .. }
         | Phase::Paused { .. }
+        | Phase::AwaitingApproval
+        | Phase::AwaitingPromote { .. }
         | Phase::RollingBack { .. }
         | Phase::Finished {
             outcome: Outcome::Succeeded,
@@ -287,17 +303,26 @@ impl ServiceRunner {
             }
         }
         loop {
-            // Pause, resume and abort apply between steps.
+            // Pause, resume, abort, approve and promote apply between steps.
             for control in self.controls.take(row.id) {
                 (rollout, action) = rollout.step(match control {
                     ControlAction::Pause => Event::Pause,
                     ControlAction::Resume => Event::Resume,
                     ControlAction::Abort => Event::Abort,
+                    ControlAction::Approve => Event::Approve,
+                    ControlAction::Promote => Event::Promote,
                 });
+                tracing::info!(
+                    action = control.as_str(),
+                    to = status_of(&rollout).as_str(),
+                    "operator request applied"
+                );
             }
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
             let Some(current) = action.clone() else {
-                if !rollout.is_paused() {
+                // Paused, or awaiting an approval or a promotion: the rollout holds the
+                // service's queue until someone acts.
+                if !rollout.is_waiting() {
                     break;
                 }
                 self.store
@@ -356,9 +381,13 @@ impl ServiceRunner {
             .await?;
         let (event, detail) = self.carry_out(action).await;
         let outcome = match &event {
-            Event::Begin | Event::Done | Event::Pause | Event::Resume | Event::Abort => {
-                StepOutcome::Ok
-            }
+            Event::Begin
+            | Event::Done
+            | Event::Pause
+            | Event::Resume
+            | Event::Abort
+            | Event::Approve
+            | Event::Promote => StepOutcome::Ok,
             Event::DrainTimedOut { .. } => StepOutcome::TimedOut,
             Event::Failed { .. } => StepOutcome::Failed,
         };

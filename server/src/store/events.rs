@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use app::model::{Change, DeploymentEvent, PendingControl};
+use app::model::{Change, ControlAction, DeploymentEvent, PendingControl};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{Mutex, Notify, broadcast};
@@ -379,6 +379,29 @@ impl Store {
             }))
     }
 
+    /// Who last asked for `action` of one rollout (`None` inside when the request named no
+    /// one); `None` if no one did.
+    pub async fn last_asked(
+        &self,
+        deployment: i64,
+        action: ControlAction,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT id, deployment_id, service, at, data FROM deployment_events
+             WHERE deployment_id = $1 AND kind = 'control' ORDER BY id DESC",
+        )
+        .bind(deployment)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(EventRow::into_event)
+            .find_map(|event| match event.change {
+                Change::Control { action: asked, by } if asked == action => Some(by),
+                _ => None,
+            }))
+    }
+
     /// The newest event id of one rollout (0 if none).
     pub async fn last_event_id(&self, deployment: i64) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
@@ -415,6 +438,45 @@ mod tests {
         let stop = CancellationToken::new();
         let following = tokio::spawn(b.clone().follow_other_replicas(stop.clone()));
         (a, b, stop, following)
+    }
+
+    super::super::testing::on_both_databases!(the_last_approval_and_promotion_name_who_asked);
+
+    async fn the_last_approval_and_promotion_name_who_asked(db: TestDatabase) {
+        let store = db.connect().await;
+        let id = queue(&store).await;
+        assert_eq!(
+            store.last_asked(id, ControlAction::Approve).await.unwrap(),
+            None
+        );
+        for (action, by) in [
+            (ControlAction::Approve, Some("bea")),
+            (ControlAction::Pause, Some("ops")),
+            (ControlAction::Promote, None),
+            (ControlAction::Promote, Some("cy")),
+        ] {
+            store.record_control(id, action, by).await.unwrap();
+        }
+        assert_eq!(
+            store.last_asked(id, ControlAction::Approve).await.unwrap(),
+            Some(Some("bea".to_owned()))
+        );
+        assert_eq!(
+            store.last_asked(id, ControlAction::Promote).await.unwrap(),
+            Some(Some("cy".to_owned()))
+        );
+        assert_eq!(
+            store.last_asked(id, ControlAction::Abort).await.unwrap(),
+            None
+        );
+        let other = queue(&store).await;
+        assert_eq!(
+            store
+                .last_asked(other, ControlAction::Promote)
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     async fn queue(store: &Store) -> i64 {

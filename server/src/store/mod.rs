@@ -275,10 +275,20 @@ impl Store {
 
     /// Queues a rollout; returns its id.
     pub async fn insert_deployment(&self, new: &NewDeployment<'_>) -> Result<i64, StoreError> {
+        self.insert_deployment_by(new, None).await
+    }
+
+    /// Queues a rollout requested by the user account `requester_user` (`None`: no account,
+    /// such as a webhook's); returns its id.
+    pub async fn insert_deployment_by(
+        &self,
+        new: &NewDeployment<'_>,
+        requester_user: Option<i64>,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.begin_turn(Turn::Events).await?;
         let id = sqlx::query_scalar(
-            "INSERT INTO deployments (service, from_version, to_version, status, trigger, requested_by, state, created_at)
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO deployments (service, from_version, to_version, status, trigger, requested_by, state, created_at, requester_user)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(new.service)
         .bind(new.from_version)
@@ -287,6 +297,7 @@ impl Store {
         .bind(new.requested_by)
         .bind(new.state)
         .bind(now_millis())
+        .bind(requester_user)
         .fetch_one(&mut *tx)
         .await?;
         let event = status_event(&mut tx, id).await?;
@@ -439,13 +450,14 @@ impl Store {
     }
 
     /// The deployment a service's worker should carry on with: a started one first (interrupted
-    /// when Baton stopped in the middle, or paused), else the oldest queued one.
+    /// when Baton stopped in the middle, paused, or awaiting an approval or a promotion: each
+    /// holds the service's queue), else the oldest queued one.
     pub async fn next_deployment(
         &self,
         service: &str,
     ) -> Result<Option<DeploymentRow>, StoreError> {
         let row = sqlx::query_as::<_, DeploymentRow>(
-            "SELECT * FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'queued')
+            "SELECT * FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'awaiting_approval', 'awaiting_promote', 'queued')
              ORDER BY status = 'queued' ASC, id ASC LIMIT 1",
         )
         .bind(service)
@@ -454,10 +466,10 @@ impl Store {
         Ok(row)
     }
 
-    /// How many rollouts of the service are running, paused or queued.
+    /// How many rollouts of the service are running, paused, awaiting someone or queued.
     pub async fn unfinished_count(&self, service: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'queued')",
+            "SELECT COUNT(*) FROM deployments WHERE service = $1 AND status IN ('running', 'paused', 'awaiting_approval', 'awaiting_promote', 'queued')",
         )
         .bind(service)
         .fetch_one(&self.pool)
@@ -870,6 +882,8 @@ pub struct DeploymentRow {
     pub status: RolloutStatus,
     pub trigger: Trigger,
     pub requested_by: Option<String>,
+    /// The user account behind the request, when there is one.
+    pub requester_user: Option<i64>,
     pub reason: Option<String>,
     pub state: Option<String>,
     pub created_at: i64,
@@ -887,6 +901,7 @@ impl sqlx::FromRow<'_, AnyRow> for DeploymentRow {
             status: word(row, "status")?,
             trigger: word(row, "trigger")?,
             requested_by: row.try_get("requested_by")?,
+            requester_user: row.try_get("requester_user")?,
             reason: row.try_get("reason")?,
             state: row.try_get("state")?,
             created_at: row.try_get("created_at")?,

@@ -547,6 +547,7 @@ async fn act(
             version: version.as_str(),
             trigger: Trigger::Webhook,
             requested_by: Some(&requested_by),
+            requester_user: None,
             coalesce: true,
         })
         .await;
@@ -595,7 +596,11 @@ async fn audit_rollout(
             action: "deploy",
             target: Some(settings.name.as_str()),
             address: None,
-            detail: Some(&format!("version {version}, rollout {}", queued.id)),
+            detail: Some(&format!(
+                "version {version}, rollout {}{}",
+                queued.id,
+                queued.audit_note()
+            )),
         },
     )
     .await;
@@ -653,7 +658,8 @@ fn requested_answer(
         Err(
             error @ (DeployError::Conflict(_)
             | DeployError::NothingToRollBackTo(_)
-            | DeployError::UnknownDeployment(_)),
+            | DeployError::UnknownDeployment(_)
+            | DeployError::SelfApproval { .. }),
         ) => (Answer::Rejected(Refusal::Conflict), error.to_string(), None),
         Err(DeployError::Store(error)) => return Err(error),
     })

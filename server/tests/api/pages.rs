@@ -877,7 +877,7 @@ async fn the_history_filters_by_a_status_word_and_refuses_one_it_does_not_know()
     assert_eq!(
         body["error"],
         "unknown rollout status \"rolledback\": expected one of queued, running, paused, \
-         succeeded, failed, rolled_back, cancelled"
+         awaiting_approval, awaiting_promote, succeeded, failed, rolled_back, cancelled"
     );
     app.stop().await;
 }
@@ -921,4 +921,189 @@ async fn the_login_page_explains_a_sign_in_refused_while_baton_is_busy() {
         &html,
         &["Baton is busy checking other sign-ins; try again in 1 s."],
     );
+}
+
+/// The opening tag of the button labelled `label` in `html`.
+fn button_tag<'a>(html: &'a str, label: &str) -> Option<&'a str> {
+    let end = html.find(&format!(">{label}</button>"))?;
+    let start = html[..end].rfind("<button")?;
+    Some(&html[start..=end])
+}
+
+#[tokio::test]
+async fn a_rollout_awaiting_approval_offers_approve_to_other_deployers_only() {
+    let app = spawn_app_with(
+        &Config::edge()
+            .service(
+                Service::new("gate")
+                    .approval("start")
+                    .runtime(Runtime::command())
+                    .backend("g1", 18011)
+                    .backend("g2", 18012),
+            )
+            .toml(),
+        &[],
+    )
+    .await;
+    let id = deploy(&app, "gate", "v2").await;
+    rollout_when(&app, id, "awaiting approval", |d| {
+        d["status"] == "awaiting_approval"
+    })
+    .await;
+    let path = format!("/deployments/{id}");
+    let waiting = "Awaiting approval: a deployer or admin other than tests approves it to begin. \
+                   Nothing has been touched.";
+
+    // The requester (the app's own "tests" token) sees the button, disabled, and why.
+    let response = app.get(&path).await;
+    assert_eq!(response.status(), 200);
+    let mine = response.text().await.unwrap();
+    assert_contains(
+        &mine,
+        &[
+            "data-status=\"awaiting_approval\"",
+            ">Awaiting approval</span>",
+            waiting,
+        ],
+    );
+    let approve = button_tag(&mine, "Approve").expect("an Approve button");
+    assert!(approve.contains("disabled"), "{approve}");
+    assert!(
+        approve.contains("You requested this rollout: another deployer or admin must approve it"),
+        "{approve}"
+    );
+    assert!(button_tag(&mine, "Promote").is_none(), "nothing to promote");
+
+    let other = page_as(&app, Role::Deployer, &path).await;
+    let approve = button_tag(&other, "Approve").expect("an Approve button");
+    assert!(!approve.contains("disabled"), "{approve}");
+    let viewer = page_as(&app, Role::Viewer, &path).await;
+    assert_contains(&viewer, &[waiting]);
+    assert!(
+        button_tag(&viewer, "Approve").is_none(),
+        "a viewer may not approve"
+    );
+
+    // Once another deployer approved, the page names them and offers Approve no more.
+    let reviewer = app.token("reviewer", Role::Deployer).await;
+    let response = app
+        .anonymous
+        .post(format!("{}/api/deployments/{id}/approve", app.address))
+        .bearer_auth(reviewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    rollout_when(&app, id, "approved", |d| d["status"] != "awaiting_approval").await;
+    let approved = page_as(&app, Role::Viewer, &path).await;
+    assert_contains(
+        &approved,
+        &[
+            "<dt>Approved by</dt>",
+            "data-testid=\"approved-by\">reviewer<",
+        ],
+    );
+    let html = app.get(&path).await.text().await.unwrap();
+    assert!(button_tag(&html, "Approve").is_none(), "{html}");
+    assert!(!html.contains("data-testid=\"waiting\""), "{html}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_requester_cannot_approve_their_own_rollout_with_a_token_of_theirs_either() {
+    let app = spawn_app_with(
+        &Config::edge()
+            .service(
+                Service::new("gate")
+                    .approval("start")
+                    .runtime(Runtime::command())
+                    .backend("g1", 18021)
+                    .backend("g2", 18022),
+            )
+            .toml(),
+        &[],
+    )
+    .await;
+    let login = app
+        .add_user_and_log_in("ana", Role::Admin, "ana's long password 7c1e")
+        .await;
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    // What ana's browser sends: her cookie, from Baton's own origin.
+    let as_ana = |path: &str, body: serde_json::Value| {
+        app.anonymous
+            .post(format!("{}{path}", app.address))
+            .header("cookie", &cookie)
+            .header("origin", &app.address)
+            .json(&body)
+            .send()
+    };
+    let token = as_ana(
+        "/api/tokens",
+        serde_json::json!({ "name": "ana-laptop", "role": "deployer" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(token.status(), 201);
+    let token: serde_json::Value = token.json().await.unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let queued = as_ana(
+        "/api/services/gate/deployments",
+        serde_json::json!({ "version": "v2" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(queued.status(), 202);
+    let id = queued.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    rollout_when(&app, id, "awaiting approval", |d| {
+        d["status"] == "awaiting_approval"
+    })
+    .await;
+
+    // Her token has another name, but it is hers.
+    let refused = app
+        .anonymous
+        .post(format!("{}/api/deployments/{id}/approve", app.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        format!(
+            "rollout {id} was requested by ana: it needs the approval of another deployer or admin"
+        )
+    );
+    // Anyone else may: here the app's own token, which belongs to no user.
+    let approved = app
+        .client
+        .post(format!("{}/api/deployments/{id}/approve", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 202);
+    let approved = rollout_when(&app, id, "approved", |d| d["status"] != "awaiting_approval").await;
+    assert_eq!(approved["approved_by"], "tests");
+    // The refusal is in the audit log, under its own action.
+    let html = page_as(&app, Role::Admin, "/audit?action=approve_refused").await;
+    assert_contains(
+        &html,
+        &[
+            "<option value=\"approve_refused\" selected",
+            "data-action=\"approve_refused\"",
+            "data-actor=\"ana-laptop\"",
+            &format!("rollout {id} was requested by ana"),
+        ],
+    );
+    app.stop().await;
 }

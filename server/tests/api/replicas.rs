@@ -27,8 +27,13 @@ struct Replica {
 
 impl Replica {
     async fn start(database_url: &str) -> Self {
+        Self::start_with(database_url, config::api_and_worker()).await
+    }
+
+    /// A replica on `config` instead of `api_and_worker`.
+    async fn start_with(database_url: &str, config: config::Config) -> Self {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let mut settings = settings(&config::api_and_worker().toml(), dir.path(), &[]);
+        let mut settings = settings(&config.toml(), dir.path(), &[]);
         settings.server.database_url = database_url.to_owned();
         Self {
             baton: InProcess::start(settings).await,
@@ -286,4 +291,98 @@ async fn every_replica_says_which_one_answers_and_which_one_leads() {
         }
         app.stop().await;
     }
+}
+
+#[tokio::test]
+async fn an_approval_given_on_a_follower_reaches_the_leader_and_the_requester_is_refused_there_too()
+{
+    let database_url = postgres::fresh_database();
+    let gated = || {
+        config::Config::edge().service(
+            config::Service::new("api")
+                .approval("start")
+                .runtime(config::Runtime::idle())
+                .backend("s1", 18001)
+                .backend("s2", 18002),
+        )
+    };
+    let a = Replica::start_with(&database_url, gated()).await;
+    let b = Replica::start_with(&database_url, gated()).await;
+    let requester = authorized_client(&create_token(&database_url, "ana", Role::Deployer).await);
+    let approver = authorized_client(&create_token(&database_url, "bea", Role::Deployer).await);
+    let role = |replica: &Replica| {
+        let url = replica.url("/api/replica");
+        let client = requester.clone();
+        async move {
+            let view: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            view["role"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let follower = loop {
+        match (role(&a).await.as_str(), role(&b).await.as_str()) {
+            ("leader", "follower") => break &b,
+            ("follower", "leader") => break &a,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "one replica never came to lead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let id = deploy(&requester, follower, "v2").await;
+    let status = |id: i64| {
+        let url = follower.url(&format!("/api/deployments/{id}"));
+        let client = requester.clone();
+        async move {
+            let deployment: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            deployment
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(id).await["status"] != "awaiting_approval" {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never took it up: {}",
+            status(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let refused = requester
+        .post(follower.url(&format!("/api/deployments/{id}/approve")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "the follower refuses the requester too"
+    );
+    let approved = approver
+        .post(follower.url(&format!("/api/deployments/{id}/approve")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 202);
+    // The leader's worker takes it from the database and begins (its steps fail here: no
+    // HAProxy answers, which is beside the point).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let deployment = status(id).await;
+        if deployment["status"] != "awaiting_approval" {
+            assert_eq!(deployment["approved_by"], "bea", "{deployment:#}");
+            assert!(
+                !deployment["steps"].as_array().unwrap().is_empty(),
+                "the leader began it: {deployment:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the approval never reached the leader: {deployment:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.baton.stop().await;
+    b.baton.stop().await;
 }

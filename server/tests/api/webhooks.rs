@@ -1318,3 +1318,56 @@ async fn the_dashboard_shows_the_webhook_url_what_to_paste_and_the_deliveries() 
         "the secret's value never reaches a page"
     );
 }
+
+#[tokio::test]
+async fn a_push_to_a_service_that_needs_approval_waits_and_any_deployer_may_approve_it() {
+    let app = spawn_app_with(
+        &Config::edge()
+            .service(
+                Service::new("gated")
+                    .approval("start")
+                    .runtime(Runtime::command())
+                    .backend("g1", 18041)
+                    .webhook(Webhook::new("API_WEBHOOK_SECRET").branch("master")),
+            )
+            .toml(),
+        SECRETS,
+    )
+    .await;
+    let push = github_push();
+    let (status, answer) = post(
+        &app,
+        "gated",
+        &signed(Host::GitHub, "push", "push-g", &push, SECRET),
+        push,
+    )
+    .await;
+    assert_eq!(status, 202, "{answer:#}");
+    assert_eq!(answer["rollout_status"], "awaiting_approval", "{answer:#}");
+    let id = answer["rollout"].as_i64().unwrap();
+    eventually("the push's rollout awaits approval", || async {
+        get_json(&app, &format!("/api/deployments/{id}")).await["status"] == "awaiting_approval"
+    })
+    .await;
+
+    // A push has no person behind it: the token that approves is not its requester.
+    let response = app
+        .client
+        .post(format!("{}/api/deployments/{id}/approve", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    eventually("approved", || async {
+        get_json(&app, &format!("/api/deployments/{id}")).await["approved_by"] == "tests"
+    })
+    .await;
+    let audit = get_json(&app, "/api/audit?action=deploy").await;
+    assert_eq!(
+        audit["entries"][0]["detail"],
+        format!("version {GITHUB_SHA}, rollout {id}, awaiting approval"),
+        "{audit:#}"
+    );
+    assert_eq!(audit["entries"][0]["actor_kind"], "webhook", "{audit:#}");
+    app.stop().await;
+}

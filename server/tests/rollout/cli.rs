@@ -7,6 +7,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use baton_server::auth::Role;
+
+use crate::support::baton::create_token;
 use crate::support::fleet::{Fleet, FleetOptions, spawn_fleet};
 
 /// `baton deploy web <version> --wait` against the fleet's Baton, output piped.
@@ -189,4 +192,121 @@ async fn deploy_wait_follows_the_rollout_across_a_baton_restart_without_repeatin
         printed_steps(&lines).contains(&"web1 wait_healthy interrupted".to_owned()),
         "{lines:#?}"
     );
+}
+
+/// `baton <approve|promote> web` with `token`; returns (success, stdout, stderr).
+async fn decide(fleet: &Fleet, command: &str, token: &str) -> (bool, String, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args([command, "web"])
+            .env("BATON_URL", &fleet.baton)
+            .env("BATON_TOKEN", token)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("baton approve or promote ends within 30 s")
+    .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_says_when_the_canary_awaits_promotion_and_baton_promote_goes_on() {
+    let fleet = spawn_fleet(FleetOptions {
+        canary: Some(1),
+        ..FleetOptions::default()
+    })
+    .await;
+    let (success, _, stderr) = decide(&fleet, "promote", &fleet.token).await;
+    assert!(!success);
+    assert!(
+        stderr.contains("web has no rollout awaiting promotion"),
+        "{stderr}"
+    );
+
+    let mut child = deploy_and_wait(&fleet, "v2");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        let waiting = line.contains("awaits promotion");
+        lines.push(line);
+        if waiting {
+            break;
+        }
+    }
+    let id: i64 = lines[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("rollout {id} awaits promotion: `baton promote web` goes on, an abort cancels"),
+        "{lines:#?}"
+    );
+    assert!(
+        printed_steps(&lines)
+            .iter()
+            .all(|step| step.starts_with("web1 ") || step.starts_with("- prepare")),
+        "only the canary's steps so far: {lines:#?}"
+    );
+
+    let (success, out, stderr) = decide(&fleet, "promote", &fleet.token).await;
+    assert!(success, "{stderr}");
+    assert_eq!(
+        out.trim(),
+        format!("rollout {id} of web: promoted; the other backends follow")
+    );
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        lines.push(line);
+    }
+    child.stdout = None;
+    let (success, lines, stderr) = finish(child, lines).await;
+    assert!(success, "{lines:#?}\n{stderr}");
+    assert!(printed_steps(&lines).contains(&"web3 confirm_up ok".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_approve_refuses_the_requester_and_lets_another_deployer_approve() {
+    let fleet = spawn_fleet(FleetOptions {
+        backends: 2,
+        approval: Some("start"),
+        ..FleetOptions::default()
+    })
+    .await;
+    let (_, queued) = fleet.deploy("v2").await;
+    let id = queued["id"].as_i64().unwrap();
+    fleet
+        .wait_until(id, "awaiting approval", |d| {
+            d["status"] == "awaiting_approval"
+        })
+        .await;
+    let (success, _, stderr) = decide(&fleet, "promote", &fleet.token).await;
+    assert!(!success);
+    assert!(
+        stderr.contains(&format!(
+            "web has no rollout awaiting promotion (rollout {id} is awaiting_approval)"
+        )),
+        "{stderr}"
+    );
+    let (success, _, stderr) = decide(&fleet, "approve", &fleet.token).await;
+    assert!(!success, "the requester cannot approve");
+    assert!(
+        stderr.contains(&format!(
+            "(403 Forbidden): rollout {id} was requested by tests: it needs the approval of another deployer or admin"
+        )),
+        "{stderr}"
+    );
+
+    let reviewer = create_token(&fleet.database_url, "reviewer", Role::Deployer).await;
+    let (success, out, stderr) = decide(&fleet, "approve", &reviewer).await;
+    assert!(success, "{stderr}");
+    assert_eq!(
+        out.trim(),
+        format!("rollout {id} of web: approved; it begins")
+    );
+    let done = fleet.finished(id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["approved_by"], "reviewer");
 }

@@ -204,7 +204,7 @@ async fn controls_of_unknown_rollouts_or_actions_get_a_reason() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("expected pause, resume or abort")
+            .contains("expected pause, resume, abort, approve or promote")
     );
     let (status, _) = post(&fleet, "/api/services/nope/rollback").await;
     assert_eq!(status, 404);

@@ -168,6 +168,10 @@ pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     auto_rollback: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    canary: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<Health>,
     #[serde(skip_serializing_if = "Option::is_none")]
     drain: Option<Drain>,
@@ -187,6 +191,8 @@ impl Service {
             haproxy_backend: None,
             batch_size: None,
             auto_rollback: None,
+            canary: None,
+            approval: None,
             health: None,
             drain: None,
             runtime: Runtime::idle(),
@@ -213,6 +219,18 @@ impl Service {
 
     pub fn auto_rollback(mut self, on: bool) -> Self {
         self.auto_rollback = Some(on);
+        self
+    }
+
+    /// `canary`: how many backends go first and wait for a promotion.
+    pub fn canary(mut self, backends: u32) -> Self {
+        self.canary = Some(backends);
+        self
+    }
+
+    /// `approval`: when rollouts wait for another deployer's approval (`"start"`).
+    pub fn approval(mut self, when: &str) -> Self {
+        self.approval = Some(when.to_owned());
         self
     }
 

@@ -32,6 +32,10 @@ pub struct FleetOptions {
     pub backends: usize,
     /// `batch_size`; `None` leaves it out (one backend at a time).
     pub batch_size: Option<u32>,
+    /// `canary`; `None` leaves it out (no canary).
+    pub canary: Option<u32>,
+    /// `approval` (`"start"`); `None` leaves it out (no approval).
+    pub approval: Option<&'static str>,
     pub drain_timeout: Duration,
     pub start_timeout: Duration,
     /// Baton's own probe of a new version: how often, and how many passes make it healthy.
@@ -74,6 +78,8 @@ impl Default for FleetOptions {
         Self {
             backends: 3,
             batch_size: None,
+            canary: None,
+            approval: None,
             drain_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(5),
             health_interval: Duration::from_millis(50),
@@ -203,6 +209,12 @@ fn config(
         .runtime(runtime);
     if let Some(size) = options.batch_size {
         web = web.batch_size(size);
+    }
+    if let Some(canary) = options.canary {
+        web = web.canary(canary);
+    }
+    if let Some(when) = options.approval {
+        web = web.approval(when);
     }
     for (name, address, host) in placement {
         web = match host {

@@ -225,6 +225,8 @@ struct Setup {
     backends: usize,
     drain_timeout: &'static str,
     start_timeout: &'static str,
+    /// More keys of `[[service]]`, such as `canary = 1`.
+    service_keys: &'static str,
 }
 
 impl Default for Setup {
@@ -233,6 +235,7 @@ impl Default for Setup {
             backends: 3,
             drain_timeout: "10s",
             start_timeout: "5s",
+            service_keys: "",
         }
     }
 }
@@ -275,6 +278,7 @@ runtime_api = ["unix:haproxy.sock"]
 name = "web"
 load_balancer = "edge"
 haproxy_backend = "web"
+{keys}
 [service.health]
 interval = "50ms"
 timeout = "1s"
@@ -289,6 +293,7 @@ initial_version = "v1"
 {backends}"#,
             start = setup.start_timeout,
             drain = setup.drain_timeout,
+            keys = setup.service_keys,
         );
         let settings = Settings::parse(
             &config,
@@ -373,7 +378,9 @@ initial_version = "v1"
             targets,
             self.service.batch_size as usize,
             self.service.auto_rollback,
-        );
+        )
+        .with_canary(self.service.canary as usize)
+        .with_approval(self.service.approval.is_some());
         let state = serde_json::to_string(&rollout).unwrap();
         let (store, version) = (self.store.clone(), version.to_owned());
         let id = db(async move {
@@ -965,6 +972,104 @@ async fn a_paused_rollout_finishes_the_backend_in_progress_then_does_nothing_unt
     assert_eq!(done.status, RolloutStatus::Succeeded);
     assert_eq!(rig.log.first("web2 drain"), Some(paused_at + secs(3600)));
     assert_eq!(rig.fleet(), serving("v2", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_rollout_holds_the_queue_across_a_restart_until_promoted() {
+    let rig = Rig::new(Setup {
+        service_keys: "canary = 1",
+        ..Setup::default()
+    })
+    .await;
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let next = rig.queue("v3").await;
+    rig.status(id, |s| s == RolloutStatus::AwaitingPromote)
+        .await;
+    let calls_when_waiting = rig.log.calls().len();
+    assert_eq!(
+        rig.fleet(),
+        [("v2", "UP"), ("v1", "UP"), ("v1", "UP")].map(|(v, s)| (v.to_owned(), s.to_owned())),
+        "only the canary runs the new version, and every backend serves"
+    );
+
+    // An hour later, and after a restart, it still waits, and so does the rollout behind it.
+    sleep(secs(3600)).await;
+    worker.stop().await;
+    let worker = rig.start_worker();
+    sleep(secs(60)).await;
+    assert_eq!(
+        rig.log.calls().len(),
+        calls_when_waiting,
+        "nothing asked of HAProxy or the runtime while awaiting promotion"
+    );
+    assert_eq!(
+        rig.deployment(id).await.status,
+        RolloutStatus::AwaitingPromote
+    );
+    assert_eq!(rig.deployment(next).await.status, RolloutStatus::Queued);
+
+    rig.control(id, ControlAction::Promote);
+    let done = rig.ended(id).await;
+    assert_eq!(done.status, RolloutStatus::Succeeded);
+    // The next rollout's canary waits in turn.
+    rig.status(next, |s| s == RolloutStatus::AwaitingPromote)
+        .await;
+    rig.control(next, ControlAction::Abort);
+    let aborted = rig.ended(next).await;
+    worker.stop().await;
+    assert_eq!(aborted.status, RolloutStatus::Cancelled);
+    assert_eq!(
+        aborted.reason.as_deref(),
+        Some(
+            "aborted by an operator before the canaries were promoted; web1 went back to v2, \
+             and every backend is serving"
+        )
+    );
+    assert_eq!(rig.fleet(), serving("v2", 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_awaiting_approval_touches_nothing_and_holds_the_queue_across_a_restart() {
+    let rig = Rig::new(Setup {
+        service_keys: "approval = \"start\"",
+        ..Setup::default()
+    })
+    .await;
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let next = rig.queue("v3").await;
+    rig.status(id, |s| s == RolloutStatus::AwaitingApproval)
+        .await;
+    sleep(secs(3600)).await;
+    worker.stop().await;
+    let worker = rig.start_worker();
+    sleep(secs(60)).await;
+    assert!(
+        rig.log.actions().is_empty(),
+        "nothing touched: {:?}",
+        rig.log.actions()
+    );
+    assert!(rig.steps(id).await.is_empty());
+    assert_eq!(
+        rig.deployment(id).await.status,
+        RolloutStatus::AwaitingApproval
+    );
+    assert_eq!(rig.deployment(next).await.status, RolloutStatus::Queued);
+
+    rig.control(id, ControlAction::Approve);
+    assert_eq!(rig.ended(id).await.status, RolloutStatus::Succeeded);
+    assert_eq!(rig.fleet(), serving("v2", 3));
+    // The next one waits for its own approval; an abort cancels it with nothing touched.
+    rig.status(next, |s| s == RolloutStatus::AwaitingApproval)
+        .await;
+    let calls = rig.log.calls().len();
+    rig.control(next, ControlAction::Abort);
+    let cancelled = rig.ended(next).await;
+    worker.stop().await;
+    assert_eq!(cancelled.status, RolloutStatus::Cancelled);
+    assert!(rig.steps(next).await.is_empty());
+    assert_eq!(rig.log.calls().len(), calls);
 }
 
 #[tokio::test(start_paused = true)]
