@@ -564,6 +564,21 @@ pub enum StepKind {
     Enable,
     /// Every node reports the backend UP.
     ConfirmUp,
+    /// Surge: start the new version beside the old one, on the backend's other address.
+    SurgeStart,
+    /// Surge: Baton's own probe of the new instance passes `healthy_threshold` times in a row.
+    SurgeHealthy,
+    /// Surge: the new instance's HAProxy server is added, drained, and its check passes.
+    SurgeAdd,
+    /// Surge: the new instance is in rotation and every node reports it UP; it is now the
+    /// backend's current instance.
+    SurgeEnable,
+    /// Surge: the old instance, drained, keeps running for the strategy's `overlap`.
+    Overlap,
+    /// Surge: the old instance is stopped and its HAProxy server removed.
+    Retire,
+    /// Surge rollback: the new instance, never made current, is taken out of HAProxy and stopped.
+    Discard,
 }
 
 impl StepKind {
@@ -833,6 +848,13 @@ mod tests {
             "lb_check",
             "enable",
             "confirm_up",
+            "surge_start",
+            "surge_healthy",
+            "surge_add",
+            "surge_enable",
+            "overlap",
+            "retire",
+            "discard",
         ]);
         assert_words::<StepOutcome>(&["ok", "failed", "timed_out", "interrupted"]);
         assert_words::<Trigger>(&["ui", "api", "cli", "webhook", "rollback"]);

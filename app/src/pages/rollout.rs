@@ -314,10 +314,16 @@ fn row_state(steps: &[StepSummary], to_version: &str, finished: bool, whole: boo
     match last.outcome {
         None if last.rollback => format!("Rolling back: {}", step_doing(last.step)),
         None => step_doing(last.step).to_owned(),
-        Some(StepOutcome::Ok) if last.step == StepKind::ConfirmUp && last.rollback => {
+        // A surged backend's last step is the old instance's retirement.
+        Some(StepOutcome::Ok)
+            if matches!(
+                last.step,
+                StepKind::ConfirmUp | StepKind::Retire | StepKind::Discard
+            ) && last.rollback =>
+        {
             format!("Rolled back: runs {}", last.version)
         }
-        Some(StepOutcome::Ok) if last.step == StepKind::ConfirmUp => {
+        Some(StepOutcome::Ok) if matches!(last.step, StepKind::ConfirmUp | StepKind::Retire) => {
             format!("Done: runs {to_version}")
         }
         Some(StepOutcome::Ok | StepOutcome::TimedOut) => {

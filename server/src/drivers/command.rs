@@ -478,6 +478,7 @@ stop = 'echo "stop $BATON_BACKEND" >> {log}; test "$BATON_BACKEND" != s2 || {{ e
             service: crate::domain::ServiceName::parse("api").unwrap(),
             name: crate::domain::BackendName::parse(name).unwrap(),
             address: crate::domain::BackendAddr::parse("127.0.0.1:18001").unwrap(),
+            slot: crate::domain::Slot::Address,
         }
     }
 

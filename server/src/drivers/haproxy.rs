@@ -54,6 +54,7 @@ use tokio::task::JoinSet;
 use super::{
     AdminState, CheckResult, Health, LbError, LoadBalancer, MaintCause, ServerState, ServerStatus,
 };
+use crate::domain::BackendAddr;
 use crate::settings::RuntimeApiAddr;
 
 /// The largest answer read from the runtime API; a longer one is a protocol error.
@@ -223,6 +224,69 @@ impl LoadBalancer for HaproxyDriver {
             .await?;
         Ok(counts.into_iter().sum())
     }
+
+    /// `add server <backend>/<server> <address> check inter … rise … fall … weight …`, then
+    /// `enable health`, on every node where it is missing. The health-check settings are
+    /// `like`'s as `show stat` reports them (a dynamic server does not inherit `default-server`
+    /// in HAProxy 2.6) with `inter` given, since `show stat` does not report it. The new server
+    /// is in maint. A node where the server already is, at `address`, is left as it is.
+    ///
+    /// Cancellation-safe: a repeated call finds the server there and converges.
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+        like: &str,
+        inter: Duration,
+    ) -> Result<(), LbError> {
+        self.check_names(backend, server)?;
+        self.check_names(backend, like)?;
+        let (backend, server, like) = (backend.to_owned(), server.to_owned(), like.to_owned());
+        self.on_every_node(|node| {
+            let (backend, server, like) = (backend.clone(), server.clone(), like.clone());
+            async move {
+                node.add_server(&backend, &server, address, &like, inter)
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `set server <backend>/<server> state maint` then `del server <backend>/<server>` on
+    /// every node; a node without the server has nothing to do. HAProxy refuses to delete a
+    /// server that still has connections (`Refused`); calling again later converges.
+    ///
+    /// Cancellation-safe: both commands are idempotent.
+    async fn remove_server(&self, backend: &str, server: &str) -> Result<(), LbError> {
+        self.check_names(backend, server)?;
+        let (backend, server) = (backend.to_owned(), server.to_owned());
+        self.on_every_node(|node| {
+            let (backend, server) = (backend.clone(), server.clone());
+            async move {
+                let command = format!("set server {backend}/{server} state maint");
+                let reply = node.run(&command).await?;
+                match expect_empty(&node, &command, &reply, &backend, &server) {
+                    Ok(()) => {}
+                    Err(LbError::NoSuchServer { .. }) => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+                let command = format!("del server {backend}/{server}");
+                let reply = node.run(&command).await?;
+                match reply.trim() {
+                    "Server deleted." | "No such server." => Ok(()),
+                    other => Err(LbError::Refused {
+                        node: node.name.clone(),
+                        command,
+                        reply: other.to_owned(),
+                    }),
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
 }
 
 /// One node as a task sees it.
@@ -298,6 +362,72 @@ impl Node {
             node: self.name.clone(),
             reason,
         })
+    }
+
+    /// [`HaproxyDriver::add_server`] on this node.
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+        like: &str,
+        inter: Duration,
+    ) -> Result<(), LbError> {
+        let command = format!("show stat {backend} 4 -1");
+        let reply = self.run(&command).await?;
+        if reply.trim() == "No such proxy." {
+            return Err(self.no_such(backend, "*"));
+        }
+        let protocol = |reason| LbError::Protocol {
+            node: self.name.clone(),
+            reason,
+        };
+        let rows = parse_server_lines(backend, &reply).map_err(protocol)?;
+        if let Some(there) = rows.iter().find(|row| row.server == server) {
+            if there.addr == address.to_string() {
+                return Ok(());
+            }
+            return Err(LbError::Refused {
+                node: self.name.clone(),
+                command: format!("add server {backend}/{server} {address}"),
+                reply: format!(
+                    "a server {backend}/{server} already exists at {}: expected it at {address} or absent",
+                    there.addr
+                ),
+            });
+        }
+        let like = rows
+            .iter()
+            .find(|row| row.server == like)
+            .ok_or_else(|| self.no_such(backend, like))?;
+        let mut command = format!("add server {backend}/{server} {address}");
+        if let Some((rise, fall)) = like.checks {
+            command.push_str(&format!(
+                " check inter {}ms rise {rise} fall {fall}",
+                inter.as_millis().max(1)
+            ));
+        }
+        command.push_str(&format!(" weight {}", like.weight));
+        if like.backup {
+            command.push_str(" backup");
+        }
+        let reply = self.run(&command).await?;
+        match reply.trim() {
+            "New server registered." => {}
+            other => {
+                return Err(LbError::Refused {
+                    node: self.name.clone(),
+                    command,
+                    reply: other.to_owned(),
+                });
+            }
+        }
+        if like.checks.is_some() {
+            let command = format!("enable health {backend}/{server}");
+            let reply = self.run(&command).await?;
+            expect_empty(self, &command, &reply, backend, server)?;
+        }
+        Ok(())
     }
 
     fn no_such(&self, backend: &str, server: &str) -> LbError {
@@ -455,6 +585,82 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
             sessions,
             backup,
             fall,
+        });
+    }
+    Ok(servers)
+}
+
+/// What [`Node::add_server`] copies from a server: its `show stat` columns `addr`,
+/// `check_rise`/`check_fall` (empty without checks), `uweight` and `bck`.
+struct ServerLine {
+    server: String,
+    addr: String,
+    checks: Option<(u32, u32)>,
+    weight: u32,
+    backup: bool,
+}
+
+/// `show stat` CSV, read for the columns of [`ServerLine`], for the servers of `backend`.
+fn parse_server_lines(backend: &str, reply: &str) -> Result<Vec<ServerLine>, String> {
+    let mut lines = reply.lines();
+    let header = lines
+        .next()
+        .unwrap_or_default()
+        .strip_prefix("# ")
+        .ok_or_else(|| {
+            format!(
+                "expected a `# pxname,…` CSV header, got {:?}",
+                excerpt(reply)
+            )
+        })?;
+    let names = split_csv(header)?;
+    let column = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| format!("the CSV header has no `{name}` column"))
+    };
+    let columns = [
+        column("pxname")?,
+        column("svname")?,
+        column("addr")?,
+        column("check_rise")?,
+        column("check_fall")?,
+        column("uweight")?,
+        column("bck")?,
+    ];
+    let [pxname, svname, addr, rise, fall, weight, bck] = columns;
+    let needed = columns.into_iter().max().unwrap_or(0);
+    let mut servers = Vec::new();
+    for line in lines.filter(|line| !line.trim().is_empty()) {
+        let row = split_csv(line)?;
+        if row.len() <= needed {
+            return Err(format!(
+                "CSV row has {} fields: {:?}",
+                row.len(),
+                excerpt(line)
+            ));
+        }
+        if row[pxname] != backend || row[svname] == "FRONTEND" || row[svname] == "BACKEND" {
+            continue;
+        }
+        let number = |i: usize| {
+            row[i].parse::<u32>().map_err(|_| {
+                format!(
+                    "`{}` of {} is {:?}, not a number",
+                    names[i], row[svname], row[i]
+                )
+            })
+        };
+        servers.push(ServerLine {
+            server: row[svname].to_string(),
+            addr: row[addr].to_string(),
+            checks: match (&*row[rise], &*row[fall]) {
+                ("", _) | (_, "") => None,
+                _ => Some((number(rise)?, number(fall)?)),
+            },
+            weight: number(weight)?,
+            backup: &*row[bck] == "1",
         });
     }
     Ok(servers)

@@ -220,12 +220,17 @@ impl Fleet {
     /// a restarted Baton adopts them.
     pub async fn stop_backends(&self) {
         let stops = self.services.iter().flat_map(|handle| {
-            handle.settings.backends.iter().map(move |backend| async move {
-                let spec = BackendSpec {
-                    service: handle.settings.name.clone(),
-                    name: backend.name.clone(),
-                    address: backend.address,
-                };
+            // Both instances of each backend: a surge may have left either one current.
+            let instances = handle.settings.backends.iter().flat_map(|backend| {
+                let surge = backend
+                    .surge_address
+                    .map(|_| crate::domain::Slot::SurgeAddress);
+                std::iter::once(crate::domain::Slot::Address)
+                    .chain(surge)
+                    .map(move |slot| (backend, slot))
+            });
+            instances.map(move |(backend, slot)| async move {
+                let spec = BackendSpec::of(&handle.settings.name, backend, slot);
                 match handle.runtime.stop(&spec).await {
                     Ok(()) => tracing::info!(service = %spec.service, backend = %spec.name, "backend stopped"),
                     Err(error) => tracing::warn!(service = %spec.service, backend = %spec.name, %error, "cannot stop the backend"),
@@ -674,12 +679,18 @@ async fn bring_up(runner: &ServiceRunner, store: &Store) -> Result<(), StoreErro
         .await?
         .into_iter()
         .collect();
+    // The instance recorded as current: a surge may have left it on the surge address.
+    let slots: HashMap<String, crate::domain::Slot> = store
+        .backend_slots(service.name.as_str())
+        .await?
+        .into_iter()
+        .collect();
     for backend in &service.backends {
-        let spec = BackendSpec {
-            service: service.name.clone(),
-            name: backend.name.clone(),
-            address: backend.address,
-        };
+        let slot = slots
+            .get(backend.name.as_str())
+            .copied()
+            .unwrap_or_default();
+        let spec = BackendSpec::of(&service.name, backend, slot);
         let version = recorded
             .get(backend.name.as_str())
             .and_then(|v| Version::parse(v).ok())

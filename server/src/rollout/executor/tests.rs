@@ -196,6 +196,35 @@ impl Journal for OffClock {
         })
         .await
     }
+
+    async fn backend_slots(
+        &self,
+        service: &str,
+    ) -> Result<Vec<(String, crate::domain::Slot)>, StoreError> {
+        let (store, service) = (self.0.clone(), service.to_owned());
+        db(async move { store.backend_slots(&service).await }).await
+    }
+
+    async fn set_backend_current(
+        &self,
+        service: &str,
+        backend: &str,
+        version: &str,
+        slot: crate::domain::Slot,
+    ) -> Result<(), StoreError> {
+        let (store, service, backend, version) = (
+            self.0.clone(),
+            service.to_owned(),
+            backend.to_owned(),
+            version.to_owned(),
+        );
+        db(async move {
+            store
+                .set_backend_current(&service, &backend, &version, slot)
+                .await
+        })
+        .await
+    }
 }
 
 /// The service under test: `web`, backends `web1`… on one HAProxy node `n1`, health probed
@@ -319,6 +348,7 @@ initial_version = "v1"
             service: self.service.name.clone(),
             name: found.name.clone(),
             address: found.address,
+            slot: crate::domain::Slot::Address,
         }
     }
 
