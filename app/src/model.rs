@@ -58,6 +58,22 @@ pub struct BackendStatus {
     /// The `[[host]]` it runs on, as Baton last reached it; `None`: Baton's own machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostView>,
+    /// The backend's other instance while a surge overlaps the two (from the moment the new
+    /// one is added to the load balancer until the old one is removed); `address` and
+    /// `load_balancer` above are the current instance's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<OverlapView>,
+}
+
+/// The instance of a backend beside its current one during a surge: arriving (not yet UP and
+/// current) or leaving (drained, kept for the overlap).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlapView {
+    /// Its HAProxy server (`web1:surge` on the surge address).
+    pub server: String,
+    pub address: String,
+    /// One entry per load-balancer node.
+    pub load_balancer: Vec<NodeStatus>,
 }
 
 /// Which Baton replica answers, and which one leads (runs rollouts).

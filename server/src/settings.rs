@@ -333,6 +333,12 @@ pub struct StrategySettings {
     /// How long the old process keeps running, drained, after its successor is UP (surge).
     #[serde(default = "default_overlap")]
     pub overlap: Duration,
+    /// `inter` of the HAProxy server Baton adds for a surge: HAProxy 2.6 does not report a
+    /// server's `inter`, so it cannot be copied from the server it replaces (rise, fall and
+    /// weight are). Default 2s, HAProxy's own; without `timeout check` it is also the check's
+    /// timeout.
+    #[serde(default = "default_check_inter")]
+    pub check_inter: Duration,
 }
 
 impl Default for StrategySettings {
@@ -340,6 +346,7 @@ impl Default for StrategySettings {
         Self {
             kind: StrategyKind::default(),
             overlap: default_overlap(),
+            check_inter: default_check_inter(),
         }
     }
 }
@@ -1265,6 +1272,9 @@ fn default_start_timeout() -> Duration {
 }
 fn default_overlap() -> Duration {
     Duration::from_millis(10_000)
+}
+fn default_check_inter() -> Duration {
+    Duration::from_millis(2_000)
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_millis(30_000)

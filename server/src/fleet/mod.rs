@@ -8,7 +8,7 @@ use std::time::Duration;
 pub use app::model::Trigger;
 use app::model::{
     ActiveRollout, BackendStatus, ControlAction, DeploymentDetail, DeploymentFilter,
-    DeploymentPage, NodeStatus, RolloutStatus, ServiceStatus,
+    DeploymentPage, NodeStatus, OverlapView, RolloutStatus, ServiceStatus,
 };
 use serde::Serialize;
 use tokio::sync::broadcast::error::TryRecvError;
@@ -441,16 +441,32 @@ impl Fleet {
                 .backends
                 .iter()
                 .zip(targets)
-                .map(|(backend, target)| BackendStatus {
-                    name: backend.name.to_string(),
-                    address: backend.address.to_string(),
-                    version: target.previous.to_string(),
-                    load_balancer: by_server.remove(backend.name.as_str()).unwrap_or_default(),
-                    host: backend
-                        .host
-                        .as_ref()
-                        .and_then(|name| self.hosts.get(name))
-                        .map(|host| host.view()),
+                .map(|(backend, target)| {
+                    // The instance recorded as current, and the other one while a surge has
+                    // both in the load balancer.
+                    let other = target.slot.other();
+                    let overlap =
+                        by_server
+                            .remove(&backend.haproxy_server(other))
+                            .map(|load_balancer| OverlapView {
+                                server: backend.haproxy_server(other),
+                                address: backend.address_of(other).to_string(),
+                                load_balancer,
+                            });
+                    BackendStatus {
+                        name: backend.name.to_string(),
+                        address: backend.address_of(target.slot).to_string(),
+                        version: target.previous.to_string(),
+                        load_balancer: by_server
+                            .remove(&backend.haproxy_server(target.slot))
+                            .unwrap_or_default(),
+                        host: backend
+                            .host
+                            .as_ref()
+                            .and_then(|name| self.hosts.get(name))
+                            .map(|host| host.view()),
+                        overlap,
+                    }
                 })
                 .collect();
             let active = self.store.next_deployment(service).await?;

@@ -7,6 +7,7 @@ mod demo;
 mod events;
 mod resilience;
 mod rollouts;
+mod surge;
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -171,6 +171,8 @@ pub struct Service {
     health: Option<Health>,
     #[serde(skip_serializing_if = "Option::is_none")]
     drain: Option<Drain>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<Strategy>,
     runtime: Runtime,
     #[serde(rename = "backend", skip_serializing_if = "Vec::is_empty")]
     backends: Vec<Backend>,
@@ -189,6 +191,7 @@ impl Service {
             auto_rollback: None,
             health: None,
             drain: None,
+            strategy: None,
             runtime: Runtime::idle(),
             backends: Vec::new(),
             webhook: None,
@@ -234,11 +237,35 @@ impl Service {
         self
     }
 
+    /// `[service.strategy] kind = "surge"` with `overlap`; give each backend a surge address
+    /// ([`Service::surge_backend`]).
+    /// HAProxy checks the server Baton adds every `check_inter`.
+    pub fn surge(mut self, overlap: Duration, check_inter: Duration) -> Self {
+        self.strategy = Some(Strategy {
+            kind: "surge".to_owned(),
+            overlap: human(overlap),
+            check_inter: human(check_inter),
+        });
+        self
+    }
+
+    /// A backend on `127.0.0.1:<port>` whose next version starts on `127.0.0.1:<surge_port>`.
+    pub fn surge_backend(mut self, name: &str, port: u16, surge_port: u16) -> Self {
+        self.backends.push(Backend {
+            name: name.to_owned(),
+            address: format!("127.0.0.1:{port}"),
+            surge_address: Some(format!("127.0.0.1:{surge_port}")),
+            host: None,
+        });
+        self
+    }
+
     /// A backend listening on `127.0.0.1:<port>` (tests send traffic to loopback only).
     pub fn backend(mut self, name: &str, port: u16) -> Self {
         self.backends.push(Backend {
             name: name.to_owned(),
             address: format!("127.0.0.1:{port}"),
+            surge_address: None,
             host: None,
         });
         self
@@ -254,6 +281,7 @@ impl Service {
         self.backends.push(Backend {
             name: name.to_owned(),
             address: address.to_string(),
+            surge_address: None,
             host: Some(host.to_owned()),
         });
         self
@@ -320,6 +348,14 @@ impl Health {
 #[derive(Debug, Clone, Serialize)]
 struct Drain {
     timeout: String,
+}
+
+/// `[service.strategy]`.
+#[derive(Debug, Clone, Serialize)]
+struct Strategy {
+    kind: String,
+    overlap: String,
+    check_inter: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -421,6 +457,8 @@ impl Runtime {
 struct Backend {
     name: String,
     address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    surge_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
 }

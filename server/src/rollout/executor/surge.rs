@@ -206,7 +206,7 @@ impl ServiceRunner {
                 &new.server,
                 new.spec.address,
                 &old.server,
-                self.service.health.interval.get(),
+                self.service.strategy.check_inter.get(),
             )
             .await
             .map_err(|e| (Some(new.name.clone()), e.to_string()))?;
