@@ -373,28 +373,9 @@ impl Node {
         like: &str,
         inter: Duration,
     ) -> Result<(), LbError> {
-        let command = format!("show stat {backend} 4 -1");
-        let reply = self.run(&command).await?;
-        if reply.trim() == "No such proxy." {
-            return Err(self.no_such(backend, "*"));
-        }
-        let protocol = |reason| LbError::Protocol {
-            node: self.name.clone(),
-            reason,
-        };
-        let rows = parse_server_lines(backend, &reply).map_err(protocol)?;
-        if let Some(there) = rows.iter().find(|row| row.server == server) {
-            if there.addr == address.to_string() {
-                return Ok(());
-            }
-            return Err(LbError::Refused {
-                node: self.name.clone(),
-                command: format!("add server {backend}/{server} {address}"),
-                reply: format!(
-                    "a server {backend}/{server} already exists at {}: expected it at {address} or absent",
-                    there.addr
-                ),
-            });
+        let rows = self.server_lines(backend).await?;
+        if self.already_there(&rows, backend, server, address)? {
+            return Ok(());
         }
         let like = rows
             .iter()
@@ -414,6 +395,15 @@ impl Node {
         let reply = self.run(&command).await?;
         match reply.trim() {
             "New server registered." => {}
+            // Added meanwhile (by a retry of this command whose answer was lost, or another
+            // runtime-API client of this node): fine if at the same address.
+            "Already exists a server with the same name in backend."
+                if self.already_there(
+                    &self.server_lines(backend).await?,
+                    backend,
+                    server,
+                    address,
+                )? => {}
             other => {
                 return Err(LbError::Refused {
                     node: self.name.clone(),
@@ -428,6 +418,40 @@ impl Node {
             expect_empty(self, &command, &reply, backend, server)?;
         }
         Ok(())
+    }
+
+    /// `show stat` of `backend` on this node, for [`Node::add_server`].
+    async fn server_lines(&self, backend: &str) -> Result<Vec<ServerLine>, LbError> {
+        let reply = self.run(&format!("show stat {backend} 4 -1")).await?;
+        if reply.trim() == "No such proxy." {
+            return Err(self.no_such(backend, "*"));
+        }
+        parse_server_lines(backend, &reply).map_err(|reason| LbError::Protocol {
+            node: self.name.clone(),
+            reason,
+        })
+    }
+
+    /// Whether `server` is among `rows` at `address`; at another address it is an error.
+    fn already_there(
+        &self,
+        rows: &[ServerLine],
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+    ) -> Result<bool, LbError> {
+        match rows.iter().find(|row| row.server == server) {
+            None => Ok(false),
+            Some(there) if there.addr == address.to_string() => Ok(true),
+            Some(there) => Err(LbError::Refused {
+                node: self.name.clone(),
+                command: format!("add server {backend}/{server} {address}"),
+                reply: format!(
+                    "a server {backend}/{server} already exists at {}: expected it at {address} or absent",
+                    there.addr
+                ),
+            }),
+        }
     }
 
     fn no_such(&self, backend: &str, server: &str) -> LbError {
@@ -1044,6 +1068,86 @@ mod tests {
                 backup: true,
             },
         ]
+    }
+
+    #[tokio::test]
+    async fn a_server_added_at_runtime_copies_the_checks_serves_once_ready_and_is_removed() {
+        let (s1, s2, b1) = three_backends().await;
+        let surge = TestBackend::start("s1:surge").await;
+        let haproxy = Haproxy::start(&lines(&s1, &s2, &b1)).await;
+        // Two runtime-API sockets of one HAProxy: the calls through both race, as a retried
+        // command whose answer was lost does.
+        let driver = HaproxyDriver::new(vec![haproxy.unix_node(), haproxy.tcp_node()], quick());
+        let address = BackendAddr::parse(&format!("127.0.0.1:{}", surge.port)).unwrap();
+        let add =
+            || driver.add_server("app", "s1:surge", address, "s1", Duration::from_millis(100));
+        add().await.unwrap();
+        add().await.unwrap(); // already there at that address: nothing to do
+        let added = status_of(&driver, "s1:surge").await;
+        assert_eq!(added.status.to_string(), "MAINT", "added in maint");
+        assert_eq!(
+            added.fall,
+            Some(2),
+            "fall copied from s1 (default-server is not applied)"
+        );
+        assert!(!added.backup);
+
+        // Drained, its check passes without traffic; ready, it serves.
+        driver
+            .set_state("app", "s1:surge", AdminState::Drain)
+            .await
+            .unwrap();
+        wait_for(&driver, &["s1:surge"], "DRAIN", Some("L7OK")).await;
+        driver
+            .set_state("app", "s1:surge", AdminState::Ready)
+            .await
+            .unwrap();
+        wait_for(&driver, &["s1:surge"], "UP", Some("L7OK")).await;
+        eventually("s1:surge answers through the frontend", || async {
+            spread(&haproxy.frontend, 6)
+                .await
+                .iter()
+                .any(|b| b == "s1:surge")
+        })
+        .await;
+
+        // Elsewhere is refused: a server of that name serves something else.
+        let elsewhere = BackendAddr::parse(&format!("127.0.0.1:{}", s2.port)).unwrap();
+        let refused = driver
+            .add_server(
+                "app",
+                "s1:surge",
+                elsewhere,
+                "s1",
+                Duration::from_millis(100),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("already exists at 127.0.0.1:"),
+            "{refused}"
+        );
+
+        // The server from haproxy.cfg can go too, and removing twice is no error.
+        driver.remove_server("app", "s1").await.unwrap();
+        driver.remove_server("app", "s1").await.unwrap();
+        let names: Vec<String> = driver
+            .servers("app")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.server)
+            .collect();
+        assert!(!names.iter().any(|n| n == "s1"), "{names:?}");
+        for answer in spread(&haproxy.frontend, 6).await {
+            assert_ne!(answer, "s1", "a removed server gets no traffic");
+        }
+        // A backup is added as a backup.
+        driver
+            .add_server("app", "b1:surge", address, "b1", Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(status_of(&driver, "b1:surge").await.backup);
     }
 
     #[test]

@@ -839,13 +839,61 @@ mod tests {
         }
     }
 
+    /// Backend `name` on 127.0.0.1:18431, or `<name>@surge` (as its record is named) on its
+    /// surge address 127.0.0.1:18432.
     fn backend(name: &str) -> BackendSpec {
+        let (name, slot, port) = match name.strip_suffix("@surge") {
+            Some(name) => (name, Slot::SurgeAddress, 18432),
+            None => (name, Slot::Address, 18431),
+        };
         BackendSpec {
             service: ServiceName::parse("api").unwrap(),
             name: BackendName::parse(name).unwrap(),
-            address: BackendAddr::parse("127.0.0.1:18431").unwrap(),
-            slot: crate::domain::Slot::Address,
+            address: BackendAddr::parse(&format!("127.0.0.1:{port}")).unwrap(),
+            slot,
         }
+    }
+
+    #[tokio::test]
+    async fn both_instances_of_a_backend_run_at_once_each_on_its_address_and_stop_apart() {
+        let cleanup = Cleanup::new();
+        let dir = cleanup.path().to_owned();
+        let script = format!(
+            "echo $BATON_VERSION > {}/port-$BATON_PORT; exec sleep 30",
+            dir.display()
+        );
+        let runtime = ProcessRuntime::new(config(&dir, &["sh", "-c", &script]));
+        let (home, surge) = (backend("s1"), backend("s1@surge"));
+        runtime.start(&home, &version("v1")).await.unwrap();
+        runtime.start(&surge, &version("v2")).await.unwrap();
+        assert_eq!(wait_for_file(&dir.join("port-18431")).await, "v1\n");
+        assert_eq!(wait_for_file(&dir.join("port-18432")).await, "v2\n");
+        let old = running_pid(runtime.status(&home).await.unwrap(), &version("v1"));
+        let new = running_pid(runtime.status(&surge).await.unwrap(), &version("v2"));
+        assert_ne!(
+            old, new,
+            "starting the surge instance left the old one running"
+        );
+
+        runtime.stop(&home).await.unwrap();
+        wait_stopped(&runtime, &home).await;
+        assert_eq!(
+            running_pid(runtime.status(&surge).await.unwrap(), &version("v2")),
+            new,
+            "stopping the old instance left the new one running"
+        );
+        assert!(!dir.join("state/s1.json").exists());
+        assert!(dir.join("state/s1@surge.json").exists());
+        assert!(dir.join("state/s1@surge.log").exists());
+
+        // A restarted Baton finds the instance by its record.
+        let again = ProcessRuntime::new(config(&dir, &["sh", "-c", &script]));
+        assert_eq!(
+            running_pid(again.status(&surge).await.unwrap(), &version("v2")),
+            new
+        );
+        again.stop(&surge).await.unwrap();
+        assert!(!dir.join("state/s1@surge.json").exists());
     }
 
     fn version(value: &str) -> Version {

@@ -46,7 +46,11 @@ async fn servers(fleet: &Fleet) -> Vec<String> {
 /// and the README's figures).
 fn summary(trace: &[(Duration, usize)]) -> (usize, String) {
     let min = trace.iter().map(|(_, up)| *up).min().unwrap_or(0);
-    let mut changes = Vec::new();
+    let mut changes = vec![format!(
+        "{} samples over {} ms",
+        trace.len(),
+        trace.last().map_or(0, |(at, _)| at.as_millis())
+    )];
     let mut last = None;
     for (at, up) in trace {
         if last != Some(*up) {
@@ -282,4 +286,24 @@ async fn a_baton_killed_during_the_overlap_resumes_on_the_instance_it_recorded_a
         assert_eq!(backend["version"], "v2", "{backend:#}");
         assert_eq!(backend["load_balancer"][0]["status"], "UP", "{backend:#}");
     }
+}
+
+/// The figure a surge is compared with: a rolling rollout takes each backend out before its
+/// replacement exists, so the backend runs one server short during every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_rollout_runs_one_server_short_while_each_backend_is_replaced() {
+    let fleet = spawn_fleet(FleetOptions {
+        checks: surge_options().checks,
+        ..FleetOptions::default()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let trace = capacity_trace(&fleet, stop.clone());
+    let (_, queued) = fleet.deploy("v2").await;
+    let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
+    stop.store(true, Ordering::Relaxed);
+    let (min, changes) = summary(&trace.await.unwrap());
+    assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
+    eprintln!("capacity during a rolling rollout of 3 backends: {changes}");
+    assert_eq!(min, 2, "{changes}");
 }
