@@ -233,6 +233,9 @@ struct Setup {
     backends: usize,
     drain_timeout: &'static str,
     start_timeout: &'static str,
+    /// `[service.strategy] kind = "surge"` with this overlap (the surge server checked every
+    /// 100 ms, as the others), each backend with a surge address; `None`: rolling.
+    surge: Option<&'static str>,
 }
 
 impl Default for Setup {
@@ -241,6 +244,7 @@ impl Default for Setup {
             backends: 3,
             drain_timeout: "10s",
             start_timeout: "5s",
+            surge: None,
         }
     }
 }
@@ -266,12 +270,22 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let backends: String = (1..=setup.backends)
             .map(|i| {
+                let surge = match setup.surge {
+                    Some(_) => format!("surge_address = \"127.0.0.1:{}\"\n", 18100 + i),
+                    None => String::new(),
+                };
                 format!(
-                    "[[service.backend]]\nname = \"web{i}\"\naddress = \"127.0.0.1:{}\"\n",
+                    "[[service.backend]]\nname = \"web{i}\"\naddress = \"127.0.0.1:{}\"\n{surge}",
                     18000 + i
                 )
             })
             .collect();
+        let strategy = match setup.surge {
+            Some(overlap) => format!(
+                "[service.strategy]\nkind = \"surge\"\noverlap = \"{overlap}\"\ncheck_inter = \"100ms\"\n"
+            ),
+            None => String::new(),
+        };
         let config = format!(
             r#"
 [[load_balancer]]
@@ -290,7 +304,7 @@ healthy_threshold = 2
 start_timeout = "{start}"
 [service.drain]
 timeout = "{drain}"
-[service.runtime]
+{strategy}[service.runtime]
 kind = "process"
 command = ["true"]
 initial_version = "v1"
@@ -654,6 +668,94 @@ async fn a_rollout_replaces_one_backend_at_a_time_waiting_for_baton_then_haproxy
         recorded,
         ["web1", "web2", "web3"].map(|b| (b.to_owned(), "v2".to_owned()))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_surge_serves_the_new_instance_before_draining_the_old_one_and_retires_it_after_the_overlap()
+ {
+    let rig = Rig::new(Setup {
+        backends: 1,
+        surge: Some("5s"),
+        ..Setup::default()
+    })
+    .await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: ms(300) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    // One backend is enough: nothing leaves rotation before its successor is UP. The new
+    // instance answers at 300 ms and passes Baton's second probe at 350; HAProxy's first
+    // check of the added server comes `inter` (100 ms) after it leaves maint, then it is put
+    // in rotation; the old one is drained, kept 5 s, stopped and removed.
+    assert_eq!(
+        done.status,
+        RolloutStatus::Succeeded,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    assert_eq!(
+        rig.log.timed_actions(),
+        owned(&[
+            (0, "prepare v2"),
+            (0, "start web1:surge v2"),
+            (350, "add server web1:surge 127.0.0.1:18101"),
+            (350, "web1:surge drain"),
+            (450, "web1:surge ready"),
+            (450, "web1 drain"),
+            (5450, "stop web1"),
+            (5450, "del server web1"),
+        ])
+    );
+    assert_eq!(rig.runtime.version_of("web1:surge").as_deref(), Some("v2"));
+    assert_eq!(
+        rig.runtime.version_of("web1"),
+        None,
+        "the old one was stopped"
+    );
+    let store = rig.store.clone();
+    let slots = db(async move { store.backend_slots("web").await })
+        .await
+        .unwrap();
+    assert_eq!(
+        slots,
+        [("web1".to_owned(), crate::domain::Slot::SurgeAddress)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_during_the_overlap_retires_the_old_instance_when_the_overlap_ends() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("5s"),
+        ..Setup::default()
+    })
+    .await;
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let drained = rig.call("web1 drain", 1).await;
+    rig.control(id, ControlAction::Abort);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(
+        done.status,
+        RolloutStatus::Cancelled,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    assert_eq!(
+        rig.actions_from(drained + ms(1)),
+        owned(&[
+            (drained.as_millis() as u64 + 5000, "stop web1"),
+            (drained.as_millis() as u64 + 5000, "del server web1")
+        ]),
+        "web1's old instance is retired after the whole overlap; web2 is not touched"
+    );
+    assert_eq!(rig.runtime.version_of("web1:surge").as_deref(), Some("v2"));
+    assert_eq!(rig.runtime.version_of("web2").as_deref(), Some("v1"));
 }
 
 #[tokio::test(start_paused = true)]
