@@ -40,6 +40,16 @@
 //! `rise × fastinter`, is what waiting for HAProxy's check costs a rollout per backend.
 //!
 //! `maint` and `drain` do not cut open sessions; `shutdown sessions server` does.
+//!
+//! Servers added at runtime (`add server`, for a surge), measured the same way: the backend's
+//! balance algorithm must allow them (roundrobin, the default, does); the new server starts in
+//! `MAINT` with its checks off until `enable health`; `default-server` is **not** applied to it
+//! (`show stat` shows `check_fall` 3, HAProxy's default, beside servers declared with `fall 2`),
+//! while the backend's `option httpchk` and `timeout check` are; the answer is `New server
+//! registered.`, or `Already exists a server with the same name in backend.`. `del server`
+//! answers `Only servers in maintenance mode can be deleted.` unless the server is in maint,
+//! then `Server deleted.`, then `No such server.`; a server declared in haproxy.cfg can be
+//! deleted too. `:` is allowed in server names, and never in Baton's backend names.
 
 use std::borrow::Cow;
 use std::future::Future;

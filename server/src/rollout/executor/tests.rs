@@ -368,8 +368,14 @@ initial_version = "v1"
 
     /// Starts the service's worker; it stops when the returned handle is stopped or dropped.
     fn start_worker(&self) -> Worker {
+        self.start_worker_with(self.service.clone())
+    }
+
+    /// [`Rig::start_worker`] with the service's settings changed (as a restarted Baton reads
+    /// an edited file).
+    fn start_worker_with(&self, service: Arc<ServiceSettings>) -> Worker {
         let runner = ServiceRunner {
-            service: self.service.clone(),
+            service,
             lb: self.lb.clone(),
             runtime: self.runtime.clone(),
             store: Arc::new(OffClock(self.store.clone(), self.queue_unanswered.clone())),
@@ -756,6 +762,40 @@ async fn abort_during_the_overlap_retires_the_old_instance_when_the_overlap_ends
     );
     assert_eq!(rig.runtime.version_of("web1:surge").as_deref(), Some("v2"));
     assert_eq!(rig.runtime.version_of("web2").as_deref(), Some("v1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_rollout_refuses_a_backend_a_surge_left_on_its_surge_address() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("1s"),
+        ..Setup::default()
+    })
+    .await;
+    let worker = rig.start_worker();
+    let surged = rig.queue("v2").await;
+    assert_eq!(rig.ended(surged).await.status, RolloutStatus::Succeeded);
+    worker.stop().await;
+
+    let mut rolling = (*rig.service).clone();
+    rolling.strategy.kind = StrategyKind::Rolling;
+    let worker = rig.start_worker_with(Arc::new(rolling));
+    let before = rig.log.actions().len();
+    let id = rig.queue("v3").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, RolloutStatus::Failed);
+    let reason = done.reason.unwrap();
+    assert!(
+        reason.starts_with("check_capacity failed on web1: web1 runs on its surge_address 127.0.0.1:18101 (HAProxy server web1:surge) since a surge rollout"),
+        "{reason}"
+    );
+    assert_eq!(
+        rig.log.actions()[before..],
+        ["prepare v3"],
+        "nothing was touched"
+    );
 }
 
 #[tokio::test(start_paused = true)]
