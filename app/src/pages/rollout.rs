@@ -604,3 +604,38 @@ enum Confirm {
     Abort,
     RollBack,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: StepKind, rollback: bool, version: &str) -> StepSummary {
+        StepSummary {
+            id: 1,
+            backend: Some("web1".into()),
+            step,
+            rollback,
+            version: version.into(),
+            started_at: 0,
+            finished_at: Some(1),
+            outcome: Some(StepOutcome::Ok),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_surged_backend_is_done_once_its_old_instance_is_retired() {
+        let done = [step(StepKind::Retire, false, "v2")];
+        assert_eq!(row_state(&done, "v2", true, false), "Done: runs v2");
+        let overlapping = [step(StepKind::Overlap, false, "v2")];
+        assert_eq!(
+            row_state(&overlapping, "v2", false, false),
+            "In progress: Overlap done"
+        );
+        let discarded = [step(StepKind::Discard, true, "v1")];
+        assert_eq!(
+            row_state(&discarded, "v2", true, false),
+            "Rolled back: runs v1"
+        );
+    }
+}
