@@ -286,6 +286,19 @@ async fn a_baton_killed_during_the_overlap_resumes_on_the_instance_it_recorded_a
         assert_eq!(backend["version"], "v2", "{backend:#}");
         assert_eq!(backend["load_balancer"][0]["status"], "UP", "{backend:#}");
     }
+
+    // Started again between rollouts, Baton adopts the instances on the surge addresses
+    // instead of starting the version again on the first ones.
+    fleet.kill_baton();
+    fleet.restart_baton().await;
+    fleet.wait_all_up(2).await;
+    assert_eq!(fleet.recorded_process("web1@surge").unwrap().0, new);
+    assert_eq!(
+        fleet.recorded_process("web1"),
+        None,
+        "nothing started on web1's address"
+    );
+    assert_eq!(fleet.recorded_process("web2"), None);
 }
 
 /// The figure a surge is compared with: a rolling rollout takes each backend out before its

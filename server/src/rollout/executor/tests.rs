@@ -765,6 +765,72 @@ async fn abort_during_the_overlap_retires_the_old_instance_when_the_overlap_ends
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_surge_surges_the_backends_already_done_back_to_their_first_address() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("1s"),
+        ..Setup::default()
+    })
+    .await;
+    // web2's host stops answering Baton: its new instance cannot start.
+    rig.runtime.cut("web2", Some(Cut::Now));
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    let steps = rig.steps(id).await;
+    let rollback: Vec<&String> = steps.iter().filter(|s| s.ends_with("(rollback)")).collect();
+    assert_eq!(
+        rollback,
+        [
+            "web2 discard failed (rollback)",
+            "web1 surge_start ok (rollback)",
+            "web1 surge_healthy ok (rollback)",
+            "web1 surge_add ok (rollback)",
+            "web1 surge_enable ok (rollback)",
+            "web1 drain ok (rollback)",
+            "web1 wait_sessions ok (rollback)",
+            "web1 overlap ok (rollback)",
+            "web1 retire ok (rollback)",
+        ]
+    );
+    assert_eq!(
+        done.status,
+        RolloutStatus::Failed,
+        "web2 needs an operator: {steps:#?}"
+    );
+    // web1 runs v1 again on its address, as the configured server; the v2 instance is gone.
+    assert_eq!(rig.runtime.version_of("web1").as_deref(), Some("v1"));
+    assert_eq!(rig.runtime.version_of("web1:surge"), None);
+    let servers: Vec<String> = rig
+        .lb
+        .servers("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| format!("{} {}", s.server, s.status))
+        .collect();
+    assert_eq!(servers, ["web2 UP", "web1 UP"]);
+    let store = rig.store.clone();
+    let (versions, slots) = db(async move {
+        (
+            store.backend_versions("web").await.unwrap(),
+            store.backend_slots("web").await.unwrap(),
+        )
+    })
+    .await;
+    assert!(
+        versions.contains(&("web1".to_owned(), "v1".to_owned())),
+        "{versions:?}"
+    );
+    assert!(
+        slots.contains(&("web1".to_owned(), crate::domain::Slot::Address)),
+        "{slots:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_rolling_rollout_refuses_a_backend_a_surge_left_on_its_surge_address() {
     let rig = Rig::new(Setup {
         backends: 2,
