@@ -58,6 +58,22 @@ pub struct BackendStatus {
     /// The `[[host]]` it runs on, as Baton last reached it; `None`: Baton's own machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostView>,
+    /// The backend's other instance while a surge overlaps the two (from the moment the new
+    /// one is added to the load balancer until the old one is removed); `address` and
+    /// `load_balancer` above are the current instance's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<OverlapView>,
+}
+
+/// The instance of a backend beside its current one during a surge: arriving (not yet UP and
+/// current) or leaving (drained, kept for the overlap).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlapView {
+    /// Its HAProxy server (`web1:surge` on the surge address).
+    pub server: String,
+    pub address: String,
+    /// One entry per load-balancer node.
+    pub load_balancer: Vec<NodeStatus>,
 }
 
 /// Which Baton replica answers, and which one leads (runs rollouts).
@@ -621,6 +637,21 @@ pub enum StepKind {
     Enable,
     /// Every node reports the backend UP.
     ConfirmUp,
+    /// Surge: start the new version beside the old one, on the backend's other address.
+    SurgeStart,
+    /// Surge: Baton's own probe of the new instance passes `healthy_threshold` times in a row.
+    SurgeHealthy,
+    /// Surge: the new instance's HAProxy server is added, drained, and its check passes.
+    SurgeAdd,
+    /// Surge: the new instance is in rotation and every node reports it UP; it is now the
+    /// backend's current instance.
+    SurgeEnable,
+    /// Surge: the old instance, drained, keeps running for the strategy's `overlap`.
+    Overlap,
+    /// Surge: the old instance is stopped and its HAProxy server removed.
+    Retire,
+    /// Surge rollback: the new instance, never made current, is taken out of HAProxy and stopped.
+    Discard,
 }
 
 impl StepKind {
@@ -899,6 +930,13 @@ mod tests {
             "lb_check",
             "enable",
             "confirm_up",
+            "surge_start",
+            "surge_healthy",
+            "surge_add",
+            "surge_enable",
+            "overlap",
+            "retire",
+            "discard",
         ]);
         assert_words::<StepOutcome>(&["ok", "failed", "timed_out", "interrupted"]);
         assert_words::<Trigger>(&["ui", "api", "cli", "webhook", "rollback"]);

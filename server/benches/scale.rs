@@ -173,6 +173,7 @@ async fn seed_history(database_url: &str, backends: &[String]) -> Result<(), Str
                 Ok(Target {
                     name: BackendName::parse(name).map_err(|e| e.to_string())?,
                     previous: from.clone(),
+                    slot: Default::default(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;

@@ -186,6 +186,61 @@ impl fmt::Display for BackendAddr {
     }
 }
 
+/// How a rollout replaces each backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// Take the backend out, stop the old version, start the new one in its place, put it back:
+    /// the service runs one backend short (per batch) during each step.
+    #[default]
+    Rolling,
+    /// Start the new version beside the old one on the backend's other address, put it in
+    /// rotation, and only then drain the old one, keep it for `overlap` and stop it: the
+    /// service never runs short.
+    Surge,
+}
+
+/// Which of a backend's two addresses an instance runs on. A surge rollout starts the next
+/// version on the other one, so the two alternate from rollout to rollout; a rolling one
+/// replaces the instance where it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    /// The backend's `address`.
+    #[default]
+    Address,
+    /// The backend's `surge_address`.
+    SurgeAddress,
+}
+
+impl Slot {
+    /// The other address: where the next version starts in a surge.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Address => Self::SurgeAddress,
+            Self::SurgeAddress => Self::Address,
+        }
+    }
+
+    /// The word stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Address => "address",
+            Self::SurgeAddress => "surge_address",
+        }
+    }
+
+    pub fn parse(word: &str) -> Result<Self, InvalidValue> {
+        match word {
+            "address" => Ok(Self::Address),
+            "surge_address" => Ok(Self::SurgeAddress),
+            other => Err(InvalidValue(format!(
+                "unknown slot {other:?}: expected \"address\" or \"surge_address\""
+            ))),
+        }
+    }
+}
+
 /// A duration written the human way in configuration: `"250ms"`, `"2s"`, `"1m30s"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -15,7 +15,8 @@ mod auth;
 mod hosts;
 
 use crate::domain::{
-    BackendAddr, BackendName, Duration, HostName, LoadBalancerName, ServiceName, Version,
+    BackendAddr, BackendName, Duration, HostName, LoadBalancerName, ServiceName, Slot,
+    StrategyKind, Version,
 };
 use auth::RawAuth;
 pub use auth::{AuthConfig, Https, PasswordChecks, Throttle};
@@ -141,6 +142,8 @@ pub struct ServiceSettings {
     pub approval: Option<Approval>,
     pub health: HealthSettings,
     pub drain: DrainSettings,
+    /// `[service.strategy]`: how each backend is replaced.
+    pub strategy: StrategySettings,
     pub runtime: RuntimeSettings,
     pub backends: Vec<BackendSettings>,
     /// `[service.webhook]`: `None` when git pushes may not start rollouts of this service.
@@ -335,6 +338,33 @@ impl Default for DrainSettings {
     }
 }
 
+/// `[service.strategy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategySettings {
+    #[serde(default)]
+    pub kind: StrategyKind,
+    /// How long the old process keeps running, drained, after its successor is UP (surge).
+    #[serde(default = "default_overlap")]
+    pub overlap: Duration,
+    /// `inter` of the HAProxy server Baton adds for a surge: HAProxy 2.6 does not report a
+    /// server's `inter`, so it cannot be copied from the server it replaces (rise, fall and
+    /// weight are). Default 2s, HAProxy's own; without `timeout check` it is also the check's
+    /// timeout.
+    #[serde(default = "default_check_inter")]
+    pub check_inter: Duration,
+}
+
+impl Default for StrategySettings {
+    fn default() -> Self {
+        Self {
+            kind: StrategyKind::default(),
+            overlap: default_overlap(),
+            check_inter: default_check_inter(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
     pub kind: RuntimeKind,
@@ -407,9 +437,33 @@ pub enum StopSignal {
 pub struct BackendSettings {
     pub name: BackendName,
     pub address: BackendAddr,
+    /// Where the next version starts in a surge rollout; the two addresses alternate.
+    #[serde(default)]
+    pub surge_address: Option<BackendAddr>,
     /// The `[[host]]` it runs on; `None`: this machine.
     #[serde(default)]
     pub host: Option<HostName>,
+}
+
+impl BackendSettings {
+    /// The address of `slot`. A backend recorded on its surge address whose `surge_address` was
+    /// since removed from the file can only be found at `address`.
+    pub fn address_of(&self, slot: Slot) -> BackendAddr {
+        match slot {
+            Slot::Address => self.address,
+            Slot::SurgeAddress => self.surge_address.unwrap_or(self.address),
+        }
+    }
+
+    /// The HAProxy server of the instance on `slot`: the backend's name on `address` (the
+    /// server haproxy.cfg declares), `<name>:surge` on `surge_address` (a dynamic server Baton
+    /// adds; `:` cannot appear in a backend name, so the two never collide).
+    pub fn haproxy_server(&self, slot: Slot) -> String {
+        match slot {
+            Slot::Address => self.name.as_str().to_owned(),
+            Slot::SurgeAddress => format!("{}:surge", self.name.as_str()),
+        }
+    }
 }
 
 /// Values from the environment that override the file.
@@ -780,6 +834,8 @@ impl RawService {
             .map_err(|(key, message)| source.invalid(at(&format!("health.{key}")), message))?;
         self.check_backends(hosts)
             .map_err(|(key, message)| source.invalid(at(&key), message))?;
+        self.check_surge()
+            .map_err(|(key, message)| source.invalid(at(&key), message))?;
         let runtime = self
             .runtime
             .validate(secret)
@@ -803,6 +859,7 @@ impl RawService {
             approval: self.approval,
             health: self.health,
             drain: self.drain,
+            strategy: self.strategy,
             runtime,
             backends: self.backends,
             webhook,
@@ -822,6 +879,51 @@ impl RawService {
                     self.health.path
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// With `kind = "surge"`, every backend has a `surge_address` of its own, and runs on this
+    /// machine; an error is `(key, message)`.
+    fn check_surge(&self) -> Result<(), (String, String)> {
+        if self.strategy.kind != StrategyKind::Surge {
+            return Ok(());
+        }
+        let mut taken = HashSet::new();
+        for backend in &self.backends {
+            taken.insert(backend.address);
+        }
+        for (b, backend) in self.backends.iter().enumerate() {
+            let Some(surge) = backend.surge_address else {
+                return Err((
+                    format!("backend[{b}].surge_address"),
+                    format!(
+                        "backend {:?} has no surge_address: expected one (such as \"127.0.0.1:{}\") since strategy.kind is \"surge\", where the next version starts beside the running one",
+                        backend.name.as_str(),
+                        backend.address.port().wrapping_add(100)
+                    ),
+                ));
+            };
+            if !taken.insert(surge) {
+                return Err((
+                    format!("backend[{b}].surge_address"),
+                    format!(
+                        "surge_address {surge} is already another address of this service: expected an address of its own, since both instances run at once"
+                    ),
+                ));
+            }
+            // The remote agent keeps one record per backend on its host, so it cannot run two
+            // instances of one backend at once.
+            if let Some(host) = &backend.host {
+                return Err((
+                    "strategy.kind".into(),
+                    format!(
+                        "backend {:?} runs on [[host]] {:?}, and surge is supported only for backends on this machine: expected kind = \"rolling\" for a service with backends on other hosts",
+                        backend.name.as_str(),
+                        host.as_str()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -942,6 +1044,8 @@ struct RawService {
     health: HealthSettings,
     #[serde(default)]
     drain: DrainSettings,
+    #[serde(default)]
+    strategy: StrategySettings,
     runtime: RawRuntime,
     #[serde(default, rename = "backend")]
     backends: Vec<BackendSettings>,
@@ -1195,6 +1299,12 @@ fn default_healthy_threshold() -> u32 {
 fn default_start_timeout() -> Duration {
     Duration::from_millis(60_000)
 }
+fn default_overlap() -> Duration {
+    Duration::from_millis(10_000)
+}
+fn default_check_inter() -> Duration {
+    Duration::from_millis(2_000)
+}
 fn default_drain_timeout() -> Duration {
     Duration::from_millis(30_000)
 }
@@ -1260,6 +1370,85 @@ address = "127.0.0.1:18002"
         parse(text)
             .expect_err("the configuration should be refused")
             .to_string()
+    }
+
+    /// FULL with `[service.strategy]` and each backend's surge address (`None`: left out).
+    fn surge_config(surge: [Option<&str>; 2]) -> String {
+        let mut text = FULL.replace(
+            "[service.drain]",
+            "[service.strategy]\nkind = \"surge\"\noverlap = \"3s\"\n\n[service.drain]",
+        );
+        for (address, surge) in ["127.0.0.1:18001", "127.0.0.1:18002"].iter().zip(surge) {
+            if let Some(surge) = surge {
+                text = text.replace(
+                    &format!("address = \"{address}\"\n"),
+                    &format!("address = \"{address}\"\nsurge_address = \"{surge}\"\n"),
+                );
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn a_surge_strategy_is_read_with_its_overlap_and_rolling_stays_the_default() {
+        let settings = parse(&surge_config([
+            Some("127.0.0.1:18101"),
+            Some("127.0.0.1:18102"),
+        ]))
+        .unwrap();
+        let api = &settings.services[0];
+        assert_eq!(api.strategy.kind, StrategyKind::Surge);
+        assert_eq!(
+            api.strategy.overlap.get(),
+            std::time::Duration::from_secs(3)
+        );
+        let s1 = &api.backends[0];
+        assert_eq!(s1.address_of(Slot::SurgeAddress).port(), 18101);
+        assert_eq!(s1.address_of(Slot::Address).port(), 18001);
+        assert_eq!(s1.haproxy_server(Slot::Address), "s1");
+        assert_eq!(s1.haproxy_server(Slot::SurgeAddress), "s1:surge");
+
+        let rolling = parse(FULL).unwrap();
+        assert_eq!(rolling.services[0].strategy.kind, StrategyKind::Rolling);
+        assert_eq!(
+            rolling.services[0].strategy.overlap.get(),
+            std::time::Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn a_surge_without_a_surge_address_of_its_own_or_on_another_host_is_refused() {
+        let missing = error(&surge_config([Some("127.0.0.1:18101"), None]));
+        assert!(
+            missing.contains(
+                "key `service[0].backend[1].surge_address`: backend \"s2\" has no surge_address"
+            ),
+            "{missing}"
+        );
+        let shared = error(&surge_config([
+            Some("127.0.0.1:18101"),
+            Some("127.0.0.1:18001"),
+        ]));
+        assert!(
+            shared.contains(
+                "surge_address 127.0.0.1:18001 is already another address of this service"
+            ),
+            "{shared}"
+        );
+        let unknown = error(&FULL.replace(
+            "[service.drain]",
+            "[service.strategy]\nkind = \"blue_green\"\n\n[service.drain]",
+        ));
+        assert!(unknown.contains("blue_green"), "{unknown}");
+        let remote = error(&format!(
+            "{HOSTS}{}",
+            surge_config([Some("127.0.0.1:18101"), Some("127.0.0.1:18102")])
+                .replace("name = \"s2\"\n", "name = \"s2\"\nhost = \"app1\"\n")
+        ));
+        assert!(
+            remote.contains("key `service[0].strategy.kind`: backend \"s2\" runs on [[host]] \"app1\", and surge is supported only for backends on this machine"),
+            "{remote}"
+        );
     }
 
     const HOSTS: &str = r#"

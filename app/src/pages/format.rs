@@ -39,6 +39,13 @@ pub fn step_label(step: StepKind) -> &'static str {
         StepKind::LbCheck => "LB check",
         StepKind::Enable => "Enabled",
         StepKind::ConfirmUp => "Confirmed UP",
+        StepKind::SurgeStart => "Started beside",
+        StepKind::SurgeHealthy => "New one healthy",
+        StepKind::SurgeAdd => "Added to the LB",
+        StepKind::SurgeEnable => "New one UP",
+        StepKind::Overlap => "Overlap",
+        StepKind::Retire => "Old one retired",
+        StepKind::Discard => "New one discarded",
     }
 }
 
@@ -57,6 +64,13 @@ pub fn step_doing(step: StepKind) -> &'static str {
         StepKind::LbCheck => "Waiting for the LB check",
         StepKind::Enable => "Enabling",
         StepKind::ConfirmUp => "Confirming UP",
+        StepKind::SurgeStart => "Starting beside the old one",
+        StepKind::SurgeHealthy => "Waiting until the new one is healthy",
+        StepKind::SurgeAdd => "Adding the new one to the LB",
+        StepKind::SurgeEnable => "Putting the new one in rotation",
+        StepKind::Overlap => "Overlapping: the old one drained",
+        StepKind::Retire => "Retiring the old one",
+        StepKind::Discard => "Discarding the new one",
     }
 }
 

@@ -373,10 +373,16 @@ fn row_state(steps: &[StepSummary], to_version: &str, finished: bool, whole: boo
     match last.outcome {
         None if last.rollback => format!("Rolling back: {}", step_doing(last.step)),
         None => step_doing(last.step).to_owned(),
-        Some(StepOutcome::Ok) if last.step == StepKind::ConfirmUp && last.rollback => {
+        // A surged backend's last step is the old instance's retirement.
+        Some(StepOutcome::Ok)
+            if matches!(
+                last.step,
+                StepKind::ConfirmUp | StepKind::Retire | StepKind::Discard
+            ) && last.rollback =>
+        {
             format!("Rolled back: runs {}", last.version)
         }
-        Some(StepOutcome::Ok) if last.step == StepKind::ConfirmUp => {
+        Some(StepOutcome::Ok) if matches!(last.step, StepKind::ConfirmUp | StepKind::Retire) => {
             format!("Done: runs {to_version}")
         }
         Some(StepOutcome::Ok | StepOutcome::TimedOut) => {
@@ -756,4 +762,39 @@ fn Controls(
 enum Confirm {
     Abort,
     RollBack,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: StepKind, rollback: bool, version: &str) -> StepSummary {
+        StepSummary {
+            id: 1,
+            backend: Some("web1".into()),
+            step,
+            rollback,
+            version: version.into(),
+            started_at: 0,
+            finished_at: Some(1),
+            outcome: Some(StepOutcome::Ok),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_surged_backend_is_done_once_its_old_instance_is_retired() {
+        let done = [step(StepKind::Retire, false, "v2")];
+        assert_eq!(row_state(&done, "v2", true, false), "Done: runs v2");
+        let overlapping = [step(StepKind::Overlap, false, "v2")];
+        assert_eq!(
+            row_state(&overlapping, "v2", false, false),
+            "In progress: Overlap done"
+        );
+        let discarded = [step(StepKind::Discard, true, "v1")];
+        assert_eq!(
+            row_state(&discarded, "v2", true, false),
+            "Rolled back: runs v1"
+        );
+    }
 }

@@ -13,8 +13,8 @@ use super::widgets::LocalTime;
 use crate::auth::{allows, use_caller};
 use crate::fleet::fleet_status;
 use crate::model::{
-    ActiveRollout, BackendStatus, CheckResult, HostView, Reachability, Role, RolloutStatus,
-    ServiceStatus, StepKind,
+    ActiveRollout, BackendStatus, CheckResult, HostView, OverlapView, Reachability, Role,
+    RolloutStatus, ServiceStatus, StepKind,
 };
 
 #[component]
@@ -340,6 +340,28 @@ fn host_row(host: Option<&HostView>) -> impl IntoView + use<> {
     .into_any()
 }
 
+/// The other instance of a backend while a surge runs both: where it listens and what HAProxy
+/// says of it on each node.
+fn overlap_line(overlap: &OverlapView) -> AnyView {
+    let states: Vec<String> = overlap
+        .load_balancer
+        .iter()
+        .map(|node| node.status.to_string())
+        .collect();
+    view! {
+        <div class="small overlap" data-testid="overlap">
+            "overlapping with "
+            <span class="address">{overlap.address.clone()}</span>
+            " ("
+            {overlap.server.clone()}
+            ": "
+            <span data-lb-status=states.join(", ")>{states.join(", ")}</span>
+            ")"
+        </div>
+    }
+    .into_any()
+}
+
 fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView + use<> {
     let unreachable = backend
         .host
@@ -408,12 +430,14 @@ fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView
             </span>
         }
     });
+    let overlap = backend.overlap.as_ref().map(overlap_line);
     view! {
         <tr data-backend=backend.name.clone() class:acting-row=acting>
             <th scope="row" data-label="Backend">
                 {backend.name.clone()}
                 <span class="muted small address">{backend.address.clone()}</span>
                 {step}
+                {overlap}
             </th>
             <td data-label="Version" data-testid="backend-version">
                 {match unreachable {
@@ -515,6 +539,7 @@ mod tests {
                 last_error: None,
                 last_seen: None,
             }),
+            overlap: None,
         }
     }
 

@@ -79,8 +79,18 @@ pub struct CommandRuntime {
     timeout: Duration,
     /// The commands' working directory, which also holds their logs.
     working_dir: PathBuf,
-    /// What this Baton started, by backend; a command runtime cannot see processes itself.
+    /// What this Baton started, by backend instance (`<backend>` on its address,
+    /// `<backend>@surge` on its surge address); a command runtime cannot see processes itself.
     started: Mutex<BTreeMap<String, Version>>,
+}
+
+/// The key of one instance of a backend in `started`: during a surge two run at once, and the
+/// user's commands tell them apart by `BATON_PORT`.
+fn instance_key(backend: &BackendSpec) -> String {
+    match backend.slot {
+        crate::domain::Slot::Address => backend.name.to_string(),
+        crate::domain::Slot::SurgeAddress => format!("{}@surge", backend.name),
+    }
 }
 
 impl CommandRuntime {
@@ -393,7 +403,7 @@ impl Runtime for CommandRuntime {
         self.started
             .lock()
             .expect("not poisoned")
-            .insert(backend.name.to_string(), version.clone());
+            .insert(instance_key(backend), version.clone());
         Ok(())
     }
 
@@ -402,7 +412,7 @@ impl Runtime for CommandRuntime {
             .started
             .lock()
             .expect("not poisoned")
-            .get(backend.name.as_str())
+            .get(&instance_key(backend))
             .cloned();
         self.run(
             Step::Stop,
@@ -419,7 +429,7 @@ impl Runtime for CommandRuntime {
         self.started
             .lock()
             .expect("not poisoned")
-            .remove(backend.name.as_str());
+            .remove(&instance_key(backend));
         Ok(())
     }
 
@@ -430,7 +440,7 @@ impl Runtime for CommandRuntime {
             .started
             .lock()
             .expect("not poisoned")
-            .get(backend.name.as_str())
+            .get(&instance_key(backend))
             .cloned();
         match version {
             Some(version) => Ok(BackendRun::Running { version, pid: None }),
@@ -501,7 +511,33 @@ stop = 'echo "stop $BATON_BACKEND" >> {log}; test "$BATON_BACKEND" != s2 || {{ e
             service: crate::domain::ServiceName::parse("api").unwrap(),
             name: crate::domain::BackendName::parse(name).unwrap(),
             address: crate::domain::BackendAddr::parse("127.0.0.1:18001").unwrap(),
+            slot: crate::domain::Slot::Address,
         }
+    }
+
+    #[tokio::test]
+    async fn both_instances_of_a_surge_are_told_apart_by_their_port_and_tracked_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime(dir.path());
+        let home = spec("s1");
+        let surge = BackendSpec {
+            address: crate::domain::BackendAddr::parse("127.0.0.1:18101").unwrap(),
+            slot: crate::domain::Slot::SurgeAddress,
+            ..spec("s1")
+        };
+        let v = |v: &str| Version::parse(v).unwrap();
+        runtime.start(&home, &v("v1")).await.unwrap();
+        runtime.start(&surge, &v("v2")).await.unwrap();
+        runtime.stop(&home).await.unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("log")).unwrap(),
+            "start s1 18001 v1\nstart s1 18101 v2\nstop s1\n"
+        );
+        assert!(
+            matches!(runtime.status(&surge).await, Ok(BackendRun::Running { version, .. }) if version == v("v2")),
+            "retiring the old instance forgets only it"
+        );
+        assert!(runtime.status(&home).await.is_err());
     }
 
     #[tokio::test]

@@ -43,14 +43,37 @@ pub struct Call {
 /// What was asked of a fake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum What {
-    SetState { server: String, state: AdminState },
+    SetState {
+        server: String,
+        state: AdminState,
+    },
     Servers,
-    ShutdownSessions { server: String },
-    Prepare { version: String },
-    Start { backend: String, version: String },
-    Stop { backend: String },
-    Status { backend: String },
-    Probe { backend: String },
+    ShutdownSessions {
+        server: String,
+    },
+    Prepare {
+        version: String,
+    },
+    Start {
+        backend: String,
+        version: String,
+    },
+    Stop {
+        backend: String,
+    },
+    Status {
+        backend: String,
+    },
+    Probe {
+        backend: String,
+    },
+    AddServer {
+        server: String,
+        address: BackendAddr,
+    },
+    RemoveServer {
+        server: String,
+    },
 }
 
 impl What {
@@ -61,7 +84,9 @@ impl What {
             | Self::ShutdownSessions { .. }
             | Self::Prepare { .. }
             | Self::Start { .. }
-            | Self::Stop { .. } => true,
+            | Self::Stop { .. }
+            | Self::AddServer { .. }
+            | Self::RemoveServer { .. } => true,
             Self::Servers | Self::Status { .. } | Self::Probe { .. } => false,
         }
     }
@@ -79,6 +104,8 @@ impl fmt::Display for What {
             Self::Stop { backend } => write!(f, "stop {backend}"),
             Self::Status { backend } => write!(f, "status {backend}"),
             Self::Probe { backend } => write!(f, "probe {backend}"),
+            Self::AddServer { server, address } => write!(f, "add server {server} {address}"),
+            Self::RemoveServer { server } => write!(f, "del server {server}"),
         }
     }
 }
@@ -198,6 +225,15 @@ enum Reply {
     Silent,
 }
 
+/// How the fakes name one instance of a backend: as its HAProxy server is named (`s1` on its
+/// address, `s1:surge` on its surge address), so the fake HAProxy checks the right process.
+fn instance(backend: &BackendSpec) -> String {
+    match backend.slot {
+        crate::domain::Slot::Address => backend.name.to_string(),
+        crate::domain::Slot::SurgeAddress => format!("{}:surge", backend.name),
+    }
+}
+
 /// A [`Runtime`] of pretend processes, and the [`HealthProbe`] that asks them.
 pub struct FakeRuntime {
     log: Arc<CallLog>,
@@ -302,7 +338,7 @@ impl FakeRuntime {
         let pid = state.pid();
         state
             .backends
-            .entry(backend.name.to_string())
+            .entry(instance(backend))
             .or_insert_with(|| Backend {
                 address: backend.address,
                 runs: Vec::new(),
@@ -401,7 +437,7 @@ impl Runtime for FakeRuntime {
 
     async fn start(&self, backend: &BackendSpec, version: &Version) -> Result<(), RuntimeError> {
         self.log.record(What::Start {
-            backend: backend.name.to_string(),
+            backend: instance(backend),
             version: version.to_string(),
         });
         if let Some(reason) = self.unreachable(backend) {
@@ -417,7 +453,7 @@ impl Runtime for FakeRuntime {
             let pid = state.pid();
             let entry = state
                 .backends
-                .entry(backend.name.to_string())
+                .entry(instance(backend))
                 .or_insert_with(|| Backend {
                     address: backend.address,
                     runs: Vec::new(),
@@ -458,7 +494,7 @@ impl Runtime for FakeRuntime {
 
     async fn stop(&self, backend: &BackendSpec) -> Result<(), RuntimeError> {
         self.log.record(What::Stop {
-            backend: backend.name.to_string(),
+            backend: instance(backend),
         });
         if let Some(reason) = self.unreachable(backend) {
             return Err(RuntimeError::Stop {
@@ -470,7 +506,7 @@ impl Runtime for FakeRuntime {
         let mut state = lock(&self.state);
         if let Some(run) = state
             .backends
-            .get_mut(backend.name.as_str())
+            .get_mut(&instance(backend))
             .and_then(|backend| backend.runs.last_mut())
             && run.stopped.is_none()
         {
@@ -484,7 +520,7 @@ impl Runtime for FakeRuntime {
 
     async fn status(&self, backend: &BackendSpec) -> Result<BackendRun, RuntimeError> {
         self.log.record(What::Status {
-            backend: backend.name.to_string(),
+            backend: instance(backend),
         });
         if let Some(reason) = self.unreachable(backend) {
             return Err(RuntimeError::Other(reason));
@@ -493,7 +529,7 @@ impl Runtime for FakeRuntime {
         let state = lock(&self.state);
         let Some(run) = state
             .backends
-            .get(backend.name.as_str())
+            .get(&instance(backend))
             .and_then(|backend| backend.runs.last())
         else {
             return Ok(BackendRun::Stopped { exit: None });
@@ -1017,6 +1053,79 @@ impl LoadBalancer for FakeLb {
             .await?;
         Ok(cut.into_iter().sum())
     }
+
+    /// Adds the server in maint with `like`'s checks, as HAProxy's `add server` does (the
+    /// `inter` given replaces `like`'s). Already there is success.
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+        like: &str,
+        inter: Duration,
+    ) -> Result<(), LbError> {
+        let what = What::AddServer {
+            server: server.to_owned(),
+            address,
+        };
+        let command = what.to_string();
+        self.log.record(what);
+        self.on_every_node(&command, |node, _| {
+            if backend != self.backend {
+                return Err(self.no_such(node, backend, server));
+            }
+            if node.servers.iter().any(|s| s.name == server) {
+                return Ok(());
+            }
+            let Some(like) = node.servers.iter().find(|s| s.name == like) else {
+                return Err(self.no_such(node, backend, like));
+            };
+            let added = Server {
+                name: server.to_owned(),
+                admin: AdminState::Maint,
+                checks: like.checks.map(|checks| Checks { inter, ..checks }),
+                health: 0,
+                last_check: None,
+                next_check: None,
+                sessions: Vec::new(),
+                backup: like.backup,
+                reachable: true,
+            };
+            node.servers.push(added);
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the server; one with open sessions is refused, as HAProxy refuses it.
+    async fn remove_server(&self, backend: &str, server: &str) -> Result<(), LbError> {
+        let what = What::RemoveServer {
+            server: server.to_owned(),
+        };
+        let command = what.to_string();
+        self.log.record(what);
+        self.on_every_node(&command, |node, now| {
+            if backend != self.backend {
+                return Err(self.no_such(node, backend, server));
+            }
+            let Some(index) = node.servers.iter().position(|s| s.name == server) else {
+                return Ok(());
+            };
+            node.servers[index].set_admin(AdminState::Maint, now);
+            if node.servers[index].open_sessions(now) > 0 {
+                return Err(LbError::Refused {
+                    node: node.name.clone(),
+                    command: command.clone(),
+                    reply: "Server still has connections attached to it, cannot remove it.".into(),
+                });
+            }
+            node.servers.remove(index);
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1031,6 +1140,7 @@ mod tests {
             service: ServiceName::parse("web").unwrap(),
             name: BackendName::parse(name).unwrap(),
             address: BackendAddr::parse(&format!("127.0.0.1:{port}")).unwrap(),
+            slot: crate::domain::Slot::Address,
         }
     }
 

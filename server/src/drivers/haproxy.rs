@@ -40,6 +40,16 @@
 //! `rise × fastinter`, is what waiting for HAProxy's check costs a rollout per backend.
 //!
 //! `maint` and `drain` do not cut open sessions; `shutdown sessions server` does.
+//!
+//! Servers added at runtime (`add server`, for a surge), measured the same way: the backend's
+//! balance algorithm must allow them (roundrobin, the default, does); the new server starts in
+//! `MAINT` with its checks off until `enable health`; `default-server` is **not** applied to it
+//! (`show stat` shows `check_fall` 3, HAProxy's default, beside servers declared with `fall 2`),
+//! while the backend's `option httpchk` and `timeout check` are; the answer is `New server
+//! registered.`, or `Already exists a server with the same name in backend.`. `del server`
+//! answers `Only servers in maintenance mode can be deleted.` unless the server is in maint,
+//! then `Server deleted.`, then `No such server.`; a server declared in haproxy.cfg can be
+//! deleted too. `:` is allowed in server names, and never in Baton's backend names.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -54,6 +64,7 @@ use tokio::task::JoinSet;
 use super::{
     AdminState, CheckResult, Health, LbError, LoadBalancer, MaintCause, ServerState, ServerStatus,
 };
+use crate::domain::BackendAddr;
 use crate::settings::RuntimeApiAddr;
 
 /// The largest answer read from the runtime API; a longer one is a protocol error.
@@ -223,6 +234,69 @@ impl LoadBalancer for HaproxyDriver {
             .await?;
         Ok(counts.into_iter().sum())
     }
+
+    /// `add server <backend>/<server> <address> check inter … rise … fall … weight …`, then
+    /// `enable health`, on every node where it is missing. The health-check settings are
+    /// `like`'s as `show stat` reports them (a dynamic server does not inherit `default-server`
+    /// in HAProxy 2.6) with `inter` given, since `show stat` does not report it. The new server
+    /// is in maint. A node where the server already is, at `address`, is left as it is.
+    ///
+    /// Cancellation-safe: a repeated call finds the server there and converges.
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+        like: &str,
+        inter: Duration,
+    ) -> Result<(), LbError> {
+        self.check_names(backend, server)?;
+        self.check_names(backend, like)?;
+        let (backend, server, like) = (backend.to_owned(), server.to_owned(), like.to_owned());
+        self.on_every_node(|node| {
+            let (backend, server, like) = (backend.clone(), server.clone(), like.clone());
+            async move {
+                node.add_server(&backend, &server, address, &like, inter)
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `set server <backend>/<server> state maint` then `del server <backend>/<server>` on
+    /// every node; a node without the server has nothing to do. HAProxy refuses to delete a
+    /// server that still has connections (`Refused`); calling again later converges.
+    ///
+    /// Cancellation-safe: both commands are idempotent.
+    async fn remove_server(&self, backend: &str, server: &str) -> Result<(), LbError> {
+        self.check_names(backend, server)?;
+        let (backend, server) = (backend.to_owned(), server.to_owned());
+        self.on_every_node(|node| {
+            let (backend, server) = (backend.clone(), server.clone());
+            async move {
+                let command = format!("set server {backend}/{server} state maint");
+                let reply = node.run(&command).await?;
+                match expect_empty(&node, &command, &reply, &backend, &server) {
+                    Ok(()) => {}
+                    Err(LbError::NoSuchServer { .. }) => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+                let command = format!("del server {backend}/{server}");
+                let reply = node.run(&command).await?;
+                match reply.trim() {
+                    "Server deleted." | "No such server." => Ok(()),
+                    other => Err(LbError::Refused {
+                        node: node.name.clone(),
+                        command,
+                        reply: other.to_owned(),
+                    }),
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
 }
 
 /// One node as a task sees it.
@@ -298,6 +372,96 @@ impl Node {
             node: self.name.clone(),
             reason,
         })
+    }
+
+    /// [`HaproxyDriver::add_server`] on this node.
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+        like: &str,
+        inter: Duration,
+    ) -> Result<(), LbError> {
+        let rows = self.server_lines(backend).await?;
+        if self.already_there(&rows, backend, server, address)? {
+            return Ok(());
+        }
+        let like = rows
+            .iter()
+            .find(|row| row.server == like)
+            .ok_or_else(|| self.no_such(backend, like))?;
+        let mut command = format!("add server {backend}/{server} {address}");
+        if let Some((rise, fall)) = like.checks {
+            command.push_str(&format!(
+                " check inter {}ms rise {rise} fall {fall}",
+                inter.as_millis().max(1)
+            ));
+        }
+        command.push_str(&format!(" weight {}", like.weight));
+        if like.backup {
+            command.push_str(" backup");
+        }
+        let reply = self.run(&command).await?;
+        match reply.trim() {
+            "New server registered." => {}
+            // Added meanwhile (by a retry of this command whose answer was lost, or another
+            // runtime-API client of this node): fine if at the same address.
+            "Already exists a server with the same name in backend."
+                if self.already_there(
+                    &self.server_lines(backend).await?,
+                    backend,
+                    server,
+                    address,
+                )? => {}
+            other => {
+                return Err(LbError::Refused {
+                    node: self.name.clone(),
+                    command,
+                    reply: other.to_owned(),
+                });
+            }
+        }
+        if like.checks.is_some() {
+            let command = format!("enable health {backend}/{server}");
+            let reply = self.run(&command).await?;
+            expect_empty(self, &command, &reply, backend, server)?;
+        }
+        Ok(())
+    }
+
+    /// `show stat` of `backend` on this node, for [`Node::add_server`].
+    async fn server_lines(&self, backend: &str) -> Result<Vec<ServerLine>, LbError> {
+        let reply = self.run(&format!("show stat {backend} 4 -1")).await?;
+        if reply.trim() == "No such proxy." {
+            return Err(self.no_such(backend, "*"));
+        }
+        parse_server_lines(backend, &reply).map_err(|reason| LbError::Protocol {
+            node: self.name.clone(),
+            reason,
+        })
+    }
+
+    /// Whether `server` is among `rows` at `address`; at another address it is an error.
+    fn already_there(
+        &self,
+        rows: &[ServerLine],
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+    ) -> Result<bool, LbError> {
+        match rows.iter().find(|row| row.server == server) {
+            None => Ok(false),
+            Some(there) if there.addr == address.to_string() => Ok(true),
+            Some(there) => Err(LbError::Refused {
+                node: self.name.clone(),
+                command: format!("add server {backend}/{server} {address}"),
+                reply: format!(
+                    "a server {backend}/{server} already exists at {}: expected it at {address} or absent",
+                    there.addr
+                ),
+            }),
+        }
     }
 
     fn no_such(&self, backend: &str, server: &str) -> LbError {
@@ -455,6 +619,82 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
             sessions,
             backup,
             fall,
+        });
+    }
+    Ok(servers)
+}
+
+/// What [`Node::add_server`] copies from a server: its `show stat` columns `addr`,
+/// `check_rise`/`check_fall` (empty without checks), `uweight` and `bck`.
+struct ServerLine {
+    server: String,
+    addr: String,
+    checks: Option<(u32, u32)>,
+    weight: u32,
+    backup: bool,
+}
+
+/// `show stat` CSV, read for the columns of [`ServerLine`], for the servers of `backend`.
+fn parse_server_lines(backend: &str, reply: &str) -> Result<Vec<ServerLine>, String> {
+    let mut lines = reply.lines();
+    let header = lines
+        .next()
+        .unwrap_or_default()
+        .strip_prefix("# ")
+        .ok_or_else(|| {
+            format!(
+                "expected a `# pxname,…` CSV header, got {:?}",
+                excerpt(reply)
+            )
+        })?;
+    let names = split_csv(header)?;
+    let column = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| format!("the CSV header has no `{name}` column"))
+    };
+    let columns = [
+        column("pxname")?,
+        column("svname")?,
+        column("addr")?,
+        column("check_rise")?,
+        column("check_fall")?,
+        column("uweight")?,
+        column("bck")?,
+    ];
+    let [pxname, svname, addr, rise, fall, weight, bck] = columns;
+    let needed = columns.into_iter().max().unwrap_or(0);
+    let mut servers = Vec::new();
+    for line in lines.filter(|line| !line.trim().is_empty()) {
+        let row = split_csv(line)?;
+        if row.len() <= needed {
+            return Err(format!(
+                "CSV row has {} fields: {:?}",
+                row.len(),
+                excerpt(line)
+            ));
+        }
+        if row[pxname] != backend || row[svname] == "FRONTEND" || row[svname] == "BACKEND" {
+            continue;
+        }
+        let number = |i: usize| {
+            row[i].parse::<u32>().map_err(|_| {
+                format!(
+                    "`{}` of {} is {:?}, not a number",
+                    names[i], row[svname], row[i]
+                )
+            })
+        };
+        servers.push(ServerLine {
+            server: row[svname].to_string(),
+            addr: row[addr].to_string(),
+            checks: match (&*row[rise], &*row[fall]) {
+                ("", _) | (_, "") => None,
+                _ => Some((number(rise)?, number(fall)?)),
+            },
+            weight: number(weight)?,
+            backup: &*row[bck] == "1",
         });
     }
     Ok(servers)
@@ -838,6 +1078,86 @@ mod tests {
                 backup: true,
             },
         ]
+    }
+
+    #[tokio::test]
+    async fn a_server_added_at_runtime_copies_the_checks_serves_once_ready_and_is_removed() {
+        let (s1, s2, b1) = three_backends().await;
+        let surge = TestBackend::start("s1:surge").await;
+        let haproxy = Haproxy::start(&lines(&s1, &s2, &b1)).await;
+        // Two runtime-API sockets of one HAProxy: the calls through both race, as a retried
+        // command whose answer was lost does.
+        let driver = HaproxyDriver::new(vec![haproxy.unix_node(), haproxy.tcp_node()], quick());
+        let address = BackendAddr::parse(&format!("127.0.0.1:{}", surge.port)).unwrap();
+        let add =
+            || driver.add_server("app", "s1:surge", address, "s1", Duration::from_millis(100));
+        add().await.unwrap();
+        add().await.unwrap(); // already there at that address: nothing to do
+        let added = status_of(&driver, "s1:surge").await;
+        assert_eq!(added.status.to_string(), "MAINT", "added in maint");
+        assert_eq!(
+            added.fall,
+            Some(2),
+            "fall copied from s1 (default-server is not applied)"
+        );
+        assert!(!added.backup);
+
+        // Drained, its check passes without traffic; ready, it serves.
+        driver
+            .set_state("app", "s1:surge", AdminState::Drain)
+            .await
+            .unwrap();
+        wait_for(&driver, &["s1:surge"], "DRAIN", Some("L7OK")).await;
+        driver
+            .set_state("app", "s1:surge", AdminState::Ready)
+            .await
+            .unwrap();
+        wait_for(&driver, &["s1:surge"], "UP", Some("L7OK")).await;
+        eventually("s1:surge answers through the frontend", || async {
+            spread(&haproxy.frontend, 6)
+                .await
+                .iter()
+                .any(|b| b == "s1:surge")
+        })
+        .await;
+
+        // Elsewhere is refused: a server of that name serves something else.
+        let elsewhere = BackendAddr::parse(&format!("127.0.0.1:{}", s2.port)).unwrap();
+        let refused = driver
+            .add_server(
+                "app",
+                "s1:surge",
+                elsewhere,
+                "s1",
+                Duration::from_millis(100),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("already exists at 127.0.0.1:"),
+            "{refused}"
+        );
+
+        // The server from haproxy.cfg can go too, and removing twice is no error.
+        driver.remove_server("app", "s1").await.unwrap();
+        driver.remove_server("app", "s1").await.unwrap();
+        let names: Vec<String> = driver
+            .servers("app")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.server)
+            .collect();
+        assert!(!names.iter().any(|n| n == "s1"), "{names:?}");
+        for answer in spread(&haproxy.frontend, 6).await {
+            assert_ne!(answer, "s1", "a removed server gets no traffic");
+        }
+        // A backup is added as a backup.
+        driver
+            .add_server("app", "b1:surge", address, "b1", Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(status_of(&driver, "b1:surge").await.backup);
     }
 
     #[test]

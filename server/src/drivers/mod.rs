@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::domain::{BackendAddr, BackendName, ServiceName, Version};
+use crate::domain::{BackendAddr, BackendName, ServiceName, Slot, Version};
 
 /// A load balancer's view of a server, parsed by its driver (shared with the UI, which shows it).
 pub use app::model::{CheckResult, Health, MaintCause, ServerState};
@@ -134,6 +134,19 @@ pub trait LoadBalancer: Send + Sync {
     async fn servers(&self, backend: &str) -> Result<Vec<ServerStatus>, LbError>;
     /// Closes the server's remaining sessions on every node; returns how many were open.
     async fn shutdown_sessions(&self, backend: &str, server: &str) -> Result<u64, LbError>;
+    /// Adds `backend/server` at `address` on every node that lacks it, in maint, with its
+    /// health check (every `inter`) and weight like `like`'s. Already there at `address` is
+    /// success.
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: BackendAddr,
+        like: &str,
+        inter: Duration,
+    ) -> Result<(), LbError>;
+    /// Puts `backend/server` in maint and removes it on every node. Already gone is success.
+    async fn remove_server(&self, backend: &str, server: &str) -> Result<(), LbError>;
 }
 
 /// The backend a runtime acts on.
@@ -142,6 +155,25 @@ pub struct BackendSpec {
     pub service: ServiceName,
     pub name: BackendName,
     pub address: BackendAddr,
+    /// Which of the backend's addresses `address` is: during a surge two instances of one
+    /// backend run at once, one on each, and a runtime keeps them apart by it.
+    pub slot: Slot,
+}
+
+impl BackendSpec {
+    /// The instance of `backend` on `slot`.
+    pub fn of(
+        service: &ServiceName,
+        backend: &crate::settings::BackendSettings,
+        slot: Slot,
+    ) -> Self {
+        Self {
+            service: service.clone(),
+            name: backend.name.clone(),
+            address: backend.address_of(slot),
+            slot,
+        }
+    }
 }
 
 /// What runs on a backend, as the runtime knows it.

@@ -224,6 +224,7 @@ mod tests {
             service: ServiceName::parse("web").unwrap(),
             name: BackendName::parse(name).unwrap(),
             address: BackendAddr::parse("127.0.0.1:18001").unwrap(),
+            slot: crate::domain::Slot::Address,
         }
     }
 

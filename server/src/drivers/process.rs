@@ -2,7 +2,8 @@
 //!
 //! Each backend's process is started in its own session (and so its own process group, whose id
 //! is the process's PID), with stdin closed and stdout and stderr appended to
-//! `<state_dir>/<backend>.log`, so restarting or killing Baton never stops a backend. What runs
+//! `<state_dir>/<backend>.log` (`<backend>@surge.log` for the instance a surge rollout runs on
+//! the backend's `surge_address`), so restarting or killing Baton never stops a backend. What runs
 //! where is recorded in `<state_dir>/<backend>.json` as `{pid, start_time, boot_id, version}`.
 //! The directory is created 0700 and the log and record 0600 (see `files.rs`).
 //!
@@ -46,7 +47,7 @@ use tokio::sync::watch;
 
 use super::files;
 use super::{BackendRun, BackendSpec, LogTail, Runtime, RuntimeError};
-use crate::domain::Version;
+use crate::domain::{Slot, Version};
 use crate::settings::StopSignal;
 
 /// How often `stop` looks whether the process is gone. A child of this runtime wakes `stop` as
@@ -176,6 +177,16 @@ impl fmt::Display for Gone {
     }
 }
 
+/// What names one instance of a backend in records, logs and locks: the backend's name on its
+/// `address`, `<name>@surge` on its `surge_address` (a surge runs both at once). Backend names
+/// are `[A-Za-z0-9][A-Za-z0-9._-]*` (domain.rs), so both are safe file names and never collide.
+fn instance_key(backend: &BackendSpec) -> String {
+    match backend.slot {
+        Slot::Address => backend.name.as_str().to_owned(),
+        Slot::SurgeAddress => format!("{}@surge", backend.name.as_str()),
+    }
+}
+
 impl ProcessRuntime {
     /// A runtime for one service. Does no IO: the state directory is created by the first
     /// `start`, and records left by an earlier Baton are read when a backend is asked about.
@@ -188,22 +199,21 @@ impl ProcessRuntime {
     }
 
     fn record_path(&self, backend: &BackendSpec) -> PathBuf {
-        // Backend names are `[A-Za-z0-9][A-Za-z0-9._-]*` (domain.rs), so they are safe file names.
         self.config
             .state_dir
-            .join(format!("{}.json", backend.name.as_str()))
+            .join(format!("{}.json", instance_key(backend)))
     }
 
     fn log_path(&self, backend: &BackendSpec) -> PathBuf {
         self.config
             .state_dir
-            .join(format!("{}.log", backend.name.as_str()))
+            .join(format!("{}.log", instance_key(backend)))
     }
 
     /// Waits for the backend's turn to `start` or `stop`. Cancellation-safe.
     async fn turn(&self, backend: &BackendSpec) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = lock(&self.locks)
-            .entry(backend.name.as_str().to_owned())
+            .entry(instance_key(backend))
             .or_default()
             .clone();
         lock.lock_owned().await
@@ -214,7 +224,7 @@ impl ProcessRuntime {
     }
 
     fn child(&self, backend: &BackendSpec) -> Option<Child> {
-        lock(&self.children).get(backend.name.as_str()).cloned()
+        lock(&self.children).get(&instance_key(backend)).cloned()
     }
 
     /// The exit status of `pid` if it is a child of this runtime that has exited; waits briefly
@@ -347,10 +357,7 @@ impl ProcessRuntime {
 
         // The reaper: collects the exit status (so no zombie lingers) and publishes it.
         let (exit_tx, exit_rx) = watch::channel(None);
-        lock(&self.children).insert(
-            backend.name.as_str().to_owned(),
-            Child { pid, exit: exit_rx },
-        );
+        lock(&self.children).insert(instance_key(backend), Child { pid, exit: exit_rx });
         let name = backend.name.to_string();
         tokio::spawn(async move {
             let exit = match child.wait().await {
@@ -841,12 +848,61 @@ mod tests {
         }
     }
 
+    /// Backend `name` on 127.0.0.1:18431, or `<name>@surge` (as its record is named) on its
+    /// surge address 127.0.0.1:18432.
     fn backend(name: &str) -> BackendSpec {
+        let (name, slot, port) = match name.strip_suffix("@surge") {
+            Some(name) => (name, Slot::SurgeAddress, 18432),
+            None => (name, Slot::Address, 18431),
+        };
         BackendSpec {
             service: ServiceName::parse("api").unwrap(),
             name: BackendName::parse(name).unwrap(),
-            address: BackendAddr::parse("127.0.0.1:18431").unwrap(),
+            address: BackendAddr::parse(&format!("127.0.0.1:{port}")).unwrap(),
+            slot,
         }
+    }
+
+    #[tokio::test]
+    async fn both_instances_of_a_backend_run_at_once_each_on_its_address_and_stop_apart() {
+        let cleanup = Cleanup::new();
+        let dir = cleanup.path().to_owned();
+        let script = format!(
+            "echo $BATON_VERSION > {}/port-$BATON_PORT; exec sleep 30",
+            dir.display()
+        );
+        let runtime = ProcessRuntime::new(config(&dir, &["sh", "-c", &script]));
+        let (home, surge) = (backend("s1"), backend("s1@surge"));
+        runtime.start(&home, &version("v1")).await.unwrap();
+        runtime.start(&surge, &version("v2")).await.unwrap();
+        assert_eq!(wait_for_file(&dir.join("port-18431")).await, "v1\n");
+        assert_eq!(wait_for_file(&dir.join("port-18432")).await, "v2\n");
+        let old = running_pid(runtime.status(&home).await.unwrap(), &version("v1"));
+        let new = running_pid(runtime.status(&surge).await.unwrap(), &version("v2"));
+        assert_ne!(
+            old, new,
+            "starting the surge instance left the old one running"
+        );
+
+        runtime.stop(&home).await.unwrap();
+        wait_stopped(&runtime, &home).await;
+        assert_eq!(
+            running_pid(runtime.status(&surge).await.unwrap(), &version("v2")),
+            new,
+            "stopping the old instance left the new one running"
+        );
+        assert!(!dir.join("state/s1.json").exists());
+        assert!(dir.join("state/s1@surge.json").exists());
+        assert!(dir.join("state/s1@surge.log").exists());
+
+        // A restarted Baton finds the instance by its record.
+        let again = ProcessRuntime::new(config(&dir, &["sh", "-c", &script]));
+        assert_eq!(
+            running_pid(again.status(&surge).await.unwrap(), &version("v2")),
+            new
+        );
+        again.stop(&surge).await.unwrap();
+        assert!(!dir.join("state/s1@surge.json").exists());
     }
 
     fn version(value: &str) -> Version {

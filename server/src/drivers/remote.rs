@@ -1117,6 +1117,7 @@ mod tests {
             service: ServiceName::parse("api").unwrap(),
             name: BackendName::parse(name).unwrap(),
             address: BackendAddr::parse(&format!("127.0.0.1:{PORT}")).unwrap(),
+            slot: crate::domain::Slot::Address,
         }
     }
 

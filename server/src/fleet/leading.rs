@@ -250,6 +250,25 @@ impl LoadBalancer for Guarded<dyn LoadBalancer> {
         self.may_act(lb_refused)?;
         self.inner.shutdown_sessions(backend, server).await
     }
+
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: crate::domain::BackendAddr,
+        like: &str,
+        inter: std::time::Duration,
+    ) -> Result<(), LbError> {
+        self.may_act(lb_refused)?;
+        self.inner
+            .add_server(backend, server, address, like, inter)
+            .await
+    }
+
+    async fn remove_server(&self, backend: &str, server: &str) -> Result<(), LbError> {
+        self.may_act(lb_refused)?;
+        self.inner.remove_server(backend, server).await
+    }
 }
 
 #[async_trait]
@@ -381,6 +400,7 @@ address = "ADDRESS"
                 service: service.name.clone(),
                 name: backend.name.clone(),
                 address: backend.address,
+                slot: crate::domain::Slot::Address,
             };
             runtime.running(&spec, &service.runtime.initial_version);
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub use app::model::Trigger;
 use app::model::{
     ActiveRollout, BackendStatus, ControlAction, DeploymentDetail, DeploymentFilter,
-    DeploymentPage, NodeStatus, RolloutStatus, ServiceStatus,
+    DeploymentPage, NodeStatus, OverlapView, RolloutStatus, ServiceStatus,
 };
 use serde::Serialize;
 use tokio::sync::broadcast::error::TryRecvError;
@@ -240,11 +240,16 @@ impl Fleet {
             .iter()
             .find(|b| b.name.as_str() == backend)
             .ok_or_else(unknown)?;
-        let spec = BackendSpec {
-            service: handle.settings.name.clone(),
-            name: settings.name.clone(),
-            address: settings.address,
-        };
+        // The instance the backend runs as now (a surge may have left it on its other address).
+        let slot = self
+            .store
+            .backend_slots(service)
+            .await
+            .map_err(|error| LogError::Unreadable(error.to_string()))?
+            .into_iter()
+            .find_map(|(name, slot)| (name == backend).then_some(slot))
+            .unwrap_or_default();
+        let spec = BackendSpec::of(&handle.settings.name, settings, slot);
         handle
             .runtime
             .log_tail(&spec, lines)
@@ -285,12 +290,17 @@ impl Fleet {
     /// a restarted Baton adopts them.
     pub async fn stop_backends(&self) {
         let stops = self.services.iter().flat_map(|handle| {
-            handle.settings.backends.iter().map(move |backend| async move {
-                let spec = BackendSpec {
-                    service: handle.settings.name.clone(),
-                    name: backend.name.clone(),
-                    address: backend.address,
-                };
+            // Both instances of each backend: a surge may have left either one current.
+            let instances = handle.settings.backends.iter().flat_map(|backend| {
+                let surge = backend
+                    .surge_address
+                    .map(|_| crate::domain::Slot::SurgeAddress);
+                std::iter::once(crate::domain::Slot::Address)
+                    .chain(surge)
+                    .map(move |slot| (backend, slot))
+            });
+            instances.map(move |(backend, slot)| async move {
+                let spec = BackendSpec::of(&handle.settings.name, backend, slot);
                 match handle.runtime.stop(&spec).await {
                     Ok(()) => tracing::info!(service = %spec.service, backend = %spec.name, "backend stopped"),
                     Err(error) => tracing::warn!(service = %spec.service, backend = %spec.name, %error, "cannot stop the backend"),
@@ -556,16 +566,32 @@ impl Fleet {
                 .backends
                 .iter()
                 .zip(targets)
-                .map(|(backend, target)| BackendStatus {
-                    name: backend.name.to_string(),
-                    address: backend.address.to_string(),
-                    version: target.previous.to_string(),
-                    load_balancer: by_server.remove(backend.name.as_str()).unwrap_or_default(),
-                    host: backend
-                        .host
-                        .as_ref()
-                        .and_then(|name| self.hosts.get(name))
-                        .map(|host| host.view()),
+                .map(|(backend, target)| {
+                    // The instance recorded as current, and the other one while a surge has
+                    // both in the load balancer.
+                    let other = target.slot.other();
+                    let overlap =
+                        by_server
+                            .remove(&backend.haproxy_server(other))
+                            .map(|load_balancer| OverlapView {
+                                server: backend.haproxy_server(other),
+                                address: backend.address_of(other).to_string(),
+                                load_balancer,
+                            });
+                    BackendStatus {
+                        name: backend.name.to_string(),
+                        address: backend.address_of(target.slot).to_string(),
+                        version: target.previous.to_string(),
+                        load_balancer: by_server
+                            .remove(&backend.haproxy_server(target.slot))
+                            .unwrap_or_default(),
+                        host: backend
+                            .host
+                            .as_ref()
+                            .and_then(|name| self.hosts.get(name))
+                            .map(|host| host.view()),
+                        overlap,
+                    }
                 })
                 .collect();
             let active = self.store.next_deployment(service).await?;
@@ -812,12 +838,18 @@ async fn bring_up(runner: &ServiceRunner, store: &Store) -> Result<(), StoreErro
         .await?
         .into_iter()
         .collect();
+    // The instance recorded as current: a surge may have left it on the surge address.
+    let slots: HashMap<String, crate::domain::Slot> = store
+        .backend_slots(service.name.as_str())
+        .await?
+        .into_iter()
+        .collect();
     for backend in &service.backends {
-        let spec = BackendSpec {
-            service: service.name.clone(),
-            name: backend.name.clone(),
-            address: backend.address,
-        };
+        let slot = slots
+            .get(backend.name.as_str())
+            .copied()
+            .unwrap_or_default();
+        let spec = BackendSpec::of(&service.name, backend, slot);
         let version = recorded
             .get(backend.name.as_str())
             .and_then(|v| Version::parse(v).ok())

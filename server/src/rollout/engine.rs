@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{BackendName, Version};
+use crate::domain::{BackendName, Slot, StrategyKind, Version};
 
 /// One step of the safe procedure that replaces the version on a backend: the vocabulary the
 /// API, the database and the UI share, declared in the order the procedure runs the steps.
@@ -41,6 +41,30 @@ fn next_step(step: Step) -> Option<Step> {
         LbCheck => Some(Enable),
         Enable => Some(ConfirmUp),
         ConfirmUp => None,
+        // Surge steps: not part of a rolling replacement (see `next_surge_step`).
+        SurgeStart | SurgeHealthy | SurgeAdd | SurgeEnable | Overlap | Retire | Discard => None,
+    }
+}
+
+/// The step after `step` in the surge procedure: the new instance starts beside the old one and
+/// is in rotation, UP, before the old one is drained, kept for the overlap and retired. A
+/// rollback of a surged backend runs the same procedure in reverse (the previous version starts
+/// on the address it left), except before the switch, where the new instance is discarded.
+fn next_surge_step(step: Step) -> Option<Step> {
+    use Step::*;
+    match step {
+        Prepare => Some(CheckCapacity),
+        CheckCapacity => Some(SurgeStart),
+        SurgeStart => Some(SurgeHealthy),
+        SurgeHealthy => Some(SurgeAdd),
+        SurgeAdd => Some(SurgeEnable),
+        SurgeEnable => Some(Drain),
+        Drain => Some(WaitSessions),
+        WaitSessions | CutSessions => Some(Overlap),
+        Overlap => Some(Retire),
+        Retire | Discard => None,
+        // Rolling steps: not part of a surge.
+        Maint | Stop | Start | WaitHealthy | LbCheck | Enable | ConfirmUp => next_step(step),
     }
 }
 
@@ -54,6 +78,9 @@ fn touches_the_process(step: Step) -> bool {
 pub struct Target {
     pub name: BackendName,
     pub previous: Version,
+    /// The address the backend's instance ran on when the rollout began.
+    #[serde(default)]
+    pub slot: Slot,
 }
 
 /// The version every target runs, if they agree (a fleet left mixed has none).
@@ -175,6 +202,9 @@ pub struct Rollout {
     /// Wait for an approval before beginning.
     #[serde(default)]
     pub needs_approval: bool,
+    /// How each backend is replaced; fixed when the rollout begins.
+    #[serde(default)]
+    pub strategy: StrategyKind,
 }
 
 /// What happened when the executor carried out the current action.
@@ -212,6 +242,10 @@ pub struct Action {
     /// rollback.
     pub version: Version,
     pub rollback: bool,
+    /// The address of the instance each backend's step leaves (drains, stops, retires, or
+    /// discards), in `backends`' order. A surge's arriving instance is on the other one.
+    pub slots: Vec<Slot>,
+    pub strategy: StrategyKind,
 }
 
 impl Rollout {
@@ -227,6 +261,39 @@ impl Rollout {
             abort_requested: false,
             canary: 0,
             needs_approval: false,
+            strategy: StrategyKind::Rolling,
+        }
+    }
+
+    /// The same rollout with `strategy`.
+    pub fn with_strategy(mut self, strategy: StrategyKind) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// The step after `step` in this rollout's procedure.
+    fn next(&self, step: Step) -> Option<Step> {
+        match self.strategy {
+            StrategyKind::Rolling => next_step(step),
+            StrategyKind::Surge => next_surge_step(step),
+        }
+    }
+
+    /// Whether a backend may have changed once `step` was attempted on it: for a rolling
+    /// rollout, once its old process may have been stopped; for a surge, once anything was
+    /// started beside it.
+    fn touched(&self, step: Step) -> bool {
+        match self.strategy {
+            StrategyKind::Rolling => touches_the_process(step),
+            StrategyKind::Surge => !matches!(step, Step::Prepare | Step::CheckCapacity),
+        }
+    }
+
+    /// The last step of a backend's procedure going forward.
+    fn last_step(&self) -> Step {
+        match self.strategy {
+            StrategyKind::Rolling => Step::ConfirmUp,
+            StrategyKind::Surge => Step::Retire,
         }
     }
 
@@ -347,13 +414,28 @@ impl Rollout {
                     | Step::WaitHealthy
                     | Step::LbCheck
                     | Step::Enable
-                    | Step::ConfirmUp => self.targets[self.batch(*batch)]
+                    | Step::ConfirmUp
+                    | Step::SurgeStart
+                    | Step::SurgeHealthy
+                    | Step::SurgeAdd
+                    | Step::SurgeEnable
+                    | Step::Overlap
+                    | Step::Retire
+                    | Step::Discard => self.targets[self.batch(*batch)]
                         .iter()
                         .map(|t| t.name.clone())
                         .collect(),
                 },
+                slots: match step {
+                    Step::Prepare => Vec::new(),
+                    _ => self.targets[self.batch(*batch)]
+                        .iter()
+                        .map(|t| t.slot)
+                        .collect(),
+                },
                 version: self.to.clone(),
                 rollback: false,
+                strategy: self.strategy,
             }),
             Phase::RollingBack { queue, step, .. } => {
                 let target = &self.targets[queue[0].index];
@@ -362,6 +444,13 @@ impl Rollout {
                     backends: vec![target.name.clone()],
                     version: target.previous.clone(),
                     rollback: true,
+                    // A surge rollback leaves the instance the rollout started (discarded, or
+                    // retired once the previous version is back where it was).
+                    slots: vec![match self.strategy {
+                        StrategyKind::Rolling => target.slot,
+                        StrategyKind::Surge => target.slot.other(),
+                    }],
+                    strategy: self.strategy,
                 })
             }
         }
@@ -421,7 +510,7 @@ impl Rollout {
                     undo,
                 },
                 Event::Done,
-            ) => match next_step(step) {
+            ) => match self.next(step) {
                 Some(next) => Phase::RollingBack {
                     queue,
                     step: next,
@@ -465,7 +554,12 @@ impl Rollout {
                     backend,
                     reason,
                 });
-                if touches_the_process(step) {
+                if self.strategy == StrategyKind::Surge {
+                    // Whichever instance is current keeps serving (the switch is one step,
+                    // made only once the arriving one is UP); the other one, possibly still
+                    // running or in HAProxy, needs an operator, as the outcome says.
+                    self.next_restore(queue, cause, problems, undo)
+                } else if touches_the_process(step) {
                     // The old version is not serving on this backend: it stays out of
                     // rotation, and the outcome says it needs an operator.
                     self.next_restore(queue, cause, problems, undo)
@@ -602,6 +696,9 @@ impl Rollout {
     /// batch whose old process still runs goes back into rotation; one whose new process has
     /// passed both health checks is finished; one in between goes back to its previous version.
     fn abort_forward(&mut self, batch: usize, step: Step) -> Phase {
+        if self.strategy == StrategyKind::Surge {
+            return self.abort_surge(batch, step);
+        }
         let from = match step {
             Step::Prepare | Step::CheckCapacity => {
                 return Phase::Finished {
@@ -617,6 +714,14 @@ impl Rollout {
                 Step::Enable
             }
             Step::Start | Step::WaitHealthy | Step::LbCheck => Step::Drain,
+            // Surge steps: a rolling rollout never runs them.
+            Step::SurgeStart
+            | Step::SurgeHealthy
+            | Step::SurgeAdd
+            | Step::SurgeEnable
+            | Step::Overlap
+            | Step::Retire
+            | Step::Discard => Step::Drain,
         };
         let queue = self
             .batch(batch)
@@ -631,13 +736,58 @@ impl Rollout {
         self.next_restore_from(queue, cause, Vec::new(), Undo::Abort)
     }
 
+    /// A surge stopped by an operator: an arriving instance not yet in rotation is discarded
+    /// (the old one never left); once it is in rotation the batch finishes (its old instance
+    /// drained, kept for the overlap and retired), since both are then serving or drained.
+    fn abort_surge(&mut self, batch: usize, step: Step) -> Phase {
+        match step {
+            Step::Prepare | Step::CheckCapacity => Phase::Finished {
+                outcome: Outcome::Cancelled { at: Some(step) },
+            },
+            Step::SurgeStart | Step::SurgeHealthy | Step::SurgeAdd => {
+                let queue = self
+                    .batch(batch)
+                    .rev()
+                    .map(|index| Restore {
+                        index,
+                        from: Step::Discard,
+                    })
+                    .collect();
+                let cause = Failure {
+                    step,
+                    backend: None,
+                    reason: "aborted by an operator".to_owned(),
+                };
+                self.next_restore_from(queue, cause, Vec::new(), Undo::Abort)
+            }
+            Step::SurgeEnable
+            | Step::Drain
+            | Step::WaitSessions
+            | Step::CutSessions
+            | Step::Overlap
+            | Step::Retire
+            // Rolling steps: a surge never runs them.
+            | Step::Maint
+            | Step::Stop
+            | Step::Start
+            | Step::WaitHealthy
+            | Step::LbCheck
+            | Step::Enable
+            | Step::ConfirmUp
+            | Step::Discard => {
+                self.abort_requested = true;
+                Phase::Forward { batch, step }
+            }
+        }
+    }
+
     fn forward_after(&self, batch: usize, step: Step) -> Phase {
-        match next_step(step) {
+        match self.next(step) {
             Some(next) => Phase::Forward { batch, step: next },
             None if self.abort_requested && self.is_canary(batch) => self.withdraw_canaries(),
             None if self.abort_requested => Phase::Finished {
                 outcome: Outcome::Cancelled {
-                    at: Some(Step::ConfirmUp),
+                    at: Some(self.last_step()),
                 },
             },
             // `is_canary` implies a batch after this one.
@@ -663,11 +813,15 @@ impl Rollout {
             .rev()
             .map(|index| Restore {
                 index,
-                from: Step::Drain,
+                // A finished backend is put back by its strategy's procedure from the start.
+                from: match self.strategy {
+                    StrategyKind::Rolling => Step::Drain,
+                    StrategyKind::Surge => Step::SurgeStart,
+                },
             })
             .collect();
         let cause = Failure {
-            step: Step::ConfirmUp,
+            step: self.last_step(),
             backend: None,
             reason: "aborted by an operator before the canaries were promoted".to_owned(),
         };
@@ -675,6 +829,9 @@ impl Rollout {
     }
 
     fn fail_forward(&self, batch: usize, cause: Failure) -> Phase {
+        if self.strategy == StrategyKind::Surge {
+            return self.fail_surge(batch, cause);
+        }
         // The failed batch first, last backend first: out of rotation now, so restore them
         // before touching backends that still serve. Backends whose process was never touched
         // only need to go back into rotation.
@@ -689,6 +846,14 @@ impl Rollout {
             | Step::LbCheck
             | Step::Enable
             | Step::ConfirmUp => Some(Step::Drain),
+            // Surge steps: a rolling rollout never runs them.
+            Step::SurgeStart
+            | Step::SurgeHealthy
+            | Step::SurgeAdd
+            | Step::SurgeEnable
+            | Step::Overlap
+            | Step::Retire
+            | Step::Discard => Some(Step::Drain),
         };
         let mut queue: Vec<Restore> = match from {
             Some(from) => self
@@ -702,6 +867,49 @@ impl Rollout {
             queue.extend((0..self.batch(batch).start).rev().map(|index| Restore {
                 index,
                 from: Step::Drain,
+            }));
+        }
+        self.next_restore_from(queue, cause, Vec::new(), Undo::Failure)
+    }
+
+    /// A surge step failed. Before the switch (the arriving instance made current once UP), the
+    /// old instance still serves and the new one is discarded; after it, the backend is surged
+    /// back: the previous version starts again where it was (or is found still running there),
+    /// goes back in rotation, and the instance the rollout started is drained and retired.
+    /// Backends of earlier batches, with auto-rollback, are surged back the same way.
+    fn fail_surge(&self, batch: usize, cause: Failure) -> Phase {
+        let from = match cause.step {
+            Step::Prepare | Step::CheckCapacity => None,
+            Step::SurgeStart | Step::SurgeHealthy | Step::SurgeAdd | Step::SurgeEnable => {
+                Some(Step::Discard)
+            }
+            Step::Drain
+            | Step::WaitSessions
+            | Step::CutSessions
+            | Step::Overlap
+            | Step::Retire
+            // Rolling steps: a surge never runs them.
+            | Step::Maint
+            | Step::Stop
+            | Step::Start
+            | Step::WaitHealthy
+            | Step::LbCheck
+            | Step::Enable
+            | Step::ConfirmUp
+            | Step::Discard => Some(Step::SurgeStart),
+        };
+        let mut queue: Vec<Restore> = match from {
+            Some(from) => self
+                .batch(batch)
+                .rev()
+                .map(|index| Restore { index, from })
+                .collect(),
+            None => Vec::new(),
+        };
+        if self.auto_rollback {
+            queue.extend((0..self.batch(batch).start).rev().map(|index| Restore {
+                index,
+                from: Step::SurgeStart,
             }));
         }
         self.next_restore_from(queue, cause, Vec::new(), Undo::Failure)
@@ -743,7 +951,7 @@ impl Rollout {
             },
             None => {
                 let changed_any = self.auto_rollback
-                    && (touches_the_process(cause.step) || self.batch_index_of(&cause) > 0);
+                    && (self.touched(cause.step) || self.batch_index_of(&cause) > 0);
                 let outcome = if problems.is_empty() && self.auto_rollback && changed_any {
                     Outcome::RolledBack { failure: cause }
                 } else {
@@ -784,6 +992,7 @@ mod tests {
             .map(|name| Target {
                 name: b(name),
                 previous: v("v1"),
+                slot: Slot::Address,
             })
             .collect();
         Rollout::new(v("v2"), targets, batch_size, auto_rollback)
@@ -1526,5 +1735,248 @@ mod tests {
                 assert_eq!(action, before.action(), "{event:?} while {phase}");
             }
         }
+    }
+
+    const SURGE: [&str; 9] = [
+        "check_capacity",
+        "surge_start",
+        "surge_healthy",
+        "surge_add",
+        "surge_enable",
+        "drain",
+        "wait_sessions",
+        "overlap",
+        "retire",
+    ];
+
+    fn surge(backends: &[&str], auto_rollback: bool) -> Rollout {
+        rollout(backends, 1, auto_rollback).with_strategy(StrategyKind::Surge)
+    }
+
+    /// Like `run`, recording each action as "step backends@version leaving-slots".
+    fn run_surge(
+        mut rollout: Rollout,
+        events: impl IntoIterator<Item = Event>,
+    ) -> (Rollout, Vec<String>) {
+        let mut log = Vec::new();
+        let begun = matches!(rollout.phase, Phase::Pending);
+        let first = begun.then_some(Event::Begin);
+        for event in first.into_iter().chain(events) {
+            let (next, action) = rollout.step(event);
+            rollout = next;
+            if let Some(action) = action {
+                let names: Vec<&str> = action.backends.iter().map(|b| b.as_str()).collect();
+                let slots: Vec<&str> = action.slots.iter().map(|s| s.as_str()).collect();
+                log.push(format!(
+                    "{}{} {}@{} {}",
+                    if action.rollback { "rollback " } else { "" },
+                    action.step.as_str(),
+                    names.join(","),
+                    action.version,
+                    slots.join(",")
+                ));
+            }
+        }
+        (rollout, log)
+    }
+
+    #[test]
+    fn a_surge_puts_each_new_instance_in_rotation_before_the_old_one_is_drained_then_retires_it() {
+        let (rollout, log) = run_surge(surge(&["s1", "s2"], true), done(1 + 18));
+        let mut expected = vec!["prepare @v2 ".to_string()];
+        for backend in ["s1", "s2"] {
+            expected.extend(
+                SURGE
+                    .iter()
+                    .map(|step| format!("{step} {backend}@v2 address")),
+            );
+        }
+        assert_eq!(log, expected);
+        assert_eq!(outcome(&rollout), &Outcome::Succeeded);
+        assert_eq!(rollout.backends_done(), 2);
+    }
+
+    #[test]
+    fn a_surge_leaves_the_address_each_backend_runs_on_so_the_two_alternate() {
+        let mut rollout = surge(&["s1", "s2"], true);
+        rollout.targets[1].slot = Slot::SurgeAddress;
+        let (_, log) = run_surge(rollout, done(1 + 18));
+        assert_eq!(log[1], "check_capacity s1@v2 address");
+        assert_eq!(log[10], "check_capacity s2@v2 surge_address");
+        assert_eq!(log[18], "retire s2@v2 surge_address");
+    }
+
+    #[test]
+    fn a_surge_drain_timeout_cuts_the_old_sessions_then_keeps_it_for_the_overlap() {
+        let events = [
+            done(1 + 6),
+            vec![Event::DrainTimedOut { open_sessions: 2 }],
+            done(1),
+        ]
+        .concat();
+        let (_, log) = run_surge(surge(&["s1"], true), events);
+        assert_eq!(
+            &log[7..],
+            [
+                "wait_sessions s1@v2 address",
+                "cut_sessions s1@v2 address",
+                "overlap s1@v2 address"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_instance_that_never_gets_healthy_is_discarded_and_surged_backends_are_surged_back() {
+        // s1 done (9 steps); s2's new instance fails Baton's probe.
+        let events = [
+            done(1 + 9 + 2),
+            vec![fail("s2", "not healthy after 60s")],
+            done(1 + 8),
+        ]
+        .concat();
+        let (rollout, log) = run_surge(surge(&["s1", "s2", "s3"], true), events);
+        let rollback: Vec<&str> = log
+            .iter()
+            .filter(|l| l.starts_with("rollback"))
+            .map(String::as_str)
+            .collect();
+        // The rollback leaves the instance the rollout started, on the other address.
+        let mut expected = vec!["rollback discard s2@v1 surge_address".to_string()];
+        expected.extend(
+            SURGE[1..]
+                .iter()
+                .map(|step| format!("rollback {step} s1@v1 surge_address")),
+        );
+        assert_eq!(rollback, expected);
+        assert!(!log.iter().any(|l| l.contains("s3")), "s3 never touched");
+        let Outcome::RolledBack { failure } = outcome(&rollout) else {
+            panic!("expected a rollback, got {:?}", rollout.phase)
+        };
+        assert_eq!(
+            failure.to_string(),
+            "surge_healthy failed on s2: not healthy after 60s"
+        );
+    }
+
+    #[test]
+    fn a_failure_after_the_switch_surges_that_backend_back_in_reverse() {
+        // s1's new instance is UP and current; draining the old one fails (HAProxy went away).
+        let events = [
+            done(1 + 5),
+            vec![fail("s1", "HAProxy did not answer")],
+            done(8),
+        ]
+        .concat();
+        let (rollout, log) = run_surge(surge(&["s1", "s2"], false), events);
+        let rollback: Vec<&String> = log.iter().filter(|l| l.starts_with("rollback")).collect();
+        let expected: Vec<String> = SURGE[1..]
+            .iter()
+            .map(|step| format!("rollback {step} s1@v1 surge_address"))
+            .collect();
+        assert_eq!(rollback, expected.iter().collect::<Vec<_>>());
+        assert!(
+            matches!(outcome(&rollout), Outcome::Failed { problems, .. } if problems.is_empty()),
+            "without auto-rollback the outcome is a failure: {:?}",
+            rollout.phase
+        );
+    }
+
+    #[test]
+    fn a_surge_rollback_step_that_fails_is_reported_and_the_next_backend_is_still_restored() {
+        let events = [
+            done(1 + 9 + 2),                                // s2 at surge_healthy
+            vec![fail("s2", "crashed")],                    // forward failure
+            vec![fail("s2", "HAProxy refused del server")], // discard s2 fails
+            done(8),                                        // s1 surged back
+        ]
+        .concat();
+        let (rollout, log) = run_surge(surge(&["s1", "s2"], true), events);
+        assert_eq!(log.last().unwrap(), "rollback retire s1@v1 surge_address");
+        let Outcome::Failed { failure, problems } = outcome(&rollout) else {
+            panic!("{:?}", rollout.phase)
+        };
+        assert_eq!(failure.step, SurgeHealthy);
+        assert_eq!(
+            problems[0].to_string(),
+            "discard failed on s2: HAProxy refused del server"
+        );
+    }
+
+    #[test]
+    fn abort_during_the_overlap_finishes_that_backend_and_touches_no_other() {
+        // s1 is in its overlap (the new instance UP, the old one drained) when the abort comes.
+        let events = [done(1 + 7), vec![Event::Abort], done(2)].concat();
+        let (rollout, log) = run_surge(surge(&["s1", "s2"], true), events);
+        assert_eq!(
+            &log[log.len() - 2..],
+            ["overlap s1@v2 address", "retire s1@v2 address"]
+        );
+        assert!(!log.iter().any(|l| l.starts_with("rollback")), "{log:?}");
+        assert!(!log.iter().any(|l| l.contains("s2")), "s2 never touched");
+        assert_eq!(outcome(&rollout), &Outcome::Cancelled { at: Some(Retire) });
+    }
+
+    #[test]
+    fn abort_before_the_new_instance_is_in_rotation_discards_it() {
+        // s2's new instance is being added to HAProxy when the abort comes.
+        let events = [done(1 + 9 + 3), vec![Event::Abort], done(1)].concat();
+        let (rollout, log) = run_surge(surge(&["s1", "s2"], true), events);
+        assert_eq!(log.last().unwrap(), "rollback discard s2@v1 surge_address");
+        assert!(
+            !log.iter().any(|l| l.contains("s1@v1")),
+            "s1 keeps the new version"
+        );
+        assert_eq!(
+            outcome(&rollout),
+            &Outcome::Cancelled { at: Some(SurgeAdd) }
+        );
+    }
+
+    #[test]
+    fn a_surge_pauses_between_backends_and_resumes_with_the_next_one() {
+        let (paused, _) = run_surge(
+            surge(&["s1", "s2"], true),
+            [done(1 + 4), vec![Event::Pause], done(5)].concat(),
+        );
+        assert_eq!(paused.phase, Phase::Paused { batch: 1 });
+        let (resumed, log) = run_surge(paused, [vec![Event::Resume], done(9)].concat());
+        assert_eq!(log[0], "check_capacity s2@v2 address");
+        assert_eq!(outcome(&resumed), &Outcome::Succeeded);
+    }
+
+    #[test]
+    fn a_surge_state_survives_json_and_a_state_saved_before_surges_reads_as_rolling() {
+        let mut rollout = surge(&["s1", "s2"], true);
+        rollout.targets[0].slot = Slot::SurgeAddress;
+        let (rollout, _) = run_surge(rollout, done(1 + 7));
+        let json = serde_json::to_string(&rollout).unwrap();
+        let back: Rollout = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rollout);
+        assert_eq!(back.action(), rollout.action());
+
+        let old = r#"{"to":"v2","targets":[{"name":"s1","previous":"v1"}],"batch_size":1,
+            "auto_rollback":true,"phase":{"phase":"forward","batch":0,"step":"drain"}}"#;
+        let old: Rollout = serde_json::from_str(old).unwrap();
+        assert_eq!(old.strategy, StrategyKind::Rolling);
+        assert_eq!(old.targets[0].slot, Slot::Address);
+    }
+
+    #[test]
+    fn abort_while_surged_canaries_await_promotion_surges_them_back() {
+        let canary = surge(&["s1", "s2"], true).with_canary(1);
+        let (rollout, log) = run_surge(canary, done(1 + SURGE.len()));
+        assert!(
+            matches!(rollout.phase, Phase::AwaitingPromote { batch: 1 }),
+            "{:?}",
+            rollout.phase
+        );
+        assert_eq!(log.len(), 1 + SURGE.len(), "{log:#?}");
+        let (rollout, _) = rollout.step(Event::Abort);
+        let action = rollout.action().expect("the canary is put back");
+        assert_eq!(
+            (action.step, action.rollback, action.backends[0].as_str()),
+            (Step::SurgeStart, true, "s1")
+        );
+        assert_eq!(action.version.as_str(), "v1");
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use app::model::PendingControl;
 use app::model::{ControlAction, RolloutStatus, StepOutcome};
 
-use crate::domain::{BackendName, Version};
+use crate::domain::{BackendName, Slot, StrategyKind, Version};
 use crate::drivers::{
     AdminState, BackendRun, BackendSpec, HealthProbe, LOG_TAIL_MAX, LbError, LoadBalancer,
     ProbeFailure, Runtime, ServerState, ServerStatus,
@@ -97,14 +97,19 @@ pub struct ServiceRunner {
     pub repairs: Repairs,
 }
 
-/// Each configured backend with the version it runs now: the one recorded by the last rollout
-/// or start that touched it, else the service's initial version.
+/// Each configured backend with the version it runs now (the one recorded by the last rollout
+/// or start that touched it, else the service's initial version) and the address it runs on.
 pub async fn recorded_targets(
     store: &dyn Journal,
     service: &ServiceSettings,
 ) -> Result<Vec<Target>, StoreError> {
     let recorded: HashMap<String, String> = store
         .backend_versions(service.name.as_str())
+        .await?
+        .into_iter()
+        .collect();
+    let slots: HashMap<String, Slot> = store
+        .backend_slots(service.name.as_str())
         .await?
         .into_iter()
         .collect();
@@ -117,6 +122,10 @@ pub async fn recorded_targets(
                 .get(backend.name.as_str())
                 .and_then(|v| Version::parse(v).ok())
                 .unwrap_or_else(|| service.runtime.initial_version.clone()),
+            slot: slots
+                .get(backend.name.as_str())
+                .copied()
+                .unwrap_or_default(),
         })
         .collect())
 }
@@ -283,6 +292,8 @@ impl ServiceRunner {
             // queued: a rollout queued behind another must return to what that one left.
             // Nothing is touched before `Begin`, so a restart here simply reads them again.
             rollout.targets = recorded_targets(&*self.store, &self.service).await?;
+            // Like the targets, the strategy is the configuration's as the rollout begins.
+            rollout.strategy = self.service.strategy.kind;
             let from = common_version(&rollout.targets).map(Version::as_str);
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
             self.store.begin(row.id, from, &state).await?;
@@ -418,6 +429,11 @@ impl ServiceRunner {
         rows: &[i64],
         failed_on: Option<&BackendName>,
     ) -> Result<(), StoreError> {
+        // A surge's arriving instance runs on the other address than the one the action leaves.
+        let arriving = matches!(
+            action.step,
+            Step::SurgeStart | Step::SurgeHealthy | Step::SurgeAdd | Step::SurgeEnable
+        );
         if action.step < Step::Stop {
             // Draining and the load balancer's own steps: the application's log says nothing.
             return Ok(());
@@ -426,9 +442,17 @@ impl ServiceRunner {
             .backends
             .iter()
             .zip(rows)
-            .filter(|(backend, _)| failed_on.is_none_or(|failed| failed == *backend));
-        for (backend, &row) in concerned {
-            let spec = self.spec(backend);
+            .zip(
+                action
+                    .slots
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(Slot::Address)),
+            )
+            .filter(|((backend, _), _)| failed_on.is_none_or(|failed| failed == *backend));
+        for ((backend, &row), leaves) in concerned {
+            let slot = if arriving { leaves.other() } else { leaves };
+            let spec = BackendSpec::of(&self.service.name, self.backend(backend), slot);
             let read =
                 tokio::time::timeout(LOG_TIMEOUT, self.runtime.log_tail(&spec, LOG_TAIL_MAX)).await;
             match read {
@@ -453,6 +477,9 @@ impl ServiceRunner {
         let backends = &action.backends;
         let patient = Patient(self.lb.clone());
         let lb: &dyn LoadBalancer = if action.rollback { &patient } else { &*self.lb };
+        if action.strategy == StrategyKind::Surge {
+            return self.carry_out_surge(lb, action).await;
+        }
         let result = match action.step {
             Step::Prepare => self
                 .runtime
@@ -484,6 +511,19 @@ impl ServiceRunner {
                 .await
                 .map(|()| None),
             Step::ConfirmUp => self.confirm_up(lb, backends).await.map(|()| None),
+            Step::SurgeStart
+            | Step::SurgeHealthy
+            | Step::SurgeAdd
+            | Step::SurgeEnable
+            | Step::Overlap
+            | Step::Retire
+            | Step::Discard => Err((
+                None,
+                format!(
+                    "{} is a step of a surge, and this rollout is rolling",
+                    action.step.as_str()
+                ),
+            )),
         };
         match result {
             Ok(detail) => (Event::Done, detail),
@@ -491,19 +531,18 @@ impl ServiceRunner {
         }
     }
 
-    fn spec(&self, name: &BackendName) -> BackendSpec {
-        let address = self
-            .service
+    /// The configured backend `name` (the engine only names configured backends).
+    fn backend(&self, name: &BackendName) -> &crate::settings::BackendSettings {
+        self.service
             .backends
             .iter()
             .find(|b| &b.name == name)
-            .map(|b| b.address)
-            .expect("the engine only names configured backends");
-        BackendSpec {
-            service: self.service.name.clone(),
-            name: name.clone(),
-            address,
-        }
+            .expect("the engine only names configured backends")
+    }
+
+    /// The instance a rolling rollout replaces: the one on the backend's `address`.
+    fn spec(&self, name: &BackendName) -> BackendSpec {
+        BackendSpec::of(&self.service.name, self.backend(name), Slot::Address)
     }
 
     async fn servers(
@@ -523,6 +562,7 @@ impl ServiceRunner {
         let servers = self.servers(lb).await?;
         let leaving: HashSet<&str> = batch.iter().map(BackendName::as_str).collect();
         let nodes: HashSet<&str> = servers.iter().map(|s| s.node.as_str()).collect();
+        self.refuse_surged(batch).await?;
         for name in batch {
             for node in &nodes {
                 if !servers
@@ -592,8 +632,16 @@ impl ServiceRunner {
         lb: &dyn LoadBalancer,
         backends: &[BackendName],
     ) -> Result<Option<u64>, (Option<BackendName>, String)> {
+        self.wait_servers_idle(lb, names(backends)).await
+    }
+
+    /// [`Self::wait_sessions`] for HAProxy servers named `batch`.
+    async fn wait_servers_idle(
+        &self,
+        lb: &dyn LoadBalancer,
+        batch: HashSet<&str>,
+    ) -> Result<Option<u64>, (Option<BackendName>, String)> {
         let deadline = Instant::now() + self.service.drain.timeout.get();
-        let batch = names(backends);
         loop {
             let servers = self.servers(lb).await?;
             let open: u64 = servers
@@ -673,8 +721,16 @@ impl ServiceRunner {
         &self,
         name: &BackendName,
     ) -> Result<(), (Option<BackendName>, String)> {
+        self.wait_instance_healthy(name, &self.spec(name)).await
+    }
+
+    /// [`Self::wait_one_healthy`] for the instance `spec` of backend `name`.
+    async fn wait_instance_healthy(
+        &self,
+        name: &BackendName,
+        spec: &BackendSpec,
+    ) -> Result<(), (Option<BackendName>, String)> {
         let health = &self.service.health;
-        let spec = self.spec(name);
         let url = format!("http://{}{}", spec.address, health.path);
         let deadline = Instant::now() + health.start_timeout.get();
         let mut passes = 0;
@@ -689,7 +745,7 @@ impl ServiceRunner {
                 Err(failure) => {
                     // Only a backend that does not answer may have exited; asking the runtime
                     // costs an ssh round trip on another host, so a healthy one is not asked.
-                    if let Ok(BackendRun::Stopped { exit }) = self.runtime.status(&spec).await {
+                    if let Ok(BackendRun::Stopped { exit }) = self.runtime.status(spec).await {
                         let how = exit.map_or_else(
                             || "it is not running".to_owned(),
                             |exit| format!("it exited ({exit})"),
@@ -738,8 +794,16 @@ impl ServiceRunner {
         backends: &[BackendName],
     ) -> Result<(), (Option<BackendName>, String)> {
         self.set_state(lb, backends, AdminState::Drain).await?;
+        self.wait_lb_check(lb, names(backends)).await
+    }
+
+    /// Waits until every node sees HAProxy's check pass on the drained servers named `batch`.
+    async fn wait_lb_check(
+        &self,
+        lb: &dyn LoadBalancer,
+        batch: HashSet<&str>,
+    ) -> Result<(), (Option<BackendName>, String)> {
         let deadline = Instant::now() + self.service.health.start_timeout.get();
-        let batch = names(backends);
         loop {
             let servers = self.servers(lb).await?;
             let pending: Vec<&ServerStatus> = servers
@@ -752,7 +816,7 @@ impl ServiceRunner {
             };
             if Instant::now() >= deadline {
                 return Err((
-                    BackendName::parse(&first.server).ok(),
+                    backend_of(&first.server),
                     format!(
                         "HAProxy's health check did not pass on {} within {} (status {}, check {})",
                         first.node,
@@ -771,8 +835,16 @@ impl ServiceRunner {
         lb: &dyn LoadBalancer,
         backends: &[BackendName],
     ) -> Result<(), (Option<BackendName>, String)> {
+        self.wait_up(lb, names(backends)).await
+    }
+
+    /// Waits until every node reports the servers named `batch` UP.
+    async fn wait_up(
+        &self,
+        lb: &dyn LoadBalancer,
+        batch: HashSet<&str>,
+    ) -> Result<(), (Option<BackendName>, String)> {
         let deadline = Instant::now() + CONFIRM_TIMEOUT;
-        let batch = names(backends);
         loop {
             let servers = self.servers(lb).await?;
             let down = servers
@@ -781,7 +853,7 @@ impl ServiceRunner {
             let Some(down) = down else { return Ok(()) };
             if Instant::now() >= deadline {
                 return Err((
-                    BackendName::parse(&down.server).ok(),
+                    backend_of(&down.server),
                     format!(
                         "HAProxy node {} still reports {} as {} after {:?}",
                         down.node, down.server, down.status, CONFIRM_TIMEOUT
@@ -791,6 +863,11 @@ impl ServiceRunner {
             sleep(POLL).await;
         }
     }
+}
+
+/// The backend an HAProxy server belongs to: its name, or the part before `:surge`.
+fn backend_of(server: &str) -> Option<BackendName> {
+    BackendName::parse(server.split(':').next().unwrap_or(server)).ok()
 }
 
 /// The batch's names, to pick its servers out of every server of the backend in one pass.
@@ -843,6 +920,21 @@ impl LoadBalancer for Patient {
     async fn shutdown_sessions(&self, backend: &str, server: &str) -> Result<u64, LbError> {
         Self::retry(|| self.0.shutdown_sessions(backend, server)).await
     }
+
+    async fn add_server(
+        &self,
+        backend: &str,
+        server: &str,
+        address: crate::domain::BackendAddr,
+        like: &str,
+        inter: Duration,
+    ) -> Result<(), LbError> {
+        Self::retry(|| self.0.add_server(backend, server, address, like, inter)).await
+    }
+
+    async fn remove_server(&self, backend: &str, server: &str) -> Result<(), LbError> {
+        Self::retry(|| self.0.remove_server(backend, server)).await
+    }
 }
 
 /// A drained server whose fresh HAProxy check passes is the settled `Drain` (HAProxy's bare
@@ -866,6 +958,7 @@ fn lb_check_passed(server: &ServerStatus) -> bool {
 
 mod repair;
 pub use repair::Repairs;
+mod surge;
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use app::model::{PendingControl, RolloutStatus, StepKind, StepOutcome};
 
+use crate::domain::Slot;
 use crate::store::{DeploymentQuery, DeploymentRow, Store, StoreError};
 
 /// The store as the executor uses it; each method is the [`Store`] method of the same name.
@@ -70,6 +71,14 @@ pub trait Journal: Send + Sync {
         service: &str,
         backend: &str,
         version: &str,
+    ) -> Result<(), StoreError>;
+    async fn backend_slots(&self, service: &str) -> Result<Vec<(String, Slot)>, StoreError>;
+    async fn set_backend_current(
+        &self,
+        service: &str,
+        backend: &str,
+        version: &str,
+        slot: Slot,
     ) -> Result<(), StoreError>;
 }
 
@@ -162,5 +171,19 @@ impl Journal for Store {
         version: &str,
     ) -> Result<(), StoreError> {
         Store::set_backend_version(self, service, backend, version).await
+    }
+
+    async fn backend_slots(&self, service: &str) -> Result<Vec<(String, Slot)>, StoreError> {
+        Store::backend_slots(self, service).await
+    }
+
+    async fn set_backend_current(
+        &self,
+        service: &str,
+        backend: &str,
+        version: &str,
+        slot: Slot,
+    ) -> Result<(), StoreError> {
+        Store::set_backend_current(self, service, backend, version, slot).await
     }
 }

@@ -34,6 +34,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow, AnyTypeInfo, AnyTypeI
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, Executor, Row};
 
+use crate::domain::Slot;
+
 #[cfg(test)]
 mod testing;
 
@@ -769,6 +771,50 @@ impl Store {
         Ok(())
     }
 
+    /// The address each backend's current instance runs on, as last recorded (a backend never
+    /// recorded runs on its `address`).
+    pub async fn backend_slots(&self, service: &str) -> Result<Vec<(String, Slot)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT backend, slot FROM backend_versions WHERE service = $1")
+                .bind(service)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(backend, slot)| {
+                let slot = Slot::parse(&slot).map_err(|error| sqlx::Error::ColumnDecode {
+                    index: "slot".to_owned(),
+                    source: Box::new(error),
+                })?;
+                Ok((backend, slot))
+            })
+            .collect()
+    }
+
+    /// Records that the backend's current instance runs `version` on `slot`: a surge's switch
+    /// from the old instance to the new one, in one write.
+    pub async fn set_backend_current(
+        &self,
+        service: &str,
+        backend: &str,
+        version: &str,
+        slot: Slot,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_fenced().await?;
+        sqlx::query(
+            "INSERT INTO backend_versions (service, backend, version, updated_at, slot) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (service, backend) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at, slot = excluded.slot",
+        )
+        .bind(service)
+        .bind(backend)
+        .bind(version)
+        .bind(now_millis())
+        .bind(slot.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -1046,6 +1092,7 @@ mod tests {
         recent_versions_are_newest_first_within_the_status,
         event_ids_grow_in_the_order_transactions_commit,
         a_failed_steps_log_is_kept_with_its_rollout_line_for_line,
+        the_address_a_backend_runs_on_is_recorded_with_its_version,
     );
 
     async fn a_failed_steps_log_is_kept_with_its_rollout_line_for_line(db: TestDatabase) {
@@ -1092,6 +1139,34 @@ mod tests {
             }]
         );
         assert_eq!(store.step_logs(other).await.unwrap(), []);
+    }
+
+    async fn the_address_a_backend_runs_on_is_recorded_with_its_version(db: TestDatabase) {
+        let store = db.connect().await;
+        // Recorded before surges existed: on its address.
+        store.set_backend_version("api", "s1", "v1").await.unwrap();
+        assert_eq!(
+            store.backend_slots("api").await.unwrap(),
+            [("s1".to_owned(), Slot::Address)]
+        );
+        store
+            .set_backend_current("api", "s1", "v2", Slot::SurgeAddress)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.backend_slots("api").await.unwrap(),
+            [("s1".to_owned(), Slot::SurgeAddress)]
+        );
+        assert_eq!(
+            store.backend_versions("api").await.unwrap(),
+            [("s1".to_owned(), "v2".to_owned())]
+        );
+        // A rolling rollout's start records the version and leaves the address as it was.
+        store.set_backend_version("api", "s1", "v3").await.unwrap();
+        assert_eq!(
+            store.backend_slots("api").await.unwrap(),
+            [("s1".to_owned(), Slot::SurgeAddress)]
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ mod events;
 mod resilience;
 mod rollouts;
 mod strategies;
+mod surge;
 
 #[path = "../support/mod.rs"]
 mod support;

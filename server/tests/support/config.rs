@@ -175,6 +175,8 @@ pub struct Service {
     health: Option<Health>,
     #[serde(skip_serializing_if = "Option::is_none")]
     drain: Option<Drain>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<Strategy>,
     runtime: Runtime,
     #[serde(rename = "backend", skip_serializing_if = "Vec::is_empty")]
     backends: Vec<Backend>,
@@ -195,6 +197,7 @@ impl Service {
             approval: None,
             health: None,
             drain: None,
+            strategy: None,
             runtime: Runtime::idle(),
             backends: Vec::new(),
             webhook: None,
@@ -252,11 +255,35 @@ impl Service {
         self
     }
 
+    /// `[service.strategy] kind = "surge"` with `overlap`; give each backend a surge address
+    /// ([`Service::surge_backend`]).
+    /// HAProxy checks the server Baton adds every `check_inter`.
+    pub fn surge(mut self, overlap: Duration, check_inter: Duration) -> Self {
+        self.strategy = Some(Strategy {
+            kind: "surge".to_owned(),
+            overlap: human(overlap),
+            check_inter: human(check_inter),
+        });
+        self
+    }
+
+    /// A backend on `127.0.0.1:<port>` whose next version starts on `127.0.0.1:<surge_port>`.
+    pub fn surge_backend(mut self, name: &str, port: u16, surge_port: u16) -> Self {
+        self.backends.push(Backend {
+            name: name.to_owned(),
+            address: format!("127.0.0.1:{port}"),
+            surge_address: Some(format!("127.0.0.1:{surge_port}")),
+            host: None,
+        });
+        self
+    }
+
     /// A backend listening on `127.0.0.1:<port>` (tests send traffic to loopback only).
     pub fn backend(mut self, name: &str, port: u16) -> Self {
         self.backends.push(Backend {
             name: name.to_owned(),
             address: format!("127.0.0.1:{port}"),
+            surge_address: None,
             host: None,
         });
         self
@@ -272,6 +299,7 @@ impl Service {
         self.backends.push(Backend {
             name: name.to_owned(),
             address: address.to_string(),
+            surge_address: None,
             host: Some(host.to_owned()),
         });
         self
@@ -338,6 +366,14 @@ impl Health {
 #[derive(Debug, Clone, Serialize)]
 struct Drain {
     timeout: String,
+}
+
+/// `[service.strategy]`.
+#[derive(Debug, Clone, Serialize)]
+struct Strategy {
+    kind: String,
+    overlap: String,
+    check_inter: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -439,6 +475,8 @@ impl Runtime {
 struct Backend {
     name: String,
     address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    surge_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
 }

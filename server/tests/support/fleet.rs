@@ -71,6 +71,9 @@ pub struct FleetOptions {
     /// `[server]` (a PostgreSQL database, a replica's name and lease); `None` leaves it out
     /// (a SQLite file beside the configuration).
     pub server: Option<Server>,
+    /// `[service.strategy] kind = "surge"` with this overlap, each backend with a surge
+    /// address of its own (backends on this machine only); `None`: rolling.
+    pub surge: Option<Duration>,
 }
 
 impl Default for FleetOptions {
@@ -97,6 +100,7 @@ impl Default for FleetOptions {
             prepare: None,
             database_url: None,
             server: None,
+            surge: None,
         }
     }
 }
@@ -216,10 +220,28 @@ fn config(
     if let Some(when) = options.approval {
         web = web.approval(when);
     }
-    for (name, address, host) in placement {
-        web = match host {
-            None => web.backend(name, address.port()),
-            Some(host) => web.backend_on(name, *address, host),
+    if let Some(overlap) = options.surge {
+        // The surge servers checked as haproxy.cfg checks the others.
+        web = web.surge(overlap, options.checks.inter);
+    }
+    // Ports of their own: not one the backends' addresses already took.
+    let surge_ports: Vec<u16> = match options.surge {
+        Some(_) => free_ports(placement.len() * 2)
+            .into_iter()
+            .filter(|port| {
+                !placement
+                    .iter()
+                    .any(|(_, address, _)| address.port() == *port)
+            })
+            .take(placement.len())
+            .collect(),
+        None => Vec::new(),
+    };
+    for (i, (name, address, host)) in placement.iter().enumerate() {
+        web = match (host, surge_ports.get(i)) {
+            (None, Some(surge_port)) => web.surge_backend(name, address.port(), *surge_port),
+            (None, None) => web.backend(name, address.port()),
+            (Some(host), _) => web.backend_on(name, *address, host),
         };
     }
     let mut config = Config::new().load_balancer(load_balancer).service(web);
@@ -566,6 +588,37 @@ pub fn load(fleet: &Fleet, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u6
             }
         }
         (sent, failures)
+    })
+}
+
+/// Samples how many servers of the `web` backend HAProxy reports UP, every 50 ms, straight from
+/// its admin socket, until stopped (at most 60 s); returns each sample with its time since the
+/// start. This is the capacity a user's requests have.
+pub fn capacity_trace(
+    fleet: &Fleet,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Duration, usize)>> {
+    let haproxy = fleet.haproxy();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut trace = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+            tick.tick().await;
+            if let Ok(servers) = haproxy.servers("web").await {
+                let up = servers.iter().filter(|s| s.is_up()).count();
+                if std::env::var_os("TRACE_CAPACITY").is_some() {
+                    let others: Vec<String> = servers
+                        .iter()
+                        .filter(|s| !s.is_up())
+                        .map(|s| format!("{} {}", s.server, s.status))
+                        .collect();
+                    eprintln!("{:?} up={up} {others:?}", started.elapsed());
+                }
+                trace.push((started.elapsed(), up));
+            }
+        }
+        trace
     })
 }
 

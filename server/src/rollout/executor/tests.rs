@@ -217,6 +217,35 @@ impl Journal for OffClock {
         })
         .await
     }
+
+    async fn backend_slots(
+        &self,
+        service: &str,
+    ) -> Result<Vec<(String, crate::domain::Slot)>, StoreError> {
+        let (store, service) = (self.0.clone(), service.to_owned());
+        db(async move { store.backend_slots(&service).await }).await
+    }
+
+    async fn set_backend_current(
+        &self,
+        service: &str,
+        backend: &str,
+        version: &str,
+        slot: crate::domain::Slot,
+    ) -> Result<(), StoreError> {
+        let (store, service, backend, version) = (
+            self.0.clone(),
+            service.to_owned(),
+            backend.to_owned(),
+            version.to_owned(),
+        );
+        db(async move {
+            store
+                .set_backend_current(&service, &backend, &version, slot)
+                .await
+        })
+        .await
+    }
 }
 
 /// The service under test: `web`, backends `web1`… on one HAProxy node `n1`, health probed
@@ -227,6 +256,9 @@ struct Setup {
     start_timeout: &'static str,
     /// More keys of `[[service]]`, such as `canary = 1`.
     service_keys: &'static str,
+    /// `[service.strategy] kind = "surge"` with this overlap (the surge server checked every
+    /// 100 ms, as the others), each backend with a surge address; `None`: rolling.
+    surge: Option<&'static str>,
 }
 
 impl Default for Setup {
@@ -236,6 +268,7 @@ impl Default for Setup {
             drain_timeout: "10s",
             start_timeout: "5s",
             service_keys: "",
+            surge: None,
         }
     }
 }
@@ -261,12 +294,22 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let backends: String = (1..=setup.backends)
             .map(|i| {
+                let surge = match setup.surge {
+                    Some(_) => format!("surge_address = \"127.0.0.1:{}\"\n", 18100 + i),
+                    None => String::new(),
+                };
                 format!(
-                    "[[service.backend]]\nname = \"web{i}\"\naddress = \"127.0.0.1:{}\"\n",
+                    "[[service.backend]]\nname = \"web{i}\"\naddress = \"127.0.0.1:{}\"\n{surge}",
                     18000 + i
                 )
             })
             .collect();
+        let strategy = match setup.surge {
+            Some(overlap) => format!(
+                "[service.strategy]\nkind = \"surge\"\noverlap = \"{overlap}\"\ncheck_inter = \"100ms\"\n"
+            ),
+            None => String::new(),
+        };
         let config = format!(
             r#"
 [[load_balancer]]
@@ -286,7 +329,7 @@ healthy_threshold = 2
 start_timeout = "{start}"
 [service.drain]
 timeout = "{drain}"
-[service.runtime]
+{strategy}[service.runtime]
 kind = "process"
 command = ["true"]
 initial_version = "v1"
@@ -345,13 +388,20 @@ initial_version = "v1"
             service: self.service.name.clone(),
             name: found.name.clone(),
             address: found.address,
+            slot: crate::domain::Slot::Address,
         }
     }
 
     /// Starts the service's worker; it stops when the returned handle is stopped or dropped.
     fn start_worker(&self) -> Worker {
+        self.start_worker_with(self.service.clone())
+    }
+
+    /// [`Rig::start_worker`] with the service's settings changed (as a restarted Baton reads
+    /// an edited file).
+    fn start_worker_with(&self, service: Arc<ServiceSettings>) -> Worker {
         let runner = ServiceRunner {
-            service: self.service.clone(),
+            service,
             lb: self.lb.clone(),
             runtime: self.runtime.clone(),
             store: Arc::new(OffClock(self.store.clone(), self.queue_unanswered.clone())),
@@ -669,6 +719,194 @@ async fn a_rollout_replaces_one_backend_at_a_time_waiting_for_baton_then_haproxy
     assert_eq!(
         recorded,
         ["web1", "web2", "web3"].map(|b| (b.to_owned(), "v2".to_owned()))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_surge_serves_the_new_instance_before_draining_the_old_one_and_retires_it_after_the_overlap()
+ {
+    let rig = Rig::new(Setup {
+        backends: 1,
+        surge: Some("5s"),
+        ..Setup::default()
+    })
+    .await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: ms(300) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    // One backend is enough: nothing leaves rotation before its successor is UP. The new
+    // instance answers at 300 ms and passes Baton's second probe at 350; HAProxy's first
+    // check of the added server comes `inter` (100 ms) after it leaves maint, then it is put
+    // in rotation; the old one is drained, kept 5 s, stopped and removed.
+    assert_eq!(
+        done.status,
+        RolloutStatus::Succeeded,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    assert_eq!(
+        rig.log.timed_actions(),
+        owned(&[
+            (0, "prepare v2"),
+            (0, "start web1:surge v2"),
+            (350, "add server web1:surge 127.0.0.1:18101"),
+            (350, "web1:surge drain"),
+            (450, "web1:surge ready"),
+            (450, "web1 drain"),
+            (5450, "stop web1"),
+            (5450, "del server web1"),
+        ])
+    );
+    assert_eq!(rig.runtime.version_of("web1:surge").as_deref(), Some("v2"));
+    assert_eq!(
+        rig.runtime.version_of("web1"),
+        None,
+        "the old one was stopped"
+    );
+    let store = rig.store.clone();
+    let slots = db(async move { store.backend_slots("web").await })
+        .await
+        .unwrap();
+    assert_eq!(
+        slots,
+        [("web1".to_owned(), crate::domain::Slot::SurgeAddress)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_during_the_overlap_retires_the_old_instance_when_the_overlap_ends() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("5s"),
+        ..Setup::default()
+    })
+    .await;
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let drained = rig.call("web1 drain", 1).await;
+    rig.control(id, ControlAction::Abort);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(
+        done.status,
+        RolloutStatus::Cancelled,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    assert_eq!(
+        rig.actions_from(drained + ms(1)),
+        owned(&[
+            (drained.as_millis() as u64 + 5000, "stop web1"),
+            (drained.as_millis() as u64 + 5000, "del server web1")
+        ]),
+        "web1's old instance is retired after the whole overlap; web2 is not touched"
+    );
+    assert_eq!(rig.runtime.version_of("web1:surge").as_deref(), Some("v2"));
+    assert_eq!(rig.runtime.version_of("web2").as_deref(), Some("v1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_surge_surges_the_backends_already_done_back_to_their_first_address() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("1s"),
+        ..Setup::default()
+    })
+    .await;
+    // web2's host stops answering Baton: its new instance cannot start.
+    rig.runtime.cut("web2", Some(Cut::Now));
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    let steps = rig.steps(id).await;
+    let rollback: Vec<&String> = steps.iter().filter(|s| s.ends_with("(rollback)")).collect();
+    assert_eq!(
+        rollback,
+        [
+            "web2 discard failed (rollback)",
+            "web1 surge_start ok (rollback)",
+            "web1 surge_healthy ok (rollback)",
+            "web1 surge_add ok (rollback)",
+            "web1 surge_enable ok (rollback)",
+            "web1 drain ok (rollback)",
+            "web1 wait_sessions ok (rollback)",
+            "web1 overlap ok (rollback)",
+            "web1 retire ok (rollback)",
+        ]
+    );
+    assert_eq!(
+        done.status,
+        RolloutStatus::Failed,
+        "web2 needs an operator: {steps:#?}"
+    );
+    // web1 runs v1 again on its address, as the configured server; the v2 instance is gone.
+    assert_eq!(rig.runtime.version_of("web1").as_deref(), Some("v1"));
+    assert_eq!(rig.runtime.version_of("web1:surge"), None);
+    let servers: Vec<String> = rig
+        .lb
+        .servers("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| format!("{} {}", s.server, s.status))
+        .collect();
+    assert_eq!(servers, ["web2 UP", "web1 UP"]);
+    let store = rig.store.clone();
+    let (versions, slots) = db(async move {
+        (
+            store.backend_versions("web").await.unwrap(),
+            store.backend_slots("web").await.unwrap(),
+        )
+    })
+    .await;
+    assert!(
+        versions.contains(&("web1".to_owned(), "v1".to_owned())),
+        "{versions:?}"
+    );
+    assert!(
+        slots.contains(&("web1".to_owned(), crate::domain::Slot::Address)),
+        "{slots:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_rollout_refuses_a_backend_a_surge_left_on_its_surge_address() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("1s"),
+        ..Setup::default()
+    })
+    .await;
+    let worker = rig.start_worker();
+    let surged = rig.queue("v2").await;
+    assert_eq!(rig.ended(surged).await.status, RolloutStatus::Succeeded);
+    worker.stop().await;
+
+    let mut rolling = (*rig.service).clone();
+    rolling.strategy.kind = StrategyKind::Rolling;
+    let worker = rig.start_worker_with(Arc::new(rolling));
+    let before = rig.log.actions().len();
+    let id = rig.queue("v3").await;
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(done.status, RolloutStatus::Failed);
+    let reason = done.reason.unwrap();
+    assert!(
+        reason.starts_with("check_capacity failed on web1: web1 runs on its surge_address 127.0.0.1:18101 (HAProxy server web1:surge) since a surge rollout"),
+        "{reason}"
+    );
+    assert_eq!(
+        rig.log.actions()[before..],
+        ["prepare v3"],
+        "nothing was touched"
     );
 }
 
