@@ -19,6 +19,7 @@ use crate::auth::{self, Audit, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
 use crate::http_error::{ApiError, RequestError};
 use crate::live;
+use crate::metrics::EventStream;
 use crate::state::AppState;
 use crate::webhooks;
 
@@ -276,6 +277,10 @@ async fn deployment_events(
     let stream = pass
         .follow(events.map(|event| Ok::<_, Infallible>(live::deployment_sse(&event))))
         .take_until(state.stopping.clone().cancelled_owned());
+    let stream = state
+        .fleet
+        .metrics()
+        .counted(EventStream::Deployment, stream);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -294,6 +299,7 @@ async fn fleet_events(
     let stream = pass
         .follow(live::fleet_stream(now, events, changes))
         .take_until(state.stopping.clone().cancelled_owned());
+    let stream = state.fleet.metrics().counted(EventStream::Fleet, stream);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
