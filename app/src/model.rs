@@ -29,6 +29,7 @@ pub struct BackendSummary {
 
 /// The live state of every service: what `GET /api/services` answers and what the fleet-wide
 /// event stream sends (as `event: fleet`) whenever something changes.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
@@ -47,6 +48,7 @@ pub struct ServiceStatus {
     pub rollback_version: Option<String>,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub name: String,
@@ -61,6 +63,7 @@ pub struct BackendStatus {
 }
 
 /// Which Baton replica answers, and which one leads (runs rollouts).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaView {
     /// The replica that answered.
@@ -74,6 +77,7 @@ pub struct ReplicaView {
 }
 
 /// A replica's part.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, VariantArray,
 )]
@@ -89,6 +93,7 @@ pub enum ReplicaRole {
 }
 
 /// A machine backends run on, reached over OpenSSH, as Baton last saw it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostView {
     pub name: String,
@@ -102,6 +107,7 @@ pub struct HostView {
 }
 
 /// Whether Baton can reach a host now.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, VariantArray,
 )]
@@ -134,11 +140,14 @@ pub struct NodeStatus {
 }
 
 /// [`NodeStatus`] as JSON: the words for people and scripts beside the parsed form.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize)]
 struct NodeStatusWire {
     node: String,
-    /// What the load balancer said (`UP`, `DRAIN 1/2`, `no check`…); read back from `state`.
-    #[serde(default, skip_deserializing)]
+    /// What the load balancer said (`UP`, `DRAIN 1/2`, `no check`…); read back from `state`
+    /// (so what a client sends here is ignored). Not `skip_deserializing`: the API's
+    /// description would leave the field out of the answers too.
+    #[serde(default)]
     status: String,
     state: ServerState,
     /// The check result's code (`L7OK`, `L4CON`…).
@@ -147,6 +156,26 @@ struct NodeStatusWire {
     check_passed: Option<bool>,
     sessions: u64,
     backup: bool,
+}
+
+/// The API describes a node's status as it is sent: [`NodeStatusWire`]'s shape.
+#[cfg(feature = "ssr")]
+impl utoipa::PartialSchema for NodeStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <NodeStatusWire as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl utoipa::ToSchema for NodeStatus {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <NodeStatusWire as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 impl From<NodeStatus> for NodeStatusWire {
@@ -181,6 +210,7 @@ impl From<NodeStatusWire> for NodeStatus {
 /// Where a load-balancer node's health check of a server stands on its way between two states:
 /// HAProxy's `n/m` (`UP 1/2`: one failed check more and it goes down; `DOWN 1/2`: one passed
 /// check more and it comes up).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub current: u32,
@@ -188,6 +218,7 @@ pub struct Health {
 }
 
 /// Why a server is in maintenance.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MaintCause {
@@ -207,6 +238,7 @@ pub enum MaintCause {
 /// leaves maintenance it is `Some` *with the check result from before maintenance*, which
 /// proves nothing about what listens now (see `drivers/haproxy.rs`): only the settled `Up` and
 /// `Drain` are fresh.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ServerState {
@@ -333,6 +365,7 @@ impl fmt::Display for CheckResult {
 }
 
 /// Where a rollout in progress is.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActiveRollout {
     pub id: i64,
@@ -348,6 +381,7 @@ pub struct ActiveRollout {
 }
 
 /// A rollout as the history lists it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentSummary {
     pub id: i64,
@@ -367,6 +401,7 @@ pub struct DeploymentSummary {
 }
 
 /// One step on one backend (or on the whole rollout, for `prepare`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSummary {
     pub id: i64,
@@ -384,6 +419,7 @@ pub struct StepSummary {
 
 /// A rollout with its whole timeline: what the rollout page renders first, before it follows
 /// the rollout's event stream from `last_event_id`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentDetail {
     #[serde(flatten)]
@@ -400,6 +436,7 @@ pub struct DeploymentDetail {
 }
 
 /// A pause, resume or abort someone asked for that has not taken effect yet.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingControl {
     pub action: ControlAction,
@@ -420,6 +457,7 @@ impl PendingControl {
 }
 
 /// One page of the history, newest first.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentPage {
     pub deployments: Vec<DeploymentSummary>,
@@ -473,6 +511,7 @@ pub enum Change {
 }
 
 /// Where a rollout is. Stored and sent as its snake_case word (`rolled_back`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -524,6 +563,7 @@ impl RolloutStatus {
 /// One step of the safe procedure that replaces the version on a backend, declared in the order
 /// the procedure runs them (the rollout engine compares steps by it). Stored and sent as its
 /// snake_case word (`wait_sessions`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -573,6 +613,7 @@ impl StepKind {
 }
 
 /// How a step ended. Stored and sent as its snake_case word (`timed_out`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -604,6 +645,7 @@ impl StepOutcome {
 }
 
 /// What started a rollout. Stored and sent as its lowercase word.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -702,6 +744,7 @@ words! {
 }
 
 /// What an operator can ask of a running rollout.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlAction {
@@ -724,6 +767,7 @@ impl ControlAction {
 
 /// What a signed-in person or token may do. Each role may do everything the roles before it
 /// may: the derived order is the privilege order.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

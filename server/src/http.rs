@@ -59,6 +59,11 @@ async fn ready(State(state): State<AppState>) -> Result<Json<ReplicaView>, Box<U
 }
 
 /// This replica's view: which one answers, and which one leads.
+#[utoipa::path(get, path = "/api/replica", tag = "replicas",
+    responses(
+        (status = 200, description = "This replica's view", body = ReplicaView),
+        (status = 401, description = "No valid token or session", body = crate::http_error::ErrorBody),
+    ))]
 async fn replica(State(state): State<AppState>) -> Json<ReplicaView> {
     Json(state.leadership.view())
 }

@@ -28,6 +28,13 @@ const INTERNAL: &str = "internal error; the server log has the details";
 /// The status of a request that took longer than the router's timeout.
 pub const TIMED_OUT: StatusCode = StatusCode::REQUEST_TIMEOUT;
 
+/// The body of every error answer of the JSON API.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, and what was expected.
+    pub error: String,
+}
+
 /// An error answer of the JSON API: `{"error": "..."}` with the status its cause maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -122,7 +129,7 @@ impl IntoResponse for ApiError {
             return error.into_response();
         }
         let (status, message) = self.answer();
-        (status, Json(json!({ "error": message }))).into_response()
+        (status, Json(ErrorBody { error: message })).into_response()
     }
 }
 
@@ -169,7 +176,13 @@ impl IntoResponse for AuthError {
             }
             _ => {}
         }
-        let mut response = (status, Json(json!({ "error": auth_message(&self) }))).into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: auth_message(&self),
+            }),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match &self {
             AuthError::SignInRequired

@@ -12,6 +12,7 @@ pub mod http_error;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod origin;
 pub mod replica;
 pub mod rollout;

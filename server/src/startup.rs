@@ -217,6 +217,7 @@ fn router(state: AppState) -> (Router, Policy) {
 
     let mut guarded = http::routes()
         .merge(api::routes())
+        .merge(crate::openapi::routes())
         .merge(crate::webhooks::routes())
         .merge(auth.routes())
         .server_functions();

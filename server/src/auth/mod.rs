@@ -45,7 +45,7 @@ mod page_context;
 mod password_gate;
 mod policy;
 mod principal;
-mod routes;
+pub(crate) mod routes;
 mod secret;
 mod streams;
 

@@ -101,7 +101,7 @@ pub enum DeployError {
 }
 
 /// A rollout accepted into the queue.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Queued {
     pub id: i64,
     pub status: RolloutStatus,

@@ -4,6 +4,7 @@ mod access;
 mod auth_config;
 mod lifecycle;
 mod metrics;
+mod openapi;
 mod pages;
 mod replicas;
 mod streams;
