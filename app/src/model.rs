@@ -816,6 +816,14 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// The body of every error answer of the JSON API: `{"error": "..."}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong, and what was expected.
+    pub error: String,
+}
+
 /// Who is asking, as the UI needs to know it (to hide what they may not do).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {

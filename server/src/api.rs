@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use app::model::{ControlAction, DeploymentFilter, RolloutStatus};
+use app::model::{ControlAction, DeploymentFilter, ErrorBody, RolloutStatus};
 use app::webhooks::DeliveryPage;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::auth::{self, Audit, ClientAddress, Guarded, Principal, Role};
 use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
-use crate::http_error::{ApiError, ErrorBody, RequestError};
+use crate::http_error::{ApiError, RequestError};
 use crate::live;
 use crate::metrics::EventStream;
 use crate::state::AppState;

@@ -62,7 +62,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<ReplicaView>, Box<U
 #[utoipa::path(get, path = "/api/replica", tag = "replicas",
     responses(
         (status = 200, description = "This replica's view", body = ReplicaView),
-        (status = 401, description = "No valid token or session", body = crate::http_error::ErrorBody),
+        (status = 401, description = "No valid token or session", body = app::model::ErrorBody),
     ))]
 async fn replica(State(state): State<AppState>) -> Json<ReplicaView> {
     Json(state.leadership.view())

@@ -10,7 +10,7 @@
 //! `{"error": "..."}` that says what was wrong and what was expected, except `/alive`'s plain text
 //! (for load balancers) and the HTML page a signed-in browser gets for a page it may not see.
 
-use app::model::UnknownWord;
+use app::model::{ErrorBody, UnknownWord};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -27,13 +27,6 @@ const INTERNAL: &str = "internal error; the server log has the details";
 
 /// The status of a request that took longer than the router's timeout.
 pub const TIMED_OUT: StatusCode = StatusCode::REQUEST_TIMEOUT;
-
-/// The body of every error answer of the JSON API.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// What was wrong, and what was expected.
-    pub error: String,
-}
 
 /// An error answer of the JSON API: `{"error": "..."}` with the status its cause maps to.
 #[derive(Debug, thiserror::Error)]

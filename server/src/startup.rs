@@ -202,6 +202,7 @@ fn router(state: AppState) -> (Router, Policy) {
     let auth = Auth::new(state.store.clone(), state.settings.auth.clone())
         .allowing_scrapers(state.settings.server.metrics_allow.clone());
     let metrics = state.fleet.metrics().clone();
+    let openapi = crate::openapi::Published::default();
     let fleet = Fleet(Arc::new(UiFleet {
         settings: state.settings.clone(),
         fleet: state.fleet.clone(),
@@ -217,7 +218,7 @@ fn router(state: AppState) -> (Router, Policy) {
 
     let mut guarded = http::routes()
         .merge(api::routes())
-        .merge(crate::openapi::routes())
+        .merge(openapi.routes())
         .merge(crate::webhooks::routes())
         .merge(auth.routes())
         .server_functions();
@@ -225,6 +226,7 @@ fn router(state: AppState) -> (Router, Policy) {
         guarded = guarded.page(page.path(), page_access(page.path()));
     }
     let (guarded, policy) = guarded.into_parts();
+    openapi.publish(&policy);
     let router = guarded
         .leptos_routes_with_context(
             &state,

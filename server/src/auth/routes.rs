@@ -8,6 +8,7 @@
 //! throttled, 503 with `Retry-After` while too many passwords are being checked at once. Either
 //! way a success sets the session cookie. Request bodies with secrets are never echoed in errors.
 
+use app::model::ErrorBody;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,7 +29,6 @@ use super::policy::{Access, Guarded};
 use super::principal::{Actor, ClientAddress, Principal, Role};
 use super::secret::{Password, SecretToken, verify_against_nobody, verify_password};
 use super::{Audit, Auth};
-use crate::http_error::ErrorBody;
 use crate::store::auth::{AuditQuery, AuditRow, LoginAttempt, TokenRow, UserRow};
 use crate::store::now_millis;
 

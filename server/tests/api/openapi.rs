@@ -49,6 +49,36 @@ async fn the_openapi_document_describes_every_api_route_of_the_policy_and_nothin
         routed.contains("POST /api/services/{service}/deployments"),
         "{routed:?}"
     );
+
+    // What each operation needs is the policy's word for it.
+    for rule in app
+        .policy
+        .rules()
+        .filter(|rule| rule.path.starts_with("/api/"))
+    {
+        let operation = &document["paths"][&rule.path][rule.method.as_str().to_lowercase()];
+        assert_eq!(
+            operation["x-baton-access"],
+            rule.access.to_string(),
+            "{} {}: {operation:#}",
+            rule.method,
+            rule.path
+        );
+    }
+    let create_user = &document["paths"]["/api/users"]["post"];
+    assert_eq!(create_user["x-baton-access"], "admin");
+    assert!(
+        create_user["description"]
+            .as_str()
+            .unwrap()
+            .ends_with("Needs the admin role or above."),
+        "{create_user:#}"
+    );
+    assert_eq!(
+        document["paths"]["/api/openapi.json"]["get"]["security"],
+        serde_json::json!([{}]),
+        "the public description needs no credentials"
+    );
 }
 
 #[tokio::test]
