@@ -447,7 +447,10 @@ mod tests {
 
         let text = metrics.render(&[service(
             "api",
-            vec![backend("s1", std::slice::from_ref(&up)), backend("s2", &[up])],
+            vec![
+                backend("s1", std::slice::from_ref(&up)),
+                backend("s2", &[up]),
+            ],
         )]);
         assert!(
             text.contains("baton_backends{service=\"api\",state=\"up\"} 2\n"),
