@@ -12,6 +12,7 @@
 mod metered;
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
 use app::model::{RolloutStatus, ServerState, ServiceStatus, StepKind};
@@ -50,8 +51,6 @@ struct Inner {
     /// never show a half-refreshed family.
     scrape: Mutex<()>,
 }
-
-type AtomicI64 = std::sync::atomic::AtomicI64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RolloutLabels {
