@@ -29,6 +29,7 @@ pub struct BackendSummary {
 
 /// The live state of every service: what `GET /api/services` answers and what the fleet-wide
 /// event stream sends (as `event: fleet`) whenever something changes.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
@@ -47,6 +48,7 @@ pub struct ServiceStatus {
     pub rollback_version: Option<String>,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub name: String,
@@ -68,6 +70,7 @@ pub struct BackendStatus {
 /// The instance of a backend beside its current one during a surge: arriving (not yet UP and
 /// current) or leaving (drained, kept for the overlap).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct OverlapView {
     /// Its HAProxy server (`web1:surge` on the surge address).
     pub server: String,
@@ -77,6 +80,7 @@ pub struct OverlapView {
 }
 
 /// Which Baton replica answers, and which one leads (runs rollouts).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaView {
     /// The replica that answered.
@@ -90,6 +94,7 @@ pub struct ReplicaView {
 }
 
 /// A replica's part.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, VariantArray,
 )]
@@ -105,6 +110,7 @@ pub enum ReplicaRole {
 }
 
 /// A machine backends run on, reached over OpenSSH, as Baton last saw it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostView {
     pub name: String,
@@ -118,6 +124,7 @@ pub struct HostView {
 }
 
 /// Whether Baton can reach a host now.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr, VariantArray,
 )]
@@ -150,11 +157,14 @@ pub struct NodeStatus {
 }
 
 /// [`NodeStatus`] as JSON: the words for people and scripts beside the parsed form.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize)]
 struct NodeStatusWire {
     node: String,
-    /// What the load balancer said (`UP`, `DRAIN 1/2`, `no check`…); read back from `state`.
-    #[serde(default, skip_deserializing)]
+    /// What the load balancer said (`UP`, `DRAIN 1/2`, `no check`…); read back from `state`
+    /// (so what a client sends here is ignored). Not `skip_deserializing`: the API's
+    /// description would leave the field out of the answers too.
+    #[serde(default)]
     status: String,
     state: ServerState,
     /// The check result's code (`L7OK`, `L4CON`…).
@@ -163,6 +173,26 @@ struct NodeStatusWire {
     check_passed: Option<bool>,
     sessions: u64,
     backup: bool,
+}
+
+/// The API describes a node's status as it is sent: [`NodeStatusWire`]'s shape.
+#[cfg(feature = "ssr")]
+impl utoipa::PartialSchema for NodeStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <NodeStatusWire as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl utoipa::ToSchema for NodeStatus {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <NodeStatusWire as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 impl From<NodeStatus> for NodeStatusWire {
@@ -197,6 +227,7 @@ impl From<NodeStatusWire> for NodeStatus {
 /// Where a load-balancer node's health check of a server stands on its way between two states:
 /// HAProxy's `n/m` (`UP 1/2`: one failed check more and it goes down; `DOWN 1/2`: one passed
 /// check more and it comes up).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub current: u32,
@@ -204,6 +235,7 @@ pub struct Health {
 }
 
 /// Why a server is in maintenance.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MaintCause {
@@ -223,6 +255,7 @@ pub enum MaintCause {
 /// leaves maintenance it is `Some` *with the check result from before maintenance*, which
 /// proves nothing about what listens now (see `drivers/haproxy.rs`): only the settled `Up` and
 /// `Drain` are fresh.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ServerState {
@@ -349,6 +382,7 @@ impl fmt::Display for CheckResult {
 }
 
 /// Where a rollout in progress is.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActiveRollout {
     pub id: i64,
@@ -364,6 +398,7 @@ pub struct ActiveRollout {
 }
 
 /// A rollout as the history lists it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentSummary {
     pub id: i64,
@@ -383,6 +418,7 @@ pub struct DeploymentSummary {
 }
 
 /// One step on one backend (or on the whole rollout, for `prepare`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSummary {
     pub id: i64,
@@ -400,6 +436,7 @@ pub struct StepSummary {
 
 /// A rollout with its whole timeline: what the rollout page renders first, before it follows
 /// the rollout's event stream from `last_event_id`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentDetail {
     #[serde(flatten)]
@@ -428,6 +465,7 @@ pub struct DeploymentDetail {
 /// application printed, so only deployers and admins read its lines; a viewer learns that it
 /// is there and how long it is (`withheld`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct StepLog {
     /// The failed step.
     pub step_id: i64,
@@ -463,6 +501,7 @@ impl DeploymentDetail {
 }
 
 /// A pause, resume or abort someone asked for that has not taken effect yet.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingControl {
     pub action: ControlAction,
@@ -485,6 +524,7 @@ impl PendingControl {
 }
 
 /// One page of the history, newest first.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentPage {
     pub deployments: Vec<DeploymentSummary>,
@@ -538,6 +578,7 @@ pub enum Change {
 }
 
 /// Where a rollout is. Stored and sent as its snake_case word (`rolled_back`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -597,6 +638,7 @@ impl RolloutStatus {
 /// One step of the safe procedure that replaces the version on a backend, declared in the order
 /// the procedure runs them (the rollout engine compares steps by it). Stored and sent as its
 /// snake_case word (`wait_sessions`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -661,6 +703,7 @@ impl StepKind {
 }
 
 /// How a step ended. Stored and sent as its snake_case word (`timed_out`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -692,6 +735,7 @@ impl StepOutcome {
 }
 
 /// What started a rollout. Stored and sent as its lowercase word.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -790,6 +834,7 @@ words! {
 }
 
 /// What an operator can ask of a running rollout.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlAction {
@@ -819,6 +864,7 @@ impl ControlAction {
 
 /// What a signed-in person or token may do. Each role may do everything the roles before it
 /// may: the derived order is the privilege order.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -865,6 +911,14 @@ impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The body of every error answer of the JSON API: `{"error": "..."}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong, and what was expected.
+    pub error: String,
 }
 
 /// Who is asking, as the UI needs to know it (to hide what they may not do).

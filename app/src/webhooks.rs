@@ -11,6 +11,7 @@ use crate::model::RolloutStatus;
 use crate::pages::LocalTime;
 
 /// One delivery as the log shows it. Times are Unix milliseconds.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryView {
     /// The log entry's id (what a replay names).
@@ -42,6 +43,7 @@ pub struct DeliveryView {
 }
 
 /// One page of a service's delivery log, newest first.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryPage {
     pub deliveries: Vec<DeliveryView>,
@@ -50,6 +52,7 @@ pub struct DeliveryPage {
 }
 
 /// What Baton answered to a delivery (or to a replay): the body of `POST /hooks/{service}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryOutcome {
     /// The HTTP status of the answer.

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use app::model::{ControlAction, DeploymentFilter, RolloutStatus};
+use app::model::{ControlAction, DeploymentFilter, ErrorBody, RolloutStatus};
 use app::webhooks::DeliveryPage;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -13,13 +13,13 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::auth::{self, Audit, ClientAddress, Guarded, Principal, Role};
 use crate::drivers::LOG_TAIL_MAX;
 use crate::fleet::{DeployError, DeployRequest, Snapshot, Trigger};
 use crate::http_error::{ApiError, RequestError};
 use crate::live;
+use crate::metrics::EventStream;
 use crate::state::AppState;
 use crate::webhooks;
 
@@ -76,12 +76,18 @@ pub async fn audit(
     .await;
 }
 
+/// Every service with its backends, as the load balancer and Baton see them now.
+#[utoipa::path(get, path = "/api/services", tag = "services",
+    responses(
+        (status = 200, description = "Every service", body = Vec<app::model::ServiceStatus>),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+    ))]
 async fn list_services(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.fleet.status().await?))
 }
 
 /// Who may claim to have started a rollout through the API.
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Deserialize, Default, Clone, Copy, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum ApiTrigger {
     #[default]
@@ -89,7 +95,7 @@ enum ApiTrigger {
     Cli,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     version: String,
@@ -98,6 +104,18 @@ struct DeployBody {
     trigger: ApiTrigger,
 }
 
+/// Queues a rollout of the service to a version (rollouts of one service run one at a time).
+#[utoipa::path(post, path = "/api/services/{service}/deployments", tag = "rollouts",
+    params(("service" = String, Path, description = "The service's name")),
+    request_body = DeployBody,
+    responses(
+        (status = 202, description = "Queued", body = crate::fleet::Queued),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 409, description = "The version cannot be deployed now", body = ErrorBody),
+    ))]
 async fn create_deployment(
     State(state): State<AppState>,
     principal: Principal,
@@ -141,6 +159,17 @@ async fn create_deployment(
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
+/// Queues a rollout back to the service's last good version.
+#[utoipa::path(post, path = "/api/services/{service}/rollback", tag = "rollouts",
+    params(("service" = String, Path, description = "The service's name")),
+    responses(
+        (status = 202, description = "Queued", body = crate::fleet::Queued),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 409, description = "Nothing to roll back to", body = ErrorBody),
+    ))]
 async fn rollback(
     State(state): State<AppState>,
     principal: Principal,
@@ -164,16 +193,31 @@ async fn rollback(
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only this service's rollouts.
     service: Option<String>,
+    /// Only rollouts with this status (`queued`, `running`, `succeeded`, ...).
     status: Option<String>,
+    /// At most this many (default and largest: the store's page).
     limit: Option<u32>,
+    /// Only older rollouts than this id (the next page).
     before: Option<i64>,
+    /// Only newer rollouts than this id (the previous page).
     after: Option<i64>,
 }
 
+/// The rollout history, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/deployments", tag = "rollouts",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = app::model::DeploymentPage),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    ))]
 async fn list_deployments(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -208,13 +252,14 @@ fn parse_id(id: &str) -> Result<i64, RequestError> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct LogQuery {
+    /// How many of the last lines, 1 to 200 (200 when left out).
     lines: Option<usize>,
 }
 
 /// A backend's log as it reads now.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct BackendLog {
     service: String,
     backend: String,
@@ -226,6 +271,20 @@ struct BackendLog {
 /// The last lines of a backend's log (`?lines=N`, 1 to 200, 200 by default): what it printed
 /// under the process runtime, the commands' stderr under the command runtime. For deployers
 /// and admins only: a log may hold what the application should not show everyone.
+#[utoipa::path(get, path = "/api/services/{service}/backends/{backend}/log", tag = "services",
+    params(
+        ("service" = String, Path, description = "The service's name"),
+        ("backend" = String, Path, description = "The backend's name"),
+        LogQuery,
+    ),
+    responses(
+        (status = 200, description = "The end of the backend's log now", body = BackendLog),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such service or backend", body = ErrorBody),
+        (status = 502, description = "The backend's host did not answer", body = ErrorBody),
+    ))]
 async fn backend_log(
     State(state): State<AppState>,
     Path((service, backend)): Path<(String, String)>,
@@ -257,6 +316,16 @@ async fn backend_log(
     }))
 }
 
+/// One rollout with its steps.
+#[utoipa::path(get, path = "/api/deployments/{id}", tag = "rollouts",
+    params(("id" = i64, Path, description = "The rollout's id")),
+    responses(
+        (status = 200, description = "The rollout", body = app::model::DeploymentDetail),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+    ))]
 async fn get_deployment(
     State(state): State<AppState>,
     principal: Principal,
@@ -271,6 +340,20 @@ async fn get_deployment(
     Ok(Json(detail.seen_by(Some(principal.role))))
 }
 
+/// Asks a rollout to pause, resume or abort; it takes effect between steps.
+#[utoipa::path(post, path = "/api/deployments/{id}/{action}", tag = "rollouts",
+    params(
+        ("id" = i64, Path, description = "The rollout's id"),
+        ("action" = ControlAction, Path, description = "pause, resume or abort"),
+    ),
+    responses(
+        (status = 202, description = "Asked", body = ControlRequested),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such rollout or action", body = ErrorBody),
+        (status = 409, description = "The rollout cannot do that now", body = ErrorBody),
+    ))]
 async fn control(
     State(state): State<AppState>,
     principal: Principal,
@@ -312,11 +395,22 @@ async fn control(
     audit(&state, &principal, &address, action.as_str(), &target, None).await;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "requested": action.as_str() })),
+        Json(ControlRequested {
+            id,
+            requested: action,
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+/// A pause, resume or abort accepted for a rollout.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ControlRequested {
+    id: i64,
+    requested: ControlAction,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StreamQuery {
     /// Start after this event id (a page that already shows events up to it). The
@@ -340,6 +434,18 @@ fn resume_point(
     }
 }
 
+/// One rollout's events as Server-Sent Events (`event: status`, `step`, `control`,
+/// `takeover`, each with its id): everything after `Last-Event-ID` (or `after`), then live.
+#[utoipa::path(get, path = "/api/deployments/{id}/events", tag = "streams",
+    params(("id" = i64, Path, description = "The rollout's id"), StreamQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+    ))]
 async fn deployment_events(
     State(state): State<AppState>,
     pass: auth::StreamPass,
@@ -358,9 +464,23 @@ async fn deployment_events(
     let stream = pass
         .follow(events.map(|event| Ok::<_, Infallible>(live::deployment_sse(&event))))
         .take_until(state.stopping.clone().cancelled_owned());
+    let stream = state
+        .fleet
+        .metrics()
+        .counted(EventStream::Deployment, stream);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// Every rollout's events and `event: fleet` snapshots of every service as Server-Sent Events.
+#[utoipa::path(get, path = "/api/events", tag = "streams",
+    params(StreamQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    ))]
 async fn fleet_events(
     State(state): State<AppState>,
     pass: auth::StreamPass,
@@ -376,16 +496,30 @@ async fn fleet_events(
     let stream = pass
         .follow(live::fleet_stream(now, events, changes))
         .take_until(state.stopping.clone().cancelled_owned());
+    let stream = state.fleet.metrics().counted(EventStream::Fleet, stream);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
+    /// Only older deliveries than this id (the next page).
     before: Option<i64>,
+    /// At most this many.
     limit: Option<u32>,
 }
 
+/// The service's webhook delivery log, newest first.
+#[utoipa::path(get, path = "/api/services/{service}/deliveries", tag = "webhooks",
+    params(("service" = String, Path, description = "The service's name"), DeliveriesQuery),
+    responses(
+        (status = 200, description = "One page", body = DeliveryPage),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+    ))]
 async fn list_deliveries(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -400,6 +534,18 @@ async fn list_deliveries(
     ))
 }
 
+/// Processes a verified delivery's body again (admins; audited).
+#[utoipa::path(post, path = "/api/deliveries/{id}/replay", tag = "webhooks",
+    params(("id" = i64, Path, description = "The delivery's id in the log")),
+    responses(
+        (status = 200, description = "What the replay decided", body = app::webhooks::DeliveryOutcome),
+        (status = 202, description = "The replay queued a rollout", body = app::webhooks::DeliveryOutcome),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "The delivery cannot be replayed", body = ErrorBody),
+    ))]
 async fn replay_delivery(
     State(state): State<AppState>,
     principal: Principal,

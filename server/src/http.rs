@@ -3,13 +3,16 @@
 //!
 //! `/alive` and `/ready` are public, for a load balancer in front of several replicas: `/ready`
 //! says whether this replica can serve (its database answers) and, when it can, which replica
-//! leads; `/api/replica` says the same to a signed-in viewer.
+//! leads; `/api/replica` says the same to a signed-in viewer. `/metrics` is for Prometheus: a
+//! viewer's token, or an address in `[server] metrics_allow`.
 
 use std::time::Duration;
 
 use app::model::ReplicaView;
 use axum::Json;
 use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
 
 use crate::auth::{Access, Guarded, Role};
 use crate::http_error::{DatabaseUnavailable, NotReady, Unready};
@@ -24,6 +27,15 @@ pub fn routes() -> Guarded<AppState> {
         .get("/alive", Access::Public, alive)
         .get("/ready", Access::Public, ready)
         .get("/api/replica", Role::Viewer, replica)
+        .get("/metrics", Access::RoleOrScraper(Role::Viewer), metrics)
+}
+
+/// The metrics in the OpenMetrics text format, the backend gauges from the fleet's latest
+/// snapshot (refreshed every second while Baton runs).
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let snapshot = state.fleet.snapshots().borrow().clone();
+    let text = state.fleet.metrics().render(&snapshot.services);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 /// 200 while the database answers, 503 otherwise, so Baton itself can sit behind a balancer.
@@ -47,6 +59,11 @@ async fn ready(State(state): State<AppState>) -> Result<Json<ReplicaView>, Box<U
 }
 
 /// This replica's view: which one answers, and which one leads.
+#[utoipa::path(get, path = "/api/replica", tag = "replicas",
+    responses(
+        (status = 200, description = "This replica's view", body = ReplicaView),
+        (status = 401, description = "No valid token or session", body = app::model::ErrorBody),
+    ))]
 async fn replica(State(state): State<AppState>) -> Json<ReplicaView> {
     Json(state.leadership.view())
 }

@@ -10,7 +10,7 @@
 //! `{"error": "..."}` that says what was wrong and what was expected, except `/alive`'s plain text
 //! (for load balancers) and the HTML page a signed-in browser gets for a page it may not see.
 
-use app::model::UnknownWord;
+use app::model::{ErrorBody, UnknownWord};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -132,7 +132,7 @@ impl IntoResponse for ApiError {
             return error.into_response();
         }
         let (status, message) = self.answer();
-        (status, Json(json!({ "error": message }))).into_response()
+        (status, Json(ErrorBody { error: message })).into_response()
     }
 }
 
@@ -179,7 +179,13 @@ impl IntoResponse for AuthError {
             }
             _ => {}
         }
-        let mut response = (status, Json(json!({ "error": auth_message(&self) }))).into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: auth_message(&self),
+            }),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match &self {
             AuthError::SignInRequired

@@ -11,6 +11,8 @@ pub mod http;
 pub mod http_error;
 pub mod listener;
 pub mod live;
+pub mod metrics;
+pub mod openapi;
 pub mod origin;
 pub mod replica;
 pub mod rollout;

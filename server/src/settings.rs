@@ -52,6 +52,9 @@ pub struct ServerSettings {
     /// How long the leader's lease lasts on a shared database: a leader that stops renewing it
     /// (killed, frozen, cut off) is replaced within this time.
     pub lease: std::time::Duration,
+    /// Client addresses that may scrape `GET /metrics` without a token (`[server]
+    /// metrics_allow`, CIDR blocks; empty by default: a viewer token is needed).
+    pub metrics_allow: Vec<ipnet::IpNet>,
 }
 
 /// `[server] lease` when the file does not say.
@@ -706,6 +709,12 @@ impl RawServer {
                 ),
             ));
         }
+        let metrics_allow = self
+            .metrics_allow
+            .iter()
+            .map(|block| parse_address_block(block))
+            .collect::<Result<_, _>>()
+            .map_err(|message| ("metrics_allow".to_owned(), message))?;
         Ok(ServerSettings {
             listen,
             database_url,
@@ -714,8 +723,21 @@ impl RawServer {
             max_connections,
             replica: self.replica,
             lease,
+            metrics_allow,
         })
     }
+}
+
+/// A CIDR block (`10.0.0.0/8`, `::1/128`), or one address standing for itself.
+fn parse_address_block(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!(
+                "invalid address block {text:?}: expected a CIDR block such as \"127.0.0.1/32\" \
+                 or \"10.0.0.0/8\", or one IP address"
+            )
+        })
 }
 
 /// `[[load_balancer]]`s, with socket paths taken from the file's folder; an error is
@@ -1025,6 +1047,8 @@ struct RawServer {
     max_connections: Option<usize>,
     replica: Option<String>,
     lease: Option<Duration>,
+    #[serde(default)]
+    metrics_allow: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -1724,6 +1748,27 @@ streams_per_caller = 4
         let settings = parse("[server]\nreplica = \"baton-1\"\nlease = \"2s\"\n").unwrap();
         assert_eq!(settings.server.replica.as_deref(), Some("baton-1"));
         assert_eq!(settings.server.lease, std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn metrics_scrapers_are_cidr_blocks_or_single_addresses() {
+        assert!(parse("").unwrap().server.metrics_allow.is_empty());
+        let settings =
+            parse("[server]\nmetrics_allow = [\"10.1.0.0/16\", \"127.0.0.1\", \"::1\"]\n").unwrap();
+        let allowed: Vec<String> = settings
+            .server
+            .metrics_allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allowed, ["10.1.0.0/16", "127.0.0.1/32", "::1/128"]);
+        let error = parse("[server]\nmetrics_allow = [\"10.1.0.0/33\"]\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("key `server.metrics_allow`: invalid address block \"10.1.0.0/33\""),
+            "{error}"
+        );
     }
 
     #[test]

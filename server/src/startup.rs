@@ -199,7 +199,10 @@ async fn client_address(mut request: axum::extract::Request) -> axum::extract::R
 /// tests enumerate to prove that no route is left open.
 fn router(state: AppState) -> (Router, Policy) {
     let routes = generate_route_list(app::App);
-    let auth = Auth::new(state.store.clone(), state.settings.auth.clone());
+    let auth = Auth::new(state.store.clone(), state.settings.auth.clone())
+        .allowing_scrapers(state.settings.server.metrics_allow.clone());
+    let metrics = state.fleet.metrics().clone();
+    let openapi = crate::openapi::Published::default();
     let fleet = Fleet(Arc::new(UiFleet {
         settings: state.settings.clone(),
         fleet: state.fleet.clone(),
@@ -215,6 +218,7 @@ fn router(state: AppState) -> (Router, Policy) {
 
     let mut guarded = http::routes()
         .merge(api::routes())
+        .merge(openapi.routes())
         .merge(crate::webhooks::routes())
         .merge(auth.routes())
         .server_functions();
@@ -222,6 +226,7 @@ fn router(state: AppState) -> (Router, Policy) {
         guarded = guarded.page(page.path(), page_access(page.path()));
     }
     let (guarded, policy) = guarded.into_parts();
+    openapi.publish(&policy);
     let router = guarded
         .leptos_routes_with_context(
             &state,
@@ -251,6 +256,11 @@ fn router(state: AppState) -> (Router, Policy) {
             http_error::explain_too_large(response, BODY_LIMIT)
         }))
         .layer(CompressionLayer::new())
+        // Outside every other layer, so its answers (408, 413, a panic's 500) are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::count_requests,
+        ))
         .layer(TraceLayer::new_for_http());
     (router, policy)
 }

@@ -46,6 +46,11 @@ pub(super) fn session_cookie_name(secure: bool) -> &'static str {
     }
 }
 
+/// Put in a request's extensions by the auth layer when an anonymous client's address is in
+/// the scrape allow-list, on a route that lets such clients in.
+#[derive(Debug, Clone, Copy)]
+struct AllowedScraper;
+
 pub(super) struct LayerState {
     pub auth: Auth,
     pub policy: Policy,
@@ -57,7 +62,7 @@ pub(super) async fn authenticate(
     next: Next,
 ) -> Response {
     let address = client_address(&request, &state.auth.inner.config);
-    request.extensions_mut().insert(address);
+    request.extensions_mut().insert(address.clone());
     // For the stream routes' `StreamPass`, which counts and watches the caller's streams.
     request.extensions_mut().insert(state.auth.clone());
     let Some(path) = request
@@ -94,6 +99,12 @@ pub(super) async fn authenticate(
         Err(_) if rule.access == Access::Public => None,
         Err(error) => return error.into_response(),
     };
+    if principal.is_none()
+        && let Access::RoleOrScraper(_) = rule.access
+        && state.auth.is_scraper(&address)
+    {
+        request.extensions_mut().insert(AllowedScraper);
+    }
     if let Some(principal) = principal {
         if principal.via() == Via::Session
             && !is_safe(request.method())
@@ -119,8 +130,13 @@ pub(super) async fn authenticate(
 /// The answer that refuses the request, or `None` when the caller the layer found (in the
 /// request's extensions) may use the route.
 pub(super) fn refusal(rule: &Rule, request: &Request) -> Option<Response> {
-    let Access::Role(needed) = rule.access else {
-        return None;
+    let needed = match rule.access {
+        Access::Public => return None,
+        Access::Role(needed) => needed,
+        Access::RoleOrScraper(_) if request.extensions().get::<AllowedScraper>().is_some() => {
+            return None;
+        }
+        Access::RoleOrScraper(needed) => needed,
     };
     let Some(principal) = request.extensions().get::<Principal>() else {
         return Some(match rule.kind {

@@ -45,7 +45,7 @@ mod page_context;
 mod password_gate;
 mod policy;
 mod principal;
-mod routes;
+pub(crate) mod routes;
 mod secret;
 mod streams;
 
@@ -118,6 +118,8 @@ struct Inner {
     config: AuthConfig,
     password_gate: password_gate::PasswordGate,
     streams: streams::OpenStreams,
+    /// Client addresses that may use [`Access::RoleOrScraper`] routes without signing in.
+    scrapers: Vec<ipnet::IpNet>,
 }
 
 impl Auth {
@@ -128,8 +130,33 @@ impl Auth {
                 password_gate: password_gate::PasswordGate::new(config.password_checks),
                 streams: Default::default(),
                 config,
+                scrapers: Vec::new(),
             }),
         }
+    }
+
+    /// Lets clients from `blocks` use [`Access::RoleOrScraper`] routes (`GET /metrics`)
+    /// without signing in. The address is the one the throttle and the audit log see: with
+    /// `trust_forwarded_for`, the proxy's `X-Forwarded-For`, so a proxy on an allowed address
+    /// does not open the route to everyone behind it.
+    ///
+    /// # Panics
+    /// If called once this `Auth` is shared (cloned): the list is set while building Baton.
+    pub fn allowing_scrapers(mut self, blocks: Vec<ipnet::IpNet>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("the scrape allow-list is set before Auth is shared")
+            .scrapers = blocks;
+        self
+    }
+
+    /// Whether `address` is in the scrape allow-list. An IPv4 client of a dual-stack listener
+    /// (`::ffff:127.0.0.1`) counts as its IPv4 address.
+    pub fn is_scraper(&self, address: &ClientAddress) -> bool {
+        let Ok(ip) = address.as_str().parse::<std::net::IpAddr>() else {
+            return false;
+        };
+        let ip = ip.to_canonical();
+        self.inner.scrapers.iter().any(|block| block.contains(&ip))
     }
 
     pub fn store(&self) -> &Store {

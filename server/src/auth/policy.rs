@@ -34,6 +34,20 @@ pub enum Access {
     Public,
     /// A signed-in caller with at least this role.
     Role(Role),
+    /// A signed-in caller with at least this role, or an anonymous client whose address is in
+    /// the scrape allow-list (`[server] metrics_allow`): `GET /metrics`, for a Prometheus that
+    /// holds no token.
+    RoleOrScraper(Role),
+}
+
+impl Access {
+    /// The role a signed-in caller needs; `None` for public routes.
+    pub fn role(self) -> Option<Role> {
+        match self {
+            Access::Public => None,
+            Access::Role(role) | Access::RoleOrScraper(role) => Some(role),
+        }
+    }
 }
 
 impl From<Role> for Access {
@@ -47,6 +61,7 @@ impl fmt::Display for Access {
         match self {
             Access::Public => f.write_str("public"),
             Access::Role(role) => role.fmt(f),
+            Access::RoleOrScraper(role) => write!(f, "{role} or an allow-listed address"),
         }
     }
 }

@@ -12,7 +12,7 @@ use super::error::AuthError;
 pub use app::model::Role;
 
 /// How the caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
     /// The session cookie set at login (a browser). Unsafe requests also pass the CSRF check.
@@ -52,11 +52,12 @@ impl Credential {
 /// The authenticated caller, put in the request's extensions by the auth layer (and in Leptos
 /// context for pages and server functions). A user's name for a session, the token's name for
 /// a token. Serialized (for `/api/me`) as `{"name", "role", "via"}`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Principal {
     pub name: String,
     pub role: Role,
     #[serde(rename = "via", serialize_with = "serialize_via")]
+    #[schema(value_type = Via)]
     pub credential: Credential,
 }
 

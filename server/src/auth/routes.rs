@@ -8,6 +8,7 @@
 //! throttled, 503 with `Retry-After` while too many passwords are being checked at once. Either
 //! way a success sets the session cookie. Request bodies with secrets are never echoed in errors.
 
+use app::model::ErrorBody;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,7 +29,7 @@ use super::policy::{Access, Guarded};
 use super::principal::{Actor, ClientAddress, Principal, Role};
 use super::secret::{Password, SecretToken, verify_against_nobody, verify_password};
 use super::{Audit, Auth};
-use crate::store::auth::{AuditQuery, LoginAttempt};
+use crate::store::auth::{AuditQuery, AuditRow, LoginAttempt, TokenRow, UserRow};
 use crate::store::now_millis;
 
 pub(super) fn routes() -> Guarded<Auth> {
@@ -283,22 +284,47 @@ async fn logout(
     }
 }
 
+/// Who the caller is: name, role, and whether by session or token.
+#[utoipa::path(get, path = "/api/me", tag = "accounts",
+    responses(
+        (status = 200, description = "The caller", body = Principal),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+    ))]
 async fn me(principal: Principal) -> Json<Principal> {
     Json(principal)
 }
 
+/// Every user account (never a password hash).
+#[utoipa::path(get, path = "/api/users", tag = "accounts",
+    responses(
+        (status = 200, description = "Every user", body = Vec<UserRow>),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    ))]
 async fn list_users(State(auth): State<Auth>) -> Result<Response, AuthError> {
     Ok(Json(auth.store().users().await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUserBody {
     name: String,
+    /// `viewer`, `deployer` or `admin`.
     role: String,
+    #[schema(value_type = String, format = Password)]
     password: Password,
 }
 
+/// Adds a user (audited).
+#[utoipa::path(post, path = "/api/users", tag = "accounts",
+    request_body = NewUserBody,
+    responses(
+        (status = 201, description = "Added", body = UserRow),
+        (status = 400, description = "The body is malformed or the name or password is refused", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+    ))]
 async fn create_user(
     State(auth): State<Auth>,
     principal: Principal,
@@ -326,6 +352,15 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
+/// Deletes a user, ending their sessions and revoking their tokens (audited).
+#[utoipa::path(delete, path = "/api/users/{name}", tag = "accounts",
+    params(("name" = String, Path, description = "The user's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ))]
 async fn delete_user(
     State(auth): State<Auth>,
     principal: Principal,
@@ -336,17 +371,35 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Every API token's record (never the token itself), live ones first.
+#[utoipa::path(get, path = "/api/tokens", tag = "accounts",
+    responses(
+        (status = 200, description = "Every token", body = Vec<TokenRow>),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    ))]
 async fn list_tokens(State(auth): State<Auth>) -> Result<Response, AuthError> {
     Ok(Json(auth.store().tokens().await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTokenBody {
     name: String,
     role: String,
 }
 
+/// A new API token, with a role no higher than the caller's: the secret is in this answer
+/// only (audited).
+#[utoipa::path(post, path = "/api/tokens", tag = "accounts",
+    request_body = NewTokenBody,
+    responses(
+        (status = 201, description = "Created", body = NewToken),
+        (status = 400, description = "The body is malformed or the name is refused", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+    ))]
 async fn create_token(
     State(auth): State<Auth>,
     principal: Principal,
@@ -378,19 +431,40 @@ async fn create_token(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": row.id,
-            "name": row.name,
-            "role": row.role,
-            "created_by": row.created_by,
-            "created_at": row.created_at,
-            // The only time the token is shown.
-            "token": token.expose(),
-        })),
+        Json(NewToken {
+            id: row.id,
+            name: row.name,
+            role: row.role,
+            created_by: row.created_by,
+            created_at: row.created_at,
+            token: token.expose().to_owned(),
+        }),
     )
         .into_response())
 }
 
+/// A created token: its record and, this once, the secret.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct NewToken {
+    id: i64,
+    name: String,
+    role: String,
+    created_by: String,
+    created_at: i64,
+    /// The only time the token is shown: Baton keeps its SHA-256 alone.
+    token: String,
+}
+
+/// Revokes a token at once (audited).
+#[utoipa::path(delete, path = "/api/tokens/{id}", tag = "accounts",
+    params(("id" = i64, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "The id is no number", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such token", body = ErrorBody),
+    ))]
 async fn revoke_token(
     State(auth): State<Auth>,
     principal: Principal,
@@ -410,19 +484,41 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditParams {
+    /// Only lines by this actor.
     actor: Option<String>,
+    /// Only lines of this action (`deploy`, `login_failed`, ...).
     action: Option<String>,
+    /// At most this many (default 100, at most 1000).
     limit: Option<u32>,
+    /// Only older lines than this id (the next page).
     before: Option<i64>,
+}
+
+/// One page of the audit log, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AuditPage {
+    entries: Vec<AuditRow>,
+    /// Pass as `before` for the next (older) page; `None` on the last page.
+    next_before: Option<i64>,
 }
 
 /// The default and largest page of the audit log.
 const AUDIT_PAGE: u32 = 100;
 const AUDIT_MAX_PAGE: u32 = 1000;
 
+/// The audit log: who did what, to what, from where.
+#[utoipa::path(get, path = "/api/audit", tag = "accounts",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "One page", body = AuditPage),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    ))]
 async fn list_audit(
     State(auth): State<Auth>,
     params: Result<Query<AuditParams>, QueryRejection>,
@@ -454,5 +550,9 @@ async fn list_audit(
     let next_before = (entries.len() == limit as usize)
         .then(|| entries.last().map(|entry| entry.id))
         .flatten();
-    Ok(Json(json!({ "entries": entries, "next_before": next_before })).into_response())
+    Ok(Json(AuditPage {
+        entries,
+        next_before,
+    })
+    .into_response())
 }

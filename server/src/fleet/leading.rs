@@ -28,6 +28,7 @@ use crate::drivers::{
     AdminState, BackendRun, BackendSpec, LbError, LoadBalancer, LogTail, Runtime, RuntimeError,
     ServerStatus,
 };
+use crate::metrics::Metered;
 use crate::replica::{Leadership, Mandate, Role};
 use crate::rollout::executor::ServiceRunner;
 use crate::store::Tenure;
@@ -115,7 +116,11 @@ impl Fleet {
                 service: handle.settings.clone(),
                 lb,
                 runtime,
-                store: Arc::new(store.clone()),
+                store: Arc::new(Metered::new(
+                    Arc::new(store.clone()),
+                    handle.settings.name.as_str(),
+                    self.metrics().clone(),
+                )),
                 probe: Arc::new(self.http.clone()),
                 wake: handle.wake.clone(),
                 controls: handle.controls.clone(),

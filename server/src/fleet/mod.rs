@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::domain::{InvalidValue, Version};
 use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
 use crate::hosts::{Host, Hosts};
+use crate::metrics::Metrics;
 
 use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, LogTail, Runtime};
 use crate::replica::Leadership;
@@ -73,6 +74,8 @@ pub struct Fleet {
     /// The fleet's state as last seen, for the live streams.
     snapshots: watch::Sender<Arc<Snapshot>>,
     hosts: Hosts,
+    /// What `GET /metrics` shows; the rollout workers count into it.
+    metrics: Metrics,
 }
 
 /// How often the fleet's state is refreshed for live streams when nothing else happens.
@@ -114,7 +117,7 @@ pub enum LogError {
 }
 
 /// A rollout accepted into the queue.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Queued {
     pub id: i64,
     pub status: RolloutStatus,
@@ -195,6 +198,11 @@ impl Fleet {
 
     /// A fleet over the given drivers (tests pass fakes here).
     pub fn with_drivers(services: Vec<ServiceDrivers>, store: Store) -> Self {
+        let metrics = Metrics::new(
+            services
+                .iter()
+                .map(|(settings, _, _)| settings.name.as_str()),
+        );
         let services = services
             .into_iter()
             .map(|(settings, lb, runtime)| ServiceHandle {
@@ -212,7 +220,13 @@ impl Fleet {
             http: reqwest::Client::new(),
             snapshots: watch::Sender::new(Arc::new(Snapshot::new(Vec::new()))),
             hosts: Hosts::default(),
+            metrics,
         }
+    }
+
+    /// This Baton's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn services(&self) -> &[ServiceHandle] {
@@ -394,6 +408,8 @@ impl Fleet {
                     by.map(|by| format!(" by {by}")).unwrap_or_default()
                 );
                 if self.store.cancel_queued(id, &reason).await? {
+                    self.metrics
+                        .rollout_finished(&row.service, RolloutStatus::Cancelled);
                     self.store.record_control(id, action, by).await?;
                     return Ok(());
                 }

@@ -27,7 +27,7 @@ impl Default for AuthChanges {
 }
 
 /// A user account, without its password hash.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct UserRow {
     pub id: i64,
     pub name: String,
@@ -67,7 +67,7 @@ pub struct SessionUser {
 }
 
 /// An API token's record (never the token itself).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenRow {
     pub id: i64,
     pub name: String,
@@ -98,7 +98,16 @@ pub struct NewAudit<'a> {
     pub detail: Option<&'a str>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    sqlx::FromRow,
+    serde::Serialize,
+    serde::Deserialize,
+    PartialEq,
+    Eq,
+    utoipa::ToSchema,
+)]
 pub struct AuditRow {
     pub id: i64,
     pub at: i64,

@@ -181,7 +181,28 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    response(receive_delivery(&state, &service, &headers, body).await)
+    let outcome = receive_delivery(&state, &service, &headers, body).await;
+    state
+        .fleet
+        .metrics()
+        .delivery(verdict_label(&outcome.verdict));
+    response(outcome)
+}
+
+/// The metrics' label for a delivery's verdict: the delivery log's word, from [`Verdict`].
+fn verdict_label(word: &str) -> &'static str {
+    [
+        Verdict::Processing,
+        Verdict::Deployed,
+        Verdict::Ignored,
+        Verdict::Ping,
+        Verdict::Duplicate,
+        Verdict::Rejected,
+    ]
+    .into_iter()
+    .map(Verdict::as_str)
+    .find(|known| *known == word)
+    .unwrap_or("other")
 }
 
 /// Handles one delivery from a git host, from its headers and raw body.

@@ -3,6 +3,8 @@
 mod access;
 mod auth_config;
 mod lifecycle;
+mod metrics;
+mod openapi;
 mod pages;
 mod replicas;
 mod streams;

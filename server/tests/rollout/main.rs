@@ -5,6 +5,7 @@ mod cli;
 mod controls;
 mod demo;
 mod events;
+mod metrics;
 mod resilience;
 mod rollouts;
 mod strategies;
