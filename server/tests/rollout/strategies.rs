@@ -4,14 +4,17 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use baton_server::auth::Role;
 use serde_json::Value;
 
 use crate::support::baton::{authorized_client, create_token};
 use crate::support::fleet::{
-    Fleet, FleetOptions, assert_all_serving, assert_no_failures, load, spawn_fleet, steps_of,
+    Fleet, FleetOptions, assert_all_serving, assert_no_failures, capacity_summary, capacity_trace,
+    load, spawn_fleet, steps_of,
 };
+use crate::support::haproxy::Checks;
 
 async fn post(client: &reqwest::Client, fleet: &Fleet, path: &str) -> (u16, Value) {
     let response = client
@@ -94,11 +97,18 @@ async fn audit(fleet: &Fleet) -> Vec<String> {
 async fn a_canary_serves_alone_on_the_new_version_until_promoted_with_no_failed_request() {
     let fleet = spawn_fleet(FleetOptions {
         canary: Some(1),
+        // A second for each check to answer, as the surge and rolling traces have: a check
+        // missed on a loaded machine would show a server `UP 1/2`, not counted as UP.
+        checks: Checks {
+            timeout: Some(Duration::from_secs(1)),
+            ..Checks::FAST
+        },
         ..FleetOptions::default()
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = load(&fleet, stop.clone());
+    let trace = capacity_trace(&fleet, stop.clone());
     let (_, queued) = fleet.deploy("v2").await;
     let id = queued["id"].as_i64().unwrap();
     let waiting = fleet
@@ -180,6 +190,11 @@ async fn a_canary_serves_alone_on_the_new_version_until_promoted_with_no_failed_
         .await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
+    // A canary rollout's capacity is a rolling one's: one backend short while each is replaced,
+    // all of them serving while it waits for the promotion.
+    let (min, changes) = capacity_summary(&trace.await.unwrap());
+    eprintln!("capacity during a canary rollout of 3 backends: {changes}");
+    assert_eq!(min, 2, "{changes}");
 
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::fleet::{
-    Fleet, FleetOptions, assert_no_failures, capacity_trace, load, spawn_fleet, steps_of,
+    Fleet, FleetOptions, assert_no_failures, capacity_summary, capacity_trace, load, spawn_fleet,
+    steps_of,
 };
 use crate::support::haproxy::Checks;
 use crate::support::process::process_alive;
@@ -40,25 +41,6 @@ async fn servers(fleet: &Fleet) -> Vec<String> {
         .collect();
     servers.sort();
     servers
-}
-
-/// The lowest UP count sampled, and the trace as "t=…ms up=…" where it changed (for messages
-/// and the README's figures).
-fn summary(trace: &[(Duration, usize)]) -> (usize, String) {
-    let min = trace.iter().map(|(_, up)| *up).min().unwrap_or(0);
-    let mut changes = vec![format!(
-        "{} samples over {} ms",
-        trace.len(),
-        trace.last().map_or(0, |(at, _)| at.as_millis())
-    )];
-    let mut last = None;
-    for (at, up) in trace {
-        if last != Some(*up) {
-            changes.push(format!("t={}ms up={up}", at.as_millis()));
-            last = Some(*up);
-        }
-    }
-    (min, changes.join(", "))
 }
 
 /// The time a step of `backend` began or ended (`which` is "started_at" or "finished_at").
@@ -124,7 +106,7 @@ async fn a_surge_keeps_every_backend_up_and_retires_the_old_processes_after_the_
     let deployment = fleet.finished(id).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    let (min, changes) = summary(&trace.await.unwrap());
+    let (min, changes) = capacity_summary(&trace.await.unwrap());
 
     assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
     assert_no_failures(sent, &failures);
@@ -195,7 +177,7 @@ async fn a_surge_keeps_every_backend_up_and_retires_the_old_processes_after_the_
     let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    let (min, changes) = summary(&trace.await.unwrap());
+    let (min, changes) = capacity_summary(&trace.await.unwrap());
     assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
     assert_no_failures(sent, &failures);
     assert!(min >= 3, "{changes}");
@@ -224,7 +206,7 @@ async fn a_surge_to_a_version_that_never_gets_healthy_leaves_the_old_ones_servin
     let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    let (min, changes) = summary(&trace.await.unwrap());
+    let (min, changes) = capacity_summary(&trace.await.unwrap());
 
     assert_eq!(deployment["status"], "rolled_back", "{deployment:#}");
     let reason = deployment["reason"].as_str().unwrap();
@@ -270,7 +252,7 @@ async fn a_baton_killed_during_the_overlap_resumes_on_the_instance_it_recorded_a
     let deployment = fleet.finished(id).await;
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = traffic.await.unwrap();
-    let (min, changes) = summary(&trace.await.unwrap());
+    let (min, changes) = capacity_summary(&trace.await.unwrap());
 
     assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
     assert_no_failures(sent, &failures);
@@ -315,7 +297,7 @@ async fn a_rolling_rollout_runs_one_server_short_while_each_backend_is_replaced(
     let (_, queued) = fleet.deploy("v2").await;
     let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
     stop.store(true, Ordering::Relaxed);
-    let (min, changes) = summary(&trace.await.unwrap());
+    let (min, changes) = capacity_summary(&trace.await.unwrap());
     assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
     eprintln!("capacity during a rolling rollout of 3 backends: {changes}");
     assert_eq!(min, 2, "{changes}");

@@ -622,6 +622,25 @@ pub fn capacity_trace(
     })
 }
 
+/// The lowest UP count sampled, and the trace as "t=…ms up=…" where it changed (for messages
+/// and the README's figures).
+pub fn capacity_summary(trace: &[(Duration, usize)]) -> (usize, String) {
+    let min = trace.iter().map(|(_, up)| *up).min().unwrap_or(0);
+    let mut changes = vec![format!(
+        "{} samples over {} ms",
+        trace.len(),
+        trace.last().map_or(0, |(at, _)| at.as_millis())
+    )];
+    let mut last = None;
+    for (at, up) in trace {
+        if last != Some(*up) {
+            changes.push(format!("t={}ms up={up}", at.as_millis()));
+            last = Some(*up);
+        }
+    }
+    (min, changes.join(", "))
+}
+
 /// The rollout's steps (forward, or those of the rollback) as "backend step outcome".
 pub fn steps_of(deployment: &Value, rollback: bool) -> Vec<String> {
     deployment["steps"]
