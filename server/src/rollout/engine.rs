@@ -147,6 +147,11 @@ pub struct Rollout {
     /// The service's backends in configuration order.
     pub targets: Vec<Target>,
     pub batch_size: usize,
+    /// How many of `targets`, at the end, are HAProxy `backup` servers: they are not capacity
+    /// but the fleet's last resort, so they are rolled after every other backend, in batches
+    /// of their own (see [`Rollout::order_backups_last`]).
+    #[serde(default)]
+    pub backups: usize,
     pub auto_rollback: bool,
     pub phase: Phase,
     /// Pause once the current batch is back in rotation.
@@ -197,6 +202,7 @@ impl Rollout {
             to,
             targets,
             batch_size: batch_size.max(1),
+            backups: 0,
             auto_rollback,
             phase: Phase::Pending,
             pause_requested: false,
@@ -228,13 +234,48 @@ impl Rollout {
         }
     }
 
+    /// Puts the targets that `is_backup` names after every other, each group keeping its
+    /// order, and remembers how many they are. Only before the rollout begins: batches are
+    /// positions in `targets`.
+    pub fn order_backups_last(&mut self, is_backup: impl Fn(&BackendName) -> bool) {
+        let (backups, mut targets): (Vec<Target>, Vec<Target>) = std::mem::take(&mut self.targets)
+            .into_iter()
+            .partition(|target| is_backup(&target.name));
+        self.backups = backups.len();
+        targets.extend(backups);
+        self.targets = targets;
+    }
+
+    /// The targets that are not backup servers come first, `0..active`.
+    fn active(&self) -> usize {
+        self.targets.len().saturating_sub(self.backups)
+    }
+
+    /// Batches of `batch_size` active backends, then batches of backups: a batch never mixes
+    /// the two, so a backup is only taken out while every active backend is back in rotation.
     fn batch_count(&self) -> usize {
-        self.targets.len().div_ceil(self.batch_size)
+        self.active().div_ceil(self.batch_size) + self.backups.div_ceil(self.batch_size)
     }
 
     fn batch(&self, batch: usize) -> std::ops::Range<usize> {
-        let start = batch * self.batch_size;
-        start..(start + self.batch_size).min(self.targets.len())
+        let (active, active_batches) = (self.active(), self.active().div_ceil(self.batch_size));
+        if batch < active_batches {
+            let start = batch * self.batch_size;
+            start..(start + self.batch_size).min(active)
+        } else {
+            let start = active + (batch - active_batches) * self.batch_size;
+            start..(start + self.batch_size).min(self.targets.len())
+        }
+    }
+
+    /// The batch that the target at `index` belongs to.
+    fn batch_of(&self, index: usize) -> usize {
+        let active = self.active();
+        if index < active {
+            index / self.batch_size
+        } else {
+            active.div_ceil(self.batch_size) + (index - active) / self.batch_size
+        }
     }
 
     /// What the executor must do now; `None` once finished.
@@ -593,7 +634,7 @@ impl Rollout {
             .backend
             .as_ref()
             .and_then(|name| self.targets.iter().position(|t| &t.name == name))
-            .map_or(0, |index| index / self.batch_size)
+            .map_or(0, |index| self.batch_of(index))
     }
 }
 
@@ -690,6 +731,49 @@ mod tests {
         assert_eq!(log[1], "check_capacity s1,s2@v2");
         assert_eq!(log[11], "check_capacity s3@v2");
         assert!(rollout.is_finished());
+    }
+
+    #[test]
+    fn backup_servers_are_rolled_last_in_batches_of_their_own() {
+        let mut with_backup = rollout(&["b1", "s1", "s2", "b2", "s3"], 2, true);
+        with_backup.order_backups_last(|name| name.as_str().starts_with('b'));
+        let (rollout, log) = run(with_backup, done(1 + 50));
+        let batches: Vec<&str> = log
+            .iter()
+            .filter(|action| action.starts_with("check_capacity"))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            batches,
+            [
+                "check_capacity s1,s2@v2",
+                "check_capacity s3@v2",
+                "check_capacity b1,b2@v2"
+            ],
+            "config order within each group, and no batch mixes a backup with an active server"
+        );
+        assert!(rollout.is_finished());
+    }
+
+    #[test]
+    fn a_failure_on_the_backup_rolls_back_the_active_backends_done_before_it() {
+        let mut with_backup = rollout(&["b1", "s1"], 2, true);
+        with_backup.order_backups_last(|name| name.as_str() == "b1");
+        let events = [
+            done(1 + 10),
+            vec![fail("b1", "no other backend is UP")],
+            done(20),
+        ]
+        .concat();
+        let (rollout, log) = run(with_backup, events);
+        assert_eq!(log[11], "check_capacity b1@v2");
+        assert_eq!(log[12], "rollback drain s1@v1", "{log:#?}");
+        assert!(matches!(
+            rollout.phase,
+            Phase::Finished {
+                outcome: Outcome::RolledBack { .. }
+            }
+        ));
     }
 
     #[test]

@@ -34,6 +34,8 @@ use crate::store::{DeploymentRow, StoreError};
 const POLL: Duration = Duration::from_millis(10);
 /// How long HAProxy may take to report a server UP after `state ready`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a rollout waits, as it begins, to learn from HAProxy which servers are backups.
+const BACKUPS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause, resume and abort requests waiting for a service's worker, by rollout id. Each is also
 /// a `Control` event in the database: a worker resuming a rollout after a restart queues again
@@ -264,6 +266,11 @@ impl ServiceRunner {
             // queued: a rollout queued behind another must return to what that one left.
             // Nothing is touched before `Begin`, so a restart here simply reads them again.
             rollout.targets = recorded_targets(&*self.store, &self.service).await?;
+            let backups = tokio::select! {
+                backups = self.backup_servers() => backups,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            rollout.order_backups_last(|name| backups.contains(name.as_str()));
             let from = common_version(&rollout.targets).map(Version::as_str);
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
             self.store.begin(row.id, from, &state).await?;
@@ -430,6 +437,33 @@ impl ServiceRunner {
         }
     }
 
+    /// The service's HAProxy servers that are `backup` on any node, as the rollout begins.
+    /// HAProxy's configuration is what makes a server a backup, so it is asked, not Baton's.
+    /// If it does not answer within [`BACKUPS_TIMEOUT`], the rollout keeps configuration
+    /// order: its first capacity check asks again, and fails before anything is touched if
+    /// HAProxy still does not answer. Cancellation-safe (it only reads).
+    async fn backup_servers(&self) -> HashSet<String> {
+        let asked = tokio::time::timeout(
+            BACKUPS_TIMEOUT,
+            self.lb.servers(&self.service.haproxy_backend),
+        );
+        match asked.await {
+            Ok(Ok(servers)) => servers
+                .into_iter()
+                .filter(|s| s.backup)
+                .map(|s| s.server)
+                .collect(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot tell which servers are backups; rolling in configuration order");
+                HashSet::new()
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?BACKUPS_TIMEOUT, "HAProxy did not say which servers are backups in time; rolling in configuration order");
+                HashSet::new()
+            }
+        }
+    }
+
     async fn servers(
         &self,
         lb: &dyn LoadBalancer,
@@ -476,22 +510,31 @@ impl ServiceRunner {
             ));
         }
         for node in nodes {
-            let serving = servers
-                .iter()
-                .filter(|s| {
-                    s.node == node && !s.backup && !leaving.contains(s.server.as_str()) && s.is_up()
-                })
-                .count();
-            if serving == 0 {
-                let names: Vec<&str> = batch.iter().map(BackendName::as_str).collect();
-                return Err((
-                    Some(batch[0].clone()),
-                    format!(
-                        "no other backend is UP on {node} (backup servers do not count): taking {} out would leave nothing serving",
-                        names.join(", ")
-                    ),
-                ));
+            let staying = || {
+                servers
+                    .iter()
+                    .filter(|s| s.node == node && !leaving.contains(s.server.as_str()) && s.is_up())
+            };
+            if staying().any(|s| !s.backup) {
+                continue;
             }
+            let names: Vec<&str> = batch.iter().map(BackendName::as_str).collect();
+            let backups: Vec<&str> = staying().map(|s| s.server.as_str()).collect();
+            let what = if backups.is_empty() {
+                "nothing serving".to_owned()
+            } else {
+                format!(
+                    "only the backup server(s) {} UP, and a backup is not capacity",
+                    backups.join(", ")
+                )
+            };
+            return Err((
+                Some(batch[0].clone()),
+                format!(
+                    "no other backend is UP on {node} (backup servers do not count): taking {} out would leave {what}",
+                    names.join(", ")
+                ),
+            ));
         }
         Ok(())
     }
