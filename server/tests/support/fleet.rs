@@ -32,6 +32,8 @@ pub struct FleetOptions {
     pub backends: usize,
     /// `batch_size`; `None` leaves it out (one backend at a time).
     pub batch_size: Option<u32>,
+    /// The backends HAProxy's configuration marks `backup` ("web3", say).
+    pub backup_servers: &'static [&'static str],
     pub drain_timeout: Duration,
     pub start_timeout: Duration,
     /// Baton's own probe of a new version: how often, and how many passes make it healthy.
@@ -74,6 +76,7 @@ impl Default for FleetOptions {
         Self {
             backends: 3,
             batch_size: None,
+            backup_servers: &[],
             drain_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(5),
             health_interval: Duration::from_millis(50),
@@ -240,6 +243,11 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             servers: placement
                 .iter()
                 .map(|(name, address, _)| (name.clone(), *address))
+                .collect(),
+            backups: options
+                .backup_servers
+                .iter()
+                .map(|name| (*name).to_owned())
                 .collect(),
             checks: options.checks,
         },
