@@ -1,4 +1,4 @@
-//! The JSON API: services, rollouts and the webhook delivery log. Handlers return typed errors;
+//! The JSON API: services, rollouts, the webhook delivery log and the notification attempts. Handlers return typed errors;
 //! `http_error.rs` decides the status and body each one gets.
 
 use std::convert::Infallible;
@@ -46,6 +46,19 @@ pub fn routes() -> Guarded<AppState> {
             list_deliveries,
         )
         .post("/api/deliveries/{id}/replay", Role::Admin, replay_delivery)
+        .get("/api/notifications", Role::Admin, list_notifications)
+}
+
+/// How many notification attempts `GET /api/notifications` answers with, newest first.
+const NOTIFICATION_ATTEMPTS_SHOWN: i64 = 200;
+
+async fn list_notifications(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .notification_attempts(NOTIFICATION_ATTEMPTS_SHOWN)
+            .await?,
+    ))
 }
 
 /// Appends a mutation to the audit log.

@@ -11,6 +11,7 @@ pub mod http;
 pub mod http_error;
 pub mod listener;
 pub mod live;
+pub mod notify;
 pub mod origin;
 pub mod replica;
 pub mod rollout;

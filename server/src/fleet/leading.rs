@@ -119,6 +119,7 @@ impl Fleet {
                 wake: handle.wake.clone(),
                 controls: handle.controls.clone(),
                 repairs: handle.repairs.clone(),
+                notify: self.notifier.outbox(),
             };
             let stop = stop.clone();
             let store = store.clone();

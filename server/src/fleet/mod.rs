@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::domain::{InvalidValue, Version};
 use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
 use crate::hosts::{Host, Hosts};
+use crate::notify::Notifier;
 
 use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, Runtime};
 use crate::replica::Leadership;
@@ -73,6 +74,8 @@ pub struct Fleet {
     /// The fleet's state as last seen, for the live streams.
     snapshots: watch::Sender<Arc<Snapshot>>,
     hosts: Hosts,
+    /// The notifications' queue: the leader's rollout workers put notices on it.
+    notifier: Notifier,
 }
 
 /// How often the fleet's state is refreshed for live streams when nothing else happens.
@@ -174,12 +177,14 @@ impl Fleet {
                 repairs: Repairs::default(),
             })
             .collect();
+        let notifier = Notifier::new(store.clone());
         Self {
             services,
             store,
             http: reqwest::Client::new(),
             snapshots: watch::Sender::new(Arc::new(Snapshot::new(Vec::new()))),
             hosts: Hosts::default(),
+            notifier,
         }
     }
 
@@ -204,6 +209,9 @@ impl Fleet {
         leadership: &Leadership,
     ) {
         tasks.spawn(self.clone().watch(shutdown.clone()));
+        if let Some(worker) = self.notifier.take_worker() {
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
         for host in self.hosts.iter() {
             tasks.spawn(hosts::watch(
                 self.clone(),

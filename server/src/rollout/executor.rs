@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(doc)]
 use app::model::PendingControl;
-use app::model::{ControlAction, RolloutStatus, StepOutcome};
+use app::model::{ControlAction, NotificationEvent, RolloutStatus, StepOutcome};
 
 use crate::domain::{BackendName, Version};
 use crate::drivers::{
     AdminState, BackendRun, BackendSpec, HealthProbe, LbError, LoadBalancer, ProbeFailure, Runtime,
     ServerState, ServerStatus,
 };
+use crate::notify::{self, Notice, Outbox};
 use crate::rollout::engine::{
     Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
 };
@@ -94,6 +95,8 @@ pub struct ServiceRunner {
     pub controls: Controls,
     /// Backends to bring back once their host answers again, between rollouts.
     pub repairs: Repairs,
+    /// Where the rollout's start and end are announced (`[[notify]]`); never waits.
+    pub notify: Outbox,
 }
 
 /// Each configured backend with the version it runs now: the one recorded by the last rollout
@@ -274,6 +277,7 @@ impl ServiceRunner {
             let from = common_version(&rollout.targets).map(Version::as_str);
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
             self.store.begin(row.id, from, &state).await?;
+            self.announce(&row, &rollout, NotificationEvent::Started, None);
             (rollout, action) = rollout.step(Event::Begin);
         } else {
             let interrupted = self.store.interrupt_open_steps(row.id).await?;
@@ -333,11 +337,38 @@ impl ServiceRunner {
         }
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
         let status = status_of(&rollout);
+        let reason = reason_of(&rollout);
         self.store
-            .save_state(row.id, status, &state, reason_of(&rollout).as_deref())
+            .save_state(row.id, status, &state, reason.as_deref())
             .await?;
         tracing::info!(status = status.as_str(), "rollout finished");
+        if let Some(event) = notify::ending(status) {
+            self.announce(&row, &rollout, event, reason);
+        }
         Ok(())
+    }
+
+    /// Hands `event` to the notifications' queue (it never waits).
+    fn announce(
+        &self,
+        row: &DeploymentRow,
+        rollout: &Rollout,
+        event: NotificationEvent,
+        reason: Option<String>,
+    ) {
+        self.notify.send(
+            &self.service.notify,
+            Notice {
+                rollout: row.id,
+                service: row.service.clone(),
+                event,
+                from_version: common_version(&rollout.targets).map(ToString::to_string),
+                to_version: rollout.to.to_string(),
+                trigger: row.trigger,
+                requested_by: row.requested_by.clone(),
+                reason,
+            },
+        );
     }
 
     /// Carries out one action, recording a step row per backend around it.

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod deliveries;
 mod events;
 pub mod lease;
+pub mod notifications;
 
 pub use events::{LIVE_BUFFER, Published};
 pub use lease::{Lease, LeaseRow, Tenure};

@@ -333,6 +333,7 @@ initial_version = "v1"
             wake: self.wake.clone(),
             controls: self.controls.clone(),
             repairs: self.repairs.clone(),
+            notify: crate::notify::Outbox::default(),
         };
         let shutdown = CancellationToken::new();
         Worker {
