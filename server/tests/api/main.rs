@@ -3,6 +3,7 @@
 mod access;
 mod auth_config;
 mod lifecycle;
+mod notifications;
 mod pages;
 mod replicas;
 mod streams;
