@@ -49,14 +49,11 @@ pub fn routes() -> Guarded<AppState> {
         .get("/api/notifications", Role::Admin, list_notifications)
 }
 
-/// How many notification attempts `GET /api/notifications` answers with, newest first.
-const NOTIFICATION_ATTEMPTS_SHOWN: i64 = 200;
-
 async fn list_notifications(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(
         state
             .store
-            .notification_attempts(NOTIFICATION_ATTEMPTS_SHOWN)
+            .notification_attempts(crate::notify::ATTEMPTS_SHOWN)
             .await?,
     ))
 }

@@ -26,6 +26,8 @@ use crate::settings::NotifySettings;
 use crate::store::Store;
 use crate::store::notifications::NewAttempt;
 
+/// How many attempts admins see (`GET /api/notifications`, the audit page), newest first.
+pub const ATTEMPTS_SHOWN: i64 = 200;
 /// How many notifications may wait to be sent; more are dropped (and logged).
 pub const QUEUE: usize = 256;
 /// How many notifications are sent at once.

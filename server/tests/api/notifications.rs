@@ -355,14 +355,35 @@ async fn only_admins_see_the_attempts() {
         "the URL is a secret: only its variable is shown: {raw}"
     );
 
+    // The audit page shows them too, rendered on the server.
+    let html = app.get("/audit").await.text().await.unwrap();
+    for expected in [
+        "data-testid=\"notifications\"",
+        "data-verdict=\"delivered\"",
+        "<code>HOOK_URL</code>",
+        "Delivered",
+    ] {
+        assert!(
+            html.contains(expected),
+            "the audit page lacks {expected:?}:\n{html}"
+        );
+    }
+
     for role in [Role::Viewer, Role::Deployer] {
-        let token = app.token(&format!("{role:?}"), role).await;
-        let response = authorized_client(&token)
+        let client = authorized_client(&app.token(&format!("{role:?}"), role).await);
+        let response = client
             .get(format!("{}/api/notifications", app.address))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 403, "{role:?}");
+        let response = client
+            .post(format!("{}/rpc/list_notifications", app.address))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "the server function, as a {role:?}");
     }
     let response = app
         .anonymous
