@@ -506,6 +506,37 @@ mod tests {
         );
     }
 
+    /// A full queue drops the notification (with a log line) rather than wait: the rollout
+    /// worker that hands it over never blocks.
+    #[test]
+    fn a_full_queue_drops_notifications_and_only_wanted_events_are_queued() {
+        let (sender, mut receiver) = mpsc::channel(2);
+        let outbox = Outbox(Some(sender));
+        let target = NotifySettings {
+            kind: NotifyKind::Slack,
+            url_env: "SLACK".into(),
+            url: NotifyUrl::parse("https://hooks.slack.test/x").unwrap(),
+            secret: None,
+            events: vec![NotificationEvent::Failed],
+        };
+        outbox.send(
+            std::slice::from_ref(&target),
+            notice(NotificationEvent::Started),
+        );
+        for _ in 0..5 {
+            outbox.send(
+                std::slice::from_ref(&target),
+                notice(NotificationEvent::Failed),
+            );
+        }
+        let mut queued = Vec::new();
+        while let Ok(job) = receiver.try_recv() {
+            queued.push(job.notice.event);
+        }
+        assert_eq!(queued, [NotificationEvent::Failed; 2]);
+        Outbox::default().send(&[target], notice(NotificationEvent::Failed));
+    }
+
     #[test]
     fn only_failures_another_attempt_could_cure_are_retried() {
         for status in [408, 429, 500, 502, 503] {
