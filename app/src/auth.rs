@@ -13,7 +13,7 @@ use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::current_user;
-use crate::model::{Caller, Role};
+use crate::model::{Caller, NotificationAttempt, Role};
 
 /// The page's one answer to `current_user`, shared by every component.
 #[derive(Clone, Copy)]
@@ -141,6 +141,8 @@ pub trait AccountSource: Send + Sync + 'static {
     /// Refuses a role above the caller's own.
     async fn create_token(&self, name: String, role: Role) -> Result<NewToken, String>;
     async fn revoke_token(&self, id: i64) -> Result<(), String>;
+    /// The newest attempts to send notifications (`[[notify]]`), newest first.
+    async fn notifications(&self) -> Result<Vec<NotificationAttempt>, String>;
 }
 
 #[cfg(feature = "ssr")]
@@ -154,6 +156,15 @@ fn accounts() -> Result<std::sync::Arc<dyn AccountSource>, ServerFnError> {
 #[server(prefix = "/rpc", endpoint = "list_audit")]
 pub async fn list_audit(filter: AuditFilter) -> Result<AuditPage, ServerFnError> {
     accounts()?.audit(filter).await.map_err(ServerFnError::new)
+}
+
+/// The newest notification attempts, newest first.
+#[server(prefix = "/rpc", endpoint = "list_notifications")]
+pub async fn list_notifications() -> Result<Vec<NotificationAttempt>, ServerFnError> {
+    accounts()?
+        .notifications()
+        .await
+        .map_err(ServerFnError::new)
 }
 
 /// Every user, by name.

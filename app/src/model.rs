@@ -928,6 +928,130 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// What a notification says happened to a rollout (`[[notify]] events`). Stored and sent as its
+/// snake_case word.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    IntoStaticStr,
+    VariantArray,
+    VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum NotificationEvent {
+    /// The rollout began (it left the queue).
+    Started,
+    Succeeded,
+    Failed,
+    RolledBack,
+    /// The watch after enable found errors. Accepted in the configuration now; sent once that
+    /// watch (soak) exists.
+    SoakTripped,
+}
+
+impl NotificationEvent {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Every event, in the order a rollout reaches them.
+    pub fn all() -> &'static [Self] {
+        <Self as VariantArray>::VARIANTS
+    }
+}
+
+/// Where a notification goes: Slack's incoming webhook, or any URL (signed).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    IntoStaticStr,
+    VariantArray,
+    VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum NotifyKind {
+    Slack,
+    Webhook,
+}
+
+impl NotifyKind {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// How one attempt to send a notification ended.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    IntoStaticStr,
+    VariantArray,
+    VariantNames,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum AttemptVerdict {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// It failed in a way worth trying again (no answer, a timeout, 429, 5xx), and another
+    /// attempt is coming.
+    WillRetry,
+    /// It failed for good: an answer that another attempt would not change (4xx), or the
+    /// last attempt.
+    GaveUp,
+}
+
+impl AttemptVerdict {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+words! {
+    NotificationEvent: "notification event",
+    NotifyKind: "notification kind",
+    AttemptVerdict: "attempt verdict",
+}
+
+/// One attempt to send a notification, as admins see it (`GET /api/notifications`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationAttempt {
+    pub id: i64,
+    /// When the attempt ended, Unix milliseconds.
+    pub at: i64,
+    pub service: String,
+    pub rollout: i64,
+    pub event: NotificationEvent,
+    pub kind: NotifyKind,
+    /// The environment variable holding the URL: the URL itself is a secret.
+    pub url_env: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// What went wrong, when something did.
+    pub error: Option<String>,
+    pub verdict: AttemptVerdict,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

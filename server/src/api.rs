@@ -1,4 +1,4 @@
-//! The JSON API: services, rollouts and the webhook delivery log. Handlers return typed errors;
+//! The JSON API: services, rollouts, the webhook delivery log and the notification attempts. Handlers return typed errors;
 //! `http_error.rs` decides the status and body each one gets.
 
 use std::convert::Infallible;
@@ -52,6 +52,16 @@ pub fn routes() -> Guarded<AppState> {
             list_deliveries,
         )
         .post("/api/deliveries/{id}/replay", Role::Admin, replay_delivery)
+        .get("/api/notifications", Role::Admin, list_notifications)
+}
+
+async fn list_notifications(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .notification_attempts(crate::notify::ATTEMPTS_SHOWN)
+            .await?,
+    ))
 }
 
 /// Appends a mutation to the audit log.

@@ -13,6 +13,7 @@ pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod notify;
 pub mod origin;
 pub mod replica;
 pub mod rollout;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 mod auth;
 mod hosts;
+mod notify;
 
 use crate::domain::{
     BackendAddr, BackendName, Duration, HostName, LoadBalancerName, ServiceName, Slot,
@@ -22,6 +23,8 @@ use auth::RawAuth;
 pub use auth::{AuthConfig, Https, PasswordChecks, Throttle};
 use hosts::RawHost;
 pub use hosts::{HostSettings, SshTarget};
+use notify::RawNotify;
+pub use notify::{NotifySettings, NotifyUrl};
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
@@ -151,6 +154,9 @@ pub struct ServiceSettings {
     pub backends: Vec<BackendSettings>,
     /// `[service.webhook]`: `None` when git pushes may not start rollouts of this service.
     pub webhook: Option<WebhookSettings>,
+    /// Where this service's rollouts are told: its `[[service.notify]]`, then every global
+    /// `[[notify]]`.
+    pub notify: Vec<NotifySettings>,
 }
 
 /// `approval = "start"`: the point at which a service's rollouts wait for someone other than
@@ -558,7 +564,15 @@ impl Settings {
             .map_err(|(key, message)| source.invalid(format!("load_balancer{key}"), message))?;
         let hosts = hosts::validate_hosts(raw.hosts, config_dir)
             .map_err(|(key, message)| source.invalid(format!("host{key}"), message))?;
-        let services = validate_services(&source, raw.services, &load_balancers, &hosts, secret)?;
+        let notify = validate_notify(&source, "notify", raw.notify, secret)?;
+        let services = validate_services(
+            &source,
+            raw.services,
+            &load_balancers,
+            &hosts,
+            &notify,
+            secret,
+        )?;
         Ok(Self {
             server,
             auth,
@@ -795,6 +809,7 @@ fn validate_services(
     raw: Vec<RawService>,
     load_balancers: &[LoadBalancerSettings],
     hosts: &[HostSettings],
+    notify: &[NotifySettings],
     secret: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<ServiceSettings>, ConfigError> {
     let mut service_names = HashSet::new();
@@ -809,9 +824,29 @@ fn validate_services(
                 ),
             ));
         }
-        services.push(service.validate(source, index, load_balancers, hosts, secret)?);
+        let mut service = service.validate(source, index, load_balancers, hosts, secret)?;
+        service.notify.extend(notify.iter().cloned());
+        services.push(service);
     }
     Ok(services)
+}
+
+/// `[[notify]]` entries at `key` (`notify`, or `service[0].notify`), their URLs and secrets
+/// read with `secret`.
+fn validate_notify(
+    source: &Source,
+    key: &str,
+    raw: Vec<RawNotify>,
+    secret: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<NotifySettings>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            entry.validate(secret).map_err(|(below, span, message)| {
+                source.invalid_at(format!("{key}[{index}]{below}"), span, message)
+            })
+        })
+        .collect()
 }
 
 impl RawService {
@@ -869,6 +904,7 @@ impl RawService {
             .map_err(|(key, span, message)| {
                 source.invalid_at(at(&format!("webhook{key}")), span, message)
             })?;
+        let notify = validate_notify(source, &at("notify"), self.notify, secret)?;
         Ok(ServiceSettings {
             haproxy_backend: self
                 .haproxy_backend
@@ -885,6 +921,7 @@ impl RawService {
             runtime,
             backends: self.backends,
             webhook,
+            notify,
         })
     }
 
@@ -1035,6 +1072,8 @@ struct RawSettings {
     hosts: Vec<RawHost>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1074,6 +1113,8 @@ struct RawService {
     #[serde(default, rename = "backend")]
     backends: Vec<BackendSettings>,
     webhook: Option<RawWebhook>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
 }
 
 #[derive(Deserialize)]
@@ -1339,6 +1380,7 @@ fn default_stop_timeout() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use app::model::{NotificationEvent, NotifyKind};
 
     const FULL: &str = r#"
 [server]
@@ -2051,6 +2093,117 @@ streams_per_caller = 4
             message.contains("unknown variant `docker`, expected `process` or `command`"),
             "{message}"
         );
+    }
+
+    const NOTIFY: &str = r#"
+[[service.notify]]
+kind = "webhook"
+url_env = "API_HOOK_URL"
+secret_env = "API_HOOK_KEY"
+events = ["failed", "rolled_back", "soak_tripped"]
+
+[[notify]]
+kind = "slack"
+url_env = "SLACK_URL"
+"#;
+
+    #[test]
+    fn notifications_read_their_urls_from_the_named_variables_and_globals_reach_every_service() {
+        let secrets = [
+            ("API_HOOK_URL", "http://127.0.0.1:9/hook"),
+            ("API_HOOK_KEY", "k3y"),
+            (
+                "SLACK_URL",
+                "https://hooks.slack.com/services/T0/B0/s3cretpath",
+            ),
+        ];
+        let settings = parse_with(&format!("{FULL}{NOTIFY}"), &secrets).unwrap();
+        let notify = &settings.services[0].notify;
+        assert_eq!(notify.len(), 2, "the service's own, then the global one");
+        assert_eq!(notify[0].kind, NotifyKind::Webhook);
+        assert_eq!(notify[0].url.expose().as_str(), "http://127.0.0.1:9/hook");
+        assert_eq!(notify[0].secret.as_ref().unwrap().expose(), b"k3y");
+        assert!(notify[0].wants(NotificationEvent::SoakTripped));
+        assert!(!notify[0].wants(NotificationEvent::Started));
+        assert_eq!(notify[1].kind, NotifyKind::Slack);
+        assert_eq!(notify[1].url_env, "SLACK_URL");
+        assert_eq!(
+            notify[1].events,
+            NotificationEvent::all(),
+            "every event unless it says"
+        );
+        let printed = format!("{settings:?}");
+        assert!(
+            !printed.contains("s3cretpath") && !printed.contains("k3y"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_notification_whose_variable_is_unset_is_an_error_naming_file_key_and_variable() {
+        let message = parse_with(
+            &format!("{FULL}{NOTIFY}"),
+            &[
+                ("API_HOOK_URL", "http://127.0.0.1:9/hook"),
+                ("API_HOOK_KEY", "k"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.starts_with("/etc/baton/baton.toml:")
+                && message.contains(
+                    ": key `notify[0].url_env`: the environment variable SLACK_URL is not set"
+                ),
+            "{message}"
+        );
+        let message = parse_with(
+            &format!("{FULL}{NOTIFY}"),
+            &[
+                ("API_HOOK_URL", "not a url"),
+                ("API_HOOK_KEY", "k"),
+                ("SLACK_URL", "https://x.test/"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("key `service[0].notify[0].url_env`: the environment variable API_HOOK_URL does not hold an http:// or https:// URL")
+                && !message.contains("not a url"),
+            "{message}"
+        );
+        let unsigned = NOTIFY.replace("secret_env = \"API_HOOK_KEY\"\n", "");
+        let message = parse_with(
+            &format!("{FULL}{unsigned}"),
+            &[
+                ("API_HOOK_URL", "http://127.0.0.1:9/"),
+                ("SLACK_URL", "https://x.test/"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message
+                .contains("key `service[0].notify[0]`: a webhook notification needs `secret_env`"),
+            "{message}"
+        );
+        let unknown = NOTIFY.replace("\"soak_tripped\"", "\"exploded\"");
+        let message = parse_with(&format!("{FULL}{unknown}"), &secrets_all())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("service[0].notify[0].events")
+                && message.contains("unknown variant `exploded`"),
+            "{message}"
+        );
+    }
+
+    fn secrets_all() -> [(&'static str, &'static str); 3] {
+        [
+            ("API_HOOK_URL", "http://127.0.0.1:9/"),
+            ("API_HOOK_KEY", "k"),
+            ("SLACK_URL", "https://x.test/"),
+        ]
     }
 
     const WEBHOOK: &str = r#"

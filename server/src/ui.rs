@@ -10,7 +10,7 @@ use app::model::{
 };
 
 use app::auth::{AccountSource, AuditEntry, AuditFilter, AuditPage, NewToken, TokenView, UserView};
-use app::model::Role;
+use app::model::{NotificationAttempt, Role};
 use app::webhooks::{
     DeliveryOutcome, DeliveryPage, WebhookConfigView, WebhookSetup, WebhookSource,
 };
@@ -329,6 +329,13 @@ impl AccountSource for UiAccounts {
         .await
         .map(|_| ())
         .map_err(account_error)
+    }
+
+    async fn notifications(&self) -> Result<Vec<NotificationAttempt>, String> {
+        self.store
+            .notification_attempts(crate::notify::ATTEMPTS_SHOWN)
+            .await
+            .map_err(account_error)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The audit log, for admins: who did what to what, from which address and when, newest first,
 //! filtered by actor and action through the address (so a filtered view can be shared), a page
-//! at a time.
+//! at a time. Below it, the newest attempts to send notifications (`[[notify]]`).
 
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -10,8 +10,10 @@ use leptos_router::hooks::use_query_map;
 use super::address;
 use super::format::error_message;
 use super::widgets::LocalTime;
-use crate::auth::{AuditEntry, AuditFilter, AuditPage, allows, list_audit, use_caller};
-use crate::model::Role;
+use crate::auth::{
+    AuditEntry, AuditFilter, AuditPage, allows, list_audit, list_notifications, use_caller,
+};
+use crate::model::{AttemptVerdict, NotificationAttempt, NotificationEvent, NotifyKind, Role};
 
 /// Entries per page unless the address says otherwise.
 const PAGE_SIZE: u32 = 50;
@@ -97,6 +99,7 @@ pub fn AuditLogPage() -> impl IntoView {
     });
     let caller = use_caller();
     let page = Resource::new(move || query.get(), |query| list_audit(query.filter()));
+    let notifications = Resource::new(|| (), |_| list_notifications());
 
     view! {
         <Title text="Audit log" />
@@ -113,8 +116,9 @@ pub fn AuditLogPage() -> impl IntoView {
                 }
                 let current = query.get();
                 let filters = filter_form(&current);
+                let sent = notification_section(notifications.await);
                 match page.await {
-                    Ok(page) => view! { {filters} {entries(page, &current)} }.into_any(),
+                    Ok(page) => view! { {filters} {entries(page, &current)} {sent} }.into_any(),
                     Err(error) => {
                         view! {
                             {filters}
@@ -122,6 +126,7 @@ pub fn AuditLogPage() -> impl IntoView {
                                 "Could not load the audit log: "
                                 {error_message(&error)}
                             </p>
+                            {sent}
                         }
                             .into_any()
                     }
@@ -282,6 +287,102 @@ fn entry_row(entry: AuditEntry) -> impl IntoView {
             <td data-label="Detail">{entry.detail.unwrap_or_else(dash)}</td>
             <td data-label="From">
                 <code>{from}</code>
+            </td>
+        </tr>
+    }
+}
+
+/// A notification's event in words.
+fn event_label(event: NotificationEvent) -> &'static str {
+    match event {
+        NotificationEvent::Started => "Started",
+        NotificationEvent::Succeeded => "Succeeded",
+        NotificationEvent::Failed => "Failed",
+        NotificationEvent::RolledBack => "Rolled back",
+        NotificationEvent::SoakTripped => "Watch tripped",
+    }
+}
+
+/// How an attempt ended, in words, and the class that colours it.
+fn verdict_label(verdict: AttemptVerdict) -> (&'static str, &'static str) {
+    match verdict {
+        AttemptVerdict::Delivered => ("Delivered", "check-ok"),
+        AttemptVerdict::WillRetry => ("Will retry", "muted"),
+        AttemptVerdict::GaveUp => ("Gave up", "error"),
+    }
+}
+
+fn kind_label(kind: NotifyKind) -> &'static str {
+    match kind {
+        NotifyKind::Slack => "Slack",
+        NotifyKind::Webhook => "Webhook",
+    }
+}
+
+/// The notification attempts, newest first: what was sent where, and how it went.
+fn notification_section(
+    attempts: Result<Vec<NotificationAttempt>, ServerFnError>,
+) -> impl IntoView + use<> {
+    let body = match attempts {
+        Err(error) => view! {
+            <p class="error" role="alert">
+                "Could not load the notification attempts: " {error_message(&error)}
+            </p>
+        }
+        .into_any(),
+        Ok(attempts) if attempts.is_empty() => view! {
+            <p class="empty">"No notification has been sent yet."</p>
+        }
+        .into_any(),
+        Ok(attempts) => view! {
+            <table class="audit stack" data-testid="notifications">
+                <caption class="visually-hidden">"Notification attempts, newest first"</caption>
+                <thead>
+                    <tr>
+                        <th scope="col">"When"</th>
+                        <th scope="col">"Rollout"</th>
+                        <th scope="col">"Event"</th>
+                        <th scope="col">"To"</th>
+                        <th scope="col">"Attempt"</th>
+                        <th scope="col">"Result"</th>
+                    </tr>
+                </thead>
+                <tbody>{attempts.into_iter().map(attempt_row).collect_view()}</tbody>
+            </table>
+        }
+        .into_any(),
+    };
+    view! {
+        <h2 id="notifications">"Notifications"</h2>
+        {body}
+    }
+}
+
+fn attempt_row(attempt: NotificationAttempt) -> impl IntoView {
+    let (verdict, class) = verdict_label(attempt.verdict);
+    let detail = match (attempt.status, attempt.error) {
+        (_, Some(error)) => format!(" ({error})"),
+        (Some(status), None) => format!(" (HTTP {status})"),
+        (None, None) => String::new(),
+    };
+    view! {
+        <tr data-notification-id=attempt.id.to_string() data-verdict=attempt.verdict.as_str()>
+            <td data-label="When">
+                <LocalTime ms=attempt.at />
+            </td>
+            <td data-label="Rollout">
+                <A href=format!("/deployments/{}", attempt.rollout)>
+                    {format!("{} #{}", attempt.service, attempt.rollout)}
+                </A>
+            </td>
+            <td data-label="Event">{event_label(attempt.event)}</td>
+            <td data-label="To">
+                {kind_label(attempt.kind)} " " <code>{attempt.url_env}</code>
+            </td>
+            <td data-label="Attempt">{attempt.attempt.to_string()}</td>
+            <td data-label="Result">
+                <span class=class>{verdict}</span>
+                {detail}
             </td>
         </tr>
     }

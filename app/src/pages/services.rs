@@ -381,9 +381,15 @@ fn backend_row(backend: &BackendStatus, step: Option<StepKind>) -> impl IntoView
                 } else {
                     node.status.to_string()
                 };
-                let backup = node
-                    .backup
-                    .then_some(view! { <span class="muted">" (backup)"</span> });
+                let backup = node.backup.then_some(view! {
+                    <span
+                        class="muted"
+                        data-backup="true"
+                        title="An HAProxy backup server: it gets traffic only when no other server is UP, so Baton never counts it as capacity and rolls it last"
+                    >
+                        " (backup)"
+                    </span>
+                });
                 view! {
                     <span
                         class=format!("lb {}", lb_class(&node.status))

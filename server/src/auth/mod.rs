@@ -97,6 +97,8 @@ pub const SERVER_FUNCTIONS: &[(&str, Access)] = &[
     ("/rpc/create_token", Access::Role(Role::Admin)),
     ("/rpc/revoke_token", Access::Role(Role::Admin)),
     ("/rpc/list_audit", Access::Role(Role::Admin)),
+    // The notification attempts, on the audit page.
+    ("/rpc/list_notifications", Access::Role(Role::Admin)),
 ];
 
 /// What [`SERVER_FUNCTIONS`] says the server function at `path` needs.

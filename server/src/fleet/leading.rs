@@ -125,6 +125,7 @@ impl Fleet {
                 wake: handle.wake.clone(),
                 controls: handle.controls.clone(),
                 repairs: handle.repairs.clone(),
+                notify: self.notifier.outbox(),
             };
             let stop = stop.clone();
             let store = store.clone();

@@ -20,6 +20,7 @@ use crate::domain::{InvalidValue, Version};
 use crate::drivers::haproxy::{HaproxyDriver, HaproxyOptions};
 use crate::hosts::{Host, Hosts};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 
 use crate::drivers::{BackendRun, BackendSpec, LoadBalancer, LogTail, Runtime};
 use crate::replica::Leadership;
@@ -76,6 +77,8 @@ pub struct Fleet {
     hosts: Hosts,
     /// What `GET /metrics` shows; the rollout workers count into it.
     metrics: Metrics,
+    /// The notifications' queue: the leader's rollout workers put notices on it.
+    notifier: Notifier,
 }
 
 /// How often the fleet's state is refreshed for live streams when nothing else happens.
@@ -214,6 +217,7 @@ impl Fleet {
                 repairs: Repairs::default(),
             })
             .collect();
+        let notifier = Notifier::new(store.clone());
         Self {
             services,
             store,
@@ -221,6 +225,7 @@ impl Fleet {
             snapshots: watch::Sender::new(Arc::new(Snapshot::new(Vec::new()))),
             hosts: Hosts::default(),
             metrics,
+            notifier,
         }
     }
 
@@ -288,6 +293,9 @@ impl Fleet {
         leadership: &Leadership,
     ) {
         tasks.spawn(self.clone().watch(shutdown.clone()));
+        if let Some(worker) = self.notifier.take_worker() {
+            tasks.spawn(worker.run(shutdown.clone()));
+        }
         for host in self.hosts.iter() {
             tasks.spawn(hosts::watch(
                 self.clone(),

@@ -187,6 +187,11 @@ pub struct Rollout {
     /// The service's backends in configuration order.
     pub targets: Vec<Target>,
     pub batch_size: usize,
+    /// How many of `targets`, at the end, are HAProxy `backup` servers: they are not capacity
+    /// but the fleet's last resort, so they are rolled after every other backend, in batches
+    /// of their own (see [`Rollout::order_backups_last`]).
+    #[serde(default)]
+    pub backups: usize,
     pub auto_rollback: bool,
     pub phase: Phase,
     /// Pause once the current batch is back in rotation.
@@ -255,6 +260,7 @@ impl Rollout {
             to,
             targets,
             batch_size: batch_size.max(1),
+            backups: 0,
             auto_rollback,
             phase: Phase::Pending,
             pause_requested: false,
@@ -351,13 +357,52 @@ impl Rollout {
     }
 
     /// How many backends batch 0 holds as canaries; 0 without a canary, or when the canary
-    /// would be every backend (there would be nothing left to promote).
+    /// would be every active backend (there would be nothing left to promote).
     pub fn canaries(&self) -> usize {
-        if self.canary < self.targets.len() {
+        if self.canary < self.active() {
             self.canary
         } else {
             0
         }
+    }
+
+    /// Puts the targets that `is_backup` names after every other, each group keeping its
+    /// order, and remembers how many they are. Only before the rollout begins: batches are
+    /// positions in `targets`.
+    pub fn order_backups_last(&mut self, is_backup: impl Fn(&BackendName) -> bool) {
+        let (backups, mut targets): (Vec<Target>, Vec<Target>) = std::mem::take(&mut self.targets)
+            .into_iter()
+            .partition(|target| is_backup(&target.name));
+        self.backups = backups.len();
+        targets.extend(backups);
+        self.targets = targets;
+    }
+
+    /// The targets that are not backup servers come first, `0..active`.
+    fn active(&self) -> usize {
+        self.targets.len().saturating_sub(self.backups)
+    }
+
+    /// Every batch, in order: the canaries (if any), then the other active backends in
+    /// batches of `batch_size`, then the backup servers in batches of their own, so a batch
+    /// never mixes the two and a backup is only taken out while every active backend serves.
+    fn batches(&self) -> Vec<std::ops::Range<usize>> {
+        let mut batches = Vec::new();
+        let canaries = self.canaries();
+        if canaries > 0 {
+            batches.push(0..canaries);
+        }
+        let mut chunk = |from: usize, to: usize| {
+            let mut start = from;
+            while start < to {
+                let end = (start + self.batch_size).min(to);
+                batches.push(start..end);
+                start = end;
+            }
+        };
+        chunk(canaries, self.active());
+        chunk(self.active(), self.targets.len());
+        batches
     }
 
     /// Whether `batch` is the canaries.
@@ -366,30 +411,20 @@ impl Rollout {
     }
 
     fn batch_count(&self) -> usize {
-        match self.canaries() {
-            0 => self.targets.len().div_ceil(self.batch_size),
-            canaries => 1 + (self.targets.len() - canaries).div_ceil(self.batch_size),
-        }
+        self.batches().len()
     }
 
-    /// The backends of `batch`: with a canary, batch 0 is the canaries and the batches of
-    /// `batch_size` follow them.
+    /// The backends of `batch` (see [`Rollout::batches`]).
     fn batch(&self, batch: usize) -> std::ops::Range<usize> {
-        let start = match (self.canaries(), batch) {
-            (0, _) => batch * self.batch_size,
-            (canaries, 0) => return 0..canaries,
-            (canaries, batch) => canaries + (batch - 1) * self.batch_size,
-        };
-        start..(start + self.batch_size).min(self.targets.len())
+        self.batches().get(batch).cloned().unwrap_or(0..0)
     }
 
     /// The batch the backend at `index` belongs to.
     fn batch_of(&self, index: usize) -> usize {
-        match self.canaries() {
-            0 => index / self.batch_size,
-            canaries if index < canaries => 0,
-            canaries => 1 + (index - canaries) / self.batch_size,
-        }
+        self.batches()
+            .iter()
+            .position(|batch| batch.contains(&index))
+            .unwrap_or(0)
     }
 
     /// What the executor must do now; `None` once finished.
@@ -1068,6 +1103,49 @@ mod tests {
         assert_eq!(log[1], "check_capacity s1,s2@v2");
         assert_eq!(log[11], "check_capacity s3@v2");
         assert!(rollout.is_finished());
+    }
+
+    #[test]
+    fn backup_servers_are_rolled_last_in_batches_of_their_own() {
+        let mut with_backup = rollout(&["b1", "s1", "s2", "b2", "s3"], 2, true);
+        with_backup.order_backups_last(|name| name.as_str().starts_with('b'));
+        let (rollout, log) = run(with_backup, done(1 + 50));
+        let batches: Vec<&str> = log
+            .iter()
+            .filter(|action| action.starts_with("check_capacity"))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            batches,
+            [
+                "check_capacity s1,s2@v2",
+                "check_capacity s3@v2",
+                "check_capacity b1,b2@v2"
+            ],
+            "config order within each group, and no batch mixes a backup with an active server"
+        );
+        assert!(rollout.is_finished());
+    }
+
+    #[test]
+    fn a_failure_on_the_backup_rolls_back_the_active_backends_done_before_it() {
+        let mut with_backup = rollout(&["b1", "s1"], 2, true);
+        with_backup.order_backups_last(|name| name.as_str() == "b1");
+        let events = [
+            done(1 + 10),
+            vec![fail("b1", "no other backend is UP")],
+            done(20),
+        ]
+        .concat();
+        let (rollout, log) = run(with_backup, events);
+        assert_eq!(log[11], "check_capacity b1@v2");
+        assert_eq!(log[12], "rollback drain s1@v1", "{log:#?}");
+        assert!(matches!(
+            rollout.phase,
+            Phase::Finished {
+                outcome: Outcome::RolledBack { .. }
+            }
+        ));
     }
 
     #[test]

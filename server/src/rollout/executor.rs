@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(doc)]
 use app::model::PendingControl;
-use app::model::{ControlAction, RolloutStatus, StepOutcome};
+use app::model::{ControlAction, NotificationEvent, RolloutStatus, StepOutcome};
 
 use crate::domain::{BackendName, Slot, StrategyKind, Version};
 use crate::drivers::{
     AdminState, BackendRun, BackendSpec, HealthProbe, LOG_TAIL_MAX, LbError, LoadBalancer,
     ProbeFailure, Runtime, ServerState, ServerStatus,
 };
+use crate::notify::{self, Notice, Outbox};
 use crate::rollout::engine::{
     Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
 };
@@ -37,6 +38,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long reading a failed backend's log may take (over ssh, say) before the rollout goes on
 /// without it.
 const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a rollout waits, as it begins, to learn from HAProxy which servers are backups.
+const BACKUPS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause, resume and abort requests waiting for a service's worker, by rollout id. Each is also
 /// a `Control` event in the database: a worker resuming a rollout after a restart queues again
@@ -95,6 +98,8 @@ pub struct ServiceRunner {
     pub controls: Controls,
     /// Backends to bring back once their host answers again, between rollouts.
     pub repairs: Repairs,
+    /// Where the rollout's start and end are announced (`[[notify]]`); never waits.
+    pub notify: Outbox,
 }
 
 /// Each configured backend with the version it runs now (the one recorded by the last rollout
@@ -294,9 +299,15 @@ impl ServiceRunner {
             rollout.targets = recorded_targets(&*self.store, &self.service).await?;
             // Like the targets, the strategy is the configuration's as the rollout begins.
             rollout.strategy = self.service.strategy.kind;
+            let backups = tokio::select! {
+                backups = self.backup_servers() => backups,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            rollout.order_backups_last(|name| backups.contains(name.as_str()));
             let from = common_version(&rollout.targets).map(Version::as_str);
             let state = serde_json::to_string(&rollout).expect("a rollout serializes");
             self.store.begin(row.id, from, &state).await?;
+            self.announce(&row, &rollout, NotificationEvent::Started, None);
             (rollout, action) = rollout.step(Event::Begin);
         } else {
             let interrupted = self.store.interrupt_open_steps(row.id).await?;
@@ -365,11 +376,38 @@ impl ServiceRunner {
         }
         let state = serde_json::to_string(&rollout).expect("a rollout serializes");
         let status = status_of(&rollout);
+        let reason = reason_of(&rollout);
         self.store
-            .save_state(row.id, status, &state, reason_of(&rollout).as_deref())
+            .save_state(row.id, status, &state, reason.as_deref())
             .await?;
         tracing::info!(status = status.as_str(), "rollout finished");
+        if let Some(event) = notify::ending(status) {
+            self.announce(&row, &rollout, event, reason);
+        }
         Ok(())
+    }
+
+    /// Hands `event` to the notifications' queue (it never waits).
+    fn announce(
+        &self,
+        row: &DeploymentRow,
+        rollout: &Rollout,
+        event: NotificationEvent,
+        reason: Option<String>,
+    ) {
+        self.notify.send(
+            &self.service.notify,
+            Notice {
+                rollout: row.id,
+                service: row.service.clone(),
+                event,
+                from_version: common_version(&rollout.targets).map(ToString::to_string),
+                to_version: rollout.to.to_string(),
+                trigger: row.trigger,
+                requested_by: row.requested_by.clone(),
+                reason,
+            },
+        );
     }
 
     /// Carries out one action, recording a step row per backend around it.
@@ -545,6 +583,33 @@ impl ServiceRunner {
         BackendSpec::of(&self.service.name, self.backend(name), Slot::Address)
     }
 
+    /// The service's HAProxy servers that are `backup` on any node, as the rollout begins.
+    /// HAProxy's configuration is what makes a server a backup, so it is asked, not Baton's.
+    /// If it does not answer within [`BACKUPS_TIMEOUT`], the rollout keeps configuration
+    /// order: its first capacity check asks again, and fails before anything is touched if
+    /// HAProxy still does not answer. Cancellation-safe (it only reads).
+    async fn backup_servers(&self) -> HashSet<String> {
+        let asked = tokio::time::timeout(
+            BACKUPS_TIMEOUT,
+            self.lb.servers(&self.service.haproxy_backend),
+        );
+        match asked.await {
+            Ok(Ok(servers)) => servers
+                .into_iter()
+                .filter(|s| s.backup)
+                .map(|s| s.server)
+                .collect(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot tell which servers are backups; rolling in configuration order");
+                HashSet::new()
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?BACKUPS_TIMEOUT, "HAProxy did not say which servers are backups in time; rolling in configuration order");
+                HashSet::new()
+            }
+        }
+    }
+
     async fn servers(
         &self,
         lb: &dyn LoadBalancer,
@@ -592,22 +657,31 @@ impl ServiceRunner {
             ));
         }
         for node in nodes {
-            let serving = servers
-                .iter()
-                .filter(|s| {
-                    s.node == node && !s.backup && !leaving.contains(s.server.as_str()) && s.is_up()
-                })
-                .count();
-            if serving == 0 {
-                let names: Vec<&str> = batch.iter().map(BackendName::as_str).collect();
-                return Err((
-                    Some(batch[0].clone()),
-                    format!(
-                        "no other backend is UP on {node} (backup servers do not count): taking {} out would leave nothing serving",
-                        names.join(", ")
-                    ),
-                ));
+            let staying = || {
+                servers
+                    .iter()
+                    .filter(|s| s.node == node && !leaving.contains(s.server.as_str()) && s.is_up())
+            };
+            if staying().any(|s| !s.backup) {
+                continue;
             }
+            let names: Vec<&str> = batch.iter().map(BackendName::as_str).collect();
+            let backups: Vec<&str> = staying().map(|s| s.server.as_str()).collect();
+            let what = if backups.is_empty() {
+                "nothing serving".to_owned()
+            } else {
+                format!(
+                    "only the backup server(s) {} UP, and a backup is not capacity",
+                    backups.join(", ")
+                )
+            };
+            return Err((
+                Some(batch[0].clone()),
+                format!(
+                    "no other backend is UP on {node} (backup servers do not count): taking {} out would leave {what}",
+                    names.join(", ")
+                ),
+            ));
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod deliveries;
 mod events;
 pub mod lease;
 mod logs;
+pub mod notifications;
 
 pub use events::{LIVE_BUFFER, Published};
 pub use lease::{Lease, LeaseRow, Tenure};

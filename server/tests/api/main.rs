@@ -5,6 +5,7 @@ mod auth_config;
 mod lifecycle;
 mod metrics;
 mod openapi;
+mod notifications;
 mod pages;
 mod replicas;
 mod streams;

@@ -950,6 +950,12 @@ async fn pushes_while_a_rollout_is_queued_coalesce_into_it_with_the_newest_commi
         get_json(&app, &format!("/api/deployments/{running}")).await["status"] == "running"
     })
     .await;
+    // Running is not yet preparing: as it begins, a rollout first asks HAProxy which servers
+    // are backups. Its prepare has begun once the runtime has made its folder.
+    eventually("the first rollout prepares", || async {
+        runtime_dir(&app).exists()
+    })
+    .await;
 
     let first = github_push();
     let (status, a) = post(

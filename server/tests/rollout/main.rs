@@ -1,6 +1,7 @@
 //! Rollouts end to end: a real HAProxy, real demo-app backend processes, and Baton between them,
 //! with traffic flowing through HAProxy the whole time.
 
+mod backups;
 mod cli;
 mod controls;
 mod demo;

@@ -32,6 +32,8 @@ pub struct Config {
     services: Vec<Service>,
     #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<Auth>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notify: Vec<Notify>,
 }
 
 impl Config {
@@ -68,6 +70,12 @@ impl Config {
 
     pub fn server(mut self, server: Server) -> Self {
         self.server = Some(server);
+        self
+    }
+
+    /// A global `[[notify]]`: every service's rollouts.
+    pub fn notify(mut self, notify: Notify) -> Self {
+        self.notify.push(notify);
         self
     }
 
@@ -182,6 +190,8 @@ pub struct Service {
     backends: Vec<Backend>,
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook: Option<Webhook>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notify: Vec<Notify>,
 }
 
 impl Service {
@@ -201,6 +211,7 @@ impl Service {
             runtime: Runtime::idle(),
             backends: Vec::new(),
             webhook: None,
+            notify: Vec::new(),
         }
     }
 
@@ -291,6 +302,12 @@ impl Service {
 
     pub fn webhook(mut self, webhook: Webhook) -> Self {
         self.webhook = Some(webhook);
+        self
+    }
+
+    /// A `[[service.notify]]`: this service's rollouts only.
+    pub fn notify(mut self, notify: Notify) -> Self {
+        self.notify.push(notify);
         self
     }
 
@@ -515,6 +532,44 @@ impl Webhook {
 
     pub fn repository(mut self, owner_and_name: &str) -> Self {
         self.repository = Some(owner_and_name.to_owned());
+        self
+    }
+}
+
+/// `[[notify]]` or `[[service.notify]]`: the variables named hold the URL and a webhook's key.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notify {
+    kind: &'static str,
+    url_env: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<String>>,
+}
+
+impl Notify {
+    /// A generic webhook, signed with the key in `secret_env`; every event.
+    pub fn webhook(url_env: &str, secret_env: &str) -> Self {
+        Self {
+            kind: "webhook",
+            url_env: url_env.to_owned(),
+            secret_env: Some(secret_env.to_owned()),
+            events: None,
+        }
+    }
+
+    /// Slack's incoming webhook; every event.
+    pub fn slack(url_env: &str) -> Self {
+        Self {
+            kind: "slack",
+            url_env: url_env.to_owned(),
+            secret_env: None,
+            events: None,
+        }
+    }
+
+    pub fn events(mut self, events: &[&str]) -> Self {
+        self.events = Some(events.iter().map(|e| (*e).to_owned()).collect());
         self
     }
 }

@@ -36,6 +36,8 @@ pub struct FleetOptions {
     pub canary: Option<u32>,
     /// `approval` (`"start"`); `None` leaves it out (no approval).
     pub approval: Option<&'static str>,
+    /// The backends HAProxy's configuration marks `backup` ("web3", say).
+    pub backup_servers: &'static [&'static str],
     pub drain_timeout: Duration,
     pub start_timeout: Duration,
     /// Baton's own probe of a new version: how often, and how many passes make it healthy.
@@ -83,6 +85,7 @@ impl Default for FleetOptions {
             batch_size: None,
             canary: None,
             approval: None,
+            backup_servers: &[],
             drain_timeout: Duration::from_secs(10),
             start_timeout: Duration::from_secs(5),
             health_interval: Duration::from_millis(50),
@@ -274,6 +277,11 @@ pub async fn spawn_fleet(options: FleetOptions) -> Fleet {
             servers: placement
                 .iter()
                 .map(|(name, address, _)| (name.clone(), *address))
+                .collect(),
+            backups: options
+                .backup_servers
+                .iter()
+                .map(|name| (*name).to_owned())
                 .collect(),
             checks: options.checks,
         },

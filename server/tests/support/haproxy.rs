@@ -64,6 +64,8 @@ impl fmt::Display for Checks {
 pub struct Backend {
     pub name: String,
     pub servers: Vec<(String, std::net::SocketAddr)>,
+    /// The servers written with `backup`: HAProxy sends them traffic only when no other is UP.
+    pub backups: Vec<String>,
     pub checks: Checks,
 }
 
@@ -137,7 +139,12 @@ fn render(socket: &Path, frontend_port: u16, backend: &Backend) -> String {
     }
     cfg += &format!("    default-server {}\n", backend.checks);
     for (server, address) in &backend.servers {
-        cfg += &format!("    server {server} {address} check\n");
+        let backup = if backend.backups.contains(server) {
+            " backup"
+        } else {
+            ""
+        };
+        cfg += &format!("    server {server} {address} check{backup}\n");
     }
     cfg
 }

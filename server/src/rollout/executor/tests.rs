@@ -409,6 +409,7 @@ initial_version = "v1"
             wake: self.wake.clone(),
             controls: self.controls.clone(),
             repairs: self.repairs.clone(),
+            notify: crate::notify::Outbox::default(),
         };
         let shutdown = CancellationToken::new();
         Worker {
@@ -720,6 +721,47 @@ async fn a_rollout_replaces_one_backend_at_a_time_waiting_for_baton_then_haproxy
         recorded,
         ["web1", "web2", "web3"].map(|b| (b.to_owned(), "v2".to_owned()))
     );
+}
+
+/// Which servers are backups is HAProxy's configuration: the worker asks it as the rollout
+/// begins, and the backup goes last.
+#[tokio::test(start_paused = true)]
+async fn the_server_haproxy_calls_a_backup_is_rolled_after_the_others() {
+    let rig = Rig::new(Setup::default()).await;
+    rig.lb.set_backup("web1");
+    let _worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    assert_eq!(rig.ended(id).await.status, RolloutStatus::Succeeded);
+
+    let mut expected = vec!["- prepare ok".to_owned()];
+    for backend in ["web2", "web3", "web1"] {
+        expected.extend(steps_ok(backend));
+    }
+    assert_eq!(rig.steps(id).await, expected);
+    assert_eq!(rig.fleet(), serving("v2", 3));
+}
+
+/// With the other active server down, taking the last one out would leave only the backup.
+#[tokio::test(start_paused = true)]
+async fn a_step_that_would_leave_only_the_backup_up_is_refused_and_says_so() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        ..Setup::default()
+    })
+    .await;
+    rig.lb.set_backup("web2");
+    let _worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let done = rig.ended(id).await;
+
+    assert_eq!(done.status, RolloutStatus::Failed);
+    assert_eq!(
+        done.reason.as_deref(),
+        Some(
+            "check_capacity failed on web1: no other backend is UP on n1 (backup servers do not count): taking web1 out would leave only the backup server(s) web2 UP, and a backup is not capacity"
+        )
+    );
+    assert_eq!(rig.fleet(), serving("v1", 2), "nothing was touched");
 }
 
 #[tokio::test(start_paused = true)]
