@@ -930,6 +930,7 @@ pub struct Caller {
 
 /// What a notification says happened to a rollout (`[[notify]] events`). Stored and sent as its
 /// snake_case word.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -968,6 +969,7 @@ impl NotificationEvent {
 }
 
 /// Where a notification goes: Slack's incoming webhook, or any URL (signed).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -994,6 +996,7 @@ impl NotifyKind {
 }
 
 /// How one attempt to send a notification ended.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone,
     Copy,
@@ -1032,6 +1035,7 @@ words! {
 }
 
 /// One attempt to send a notification, as admins see it (`GET /api/notifications`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationAttempt {
     pub id: i64,

@@ -55,6 +55,14 @@ pub fn routes() -> Guarded<AppState> {
         .get("/api/notifications", Role::Admin, list_notifications)
 }
 
+/// The newest attempts to send notifications (Slack, signed webhooks), newest first; admins
+/// only.
+#[utoipa::path(get, path = "/api/notifications", tag = "notifications",
+    responses(
+        (status = 200, description = "The newest attempts, newest first", body = Vec<app::model::NotificationAttempt>),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+    ))]
 async fn list_notifications(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(
         state

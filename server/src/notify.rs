@@ -119,6 +119,8 @@ pub fn ending(status: RolloutStatus) -> Option<NotificationEvent> {
         RolloutStatus::Queued
         | RolloutStatus::Running
         | RolloutStatus::Paused
+        | RolloutStatus::AwaitingApproval
+        | RolloutStatus::AwaitingPromote
         | RolloutStatus::Cancelled => None,
     }
 }

@@ -36,6 +36,7 @@ use crate::auth::{Access, Guarded, Lookup, Policy};
         crate::api::fleet_events,
         crate::api::list_deliveries,
         crate::api::replay_delivery,
+        crate::api::list_notifications,
         crate::http::replica,
         crate::auth::routes::me,
         crate::auth::routes::list_users,
