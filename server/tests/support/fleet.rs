@@ -488,12 +488,18 @@ impl Fleet {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    /// Waits until the rollout has finished and returns it with its steps.
+    /// Waits until the rollout has finished (not queued, running or waiting for a person) and
+    /// returns it with its steps.
     pub async fn finished(&self, id: i64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let deployment = self.get(&format!("/api/deployments/{id}")).await.unwrap();
-            if !matches!(deployment["status"].as_str(), Some("queued" | "running")) {
+            // Waiting for an approval or a promotion is not an end either: one just given may
+            // not have reached the worker yet.
+            if !matches!(
+                deployment["status"].as_str(),
+                Some("queued" | "running" | "awaiting_approval" | "awaiting_promote")
+            ) {
                 return deployment;
             }
             assert!(
