@@ -849,10 +849,7 @@ impl Rollout {
             .map(|index| Restore {
                 index,
                 // A finished backend is put back by its strategy's procedure from the start.
-                from: match self.strategy {
-                    StrategyKind::Rolling => Step::Drain,
-                    StrategyKind::Surge => Step::SurgeStart,
-                },
+                from: self.restore_start(),
             })
             .collect();
         let cause = Failure {
@@ -890,21 +887,7 @@ impl Rollout {
             | Step::Retire
             | Step::Discard => Some(Step::Drain),
         };
-        let mut queue: Vec<Restore> = match from {
-            Some(from) => self
-                .batch(batch)
-                .rev()
-                .map(|index| Restore { index, from })
-                .collect(),
-            None => Vec::new(),
-        };
-        if self.auto_rollback {
-            queue.extend((0..self.batch(batch).start).rev().map(|index| Restore {
-                index,
-                from: Step::Drain,
-            }));
-        }
-        self.next_restore_from(queue, cause, Vec::new(), Undo::Failure)
+        self.roll_back_failed_batch(batch, from, cause)
     }
 
     /// A surge step failed. Before the switch (the arriving instance made current once UP), the
@@ -933,21 +916,35 @@ impl Rollout {
             | Step::ConfirmUp
             | Step::Discard => Some(Step::SurgeStart),
         };
-        let mut queue: Vec<Restore> = match from {
-            Some(from) => self
-                .batch(batch)
+        self.roll_back_failed_batch(batch, from, cause)
+    }
+
+    /// Puts back the failed `batch` (each backend from `from`; `None` when nothing on it was
+    /// touched) and, with auto-rollback, every backend done before it from the start of its
+    /// strategy's procedure, last first.
+    fn roll_back_failed_batch(&self, batch: usize, from: Option<Step>, cause: Failure) -> Phase {
+        let failed = from.into_iter().flat_map(|from| {
+            self.batch(batch)
                 .rev()
-                .map(|index| Restore { index, from })
-                .collect(),
-            None => Vec::new(),
-        };
-        if self.auto_rollback {
-            queue.extend((0..self.batch(batch).start).rev().map(|index| Restore {
+                .map(move |index| Restore { index, from })
+        });
+        let done = (0..self.batch(batch).start)
+            .rev()
+            .filter(|_| self.auto_rollback)
+            .map(|index| Restore {
                 index,
-                from: Step::SurgeStart,
-            }));
-        }
+                from: self.restore_start(),
+            });
+        let queue = failed.chain(done).collect();
         self.next_restore_from(queue, cause, Vec::new(), Undo::Failure)
+    }
+
+    /// Where putting back a backend that finished its procedure begins.
+    fn restore_start(&self) -> Step {
+        match self.strategy {
+            StrategyKind::Rolling => Step::Drain,
+            StrategyKind::Surge => Step::SurgeStart,
+        }
     }
 
     fn next_restore(

@@ -480,13 +480,7 @@ impl ServiceRunner {
             .backends
             .iter()
             .zip(rows)
-            .zip(
-                action
-                    .slots
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat(Slot::Address)),
-            )
+            .zip(action.slots.iter().copied())
             .filter(|((backend, _), _)| failed_on.is_none_or(|failed| failed == *backend));
         for ((backend, &row), leaves) in concerned {
             let slot = if arriving { leaves.other() } else { leaves };
