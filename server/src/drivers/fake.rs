@@ -28,7 +28,8 @@ use tokio::time::{Instant, sleep};
 use super::haproxy::HaproxyOptions;
 use super::{
     AdminState, BackendRun, BackendSpec, CheckResult, Health, HealthProbe, LbError, LoadBalancer,
-    LogTail, MaintCause, ProbeFailure, Runtime, RuntimeError, ServerState, ServerStatus,
+    LogTail, MaintCause, ProbeFailure, Runtime, RuntimeError, ServerCounters, ServerState,
+    ServerStatus,
 };
 use crate::domain::{BackendAddr, Version};
 
@@ -692,6 +693,8 @@ struct Server {
     backup: bool,
     /// Whether HAProxy's checks reach the process at all.
     reachable: bool,
+    /// What it served (as [`FakeLb::serve`] says) and how often its checks took it DOWN.
+    counters: ServerCounters,
 }
 
 impl FakeLb {
@@ -724,6 +727,7 @@ impl FakeLb {
                         sessions: Vec::new(),
                         backup: false,
                         reachable: true,
+                        counters: ServerCounters::default(),
                     })
                     .collect(),
             })
@@ -776,6 +780,17 @@ impl FakeLb {
     pub fn set_fault(&self, node: &str, fault: Option<Fault>) {
         for found in lock(&self.nodes).iter_mut().filter(|n| n.name == node) {
             found.fault = fault;
+        }
+    }
+
+    /// Counts `requests` sent to `server` through `node`, `errors_5xx` of them answered with
+    /// a 5xx (the fake carries no traffic: a test says what HAProxy would have counted).
+    pub fn serve(&self, node: &str, server: &str, requests: u64, errors_5xx: u64) {
+        for found in lock(&self.nodes).iter_mut().filter(|n| n.name == node) {
+            for s in found.servers.iter_mut().filter(|s| s.name == server) {
+                s.counters.requests += requests;
+                s.counters.errors_5xx += errors_5xx;
+            }
         }
     }
 
@@ -894,6 +909,7 @@ impl Server {
             };
             self.last_check = Some(result);
             let max = checks.rise + checks.fall - 1;
+            let was_up = self.health >= checks.rise;
             self.health = if result == "L7OK" {
                 // As HAProxy: one step up, and full health once UP.
                 match (self.health + 1).min(max) {
@@ -906,6 +922,9 @@ impl Server {
             } else {
                 0
             };
+            if was_up && self.health < checks.rise {
+                self.counters.check_downs += 1;
+            }
             self.next_check = Some(at + checks.inter);
         }
     }
@@ -983,6 +1002,7 @@ impl Server {
             sessions: self.open_sessions(now),
             backup: self.backup,
             fall: self.checks.map(|checks| checks.fall),
+            counters: self.counters,
         }
     }
 }
@@ -1089,6 +1109,7 @@ impl LoadBalancer for FakeLb {
                 next_check: None,
                 sessions: Vec::new(),
                 backup: like.backup,
+                counters: ServerCounters::default(),
                 reachable: true,
             };
             node.servers.push(added);

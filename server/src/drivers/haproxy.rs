@@ -62,7 +62,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinSet;
 
 use super::{
-    AdminState, CheckResult, Health, LbError, LoadBalancer, MaintCause, ServerState, ServerStatus,
+    AdminState, CheckResult, Health, LbError, LoadBalancer, MaintCause, ServerCounters,
+    ServerState, ServerStatus,
 };
 use crate::domain::BackendAddr;
 use crate::settings::RuntimeApiAddr;
@@ -575,9 +576,18 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
     );
     // Optional: a server without `check` leaves it empty.
     let check_fall = names.iter().position(|n| n == "check_fall");
+    // Optional too: a TCP backend has no HTTP counters.
+    let (req_tot, hrsp_5xx, chkdown) = (
+        names.iter().position(|n| n == "req_tot"),
+        names.iter().position(|n| n == "hrsp_5xx"),
+        names.iter().position(|n| n == "chkdown"),
+    );
     let needed = [pxname, svname, scur, status, check_status, bck]
         .into_iter()
         .chain(check_fall)
+        .chain(req_tot)
+        .chain(hrsp_5xx)
+        .chain(chkdown)
         .max()
         .unwrap_or(0);
     let mut servers = Vec::new();
@@ -611,6 +621,17 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
                 format!("`check_fall` of {} is {value:?}, not a number", row[svname])
             })?),
         };
+        let counter = |column: Option<usize>, name: &str| match column.map(|i| &*row[i]) {
+            None | Some("") => Ok(0),
+            Some(value) => value
+                .parse::<u64>()
+                .map_err(|_| format!("`{name}` of {} is {value:?}, not a number", row[svname])),
+        };
+        let counters = ServerCounters {
+            requests: counter(req_tot, "req_tot")?,
+            errors_5xx: counter(hrsp_5xx, "hrsp_5xx")?,
+            check_downs: counter(chkdown, "chkdown")?,
+        };
         servers.push(ServerStatus {
             node: node.to_owned(),
             server: row[svname].to_string(),
@@ -619,6 +640,7 @@ fn parse_show_stat(node: &str, backend: &str, reply: &str) -> Result<Vec<ServerS
             sessions,
             backup,
             fall,
+            counters,
         });
     }
     Ok(servers)
@@ -820,7 +842,8 @@ mod tests {
 
     const HAPROXY: &str = "/usr/sbin/haproxy";
 
-    /// A tiny HTTP server that answers its own name; `GET /slow/<ms>` answers after `<ms>`.
+    /// A tiny HTTP server that answers its own name; `GET /slow/<ms>` answers after `<ms>`,
+    /// `GET /fail` answers 500.
     struct TestBackend {
         name: String,
         port: u16,
@@ -858,8 +881,13 @@ mod tests {
                             let ms: u64 = ms.parse().unwrap_or(10_000);
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                         }
+                        let status = if path == "/fail" {
+                            "500 Internal Server Error"
+                        } else {
+                            "200 OK"
+                        };
                         let reply = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()
                         );
                         let _ = stream.write_all(reply.as_bytes()).await;
@@ -1162,12 +1190,12 @@ mod tests {
 
     #[test]
     fn parses_show_stat_by_header_names() {
-        let reply = "# svname,pxname,bck,status,check_status,scur,check_desc,check_fall,\n\
-                     FRONTEND,app,,OPEN,,0,,,\n\
-                     s1,app,0,UP,* L7OK,3,\"a, \"\"quoted\"\" desc\",2,\n\
-                     b1,app,1,MAINT,,0,,,\n\
-                     BACKEND,app,0,UP,,3,,,\n\
-                     x1,other,0,UP,L7OK,0,,1,\n\n";
+        let reply = "# svname,pxname,bck,status,check_status,scur,check_desc,check_fall,req_tot,hrsp_5xx,chkdown,\n\
+                     FRONTEND,app,,OPEN,,0,,,9,1,,\n\
+                     s1,app,0,UP,* L7OK,3,\"a, \"\"quoted\"\" desc\",2,120,4,1,\n\
+                     b1,app,1,MAINT,,0,,,,,,\n\
+                     BACKEND,app,0,UP,,3,,,120,4,,\n\
+                     x1,other,0,UP,L7OK,0,,1,7,0,0,\n\n";
         let servers = parse_show_stat("unix:/s", "app", reply).unwrap();
         assert_eq!(
             servers,
@@ -1180,6 +1208,11 @@ mod tests {
                     sessions: 3,
                     backup: false,
                     fall: Some(2),
+                    counters: ServerCounters {
+                        requests: 120,
+                        errors_5xx: 4,
+                        check_downs: 1,
+                    },
                 },
                 ServerStatus {
                     node: "unix:/s".into(),
@@ -1191,6 +1224,7 @@ mod tests {
                     sessions: 0,
                     backup: true,
                     fall: None,
+                    counters: ServerCounters::default(),
                 },
             ]
         );
@@ -1281,6 +1315,7 @@ mod tests {
             sessions: 0,
             backup: false,
             fall: Some(2),
+            counters: ServerCounters::default(),
         };
         for word in ["UP", "no check"] {
             assert!(server(word).is_up(), "{word}");
@@ -1349,6 +1384,29 @@ mod tests {
             assert_eq!(server.sessions, 0);
             assert_eq!(server.backup, server.server == "b1", "{server:?}");
         }
+
+        // The counters the soak watch and the traffic chart read: every request and every 5xx
+        // to the two active servers (the backup takes none while they are UP).
+        let before = driver.servers("app").await.unwrap();
+        spread(&haproxy.frontend, 6).await;
+        for _ in 0..2 {
+            get(&haproxy.frontend, "/fail").await;
+        }
+        let after = driver.servers("app").await.unwrap();
+        let served = |server: &str| {
+            let of = |list: &[ServerStatus]| {
+                list.iter()
+                    .find(|s| s.server == server)
+                    .map(|s| s.counters)
+                    .unwrap()
+            };
+            of(&after).since(of(&before))
+        };
+        let (s1, s2) = (served("s1"), served("s2"));
+        assert_eq!(s1.requests + s2.requests, 8, "{s1:?} {s2:?}");
+        assert_eq!(s1.errors_5xx + s2.errors_5xx, 2, "{s1:?} {s2:?}");
+        assert_eq!(s1.check_downs + s2.check_downs, 0, "{s1:?} {s2:?}");
+        assert_eq!(served("b1"), ServerCounters::default());
     }
 
     /// Test 2: drain takes a server out of rotation at once (checks keep passing), maint shows

@@ -20,7 +20,7 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{BackendAddr, BackendName, ServiceName, Slot, Version};
 
@@ -67,6 +67,46 @@ pub struct ServerStatus {
     pub backup: bool,
     /// The server's `fall` (`check_fall`); `None` when it has no health check.
     pub fall: Option<u32>,
+    /// What the server has served, and how often its checks took it DOWN.
+    pub counters: ServerCounters,
+}
+
+/// A server's running totals on one node since HAProxy started or the server was added: they
+/// only grow, except across a reload, which starts them again at 0. The soak watch and the
+/// traffic chart read their differences between two samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServerCounters {
+    /// HTTP requests sent to the server (`req_tot`).
+    pub requests: u64,
+    /// Its 5xx responses (`hrsp_5xx`).
+    pub errors_5xx: u64,
+    /// How many times its health check took it from UP to DOWN (`chkdown`).
+    pub check_downs: u64,
+}
+
+impl ServerCounters {
+    /// What was counted since `earlier`; a counter that went back (HAProxy reloaded) counts
+    /// from 0 again.
+    pub fn since(self, earlier: Self) -> Self {
+        let delta = |now: u64, then: u64| if now >= then { now - then } else { now };
+        Self {
+            requests: delta(self.requests, earlier.requests),
+            errors_5xx: delta(self.errors_5xx, earlier.errors_5xx),
+            check_downs: delta(self.check_downs, earlier.check_downs),
+        }
+    }
+}
+
+impl std::ops::Add for ServerCounters {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            requests: self.requests + other.requests,
+            errors_5xx: self.errors_5xx + other.errors_5xx,
+            check_downs: self.check_downs + other.check_downs,
+        }
+    }
 }
 
 impl ServerStatus {

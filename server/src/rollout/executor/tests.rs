@@ -1472,6 +1472,7 @@ fn only_a_fresh_passing_check_of_a_drained_server_passes_the_lb_check() {
         sessions: 0,
         backup: false,
         fall: Some(2),
+        counters: Default::default(),
     };
     let stale = Some(Health { current: 1, of: 2 });
     assert!(lb_check_passed(&server(ServerState::Drain {
