@@ -694,6 +694,9 @@ pub enum StepKind {
     Retire,
     /// Surge rollback: the new instance, never made current, is taken out of HAProxy and stopped.
     Discard,
+    /// The batch, back in rotation on the new version, is watched for `[service.soak]
+    /// duration`: too many 5xx answers, a failing health check, or leaving rotation fails it.
+    Soak,
 }
 
 impl StepKind {

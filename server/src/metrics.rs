@@ -232,8 +232,7 @@ impl Metrics {
             .inc();
     }
 
-    /// The soak watch of `service` tripped. (The watch itself is not built yet: until it is,
-    /// the counters stay at 0.)
+    /// The soak watch of `service` tripped and failed a rollout.
     pub fn soak_tripped(&self, service: &str) {
         self.inner
             .soak_trips

@@ -150,6 +150,8 @@ pub struct ServiceSettings {
     pub drain: DrainSettings,
     /// `[service.strategy]`: how each backend is replaced.
     pub strategy: StrategySettings,
+    /// `[service.soak]`: the watch after each batch is back in rotation; `None`: no watch.
+    pub soak: Option<SoakSettings>,
     pub runtime: RuntimeSettings,
     pub backends: Vec<BackendSettings>,
     /// `[service.webhook]`: `None` when git pushes may not start rollouts of this service.
@@ -362,6 +364,19 @@ pub struct StrategySettings {
     /// timeout.
     #[serde(default = "default_check_inter")]
     pub check_inter: Duration,
+}
+
+/// `[service.soak]`: once a batch is back in rotation and UP, Baton watches HAProxy's counters
+/// of its servers for `duration` before the next batch (and before a rollout succeeds). A
+/// backend that answers more than `max_5xx` 5xx responses, whose health check takes it DOWN,
+/// or that leaves rotation fails the rollout, which then rolls back like any failed step.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoakSettings {
+    pub duration: Duration,
+    /// The 5xx responses one backend may answer during its watch; 0 (the default) allows none.
+    #[serde(default)]
+    pub max_5xx: u64,
 }
 
 impl Default for StrategySettings {
@@ -893,6 +908,14 @@ impl RawService {
             .map_err(|(key, message)| source.invalid(at(&key), message))?;
         self.check_surge()
             .map_err(|(key, message)| source.invalid(at(&key), message))?;
+        if let Some(soak) = &self.soak
+            && soak.duration.get().is_zero()
+        {
+            return Err(source.invalid(
+                at("soak.duration"),
+                "a watch of 0s watches nothing: expected a duration such as \"30s\", or leave [service.soak] out".to_owned(),
+            ));
+        }
         let runtime = self
             .runtime
             .validate(secret)
@@ -918,6 +941,7 @@ impl RawService {
             health: self.health,
             drain: self.drain,
             strategy: self.strategy,
+            soak: self.soak,
             runtime,
             backends: self.backends,
             webhook,
@@ -1109,6 +1133,7 @@ struct RawService {
     drain: DrainSettings,
     #[serde(default)]
     strategy: StrategySettings,
+    soak: Option<SoakSettings>,
     runtime: RawRuntime,
     #[serde(default, rename = "backend")]
     backends: Vec<BackendSettings>,

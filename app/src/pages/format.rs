@@ -46,6 +46,7 @@ pub fn step_label(step: StepKind) -> &'static str {
         StepKind::Overlap => "Overlap",
         StepKind::Retire => "Old one retired",
         StepKind::Discard => "New one discarded",
+        StepKind::Soak => "Watched",
     }
 }
 
@@ -71,6 +72,7 @@ pub fn step_doing(step: StepKind) -> &'static str {
         StepKind::Overlap => "Overlapping: the old one drained",
         StepKind::Retire => "Retiring the old one",
         StepKind::Discard => "Discarding the new one",
+        StepKind::Soak => "Watching its traffic",
     }
 }
 

@@ -382,7 +382,12 @@ fn row_state(steps: &[StepSummary], to_version: &str, finished: bool, whole: boo
         {
             format!("Rolled back: runs {}", last.version)
         }
-        Some(StepOutcome::Ok) if matches!(last.step, StepKind::ConfirmUp | StepKind::Retire) => {
+        Some(StepOutcome::Ok)
+            if matches!(
+                last.step,
+                StepKind::ConfirmUp | StepKind::Retire | StepKind::Soak
+            ) =>
+        {
             format!("Done: runs {to_version}")
         }
         Some(StepOutcome::Ok | StepOutcome::TimedOut) => {

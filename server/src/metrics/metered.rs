@@ -110,6 +110,10 @@ impl Journal for Metered {
             let mut open = self.open();
             ids.iter().filter_map(|id| open.remove(id)).collect()
         };
+        // One trip fails every row of the watched batch: counted once.
+        if outcome == StepOutcome::Failed && ended.iter().any(|(step, _)| *step == StepKind::Soak) {
+            self.metrics.soak_tripped(&self.service);
+        }
         for (step, began) in ended {
             self.metrics.step_took(step, began.elapsed().as_secs_f64());
         }

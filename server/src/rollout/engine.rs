@@ -41,8 +41,11 @@ fn next_step(step: Step) -> Option<Step> {
         LbCheck => Some(Enable),
         Enable => Some(ConfirmUp),
         ConfirmUp => None,
-        // Surge steps: not part of a rolling replacement (see `next_surge_step`).
-        SurgeStart | SurgeHealthy | SurgeAdd | SurgeEnable | Overlap | Retire | Discard => None,
+        // Surge steps: not part of a rolling replacement (see `next_surge_step`). The watch
+        // follows either procedure (see `Rollout::next_forward`).
+        SurgeStart | SurgeHealthy | SurgeAdd | SurgeEnable | Overlap | Retire | Discard | Soak => {
+            None
+        }
     }
 }
 
@@ -62,7 +65,7 @@ fn next_surge_step(step: Step) -> Option<Step> {
         Drain => Some(WaitSessions),
         WaitSessions | CutSessions => Some(Overlap),
         Overlap => Some(Retire),
-        Retire | Discard => None,
+        Retire | Discard | Soak => None,
         // Rolling steps: not part of a surge.
         Maint | Stop | Start | WaitHealthy | LbCheck | Enable | ConfirmUp => next_step(step),
     }
@@ -210,6 +213,10 @@ pub struct Rollout {
     /// How each backend is replaced; fixed when the rollout begins.
     #[serde(default)]
     pub strategy: StrategyKind,
+    /// Watch each batch once it is back in rotation (`Step::Soak`) before going on; fixed
+    /// when the rollout begins.
+    #[serde(default)]
+    pub soak: bool,
 }
 
 /// What happened when the executor carried out the current action.
@@ -268,7 +275,14 @@ impl Rollout {
             canary: 0,
             needs_approval: false,
             strategy: StrategyKind::Rolling,
+            soak: false,
         }
+    }
+
+    /// The same rollout, watching each batch once it is back in rotation.
+    pub fn with_soak(mut self, soak: bool) -> Self {
+        self.soak = soak;
+        self
     }
 
     /// The same rollout with `strategy`.
@@ -285,6 +299,12 @@ impl Rollout {
         }
     }
 
+    /// The step after `step` going forward: the procedure's, then the watch, if any.
+    fn next_forward(&self, step: Step) -> Option<Step> {
+        self.next(step)
+            .or_else(|| (self.soak && step == self.procedure_end()).then_some(Step::Soak))
+    }
+
     /// Whether a backend may have changed once `step` was attempted on it: for a rolling
     /// rollout, once its old process may have been stopped; for a surge, once anything was
     /// started beside it.
@@ -295,8 +315,17 @@ impl Rollout {
         }
     }
 
-    /// The last step of a backend's procedure going forward.
+    /// The last step of a batch going forward: the watch, if any, else the procedure's end.
     fn last_step(&self) -> Step {
+        if self.soak {
+            Step::Soak
+        } else {
+            self.procedure_end()
+        }
+    }
+
+    /// The last step of the procedure that replaces a backend (forward or back).
+    fn procedure_end(&self) -> Step {
         match self.strategy {
             StrategyKind::Rolling => Step::ConfirmUp,
             StrategyKind::Surge => Step::Retire,
@@ -456,7 +485,8 @@ impl Rollout {
                     | Step::SurgeEnable
                     | Step::Overlap
                     | Step::Retire
-                    | Step::Discard => self.targets[self.batch(*batch)]
+                    | Step::Discard
+                    | Step::Soak => self.targets[self.batch(*batch)]
                         .iter()
                         .map(|t| t.name.clone())
                         .collect(),
@@ -731,6 +761,11 @@ impl Rollout {
     /// batch whose old process still runs goes back into rotation; one whose new process has
     /// passed both health checks is finished; one in between goes back to its previous version.
     fn abort_forward(&mut self, batch: usize, step: Step) -> Phase {
+        if step == Step::Soak {
+            // The batch is back in rotation on the new version: the watch ends here.
+            self.abort_requested = true;
+            return self.forward_after(batch, step);
+        }
         if self.strategy == StrategyKind::Surge {
             return self.abort_surge(batch, step);
         }
@@ -749,14 +784,15 @@ impl Rollout {
                 Step::Enable
             }
             Step::Start | Step::WaitHealthy | Step::LbCheck => Step::Drain,
-            // Surge steps: a rolling rollout never runs them.
+            // Surge steps: a rolling rollout never runs them. The watch is handled above.
             Step::SurgeStart
             | Step::SurgeHealthy
             | Step::SurgeAdd
             | Step::SurgeEnable
             | Step::Overlap
             | Step::Retire
-            | Step::Discard => Step::Drain,
+            | Step::Discard
+            | Step::Soak => Step::Drain,
         };
         let queue = self
             .batch(batch)
@@ -809,7 +845,9 @@ impl Rollout {
             | Step::LbCheck
             | Step::Enable
             | Step::ConfirmUp
-            | Step::Discard => {
+            | Step::Discard
+            // Handled by `abort_forward`.
+            | Step::Soak => {
                 self.abort_requested = true;
                 Phase::Forward { batch, step }
             }
@@ -817,7 +855,7 @@ impl Rollout {
     }
 
     fn forward_after(&self, batch: usize, step: Step) -> Phase {
-        match self.next(step) {
+        match self.next_forward(step) {
             Some(next) => Phase::Forward { batch, step: next },
             None if self.abort_requested && self.is_canary(batch) => self.withdraw_canaries(),
             None if self.abort_requested => Phase::Finished {
@@ -877,7 +915,9 @@ impl Rollout {
             | Step::WaitHealthy
             | Step::LbCheck
             | Step::Enable
-            | Step::ConfirmUp => Some(Step::Drain),
+            | Step::ConfirmUp
+            // The watch saw the new version misbehave: the batch goes back like a finished one.
+            | Step::Soak => Some(Step::Drain),
             // Surge steps: a rolling rollout never runs them.
             Step::SurgeStart
             | Step::SurgeHealthy
@@ -914,7 +954,9 @@ impl Rollout {
             | Step::LbCheck
             | Step::Enable
             | Step::ConfirmUp
-            | Step::Discard => Some(Step::SurgeStart),
+            | Step::Discard
+            // The watch saw the new version misbehave: surged back like a finished backend.
+            | Step::Soak => Some(Step::SurgeStart),
         };
         self.roll_back_failed_batch(batch, from, cause)
     }
@@ -2053,5 +2095,88 @@ mod tests {
             (Step::SurgeStart, true, "s1")
         );
         assert_eq!(action.version.as_str(), "v1");
+    }
+
+    #[test]
+    fn with_a_watch_each_batch_is_watched_before_the_next_and_the_last_before_success() {
+        let watched = rollout(&["s1", "s2"], 1, true).with_soak(true);
+        let (rollout, log) = run(watched, done(1 + 22));
+        assert_eq!(
+            &log[10..13],
+            ["confirm_up s1@v2", "soak s1@v2", "check_capacity s2@v2"]
+        );
+        assert_eq!(log.last().unwrap(), "soak s2@v2");
+        assert_eq!(outcome(&rollout), &Outcome::Succeeded);
+    }
+
+    #[test]
+    fn a_tripped_watch_rolls_the_batch_back_from_drain_and_the_batches_before_it() {
+        let watched = rollout(&["s1", "s2", "s3"], 1, true).with_soak(true);
+        let events = [
+            done(1 + 11 + 10),
+            vec![fail("s2", "s2 answered 12 5xx of 40 request(s)")],
+            done(18),
+        ]
+        .concat();
+        let (rollout, log) = run(watched, events);
+        let rollback: Vec<&str> = log
+            .iter()
+            .filter(|l| l.starts_with("rollback"))
+            .map(String::as_str)
+            .collect();
+        let mut expected = Vec::new();
+        for backend in ["s2", "s1"] {
+            expected.extend(
+                PROCEDURE[1..]
+                    .iter()
+                    .map(|step| format!("rollback {step} {backend}@v1")),
+            );
+        }
+        assert_eq!(rollback, expected, "no rollback step is watched");
+        assert!(!log.iter().any(|l| l.contains("s3")), "s3 never touched");
+        let Outcome::RolledBack { failure } = outcome(&rollout) else {
+            panic!("expected a rollback, got {:?}", rollout.phase)
+        };
+        assert_eq!(failure.step, Soak);
+        assert_eq!(failure.backend, Some(b("s2")));
+    }
+
+    #[test]
+    fn an_abort_during_the_watch_ends_it_keeping_the_batch_and_a_watched_canary_awaits_promotion() {
+        let watched = rollout(&["s1", "s2"], 1, true).with_soak(true);
+        let (aborted, log) = run(watched, [done(1 + 10), vec![Event::Abort]].concat());
+        assert_eq!(log.last().unwrap(), "soak s1@v2");
+        assert_eq!(
+            outcome(&aborted),
+            &Outcome::Cancelled { at: Some(Soak) },
+            "s1 serves v2, proven by both checks; s2 untouched"
+        );
+
+        let canary = canary(&["s1", "s2"], 1).with_soak(true);
+        let (waiting, log) = run(canary, done(1 + 11));
+        assert_eq!(
+            log.last().unwrap(),
+            "soak s1@v2",
+            "the canary is watched first"
+        );
+        assert_eq!(waiting.phase, Phase::AwaitingPromote { batch: 1 });
+    }
+
+    #[test]
+    fn a_surge_is_watched_after_the_old_instance_retires_and_a_trip_surges_the_batch_back() {
+        let watched = surge(&["s1"], true).with_soak(true);
+        let events = [
+            done(1 + 9),
+            vec![fail("s1", "s1:surge answered 3 5xx")],
+            done(8),
+        ]
+        .concat();
+        let (rollout, log) = run_surge(watched, events);
+        assert_eq!(log[9], "retire s1@v2 address");
+        assert_eq!(log[10], "soak s1@v2 address");
+        assert_eq!(log[11], "rollback surge_start s1@v1 surge_address");
+        assert!(
+            matches!(outcome(&rollout), Outcome::RolledBack { failure } if failure.step == Soak)
+        );
     }
 }

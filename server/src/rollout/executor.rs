@@ -73,6 +73,16 @@ impl Controls {
         }
     }
 
+    /// Whether an abort of rollout `id` waits to be applied (a long wait ends early for it).
+    fn asks_abort(&self, id: i64) -> bool {
+        self.0
+            .lock()
+            .expect("controls lock")
+            .requests
+            .iter()
+            .any(|(for_id, action)| *for_id == id && *action == ControlAction::Abort)
+    }
+
     /// The requests for rollout `id`, in order; requests for any other rollout are stale (it
     /// ended before they could apply) and are dropped.
     fn take(&self, id: i64) -> Vec<ControlAction> {
@@ -299,6 +309,7 @@ impl ServiceRunner {
             rollout.targets = recorded_targets(&*self.store, &self.service).await?;
             // Like the targets, the strategy is the configuration's as the rollout begins.
             rollout.strategy = self.service.strategy.kind;
+            rollout.soak = self.service.soak.is_some();
             let backups = tokio::select! {
                 backups = self.backup_servers() => backups,
                 _ = shutdown.cancelled() => return Ok(()),
@@ -367,7 +378,17 @@ impl ServiceRunner {
                 }
             };
             let from = current.step.as_str();
+            let tripped = match (&current.step, &event) {
+                (Step::Soak, Event::Failed { backend, reason }) => Some(match backend {
+                    Some(backend) => format!("{backend}: {reason}"),
+                    None => reason.clone(),
+                }),
+                _ => None,
+            };
             (rollout, action) = rollout.step(event);
+            if let Some(reason) = tripped {
+                self.announce(&row, &rollout, NotificationEvent::SoakTripped, Some(reason));
+            }
             tracing::info!(
                 from,
                 to = action.as_ref().map_or("finished", |a| a.step.as_str()),
@@ -428,7 +449,7 @@ impl ServiceRunner {
                 action.version.as_str(),
             )
             .await?;
-        let (event, detail) = self.carry_out(action).await;
+        let (event, detail) = self.carry_out(deployment, action).await;
         let outcome = match &event {
             Event::Begin
             | Event::Done
@@ -505,10 +526,13 @@ impl ServiceRunner {
         Ok(())
     }
 
-    async fn carry_out(&self, action: &Action) -> (Event, Option<String>) {
+    async fn carry_out(&self, deployment: i64, action: &Action) -> (Event, Option<String>) {
         let backends = &action.backends;
         let patient = Patient(self.lb.clone());
         let lb: &dyn LoadBalancer = if action.rollback { &patient } else { &*self.lb };
+        if action.step == Step::Soak {
+            return self.soak(lb, deployment, action).await;
+        }
         if action.strategy == StrategyKind::Surge {
             return self.carry_out_surge(lb, action).await;
         }
@@ -549,7 +573,9 @@ impl ServiceRunner {
             | Step::SurgeEnable
             | Step::Overlap
             | Step::Retire
-            | Step::Discard => Err((
+            | Step::Discard
+            // Carried out above, for either strategy.
+            | Step::Soak => Err((
                 None,
                 format!(
                     "{} is a step of a surge, and this rollout is rolling",
@@ -1026,6 +1052,7 @@ fn lb_check_passed(server: &ServerStatus) -> bool {
 
 mod repair;
 pub use repair::Repairs;
+mod soak;
 mod surge;
 
 #[cfg(test)]

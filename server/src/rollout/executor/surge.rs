@@ -121,7 +121,9 @@ impl ServiceRunner {
             | Step::WaitHealthy
             | Step::LbCheck
             | Step::Enable
-            | Step::ConfirmUp => Err((
+            | Step::ConfirmUp
+            // Carried out by `carry_out`, for either strategy.
+            | Step::Soak => Err((
                 None,
                 format!(
                     "{} is a step of a rolling rollout, and this rollout is a surge",

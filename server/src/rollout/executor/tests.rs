@@ -259,6 +259,8 @@ struct Setup {
     /// `[service.strategy] kind = "surge"` with this overlap (the surge server checked every
     /// 100 ms, as the others), each backend with a surge address; `None`: rolling.
     surge: Option<&'static str>,
+    /// `[service.soak]` with this duration and `max_5xx`; `None`: no watch.
+    soak: Option<(&'static str, u64)>,
 }
 
 impl Default for Setup {
@@ -269,6 +271,7 @@ impl Default for Setup {
             start_timeout: "5s",
             service_keys: "",
             surge: None,
+            soak: None,
         }
     }
 }
@@ -310,6 +313,12 @@ impl Rig {
             ),
             None => String::new(),
         };
+        let soak = match setup.soak {
+            Some((duration, max_5xx)) => {
+                format!("[service.soak]\nduration = \"{duration}\"\nmax_5xx = {max_5xx}\n")
+            }
+            None => String::new(),
+        };
         let config = format!(
             r#"
 [[load_balancer]]
@@ -329,7 +338,7 @@ healthy_threshold = 2
 start_timeout = "{start}"
 [service.drain]
 timeout = "{drain}"
-{strategy}[service.runtime]
+{strategy}{soak}[service.runtime]
 kind = "process"
 command = ["true"]
 initial_version = "v1"
@@ -1597,4 +1606,107 @@ async fn a_repair_of_a_backend_baton_did_not_leave_out_keeps_an_operators_maint(
     sleep(Duration::from_secs(5)).await;
     worker.stop().await;
     assert_eq!(rig.fleet()[2], ("v1".to_owned(), "MAINT".to_owned()));
+}
+
+/// Each batch is watched for `[service.soak] duration` once UP: web1's 2 5xx are within
+/// `max_5xx`, web2's 3 are not, and the rollout goes back, web2 and web1 alike.
+#[tokio::test(start_paused = true)]
+async fn a_watched_batch_holds_the_next_for_the_watch_and_5xx_past_the_limit_roll_it_back() {
+    let rig = Rig::new(Setup {
+        backends: 3,
+        soak: Some(("10s", 2)),
+        ..Setup::default()
+    })
+    .await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: ms(300) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let web1_up = rig.call("web1 ready", 1).await;
+    // Once the watch began (confirm_up takes no time here): what the watch counts.
+    sleep(secs(1)).await;
+    rig.lb.serve("n1", "web1", 100, 2);
+    let web2_drained = rig.call("web2 drain", 1).await;
+    assert!(
+        web2_drained >= web1_up + secs(10),
+        "web2 waited for web1's watch: web1 ready at {web1_up:?}, web2 drained at {web2_drained:?}"
+    );
+    rig.call("web2 ready", 1).await;
+    sleep(secs(1)).await;
+    rig.lb.serve("n1", "web2", 40, 3);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(
+        done.status,
+        RolloutStatus::RolledBack,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    let reason = done.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "soak failed on web2: web2 answered 3 5xx of 40 request(s), more than max_5xx = 2, \
+             1.0s into the 10s watch"
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("into the 10s watch; every changed backend was rolled back"),
+        "{reason}"
+    );
+    assert_eq!(
+        rig.detail(id, "web1", "soak").await.as_deref(),
+        Some("watched for 10s: web1 100 request(s), 2 5xx")
+    );
+    assert!(
+        rig.log.first("web3 drain").is_none(),
+        "web3 was never touched"
+    );
+    assert_eq!(rig.fleet(), serving("v1", 3));
+}
+
+/// An abort during a long watch ends it at once: the batch already serves the new version.
+#[tokio::test(start_paused = true)]
+async fn an_abort_ends_the_watch_at_once_and_the_watched_batch_keeps_the_new_version() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        soak: Some(("10m", 0)),
+        ..Setup::default()
+    })
+    .await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: ms(300) });
+    let started = tokio::time::Instant::now();
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    let web1_up = rig.call("web1 ready", 1).await;
+    sleep(secs(5)).await;
+    rig.control(id, ControlAction::Abort);
+    let done = rig.ended(id).await;
+    let ended_after = started.elapsed();
+    worker.stop().await;
+
+    assert_eq!(done.status, RolloutStatus::Cancelled);
+    assert_eq!(
+        done.reason.as_deref(),
+        Some(
+            "aborted by an operator at soak; backends already done keep the new version, \
+             and every backend is serving"
+        )
+    );
+    assert!(
+        ended_after < web1_up + secs(6),
+        "ended at {ended_after:?}, not after the 10m watch"
+    );
+    let detail = rig.detail(id, "web1", "soak").await.unwrap_or_default();
+    assert!(
+        detail.starts_with("the watch ended after 5.")
+            && detail.ends_with("of 10m: aborted by an operator"),
+        "{detail}"
+    );
+    assert_eq!(
+        rig.fleet(),
+        [("v2", "UP"), ("v1", "UP")].map(|(v, s)| (v.to_owned(), s.to_owned()))
+    );
 }
