@@ -15,8 +15,10 @@
 //! | `DEMO_START_DELAY_MS=N`  | `slowstart`              | waits N ms (default 3000) before listening  |
 //! | `DEMO_NEVER_HEALTHY=1`   | `unhealthy`              | `/alive` answers 503 forever                |
 //! | `DEMO_SLOW_MS=N`         | `slow` (not `slowstart`) | every `/` takes N ms (default 500)          |
+//! | `DEMO_FAIL_EVERY=N`      | `flaky`                  | every Nth `/` (default 3rd) answers 500     |
 //!
-//! So deploying `v2-crash` shows a failed start, `v3-unhealthy` a failed health check.
+//! So deploying `v2-crash` shows a failed start, `v3-unhealthy` a failed health check, and
+//! `v4-flaky` a version that passes its health check and fails users (the soak watch's case).
 //!
 //! On SIGTERM or SIGINT it stops accepting connections, lets requests in flight finish, and
 //! exits 0. It logs one line to stderr when it starts and when it stops.
@@ -25,6 +27,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +45,10 @@ struct Demo {
     never_healthy: bool,
     /// Delay of every `/` answer.
     slow: Option<Duration>,
+    /// Every how many `/` answers one is a 500; `None`: none.
+    fail_every: Option<u64>,
+    /// `/` answers so far.
+    answered: AtomicU64,
 }
 
 #[tokio::main]
@@ -82,9 +89,22 @@ async fn run() -> Result<(), String> {
             .contains("slow")
             .then_some(Duration::from_millis(500))
     });
+    let fail_every = match std::env::var("DEMO_FAIL_EVERY") {
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(format!(
+                    "DEMO_FAIL_EVERY={value:?} is not a positive number"
+                ));
+            }
+        },
+        Err(_) => lower.contains("flaky").then_some(3),
+    };
     let demo = Arc::new(Demo {
         never_healthy: flag("DEMO_NEVER_HEALTHY") || lower.contains("unhealthy"),
         slow,
+        fail_every,
+        answered: AtomicU64::new(0),
         version,
         backend,
     });
@@ -124,8 +144,8 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;
     eprintln!(
-        "{NAME}: {} version {} listening on http://{address} (never healthy: {}, slow: {:?})",
-        demo.backend, demo.version, demo.never_healthy, demo.slow
+        "{NAME}: {} version {} listening on http://{address} (never healthy: {}, slow: {:?}, a 500 every: {:?})",
+        demo.backend, demo.version, demo.never_healthy, demo.slow, demo.fail_every
     );
 
     let app = Router::new()
@@ -169,11 +189,18 @@ fn answer(demo: &Demo) -> String {
     format!("{} {}\n", demo.version, demo.backend)
 }
 
-async fn root(State(demo): State<Arc<Demo>>) -> String {
+async fn root(State(demo): State<Arc<Demo>>) -> (StatusCode, String) {
     if let Some(delay) = demo.slow {
         tokio::time::sleep(delay).await;
     }
-    answer(&demo)
+    let answered = demo.answered.fetch_add(1, Ordering::Relaxed) + 1;
+    if demo.fail_every.is_some_and(|every| answered % every == 0) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{} {} fails on purpose\n", demo.version, demo.backend),
+        );
+    }
+    (StatusCode::OK, answer(&demo))
 }
 
 async fn alive(State(demo): State<Arc<Demo>>) -> (StatusCode, &'static str) {

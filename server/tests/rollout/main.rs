@@ -9,6 +9,7 @@ mod events;
 mod metrics;
 mod resilience;
 mod rollouts;
+mod soak;
 mod strategies;
 mod surge;
 

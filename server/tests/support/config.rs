@@ -185,6 +185,8 @@ pub struct Service {
     drain: Option<Drain>,
     #[serde(skip_serializing_if = "Option::is_none")]
     strategy: Option<Strategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    soak: Option<Soak>,
     runtime: Runtime,
     #[serde(rename = "backend", skip_serializing_if = "Vec::is_empty")]
     backends: Vec<Backend>,
@@ -208,6 +210,7 @@ impl Service {
             health: None,
             drain: None,
             strategy: None,
+            soak: None,
             runtime: Runtime::idle(),
             backends: Vec::new(),
             webhook: None,
@@ -274,6 +277,15 @@ impl Service {
             kind: "surge".to_owned(),
             overlap: human(overlap),
             check_inter: human(check_inter),
+        });
+        self
+    }
+
+    /// `[service.soak]`: each batch watched for `duration`, tripping past `max_5xx`.
+    pub fn soak(mut self, duration: Duration, max_5xx: u64) -> Self {
+        self.soak = Some(Soak {
+            duration: human(duration),
+            max_5xx,
         });
         self
     }
@@ -383,6 +395,13 @@ impl Health {
 #[derive(Debug, Clone, Serialize)]
 struct Drain {
     timeout: String,
+}
+
+/// `[service.soak]`.
+#[derive(Debug, Clone, Serialize)]
+struct Soak {
+    duration: String,
+    max_5xx: u64,
 }
 
 /// `[service.strategy]`.

@@ -76,6 +76,8 @@ pub struct FleetOptions {
     /// `[service.strategy] kind = "surge"` with this overlap, each backend with a surge
     /// address of its own (backends on this machine only); `None`: rolling.
     pub surge: Option<Duration>,
+    /// `[service.soak]`: (duration, max_5xx); `None`: no watch.
+    pub soak: Option<(Duration, u64)>,
 }
 
 impl Default for FleetOptions {
@@ -104,6 +106,7 @@ impl Default for FleetOptions {
             database_url: None,
             server: None,
             surge: None,
+            soak: None,
         }
     }
 }
@@ -222,6 +225,9 @@ fn config(
     }
     if let Some(when) = options.approval {
         web = web.approval(when);
+    }
+    if let Some((duration, max_5xx)) = options.soak {
+        web = web.soak(duration, max_5xx);
     }
     if let Some(overlap) = options.surge {
         // The surge servers checked as haproxy.cfg checks the others.
