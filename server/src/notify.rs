@@ -196,7 +196,7 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// One notification for one target.
-struct Job {
+pub struct Job {
     notice: Arc<Notice>,
     target: NotifySettings,
 }
@@ -232,6 +232,22 @@ impl Outbox {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl Outbox {
+    /// An outbox whose notices a test reads (event and reason) instead of sending them.
+    pub fn recording() -> (Self, mpsc::Receiver<Job>) {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        (Self(Some(sender)), receiver)
+    }
+}
+
+#[cfg(test)]
+impl Job {
+    pub fn notice(&self) -> &Notice {
+        &self.notice
     }
 }
 

@@ -409,6 +409,15 @@ initial_version = "v1"
     /// [`Rig::start_worker`] with the service's settings changed (as a restarted Baton reads
     /// an edited file).
     fn start_worker_with(&self, service: Arc<ServiceSettings>) -> Worker {
+        self.start_worker_told(service, crate::notify::Outbox::default())
+    }
+
+    /// [`Rig::start_worker_with`], the rollouts' notices handed to `notify`.
+    fn start_worker_told(
+        &self,
+        service: Arc<ServiceSettings>,
+        notify: crate::notify::Outbox,
+    ) -> Worker {
         let runner = ServiceRunner {
             service,
             lb: self.lb.clone(),
@@ -418,7 +427,7 @@ initial_version = "v1"
             wake: self.wake.clone(),
             controls: self.controls.clone(),
             repairs: self.repairs.clone(),
-            notify: crate::notify::Outbox::default(),
+            notify,
         };
         let shutdown = CancellationToken::new();
         Worker {
@@ -1620,7 +1629,23 @@ async fn a_watched_batch_holds_the_next_for_the_watch_and_5xx_past_the_limit_rol
     .await;
     rig.runtime
         .script("v2", Behaviour::Answers { after: ms(300) });
-    let worker = rig.start_worker();
+    // Every event told to a webhook, to see the trip announced.
+    let mut service = (*rig.service).clone();
+    service.notify = vec![crate::settings::NotifySettings {
+        kind: app::model::NotifyKind::Webhook,
+        url_env: "HOOK_URL".into(),
+        url: crate::settings::NotifyUrl::parse("http://127.0.0.1:9/hook").unwrap(),
+        secret: None,
+        events: vec![
+            NotificationEvent::Started,
+            NotificationEvent::Succeeded,
+            NotificationEvent::Failed,
+            NotificationEvent::RolledBack,
+            NotificationEvent::SoakTripped,
+        ],
+    }];
+    let (outbox, mut told) = crate::notify::Outbox::recording();
+    let worker = rig.start_worker_told(Arc::new(service), outbox);
     let id = rig.queue("v2").await;
     let web1_up = rig.call("web1 ready", 1).await;
     // Once the watch began (confirm_up takes no time here): what the watch counts.
@@ -1664,6 +1689,25 @@ async fn a_watched_batch_holds_the_next_for_the_watch_and_5xx_past_the_limit_rol
         "web3 was never touched"
     );
     assert_eq!(rig.fleet(), serving("v1", 3));
+    let mut events = Vec::new();
+    while let Ok(job) = told.try_recv() {
+        let notice = job.notice();
+        events.push((notice.event, notice.reason.clone().unwrap_or_default()));
+    }
+    assert_eq!(
+        events.iter().map(|(event, _)| *event).collect::<Vec<_>>(),
+        [
+            NotificationEvent::Started,
+            NotificationEvent::SoakTripped,
+            NotificationEvent::RolledBack
+        ]
+    );
+    assert!(
+        events[1]
+            .1
+            .starts_with("web2: web2 answered 3 5xx of 40 request(s)"),
+        "{events:?}"
+    );
 }
 
 /// An abort during a long watch ends it at once: the batch already serves the new version.
@@ -1708,5 +1752,48 @@ async fn an_abort_ends_the_watch_at_once_and_the_watched_batch_keeps_the_new_ver
     assert_eq!(
         rig.fleet(),
         [("v2", "UP"), ("v1", "UP")].map(|(v, s)| (v.to_owned(), s.to_owned()))
+    );
+}
+
+/// After a surge the watch reads the server the new instance serves as (`web1:surge`), and a
+/// trip surges the backend back to the address it began on.
+#[tokio::test(start_paused = true)]
+async fn a_surged_backend_is_watched_as_its_new_server_and_a_trip_surges_it_back() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("1s"),
+        soak: Some(("5s", 0)),
+        ..Setup::default()
+    })
+    .await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: ms(300) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    rig.call("del server web1", 1).await;
+    sleep(secs(1)).await;
+    // The old server is gone: only the new one can have served these.
+    rig.lb.serve("n1", "web1:surge", 10, 1);
+    let done = rig.ended(id).await;
+    worker.stop().await;
+
+    assert_eq!(
+        done.status,
+        RolloutStatus::RolledBack,
+        "{:#?}",
+        rig.steps(id).await
+    );
+    let reason = done.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "soak failed on web1: web1:surge answered 1 5xx of 10 request(s), more than max_5xx = 0,"
+        ),
+        "{reason}"
+    );
+    assert_eq!(rig.runtime.version_of("web1").as_deref(), Some("v1"));
+    assert_eq!(rig.runtime.version_of("web1:surge"), None, "retired");
+    assert!(
+        rig.log.first("web2 drain").is_none(),
+        "web2 was never touched"
     );
 }
