@@ -1122,6 +1122,7 @@ mod tests {
             "overlap",
             "retire",
             "discard",
+            "soak",
         ]);
         assert_words::<StepOutcome>(&["ok", "failed", "timed_out", "interrupted"]);
         assert_words::<Trigger>(&["ui", "api", "cli", "webhook", "rollback"]);
