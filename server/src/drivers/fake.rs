@@ -670,6 +670,8 @@ pub struct FakeLb {
     backend: String,
     options: HaproxyOptions,
     nodes: Mutex<Vec<Node>>,
+    /// The servers haproxy.cfg declares, with their checks: what a reload starts from.
+    configured: Vec<(String, Checks)>,
 }
 
 struct Node {
@@ -709,27 +711,16 @@ impl FakeLb {
         servers: &[&str],
         checks: Checks,
     ) -> Self {
-        let now = Instant::now();
+        let configured: Vec<(String, Checks)> = servers
+            .iter()
+            .map(|server| ((*server).to_owned(), checks))
+            .collect();
         let nodes = nodes
             .iter()
             .map(|node| Node {
                 name: (*node).to_owned(),
                 fault: None,
-                servers: servers
-                    .iter()
-                    .map(|server| Server {
-                        name: (*server).to_owned(),
-                        admin: AdminState::Ready,
-                        checks: Some(checks),
-                        health: checks.rise + checks.fall - 1,
-                        last_check: Some("L7OK"),
-                        next_check: Some(now + checks.inter),
-                        sessions: Vec::new(),
-                        backup: false,
-                        reachable: true,
-                        counters: ServerCounters::default(),
-                    })
-                    .collect(),
+                servers: configured_servers(&configured),
             })
             .collect();
         Self {
@@ -738,7 +729,26 @@ impl FakeLb {
             backend: backend.to_owned(),
             options: HaproxyOptions::default(),
             nodes: Mutex::new(nodes),
+            configured,
         }
+    }
+
+    /// Reloads HAProxy on every node: the servers are haproxy.cfg's again, each ready and
+    /// assumed UP until its checks say otherwise; servers added at runtime are forgotten, and
+    /// every counter starts again at 0.
+    pub fn reload(&self) {
+        for node in lock(&self.nodes).iter_mut() {
+            node.servers = configured_servers(&self.configured);
+        }
+    }
+
+    /// The servers of `node` by name, in order.
+    pub fn server_names(&self, node: &str) -> Vec<String> {
+        lock(&self.nodes)
+            .iter()
+            .filter(|n| n.name == node)
+            .flat_map(|n| n.servers.iter().map(|s| s.name.clone()))
+            .collect()
     }
 
     /// The timeouts and retries a silent node is failed with.
@@ -891,6 +901,27 @@ impl FakeLb {
             server: server.to_owned(),
         }
     }
+}
+
+/// haproxy.cfg's servers as HAProxy starts them: ready, UP with a passing last check (the next
+/// check, `inter` from now, tells otherwise if nothing answers).
+fn configured_servers(configured: &[(String, Checks)]) -> Vec<Server> {
+    let now = Instant::now();
+    configured
+        .iter()
+        .map(|(name, checks)| Server {
+            name: name.clone(),
+            admin: AdminState::Ready,
+            checks: Some(*checks),
+            health: checks.rise + checks.fall - 1,
+            last_check: Some("L7OK"),
+            next_check: Some(now + checks.inter),
+            sessions: Vec::new(),
+            backup: false,
+            reachable: true,
+            counters: ServerCounters::default(),
+        })
+        .collect()
 }
 
 impl Server {

@@ -262,8 +262,14 @@ impl ServiceRunner {
                             tracing::error!(service = %self.service.name, %error, "cannot read what to repair");
                         }
                     }
+                    // Only a surge adds servers to HAProxy, which a reload forgets.
+                    let surge = self.service.strategy.kind == StrategyKind::Surge;
+                    if surge && let Err(error) = self.restore_forgotten().await {
+                        tracing::error!(service = %self.service.name, %error, "cannot read which address each backend runs on");
+                    }
                     tokio::select! {
                         _ = self.wake.notified() => {}
+                        _ = sleep(surge::RESTORE_EVERY), if surge => {}
                         _ = shutdown.cancelled() => return,
                     }
                 }

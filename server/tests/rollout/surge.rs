@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use baton_server::drivers::LoadBalancer;
 use serde_json::Value;
 
 use crate::support::fleet::{
@@ -301,4 +302,42 @@ async fn a_rolling_rollout_runs_one_server_short_while_each_backend_is_replaced(
     assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
     eprintln!("capacity during a rolling rollout of 3 backends: {changes}");
     assert_eq!(min, 2, "{changes}");
+}
+
+/// HAProxy forgets the servers a surge added when it restarts: Baton adds each backend's
+/// current server back by itself, and the service serves the new version again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_haproxy_restarts_baton_puts_the_surged_servers_back() {
+    let mut fleet = spawn_fleet(surge_options()).await;
+    let (_, queued) = fleet.deploy("v2").await;
+    let deployment = fleet.finished(queued["id"].as_i64().unwrap()).await;
+    assert_eq!(deployment["status"], "succeeded", "{deployment:#}");
+    assert_eq!(
+        servers(&fleet).await,
+        ["web1:surge UP", "web2:surge UP", "web3:surge UP"]
+    );
+
+    fleet.restart_haproxy();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        seen = match fleet.haproxy().servers("web").await {
+            Ok(_) => servers(&fleet).await,
+            // HAProxy is still starting.
+            Err(_) => Vec::new(),
+        };
+        if seen == ["web1:surge UP", "web2:surge UP", "web3:surge UP"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen,
+        ["web1:surge UP", "web2:surge UP", "web3:surge UP"],
+        "the configured servers (at the addresses nothing listens on) are taken out"
+    );
+    for _ in 0..6 {
+        let answer = fleet.through_haproxy().await.unwrap();
+        assert!(answer.starts_with("v2 "), "{answer}");
+    }
 }

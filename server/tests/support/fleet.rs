@@ -452,6 +452,11 @@ impl Fleet {
 
     /// A driver on HAProxy's own admin socket (never through the proxy), for the test to look
     /// at or arrange HAProxy itself.
+    /// Restarts HAProxy on its haproxy.cfg (see [`Haproxy::restart`]).
+    pub fn restart_haproxy(&mut self) {
+        self.haproxy.restart();
+    }
+
     pub fn haproxy(&self) -> HaproxyDriver {
         self.haproxy.driver()
     }

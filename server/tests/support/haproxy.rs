@@ -73,6 +73,7 @@ pub struct Haproxy {
     pub frontend_port: u16,
     /// The admin-level runtime socket, `haproxy.sock` in the folder.
     pub socket: PathBuf,
+    cfg: PathBuf,
     process: KillOnDrop,
 }
 
@@ -86,18 +87,19 @@ impl Haproxy {
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(&cfg, render(&socket, frontend_port, backend))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", cfg.display()));
-        let child = Command::new("/usr/sbin/haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("HAProxy starts (apt-get install haproxy)");
         Self {
             frontend_port,
             socket,
-            process: KillOnDrop::new(child),
+            process: run(&cfg),
+            cfg,
         }
+    }
+
+    /// Stops HAProxy (SIGKILL) and starts it again on the same haproxy.cfg, ports and socket:
+    /// what it knew only at runtime (servers added with `add server`, admin states) is gone.
+    pub fn restart(&mut self) {
+        let old = std::mem::replace(&mut self.process, run(&self.cfg));
+        old.kill();
     }
 
     /// Where users' requests go: `http://127.0.0.1:<frontend port>`.
@@ -117,6 +119,17 @@ impl Haproxy {
             HaproxyOptions::default(),
         )
     }
+}
+
+fn run(cfg: &Path) -> KillOnDrop {
+    let child = Command::new("/usr/sbin/haproxy")
+        .args(["-db", "-f"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("HAProxy starts (apt-get install haproxy)");
+    KillOnDrop::new(child)
 }
 
 fn render(socket: &Path, frontend_port: u16, backend: &Backend) -> String {

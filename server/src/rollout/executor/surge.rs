@@ -15,6 +15,10 @@ use crate::settings::BackendSettings;
 /// How long a retiring server may keep connections HAProxy will not let it be deleted with.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often an idle surge service's worker checks that HAProxy still has each backend's
+/// current server (see [`ServiceRunner::restore_forgotten`]).
+pub(super) const RESTORE_EVERY: Duration = Duration::from_secs(1);
+
 /// One instance of a backend: the process on one of its addresses, and its HAProxy server.
 struct Instance {
     name: BackendName,
@@ -346,6 +350,66 @@ impl ServiceRunner {
             }
         }
         Ok(())
+    }
+
+    /// HAProxy forgets the servers Baton added (`add server`) when it reloads or restarts: a
+    /// backend a surge left on its surge address then has only its configured server, at the
+    /// address nothing listens on any more (DOWN). Between rollouts the worker puts the current
+    /// instance's server back wherever a node lacks it, as a surge adds one (the configured
+    /// server's check settings, drained until HAProxy's own check passes), in rotation and UP
+    /// on every node, then takes the configured one out (maint, removed), as the surge did.
+    /// Says what it restored; a backend it cannot restore now is tried again next time.
+    pub(super) async fn restore_forgotten(&self) -> Result<Vec<String>, StoreError> {
+        let slots: HashMap<String, Slot> = self
+            .store
+            .backend_slots(self.service.name.as_str())
+            .await?
+            .into_iter()
+            .collect();
+        let lb = &*self.lb;
+        let Ok(servers) = self.servers(lb).await else {
+            // HAProxy not answering is for the next rollout's checks to report.
+            return Ok(Vec::new());
+        };
+        let nodes: HashSet<&str> = servers.iter().map(|s| s.node.as_str()).collect();
+        let mut restored = Vec::new();
+        for backend in &self.service.backends {
+            let slot = slots
+                .get(backend.name.as_str())
+                .copied()
+                .unwrap_or_default();
+            let current = self.instance(backend, slot);
+            let forgotten = nodes.iter().any(|node| {
+                !servers
+                    .iter()
+                    .any(|s| s.node == *node && s.server == current.server)
+            });
+            if !forgotten {
+                continue;
+            }
+            let configured = self.instance(backend, slot.other());
+            let (current, configured) = (
+                std::slice::from_ref(&current),
+                std::slice::from_ref(&configured),
+            );
+            let put_back = async {
+                self.add(lb, configured, current).await?;
+                self.set_servers(lb, current, AdminState::Ready).await?;
+                self.wait_up(lb, HashSet::from([current[0].server.as_str()]))
+                    .await?;
+                self.remove(lb, configured).await
+            };
+            match put_back.await {
+                Ok(()) => {
+                    tracing::warn!(service = %self.service.name, backend = %backend.name, server = %current[0].server, address = %current[0].spec.address, "HAProxy had forgotten the backend's server (reloaded or restarted?): added it back, in rotation and UP");
+                    restored.push(current[0].server.clone());
+                }
+                Err((_, reason)) => {
+                    tracing::error!(service = %self.service.name, backend = %backend.name, server = %current[0].server, %reason, "HAProxy has forgotten the backend's server and it cannot be added back yet");
+                }
+            }
+        }
+        Ok(restored)
     }
 
     /// A rolling rollout replaces the instance on `address` in place; a backend that a surge

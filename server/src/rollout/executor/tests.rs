@@ -1797,3 +1797,46 @@ async fn a_surged_backend_is_watched_as_its_new_server_and_a_trip_surges_it_back
         "web2 was never touched"
     );
 }
+
+/// A reload makes HAProxy forget the servers a surge added: the idle worker adds each current
+/// instance's server back, in rotation once its check passes, and takes out the configured one
+/// at the address nothing listens on.
+#[tokio::test(start_paused = true)]
+async fn after_haproxy_forgets_the_surge_servers_the_idle_worker_puts_them_back() {
+    let rig = Rig::new(Setup {
+        backends: 2,
+        surge: Some("1s"),
+        ..Setup::default()
+    })
+    .await;
+    rig.runtime
+        .script("v2", Behaviour::Answers { after: ms(300) });
+    let worker = rig.start_worker();
+    let id = rig.queue("v2").await;
+    assert_eq!(rig.ended(id).await.status, RolloutStatus::Succeeded);
+    assert_eq!(rig.lb.server_names("n1"), ["web1:surge", "web2:surge"]);
+
+    rig.lb.reload();
+    let reloaded = tokio::time::Instant::now();
+    assert_eq!(rig.lb.server_names("n1"), ["web1", "web2"]);
+    let restored = timeout(secs(10), async {
+        loop {
+            let names = rig.lb.server_names("n1");
+            let up = |server: &str| rig.lb.status("n1", server).is_up();
+            if names == ["web1:surge", "web2:surge"] && up("web1:surge") && up("web2:surge") {
+                return;
+            }
+            sleep(ms(10)).await;
+        }
+    })
+    .await;
+    worker.stop().await;
+    assert!(
+        restored.is_ok(),
+        "not restored within 10 s: {:?}",
+        rig.lb.server_names("n1")
+    );
+    // Noticed within a second, then HAProxy's check of the added server (`inter` 100 ms).
+    assert!(reloaded.elapsed() <= ms(1500), "{:?}", reloaded.elapsed());
+    assert_eq!(rig.runtime.version_of("web1:surge").as_deref(), Some("v2"));
+}
