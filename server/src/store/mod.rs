@@ -1636,6 +1636,31 @@ mod tests {
         );
     }
 
+    /// `sslmode=verify-full`: the connection is encrypted, and a server whose certificate the
+    /// given CA did not sign is refused, saying so.
+    #[tokio::test]
+    async fn postgres_over_tls_is_encrypted_and_checks_the_servers_certificate() {
+        let url = testing::postgres::fresh_tls_database();
+        let store = Store::connect(&url).await.unwrap();
+        let (encrypted,): (bool,) =
+            sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert!(encrypted, "the connection to {url} is not encrypted");
+        // The store works over it, LISTEN/NOTIFY included.
+        assert!(store.next_deployment("web").await.unwrap().is_none());
+
+        let ca = testing::postgres::server().other_ca();
+        let (start, _) = url.split_once("sslrootcert=").unwrap();
+        let untrusted = format!("{start}sslrootcert={}", ca.display());
+        let error = Store::connect(&untrusted).await.err().unwrap().to_string();
+        assert!(
+            error.contains("cannot open the database") && error.contains("certificate"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn a_database_url_is_shown_with_its_password_masked() {
         for (url, shown) in [

@@ -4,7 +4,9 @@
 //! The server is Debian's `postgresql` package run by hand: `initdb` into a temporary folder
 //! `<temp>/baton-postgres-<pid>-…` (trust authentication for its superuser `baton`, `fsync`
 //! off), then `postgres` itself listening on a free port of 127.0.0.1 and on a socket in that
-//! folder, never the system's cluster or systemd. PostgreSQL refuses to run as root, so as root
+//! folder, never the system's cluster or systemd. It speaks TLS too, with a certificate for
+//! 127.0.0.1 signed by a CA of its own that `openssl` makes at start ([`TestPostgres::tls_url`]);
+//! plain connections are still accepted. PostgreSQL refuses to run as root, so as root
 //! both run as the package's `postgres` user (the folder is given to it); as anyone else they
 //! run as the test's user.
 //!
@@ -79,6 +81,13 @@ pub fn fresh_database() -> String {
     server.url(&name)
 }
 
+/// [`fresh_database`] over TLS ([`TestPostgres::tls_url`]).
+pub fn fresh_tls_database() -> String {
+    let plain = fresh_database();
+    let name = plain.rsplit('/').next().unwrap_or_default();
+    server().tls_url(name)
+}
+
 /// This process's server, started on first use. Panics, saying why, when it cannot start.
 pub fn server() -> &'static TestPostgres {
     match SERVER.get_or_init(TestPostgres::start_shared) {
@@ -100,6 +109,21 @@ impl TestPostgres {
     /// `postgres://baton@127.0.0.1:<port>/<database>`: over TCP, as Baton is configured.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// [`TestPostgres::url`] over TLS, the server's certificate checked against the server's
+    /// own CA (`sslmode=verify-full&sslrootcert=<folder>/ca.crt`).
+    pub fn tls_url(&self, database: &str) -> String {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            self.url(database),
+            self.dir.join("ca.crt").display()
+        )
+    }
+
+    /// A CA that did not sign the server's certificate, as a PEM file path.
+    pub fn other_ca(&self) -> PathBuf {
+        self.dir.join("other-ca.crt")
     }
 
     pub fn port(&self) -> u16 {
@@ -179,6 +203,7 @@ impl TestPostgres {
             std::os::unix::fs::chown(dir, Some(owner.uid), Some(owner.gid))
                 .map_err(|error| format!("cannot give {} to postgres: {error}", dir.display()))?;
         }
+        make_certificates(dir, owner)?;
         let data = dir.join("data");
         let output = as_owner(Command::new(bin.join("initdb")), owner)
             .arg("--pgdata")
@@ -327,6 +352,88 @@ fn free_port() -> Result<u16, String> {
         .map_err(|error| format!("no free loopback port: {error}"))
 }
 
+/// With `openssl`: `ca.crt` (a CA of this server's own), `server.crt` and `server.key` (for
+/// 127.0.0.1, signed by it, the key readable by the server's user alone), and `other-ca.crt`,
+/// a CA that signed nothing here.
+fn make_certificates(dir: &Path, owner: Option<Owner>) -> Result<(), String> {
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| format!("cannot run openssl (Debian's openssl package): {error}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    };
+    for (name, subject) in [("ca", "/CN=Baton test CA"), ("other-ca", "/CN=Another CA")] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            subject,
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+        ])?;
+    }
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])?;
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n")
+        .map_err(|error| format!("cannot write server.ext: {error}"))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ])?;
+    // PostgreSQL refuses a key that others can read.
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|error| format!("cannot restrict {}: {error}", key.display()))?;
+    if let Some(owner) = owner {
+        for file in ["server.key", "server.crt"] {
+            std::os::unix::fs::chown(dir.join(file), Some(owner.uid), Some(owner.gid))
+                .map_err(|error| format!("cannot give {file} to postgres: {error}"))?;
+        }
+    }
+    Ok(())
+}
+
 enum Start {
     PortTaken(String),
     Failed(String),
@@ -356,6 +463,13 @@ fn start_postgres(bin: &Path, dir: &Path, port: u16, owner: Option<Owner>) -> Re
         // Nothing here outlives the process: durability only costs time.
         .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
         .args(["-c", "synchronous_commit=off", "-c", "max_connections=300"])
+        .args(["-c", "ssl=on", "-c"])
+        .arg(format!(
+            "ssl_cert_file={}",
+            dir.join("server.crt").display()
+        ))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", dir.join("server.key").display()))
         .current_dir(dir)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
