@@ -377,6 +377,19 @@ pub struct SoakSettings {
     /// The 5xx responses one backend may answer during its watch; 0 (the default) allows none.
     #[serde(default)]
     pub max_5xx: u64,
+    /// A share of the backend's requests (0.01: 1 %) that may be 5xx too: the watch allows
+    /// whichever is larger, `max_5xx` or this share. `None`: `max_5xx` alone.
+    pub max_5xx_ratio: Option<f64>,
+}
+
+impl SoakSettings {
+    /// How many 5xx a backend that was sent `requests` may answer before the watch trips.
+    pub fn allowed_5xx(&self, requests: u64) -> u64 {
+        let share = self
+            .max_5xx_ratio
+            .map_or(0, |ratio| (ratio * requests as f64).floor() as u64);
+        self.max_5xx.max(share)
+    }
 }
 
 impl Default for StrategySettings {
@@ -908,13 +921,21 @@ impl RawService {
             .map_err(|(key, message)| source.invalid(at(&key), message))?;
         self.check_surge()
             .map_err(|(key, message)| source.invalid(at(&key), message))?;
-        if let Some(soak) = &self.soak
-            && soak.duration.get().is_zero()
-        {
-            return Err(source.invalid(
-                at("soak.duration"),
-                "a watch of 0s watches nothing: expected a duration such as \"30s\", or leave [service.soak] out".to_owned(),
-            ));
+        if let Some(soak) = &self.soak {
+            if soak.duration.get().is_zero() {
+                return Err(source.invalid(
+                    at("soak.duration"),
+                    "a watch of 0s watches nothing: expected a duration such as \"30s\", or leave [service.soak] out".to_owned(),
+                ));
+            }
+            if let Some(ratio) = soak.max_5xx_ratio
+                && !(0.0..1.0).contains(&ratio)
+            {
+                return Err(source.invalid(
+                    at("soak.max_5xx_ratio"),
+                    format!("{ratio} is not a share of requests: expected a number from 0 up to (not including) 1, such as 0.01 for 1 %"),
+                ));
+            }
         }
         let runtime = self
             .runtime
@@ -1478,6 +1499,39 @@ address = "127.0.0.1:18002"
             }
         }
         text
+    }
+
+    #[test]
+    fn a_soak_watch_is_read_and_a_watch_of_nothing_or_a_share_past_1_is_refused() {
+        let with = |soak: &str| {
+            FULL.replace(
+                "[service.drain]",
+                &format!("[service.soak]\n{soak}\n\n[service.drain]"),
+            )
+        };
+        let settings = parse(&with(
+            "duration = \"30s\"\nmax_5xx = 3\nmax_5xx_ratio = 0.01",
+        ))
+        .unwrap();
+        let soak = settings.services[0].soak.unwrap();
+        assert_eq!(soak.duration.get(), std::time::Duration::from_secs(30));
+        assert_eq!((soak.max_5xx, soak.max_5xx_ratio), (3, Some(0.01)));
+        assert_eq!(soak.allowed_5xx(100), 3, "3 is more than 1 % of 100");
+        assert_eq!(soak.allowed_5xx(1000), 10, "1 % of 1000 is more than 3");
+        assert!(parse(FULL).unwrap().services[0].soak.is_none());
+
+        let zero = error(&with("duration = \"0s\""));
+        assert!(
+            zero.contains("key `service[0].soak.duration`: a watch of 0s watches nothing"),
+            "{zero}"
+        );
+        let share = error(&with("duration = \"5s\"\nmax_5xx_ratio = 1.5"));
+        assert!(
+            share.contains("key `service[0].soak.max_5xx_ratio`: 1.5 is not a share of requests"),
+            "{share}"
+        );
+        let unknown = error(&with("duration = \"5s\"\nmax_errors = 1"));
+        assert!(unknown.contains("max_errors"), "{unknown}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use super::*;
 use crate::drivers::ServerCounters;
+use crate::settings::SoakSettings;
 
 /// How often the watch reads HAProxy's counters.
 const SOAK_POLL: Duration = Duration::from_millis(250);
@@ -106,7 +107,7 @@ impl ServiceRunner {
             };
             let mut seen = Vec::new();
             for backend in &watched {
-                match trip(&backend.server, &servers, &baseline, soak.max_5xx) {
+                match trip(&backend.server, &servers, &baseline, &soak) {
                     Ok(counted) => seen.push((backend, counted)),
                     Err(why) => {
                         return (
@@ -147,7 +148,7 @@ fn trip(
     server: &str,
     servers: &[ServerStatus],
     baseline: &Baseline,
-    max_5xx: u64,
+    soak: &SoakSettings,
 ) -> Result<ServerCounters, String> {
     let mut counted = ServerCounters::default();
     let mut nodes = 0;
@@ -174,9 +175,16 @@ fn trip(
             counted.check_downs
         ));
     }
-    if counted.errors_5xx > max_5xx {
+    if counted.errors_5xx > soak.allowed_5xx(counted.requests) {
+        let limit = match soak.max_5xx_ratio {
+            Some(ratio) => format!(
+                "more than max_5xx = {} or max_5xx_ratio = {ratio} of them",
+                soak.max_5xx
+            ),
+            None => format!("more than max_5xx = {}", soak.max_5xx),
+        };
         return Err(format!(
-            "{server} answered {} 5xx of {} request(s), more than max_5xx = {max_5xx},",
+            "{server} answered {} 5xx of {} request(s), {limit},",
             counted.errors_5xx, counted.requests
         ));
     }
@@ -225,40 +233,56 @@ mod tests {
         ]
         .into();
         let now = [status("a", up(), 130, 8), status("b", up(), 70, 1)];
+        let soak = |max_5xx, max_5xx_ratio| SoakSettings {
+            duration: crate::domain::Duration::from_millis(1000),
+            max_5xx,
+            max_5xx_ratio,
+        };
         // 50 requests on the two nodes; the 7 errors from before the watch do not count.
         assert_eq!(
-            trip("web1", &now, &baseline, 2),
+            trip("web1", &now, &baseline, &soak(2, None)),
             Ok(ServerCounters {
                 requests: 50,
                 errors_5xx: 2,
                 check_downs: 0
             })
         );
-        let tripped = trip("web1", &now, &baseline, 1).unwrap_err();
+        let tripped = trip("web1", &now, &baseline, &soak(1, None)).unwrap_err();
         assert_eq!(
             tripped,
             "web1 answered 2 5xx of 50 request(s), more than max_5xx = 1,"
+        );
+        // 4 % of 50 requests is 2 errors: allowed; 2 % is 1: not.
+        assert!(trip("web1", &now, &baseline, &soak(0, Some(0.04))).is_ok());
+        assert_eq!(
+            trip("web1", &now, &baseline, &soak(0, Some(0.02))).unwrap_err(),
+            "web1 answered 2 5xx of 50 request(s), more than max_5xx = 0 or max_5xx_ratio = 0.02 of them,"
         );
     }
 
     #[test]
     fn trips_when_the_server_leaves_rotation_or_goes_down_or_is_gone() {
         let baseline = Baseline::new();
+        let none = SoakSettings {
+            duration: crate::domain::Duration::from_millis(1000),
+            max_5xx: 0,
+            max_5xx_ratio: None,
+        };
         let drained = [status("a", ServerState::Drain { changing: None }, 0, 0)];
         assert!(
-            trip("web1", &drained, &baseline, 0)
+            trip("web1", &drained, &baseline, &none)
                 .unwrap_err()
                 .contains("HAProxy node a reports web1 DRAIN")
         );
         let mut flapped = status("a", ServerState::Up { changing: None }, 0, 0);
         flapped.counters.check_downs = 1;
         assert!(
-            trip("web1", &[flapped], &baseline, 0)
+            trip("web1", &[flapped], &baseline, &none)
                 .unwrap_err()
                 .contains("health check took it DOWN 1 time(s)")
         );
         assert_eq!(
-            trip("web1", &[], &baseline, 0),
+            trip("web1", &[], &baseline, &none),
             Err("HAProxy no longer has a server web1".to_owned())
         );
     }
