@@ -75,6 +75,10 @@ pub struct OverlapView {
     /// Its HAProxy server (`web1:surge` on the surge address).
     pub server: String,
     pub address: String,
+    /// The version it runs, as the runtime reports it; `None` when it cannot tell (the
+    /// process has ended, say).
+    #[serde(default)]
+    pub version: Option<String>,
     /// One entry per load-balancer node.
     pub load_balancer: Vec<NodeStatus>,
 }

@@ -351,6 +351,7 @@ fn overlap_line(overlap: &OverlapView) -> AnyView {
     view! {
         <div class="small overlap" data-testid="overlap">
             "overlapping with "
+            {overlap.version.clone().map(|version| view! { <span class="version">{version}</span> " on " })}
             <span class="address">{overlap.address.clone()}</span>
             " ("
             {overlap.server.clone()}

@@ -600,9 +600,10 @@ impl Fleet {
                             .map(|load_balancer| OverlapView {
                                 server: backend.haproxy_server(other),
                                 address: backend.address_of(other).to_string(),
+                                version: None,
                                 load_balancer,
                             });
-                    BackendStatus {
+                    let status = BackendStatus {
                         name: backend.name.to_string(),
                         address: backend.address_of(target.slot).to_string(),
                         version: target.previous.to_string(),
@@ -615,9 +616,22 @@ impl Fleet {
                             .and_then(|name| self.hosts.get(name))
                             .map(|host| host.view()),
                         overlap,
-                    }
+                    };
+                    (status, BackendSpec::of(&settings.name, backend, other))
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            let mut statuses = Vec::with_capacity(backends.len());
+            for (mut status, other) in backends {
+                // What the other instance runs: asked only while a surge has both in HAProxy.
+                if let Some(overlap) = &mut status.overlap
+                    && let Ok(BackendRun::Running { version, .. }) =
+                        handle.runtime.status(&other).await
+                {
+                    overlap.version = Some(version.to_string());
+                }
+                statuses.push(status);
+            }
+            let backends = statuses;
             let active = self.store.next_deployment(service).await?;
             let unfinished = self.store.unfinished_count(service).await?;
             let suggested_version = self

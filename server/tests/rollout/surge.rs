@@ -87,6 +87,10 @@ async fn a_surge_keeps_every_backend_up_and_retires_the_old_processes_after_the_
     assert_eq!(web1["load_balancer"][0]["status"], "UP", "{web1:#}");
     assert_eq!(web1["overlap"]["server"], "web1", "{web1:#}");
     assert_eq!(
+        web1["overlap"]["version"], "v1",
+        "the old instance's version: {web1:#}"
+    );
+    assert_eq!(
         web1["overlap"]["load_balancer"][0]["status"], "DRAIN",
         "{web1:#}"
     );
@@ -100,7 +104,9 @@ async fn a_surge_keeps_every_backend_up_and_retires_the_old_processes_after_the_
         .await
         .unwrap();
     assert!(
-        html.contains("data-testid=\"overlap\"") && html.contains("DRAIN"),
+        html.contains("data-testid=\"overlap\"")
+            && html.contains("DRAIN")
+            && html.contains("<span class=\"version\">v1</span> on "),
         "the services page shows web1's old instance beside the new one: {html}"
     );
 
