@@ -48,6 +48,8 @@ pub struct Line {
 pub struct Mark {
     pub backend: String,
     pub step: StepKind,
+    /// Whether it left rotation there (else it came back).
+    pub leaves: bool,
     pub x: f64,
     /// "web1: Drain", the step that began there.
     pub title: String,
@@ -79,11 +81,13 @@ impl Chart {
     }
 }
 
-/// Whether a step moves a backend's traffic: it leaves rotation (`Drain`, or `Retire` for the
-/// instance a surge replaces) or comes back (`ConfirmUp`, or `SurgeEnable` for the new one).
-fn moves_traffic(step: StepKind) -> bool {
+/// How a step moves a backend's traffic: `Some(true)` where it leaves rotation (`Drain`, or
+/// `Retire` for the instance a surge replaces), `Some(false)` where it comes back (`ConfirmUp`,
+/// or `SurgeEnable` for the new one), `None` for the steps in between.
+fn moves_traffic(step: StepKind) -> Option<bool> {
     match step {
-        StepKind::Drain | StepKind::ConfirmUp | StepKind::SurgeEnable | StepKind::Retire => true,
+        StepKind::Drain | StepKind::Retire => Some(true),
+        StepKind::ConfirmUp | StepKind::SurgeEnable => Some(false),
         StepKind::Prepare
         | StepKind::CheckCapacity
         | StepKind::WaitSessions
@@ -98,7 +102,7 @@ fn moves_traffic(step: StepKind) -> bool {
         | StepKind::SurgeHealthy
         | StepKind::SurgeAdd
         | StepKind::Overlap
-        | StepKind::Discard => false,
+        | StepKind::Discard => None,
     }
 }
 
@@ -120,7 +124,7 @@ pub fn chart(traffic: &RolloutTraffic, steps: &[StepSummary]) -> Option<Chart> {
     let last = points().map(|p| p.at).max()?;
     let marked: Vec<&StepSummary> = steps
         .iter()
-        .filter(|s| s.backend.is_some() && moves_traffic(s.step))
+        .filter(|s| s.backend.is_some() && moves_traffic(s.step).is_some())
         .collect();
     let start = marked.iter().map(|s| s.started_at).fold(first, i64::min);
     let end = marked.iter().map(|s| s.started_at).fold(last, i64::max);
@@ -164,6 +168,7 @@ pub fn chart(traffic: &RolloutTraffic, steps: &[StepSummary]) -> Option<Chart> {
                 ),
                 backend,
                 step: step.step,
+                leaves: moves_traffic(step.step) == Some(true),
                 x: x(step.started_at),
             }
         })
@@ -250,7 +255,7 @@ pub fn TrafficChart(id: i64, timeline: RwSignal<Timeline>) -> impl IntoView {
 fn draw(chart: Chart) -> impl IntoView {
     let summary = chart.summary();
     let failing = chart.errors_5xx > 0;
-    let peak = format!("{} req/s", chart.peak);
+    let peak = format!("height: 0 to {} req/s", chart.peak);
     let lines = chart
         .lines
         .iter()
@@ -290,7 +295,14 @@ fn draw(chart: Chart) -> impl IntoView {
         .into_iter()
         .map(|mark| {
             let x = format!("{:.1}", mark.x);
-            let label = mark.backend.clone();
+            // Beside the line, on the side where the backend is out of rotation, so a backend
+            // coming back and the next one leaving at the same moment do not overlap.
+            let (label, anchor, nudge) = if mark.leaves {
+                (format!("{} out", mark.backend), "start", 2.0)
+            } else {
+                (format!("{} in", mark.backend), "end", -2.0)
+            };
+            let text_x = format!("{:.1}", mark.x + nudge);
             view! {
                 <g
                     class="mark"
@@ -307,7 +319,13 @@ fn draw(chart: Chart) -> impl IntoView {
                         stroke="#888"
                         stroke-width="0.75"
                     />
-                    <text x=x y=(TOP - 3.0).to_string() font-size="9" text-anchor="middle" fill="#666">
+                    <text
+                        x=text_x
+                        y=(TOP - 3.0).to_string()
+                        font-size="9"
+                        text-anchor=anchor
+                        fill="#666"
+                    >
                         {label}
                     </text>
                 </g>
@@ -432,16 +450,46 @@ mod tests {
         assert_eq!(chart.span_ms, 4_000);
         assert_eq!(chart.peak, 100.0);
         // Only the steps that move traffic are marked.
-        let marks: Vec<(StepKind, f64)> = chart.marks.iter().map(|m| (m.step, m.x)).collect();
+        let marks: Vec<(StepKind, bool, f64)> = chart
+            .marks
+            .iter()
+            .map(|m| (m.step, m.leaves, m.x))
+            .collect();
         assert_eq!(
             marks,
-            [(StepKind::Drain, 225.0), (StepKind::ConfirmUp, 600.0)]
+            [
+                (StepKind::Drain, true, 225.0),
+                (StepKind::ConfirmUp, false, 600.0)
+            ]
         );
         assert_eq!(chart.marks[0].title, "s1: Drain");
         // s1 at 40 req/s at 1 s, then 0; the axis's top is 100 req/s.
         assert_eq!(chart.lines[0].requests, "150.0,100.4 300.0,158.0");
         assert_eq!(chart.lines[1].requests, "150.0,100.4 300.0,42.8");
         assert_eq!(chart.summary(), "160 requests, 0 5xx");
+    }
+
+    #[test]
+    fn a_surge_is_marked_where_the_new_instance_comes_in_and_the_old_one_leaves() {
+        let traffic = RolloutTraffic {
+            backends: vec![series("s1", vec![point(1_000, 10, 0)])],
+        };
+        let steps = [
+            step("s1", StepKind::SurgeAdd, 1_000),
+            step("s1", StepKind::SurgeEnable, 1_200),
+            step("s1", StepKind::Overlap, 1_300),
+            step("s1", StepKind::Retire, 1_800),
+        ];
+        let marks: Vec<(StepKind, bool)> = chart(&traffic, &steps)
+            .unwrap()
+            .marks
+            .iter()
+            .map(|m| (m.step, m.leaves))
+            .collect();
+        assert_eq!(
+            marks,
+            [(StepKind::SurgeEnable, false), (StepKind::Retire, true)]
+        );
     }
 
     #[test]
