@@ -7,7 +7,7 @@ use leptos::prelude::*;
 
 use crate::model::{
     Caller, ControlAction, DeploymentDetail, DeploymentFilter, DeploymentPage, ReplicaView,
-    ServiceStatus, ServiceSummary,
+    RolloutTraffic, ServiceStatus, ServiceSummary,
 };
 
 /// What the server provides to the UI's server functions, through Leptos context.
@@ -30,6 +30,8 @@ pub trait FleetSource: Send + Sync + 'static {
     async fn status(&self) -> Result<Vec<ServiceStatus>, String>;
     async fn deployments(&self, filter: DeploymentFilter) -> Result<DeploymentPage, String>;
     async fn deployment(&self, id: i64) -> Result<Option<DeploymentDetail>, String>;
+    /// What each backend served while the rollout ran; `None` if no rollout has that id.
+    async fn traffic(&self, id: i64) -> Result<Option<RolloutTraffic>, String>;
     /// Queues a rollout started from the UI; returns its id.
     async fn deploy(&self, service: String, version: String) -> Result<i64, String>;
     async fn control(&self, id: i64, action: ControlAction) -> Result<(), String>;
@@ -83,6 +85,13 @@ pub async fn list_deployments(filter: DeploymentFilter) -> Result<DeploymentPage
 #[server(prefix = "/rpc", endpoint = "get_deployment")]
 pub async fn get_deployment(id: i64) -> Result<Option<DeploymentDetail>, ServerFnError> {
     fleet()?.deployment(id).await.map_err(ServerFnError::new)
+}
+
+/// What each backend served while the rollout ran (the traffic chart); `None` if no rollout
+/// has that id.
+#[server(prefix = "/rpc", endpoint = "get_traffic")]
+pub async fn get_traffic(id: i64) -> Result<Option<RolloutTraffic>, ServerFnError> {
+    fleet()?.traffic(id).await.map_err(ServerFnError::new)
 }
 
 /// Starts a rollout of `service` to `version`; returns the rollout's id.

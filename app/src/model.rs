@@ -482,6 +482,40 @@ pub struct StepLog {
     pub withheld: bool,
 }
 
+/// What each backend served while a rollout ran, from HAProxy's counters as Baton sampled them
+/// (`GET /api/deployments/{id}/traffic`): what the rollout page's traffic chart draws.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct RolloutTraffic {
+    /// One series per backend that HAProxy reported, in the order first seen; every series has
+    /// a point at every sample, so the lines share one time axis.
+    pub backends: Vec<TrafficSeries>,
+}
+
+/// One backend's traffic, sample by sample (its surge server, while it had one, counts too).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct TrafficSeries {
+    pub backend: String,
+    /// Oldest first.
+    pub points: Vec<TrafficPoint>,
+}
+
+/// What a backend served between the previous sample and `at`, summed over HAProxy's nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct TrafficPoint {
+    /// When the sample was taken, on the same clock as the steps' times.
+    pub at: i64,
+    /// How long the sample covers, in milliseconds (about a second; longer after a sample that
+    /// HAProxy did not answer, and late in a long rollout, which is sampled less often).
+    pub span_ms: i64,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub requests_per_s: f64,
+    pub errors_5xx_per_s: f64,
+}
+
 impl StepLog {
     /// The same log as a viewer may see it: that it exists, not what it says.
     pub fn withhold(self) -> Self {

@@ -40,6 +40,11 @@ pub fn routes() -> Guarded<AppState> {
         .get("/api/deployments", Role::Viewer, list_deployments)
         .get("/api/deployments/{id}", Role::Viewer, get_deployment)
         .get(
+            "/api/deployments/{id}/traffic",
+            Role::Viewer,
+            deployment_traffic,
+        )
+        .get(
             "/api/deployments/{id}/events",
             Role::Viewer,
             deployment_events,
@@ -356,6 +361,31 @@ async fn get_deployment(
         .await?
         .ok_or(DeployError::UnknownDeployment(id))?;
     Ok(Json(detail.seen_by(Some(principal.role))))
+}
+
+/// What each backend served while a rollout ran (requests and 5xx responses, per sample and
+/// per second), from HAProxy's counters as Baton sampled them: about every second, every ten
+/// seconds after the first ten minutes. Kept with the history.
+#[utoipa::path(get, path = "/api/deployments/{id}/traffic", tag = "rollouts",
+    params(("id" = i64, Path, description = "The rollout's id")),
+    responses(
+        (status = 200, description = "One series per backend", body = app::model::RolloutTraffic),
+        (status = 400, description = "The request is malformed: the error says what was expected", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 403, description = "The caller's role may not", body = ErrorBody),
+        (status = 404, description = "No such rollout", body = ErrorBody),
+    ))]
+async fn deployment_traffic(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let traffic = state
+        .fleet
+        .traffic(id)
+        .await?
+        .ok_or(DeployError::UnknownDeployment(id))?;
+    Ok(Json(traffic))
 }
 
 /// Asks a rollout to pause, resume or abort; it takes effect between steps.

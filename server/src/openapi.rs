@@ -31,6 +31,7 @@ use crate::auth::{Access, Guarded, Lookup, Policy};
         crate::api::backend_log,
         crate::api::list_deployments,
         crate::api::get_deployment,
+        crate::api::deployment_traffic,
         crate::api::deployment_events,
         crate::api::control,
         crate::api::fleet_events,

@@ -10,7 +10,7 @@ use app::model::{
 };
 
 use app::auth::{AccountSource, AuditEntry, AuditFilter, AuditPage, NewToken, TokenView, UserView};
-use app::model::{NotificationAttempt, Role};
+use app::model::{NotificationAttempt, Role, RolloutTraffic};
 use app::webhooks::{
     DeliveryOutcome, DeliveryPage, WebhookConfigView, WebhookSetup, WebhookSource,
 };
@@ -106,6 +106,10 @@ impl FleetSource for UiFleet {
         let role = auth::principal().map(|principal| principal.role);
         let detail = self.fleet.deployment(id).await.map_err(message)?;
         Ok(detail.map(|detail| detail.seen_by(role)))
+    }
+
+    async fn traffic(&self, id: i64) -> Result<Option<RolloutTraffic>, String> {
+        self.fleet.traffic(id).await.map_err(message)
     }
 
     async fn deploy(&self, service: String, version: String) -> Result<i64, String> {

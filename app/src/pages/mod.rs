@@ -15,6 +15,7 @@ mod replica;
 mod rollout;
 mod services;
 mod timeline;
+mod traffic;
 mod widgets;
 
 pub use accounts::{TokensPage, UsersPage};

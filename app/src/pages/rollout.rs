@@ -18,6 +18,7 @@ use super::gantt::Gantt;
 use super::live::{Connection, ConnectionBadge, Handler, follow};
 use super::logs::FailureLogs;
 use super::timeline::Timeline;
+use super::traffic::TrafficChart;
 use super::widgets::{LocalTime, StatusBadge, elapsed, use_now};
 use crate::auth::{allows, use_caller};
 use crate::fleet::{control_deployment, fleet_status, get_deployment, rollback_service};
@@ -292,6 +293,7 @@ fn RolloutView(detail: DeploymentDetail, may_control: bool, me: Option<String>) 
         <div aria-live="polite">{result}</div>
         <Controls id service pending status deployment may_control me />
         <Gantt timeline />
+        <TrafficChart id timeline />
         <FailureLogs timeline />
         <section class="timeline" aria-labelledby="timeline-heading">
             <h2 id="timeline-heading">"Backends"</h2>

@@ -80,6 +80,7 @@ pub const SERVER_FUNCTIONS: &[(&str, Access)] = &[
     ("/rpc/fleet_status", Access::Role(Role::Viewer)),
     ("/rpc/list_deployments", Access::Role(Role::Viewer)),
     ("/rpc/get_deployment", Access::Role(Role::Viewer)),
+    ("/rpc/get_traffic", Access::Role(Role::Viewer)),
     ("/rpc/deploy", Access::Role(Role::Deployer)),
     ("/rpc/control_deployment", Access::Role(Role::Deployer)),
     ("/rpc/rollback_service", Access::Role(Role::Deployer)),

@@ -143,6 +143,15 @@ impl CallLog {
         lock(&self.calls).clone()
     }
 
+    /// How many calls were made besides reading the servers' state, which the traffic sampler
+    /// does every second of a rollout, even while it waits paused.
+    pub fn asked(&self) -> usize {
+        lock(&self.calls)
+            .iter()
+            .filter(|call| call.what != What::Servers)
+            .count()
+    }
+
     /// The calls that act, as text (`web1 drain`, `stop web1`…).
     pub fn actions(&self) -> Vec<String> {
         self.timed_actions()

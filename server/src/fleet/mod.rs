@@ -8,7 +8,7 @@ use std::time::Duration;
 pub use app::model::Trigger;
 use app::model::{
     ActiveRollout, BackendStatus, ControlAction, DeploymentDetail, DeploymentFilter,
-    DeploymentPage, NodeStatus, OverlapView, RolloutStatus, ServiceStatus,
+    DeploymentPage, NodeStatus, OverlapView, RolloutStatus, RolloutTraffic, ServiceStatus,
 };
 use serde::Serialize;
 use tokio::sync::broadcast::error::TryRecvError;
@@ -759,6 +759,15 @@ impl Fleet {
             prev_after: rows.first().filter(|_| newer).map(|row| row.id),
             deployments: rows.into_iter().map(Into::into).collect(),
         })
+    }
+
+    /// What each backend served while rollout `id` ran, as sampled; `None` if no rollout has
+    /// that id.
+    pub async fn traffic(&self, id: i64) -> Result<Option<RolloutTraffic>, StoreError> {
+        if self.store.deployment(id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.store.traffic(id).await?))
     }
 
     /// A rollout with its whole timeline.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::Metrics;
 use crate::domain::Slot;
 use crate::rollout::journal::Journal;
-use crate::store::{DeploymentRow, StoreError};
+use crate::store::{BackendTraffic, DeploymentRow, StoreError};
 
 /// One service's [`Journal`], counting what passes through it into [`Metrics`]: a rollout when
 /// its end is saved, a step's duration when its row is ended. Only what was recorded succeeds
@@ -165,5 +165,14 @@ impl Journal for Metered {
         self.inner
             .set_backend_current(service, backend, version, slot)
             .await
+    }
+
+    async fn save_traffic(
+        &self,
+        deployment: i64,
+        span_ms: i64,
+        backends: &[BackendTraffic],
+    ) -> Result<(), StoreError> {
+        self.inner.save_traffic(deployment, span_ms, backends).await
     }
 }

@@ -28,6 +28,7 @@ use crate::rollout::engine::{
     Action, Event, Outcome, Phase, Rollout, Step, Target, common_version,
 };
 use crate::rollout::journal::Journal;
+use crate::rollout::traffic;
 use crate::settings::ServiceSettings;
 use crate::store::{DeploymentRow, StoreError};
 
@@ -341,6 +342,10 @@ impl ServiceRunner {
                 self.controls.push(row.id, asked.action);
             }
         }
+        // The traffic chart's samples, until the rollout ends or the worker stops.
+        let _sampling =
+            traffic::Sampler::new(&self.service, self.lb.clone(), self.store.clone(), row.id)
+                .start(shutdown.child_token());
         loop {
             // Pause, resume, abort, approve and promote apply between steps.
             for control in self.controls.take(row.id) {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use app::model::{PendingControl, RolloutStatus, StepKind, StepOutcome};
 
 use crate::domain::Slot;
-use crate::store::{DeploymentQuery, DeploymentRow, Store, StoreError};
+use crate::store::{BackendTraffic, DeploymentQuery, DeploymentRow, Store, StoreError};
 
 /// The store as the executor uses it; each method is the [`Store`] method of the same name.
 #[async_trait]
@@ -79,6 +79,13 @@ pub trait Journal: Send + Sync {
         backend: &str,
         version: &str,
         slot: Slot,
+    ) -> Result<(), StoreError>;
+    /// Keeps one sample of the rollout's traffic, covering the `span_ms` before now.
+    async fn save_traffic(
+        &self,
+        deployment: i64,
+        span_ms: i64,
+        backends: &[BackendTraffic],
     ) -> Result<(), StoreError>;
 }
 
@@ -185,5 +192,14 @@ impl Journal for Store {
         slot: Slot,
     ) -> Result<(), StoreError> {
         Store::set_backend_current(self, service, backend, version, slot).await
+    }
+
+    async fn save_traffic(
+        &self,
+        deployment: i64,
+        span_ms: i64,
+        backends: &[BackendTraffic],
+    ) -> Result<(), StoreError> {
+        Store::save_traffic(self, deployment, span_ms, backends).await
     }
 }

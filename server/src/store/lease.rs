@@ -409,6 +409,20 @@ mod tests {
                 "set_backend_version",
                 journal.set_backend_version("api", "s1", "v2").await,
             ),
+            (
+                "save_traffic",
+                journal
+                    .save_traffic(
+                        id,
+                        1_000,
+                        &[crate::store::BackendTraffic {
+                            backend: "s1".to_owned(),
+                            requests: 10,
+                            errors_5xx: 0,
+                        }],
+                    )
+                    .await,
+            ),
         ]
     }
 
@@ -435,6 +449,7 @@ mod tests {
         let before = (
             a.deployment(id).await.unwrap().unwrap(),
             a.steps(id).await.unwrap(),
+            a.traffic(id).await.unwrap(),
         );
         for (write, result) in every_journal_write(&a_leads, id, step).await {
             assert!(
@@ -447,6 +462,7 @@ mod tests {
         let after = (
             a.deployment(id).await.unwrap().unwrap(),
             a.steps(id).await.unwrap(),
+            a.traffic(id).await.unwrap(),
         );
         assert_eq!(format!("{before:?}"), format!("{after:?}"));
         assert_eq!(

@@ -20,9 +20,11 @@ mod events;
 pub mod lease;
 mod logs;
 pub mod notifications;
+mod traffic;
 
 pub use events::{LIVE_BUFFER, Published};
 pub use lease::{Lease, LeaseRow, Tenure};
+pub use traffic::BackendTraffic;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -38,7 +40,7 @@ use sqlx::{Any, AnyPool, Executor, Row};
 use crate::domain::Slot;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 /// How long a caller waits for a connection (also the first one, at start) before giving up.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -369,6 +369,86 @@ async fn rollout_page_is_complete(app: TestApp) {
 }
 
 #[tokio::test]
+async fn a_rollouts_traffic_is_kept_with_it_for_viewers_and_drawn_on_its_page() {
+    let app = spawn_app().await;
+    let id = deploy(&app, "api", "v2").await;
+    finished(&app, id).await;
+    // No HAProxy answers in these tests, so the worker sampled nothing: the samples are written
+    // as the leader's sampler writes them.
+    let store = app.cli_store().await;
+    let served = |backend: &str, requests, errors_5xx| baton_server::store::BackendTraffic {
+        backend: backend.to_owned(),
+        requests,
+        errors_5xx,
+    };
+    store
+        .save_traffic(id, 1_000, &[served("s1", 20, 0), served("s2", 22, 0)])
+        .await
+        .unwrap();
+    store
+        .save_traffic(id, 2_000, &[served("s1", 0, 0), served("s2", 48, 0)])
+        .await
+        .unwrap();
+
+    let viewer = app.token("dashboard", Role::Viewer).await;
+    let traffic = |id: i64| {
+        app.anonymous
+            .get(format!("{}/api/deployments/{id}/traffic", app.address))
+            .bearer_auth(&viewer)
+            .send()
+    };
+    let response = traffic(id).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let series = body["backends"].as_array().unwrap();
+    let names: Vec<&str> = series
+        .iter()
+        .map(|s| s["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s1", "s2"]);
+    let s2 = series[1]["points"].as_array().unwrap();
+    assert_eq!(s2[0]["requests_per_s"], 22.0);
+    assert_eq!(s2[1]["requests_per_s"], 24.0);
+    assert_eq!(s2[1]["errors_5xx_per_s"], 0.0);
+    assert!(s2[1]["at"].as_i64().unwrap() >= s2[0]["at"].as_i64().unwrap());
+
+    let unknown = traffic(id + 100).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let anonymous = app
+        .anonymous
+        .get(format!("{}/api/deployments/{id}/traffic", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // The page draws the kept samples before the wasm loads: a line per backend, the 5xx
+    // line, and what was served in all.
+    let html = app
+        .get(&format!("/deployments/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_contains(
+        &html,
+        &[
+            "data-testid=\"traffic\"",
+            "90 requests, 0 5xx",
+            "data-samples=\"2\"",
+            "class=\"errors\"",
+        ],
+    );
+    for backend in ["s1", "s2"] {
+        let lines = html
+            .matches(&format!("<polyline data-backend=\"{backend}\""))
+            .count();
+        assert_eq!(lines, 2, "{backend}'s requests and 5xx lines:\n{html}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_unknown_rollout_is_a_404_that_says_so() {
     let app = spawn_app().await;
     let response = app.get("/deployments/999").await;

@@ -246,6 +246,16 @@ impl Journal for OffClock {
         })
         .await
     }
+
+    async fn save_traffic(
+        &self,
+        deployment: i64,
+        span_ms: i64,
+        backends: &[crate::store::BackendTraffic],
+    ) -> Result<(), StoreError> {
+        let (store, backends) = (self.0.clone(), backends.to_vec());
+        db(async move { store.save_traffic(deployment, span_ms, &backends).await }).await
+    }
 }
 
 /// The service under test: `web`, backends `web1`… on one HAProxy node `n1`, health probed
@@ -1244,7 +1254,7 @@ async fn a_paused_rollout_finishes_the_backend_in_progress_then_does_nothing_unt
     rig.control(id, ControlAction::Pause);
     rig.status(id, |s| s == RolloutStatus::Paused).await;
     let paused_at = rig.log.elapsed();
-    let calls_when_paused = rig.log.calls().len();
+    let calls_when_paused = rig.log.asked();
     assert_eq!(
         rig.log.actions().last().map(String::as_str),
         Some("web1 ready"),
@@ -1258,7 +1268,7 @@ async fn a_paused_rollout_finishes_the_backend_in_progress_then_does_nothing_unt
 
     sleep(secs(3600)).await;
     assert_eq!(
-        rig.log.calls().len(),
+        rig.log.asked(),
         calls_when_paused,
         "nothing asked of HAProxy or the runtime in an hour paused"
     );
@@ -1284,7 +1294,7 @@ async fn a_canary_rollout_holds_the_queue_across_a_restart_until_promoted() {
     let next = rig.queue("v3").await;
     rig.status(id, |s| s == RolloutStatus::AwaitingPromote)
         .await;
-    let calls_when_waiting = rig.log.calls().len();
+    let calls_when_waiting = rig.log.asked();
     assert_eq!(
         rig.fleet(),
         [("v2", "UP"), ("v1", "UP"), ("v1", "UP")].map(|(v, s)| (v.to_owned(), s.to_owned())),
@@ -1297,7 +1307,7 @@ async fn a_canary_rollout_holds_the_queue_across_a_restart_until_promoted() {
     let worker = rig.start_worker();
     sleep(secs(60)).await;
     assert_eq!(
-        rig.log.calls().len(),
+        rig.log.asked(),
         calls_when_waiting,
         "nothing asked of HAProxy or the runtime while awaiting promotion"
     );
@@ -1361,13 +1371,13 @@ async fn a_rollout_awaiting_approval_touches_nothing_and_holds_the_queue_across_
     // The next one waits for its own approval; an abort cancels it with nothing touched.
     rig.status(next, |s| s == RolloutStatus::AwaitingApproval)
         .await;
-    let calls = rig.log.calls().len();
+    let calls = rig.log.asked();
     rig.control(next, ControlAction::Abort);
     let cancelled = rig.ended(next).await;
     worker.stop().await;
     assert_eq!(cancelled.status, RolloutStatus::Cancelled);
     assert!(rig.steps(next).await.is_empty());
-    assert_eq!(rig.log.calls().len(), calls);
+    assert_eq!(rig.log.asked(), calls);
 }
 
 #[tokio::test(start_paused = true)]
