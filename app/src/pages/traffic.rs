@@ -102,7 +102,9 @@ fn moves_traffic(step: StepKind) -> Option<bool> {
         | StepKind::SurgeHealthy
         | StepKind::SurgeAdd
         | StepKind::Overlap
-        | StepKind::Discard => None,
+        | StepKind::Discard
+        // The watch looks at the traffic; it moves none.
+        | StepKind::Soak => None,
     }
 }
 
