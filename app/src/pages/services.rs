@@ -125,8 +125,10 @@ fn Dashboard(initial: Vec<ServiceStatus>, may: Permissions) -> impl IntoView {
                 {count}
             </p>
             <ul class="services">
-                <For each=move || shown.get() key=|name| name.clone() let:name>
-                    <ServiceCard name fleet may />
+                // Every card stays built; the filter only hides the others, so clearing it does
+                // not build a service's rows again (500 of them took a 100–170 ms task).
+                <For each=move || names.get() key=|name| name.clone() let:name>
+                    <ServiceCard name fleet may shown />
                 </For>
             </ul>
         </Show>
@@ -141,7 +143,13 @@ fn ServiceCard(
     name: String,
     fleet: RwSignal<Vec<ServiceStatus>>,
     may: Permissions,
+    /// The services the filter lets through; the card is hidden when it is not one of them.
+    shown: Memo<Vec<String>>,
 ) -> impl IntoView {
+    let hidden = {
+        let name = name.clone();
+        move || shown.with(|shown| !shown.contains(&name))
+    };
     let status = {
         let name = name.clone();
         Memo::new(move |_| fleet.with(|all| all.iter().find(|s| s.name == name).cloned()))
@@ -194,7 +202,12 @@ fn ServiceCard(
     let labelled_by = heading_id.clone();
     let caption = format!("Backends of {name}");
     view! {
-        <li class="card service" data-service=data_service aria-labelledby=labelled_by>
+        <li
+            class="card service"
+            data-service=data_service
+            aria-labelledby=labelled_by
+            hidden=hidden
+        >
             <div class="card-head">
                 <div>
                     <h2 id=heading_id>{name.clone()}</h2>
