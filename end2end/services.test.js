@@ -43,7 +43,7 @@ test('the filter narrows the service list once the client has hydrated', async (
   );
   // The other card is hidden, not rebuilt each time the filter lets it through again.
   assert.deepEqual(await page.locator('.services > [data-service]:not([hidden])').evaluateAll((cards) => cards.map((c) => c.dataset.service)), ['worker']);
-  assert.equal(await page.locator('[data-service="api"]').isVisible(), false);
+  assert.equal(await page.locator('.services > [data-service="api"]').isVisible(), false);
   await page.screenshot({ path: screenshotPath('services.png'), fullPage: true });
   assert.deepEqual(errors, []);
 });
