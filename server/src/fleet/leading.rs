@@ -429,7 +429,47 @@ address = "ADDRESS"
         }
     }
 
+    /// Replica `a` of [`Harness::replica_a`]: its lease task and its fleet's tasks.
+    struct Replica {
+        leadership: Leadership,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        leasing: CancellationToken,
+        lease: tokio::task::JoinHandle<()>,
+    }
+
+    impl Replica {
+        /// Stops the fleet's tasks, then the lease task (which gives the lease up).
+        async fn stop(self) {
+            self.shutdown.cancel();
+            self.tasks.close();
+            self.tasks.wait().await;
+            self.leasing.cancel();
+            self.lease.await.unwrap();
+        }
+    }
+
     impl Harness {
+        /// Runs the fleet as replica `a`, with a 60 s lease it takes as soon as it is free.
+        fn replica_a(&self) -> Replica {
+            let (leadership, lease) =
+                Leadership::leased(self.store.clone(), "a".into(), Duration::from_secs(60));
+            let (tasks, shutdown, leasing) = (
+                TaskTracker::new(),
+                CancellationToken::new(),
+                CancellationToken::new(),
+            );
+            let lease = tokio::spawn(lease.run(leasing.clone()));
+            self.fleet.spawn(&tasks, &shutdown, &leadership);
+            Replica {
+                leadership,
+                tasks,
+                shutdown,
+                leasing,
+                lease,
+            }
+        }
+
         /// The calls that changed something, as text.
         fn acts(&self) -> Vec<String> {
             self.log
@@ -507,16 +547,8 @@ address = "ADDRESS"
         else {
             panic!("b takes a free lease");
         };
-        let (leadership, lease) =
-            Leadership::leased(h.store.clone(), "a".into(), Duration::from_secs(60));
-        let (tasks, shutdown, leasing) = (
-            TaskTracker::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
-        let lease = tokio::spawn(lease.run(leasing.clone()));
-        h.fleet.spawn(&tasks, &shutdown, &leadership);
-        let mut role = leadership.role();
+        let a = h.replica_a();
+        let mut role = a.leadership.role();
         role.wait_for(
             |role| matches!(role, Role::Follower { leader: Some(leader) } if leader.replica == "b"),
         )
@@ -545,11 +577,7 @@ address = "ADDRESS"
         })
         .await;
 
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
-        leasing.cancel();
-        lease.await.unwrap();
+        a.stop().await;
         // Stopping gave the lease up.
         assert!(h.store.lease().await.unwrap().unwrap().expires_in_ms <= 0);
     }
@@ -563,16 +591,8 @@ address = "ADDRESS"
             1,
             "the keys were read"
         );
-        let (leadership, lease) =
-            Leadership::leased(h.store.clone(), "a".into(), Duration::from_secs(60));
-        let (tasks, shutdown, leasing) = (
-            TaskTracker::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
-        let lease = tokio::spawn(lease.run(leasing.clone()));
-        h.fleet.spawn(&tasks, &shutdown, &leadership);
-        leadership
+        let a = h.replica_a();
+        a.leadership
             .role()
             .wait_for(|role| matches!(role, Role::Leader { .. }))
             .await
@@ -591,11 +611,7 @@ address = "ADDRESS"
             .unwrap();
         h.wait_status(id, RolloutStatus::Succeeded).await;
 
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
-        leasing.cancel();
-        lease.await.unwrap();
+        a.stop().await;
         server.abort();
     }
 
@@ -603,16 +619,8 @@ address = "ADDRESS"
     async fn a_pause_and_a_resume_asked_of_another_replica_reach_the_leaders_worker() {
         let (address, server) = healthy().await;
         let h = harness(&address).await;
-        let (leadership, lease) =
-            Leadership::leased(h.store.clone(), "a".into(), Duration::from_secs(60));
-        let (tasks, shutdown, leasing) = (
-            TaskTracker::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
-        let lease = tokio::spawn(lease.run(leasing.clone()));
-        h.fleet.spawn(&tasks, &shutdown, &leadership);
-        leadership
+        let a = h.replica_a();
+        a.leadership
             .role()
             .wait_for(|role| matches!(role, Role::Leader { .. }))
             .await
@@ -632,11 +640,7 @@ address = "ADDRESS"
             .unwrap();
         h.wait_status(id, RolloutStatus::Succeeded).await;
 
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
-        leasing.cancel();
-        lease.await.unwrap();
+        a.stop().await;
         server.abort();
     }
 
