@@ -760,6 +760,11 @@ impl FakeLb {
             .collect()
     }
 
+    /// Where its calls are recorded (the runtime's log, shared).
+    pub fn log(&self) -> &Arc<CallLog> {
+        &self.log
+    }
+
     /// The timeouts and retries a silent node is failed with.
     pub fn with_options(mut self, options: HaproxyOptions) -> Self {
         self.options = options;

@@ -194,7 +194,7 @@ impl Drop for Sampling {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drivers::fake::{CallLog, Checks, FakeLb, FakeRuntime, Fault};
+    use crate::drivers::fake::{CallLog, Checks, FakeLb, FakeRuntime, Fault, What};
     use crate::store::Store;
     use crate::store::testing::TestDatabase;
     use app::model::{RolloutTraffic, Trigger};
@@ -316,8 +316,22 @@ mod tests {
         kept(&store, id, |t| !t.backends.is_empty()).await;
         lb.set_fault("lb2", Some(Fault::Refuses));
         lb.serve("lb1", "web1", 10, 0);
-        // Long enough for several samples to be skipped.
-        sleep(Duration::from_millis(100)).await;
+        // Several samples skipped: five more reads of HAProxy (20 ms apart), each refused by lb2.
+        let reads = || {
+            lb.log()
+                .calls()
+                .iter()
+                .filter(|c| c.what == What::Servers)
+                .count()
+        };
+        let before = reads();
+        for _ in 0..500 {
+            if reads() >= before + 5 {
+                break;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert!(reads() >= before + 5, "the sampler kept reading");
         assert_eq!(total(&store.traffic(id).await.unwrap(), "web1").0, 0);
         lb.set_fault("lb2", None);
         let traffic = kept(&store, id, |t| total(t, "web1").0 == 10).await;
