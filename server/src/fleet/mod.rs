@@ -617,17 +617,19 @@ impl Fleet {
                             .map(|host| host.view()),
                         overlap,
                     };
-                    (status, BackendSpec::of(&settings.name, backend, other))
+                    (status, backend, other)
                 })
                 .collect::<Vec<_>>();
             let mut statuses = Vec::with_capacity(backends.len());
-            for (mut status, other) in backends {
+            for (mut status, backend, other) in backends {
                 // What the other instance runs: asked only while a surge has both in HAProxy.
-                if let Some(overlap) = &mut status.overlap
-                    && let Ok(BackendRun::Running { version, .. }) =
-                        handle.runtime.status(&other).await
-                {
-                    overlap.version = Some(version.to_string());
+                if let Some(overlap) = &mut status.overlap {
+                    let spec = BackendSpec::of(&settings.name, backend, other);
+                    if let Ok(BackendRun::Running { version, .. }) =
+                        handle.runtime.status(&spec).await
+                    {
+                        overlap.version = Some(version.to_string());
+                    }
                 }
                 statuses.push(status);
             }
